@@ -1,0 +1,1 @@
+"""Routing: request attributes -> evaluation context -> decision -> backend."""

@@ -1,0 +1,13 @@
+"""OpenFeature wiring: the flagd provider built for each flag source, and provider-level hooks."""
+
+from providers.flagd import file_provider, rpc_provider, source_fed_provider, sync_provider
+from providers.flagset_source import FlagDocumentSource, StaticFlagSource
+
+__all__ = [
+    "FlagDocumentSource",
+    "StaticFlagSource",
+    "file_provider",
+    "rpc_provider",
+    "source_fed_provider",
+    "sync_provider",
+]

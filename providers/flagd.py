@@ -1,0 +1,87 @@
+"""Build the official flagd OpenFeature provider for each way this project gets its flags.
+
+- `source_fed_provider(source)`: in-process flagd evaluation fed by a FlagDocumentSource (the
+  control plane's own flag store). No network, no file polling: a flag set swap reaches the
+  evaluator in the same call.
+- `sync_provider(host, port)`: in-process evaluation syncing from a flagd sync server (ours, or a
+  real flagd) over `flagd.sync.v1`; this is what router replicas run.
+- `file_provider(path)`: in-process evaluation of one flag file the provider polls itself.
+- `rpc_provider(host, port)`: remote evaluation over flagd's evaluation gRPC service.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from openfeature.contrib.provider.flagd import FlagdProvider
+from openfeature.contrib.provider.flagd.config import ResolverType
+from openfeature.contrib.provider.flagd.resolvers.in_process import InProcessResolver
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import ProviderEventDetails
+from openfeature.exception import ProviderNotReadyError
+
+from providers.flagset_source import FlagDocumentSource
+
+__all__ = ["file_provider", "rpc_provider", "source_fed_provider", "sync_provider"]
+
+
+class _SourceConnector:
+    """A flagd in-process connector (FlagStateConnector protocol) fed by a FlagDocumentSource."""
+
+    def __init__(self, provider: FlagdProvider, source: FlagDocumentSource) -> None:
+        self._provider = provider
+        self._source = source
+        self._unsubscribe: Callable[[], None] | None = None
+        self._loaded = False
+
+    def initialize(self, evaluation_context: EvaluationContext) -> None:
+        self._unsubscribe = self._source.subscribe_documents(self._update)
+        if not self._loaded:
+            raise ProviderNotReadyError("the flag source has no flag set yet")
+
+    def shutdown(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def _update(self, document: dict[str, Any]) -> None:
+        resolver = self._provider.resolver
+        assert isinstance(resolver, InProcessResolver)
+        changed = resolver.evaluator.set_flags_and_get_changed_keys(json.dumps(document))
+        self._loaded = True
+        self._provider.emit_provider_configuration_changed(
+            ProviderEventDetails(flags_changed=changed,
+                                 metadata=dict(resolver.evaluator.get_flag_set_metadata()))
+        )
+
+
+def source_fed_provider(source: FlagDocumentSource) -> FlagdProvider:
+    """The flagd provider in in-process mode, its flags pushed by `source`."""
+    # The placeholder path makes the provider build its in-process resolver without dialling a
+    # sync server; the connector that would poll it is replaced before initialize() runs.
+    provider = FlagdProvider(resolver_type=ResolverType.IN_PROCESS,
+                             offline_flag_source_path="unused-fed-by-source")
+    resolver = provider.resolver
+    assert isinstance(resolver, InProcessResolver)
+    resolver.connector = _SourceConnector(provider, source)
+    return provider
+
+
+def sync_provider(host: str, port: int, *, selector: str | None = None,
+                  deadline_ms: int = 2000) -> FlagdProvider:
+    """In-process evaluation syncing flags over flagd.sync.v1 from `host:port`."""
+    return FlagdProvider(resolver_type=ResolverType.IN_PROCESS, host=host, port=port,
+                         selector=selector, deadline_ms=deadline_ms)
+
+
+def file_provider(path: str, *, poll_ms: int = 500) -> FlagdProvider:
+    """In-process evaluation of one flagd file, re-read when its mtime changes."""
+    return FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=path,
+                         deadline_ms=poll_ms)
+
+
+def rpc_provider(host: str, port: int) -> FlagdProvider:
+    """Remote evaluation against a flagd evaluation service."""
+    return FlagdProvider(resolver_type=ResolverType.RPC, host=host, port=port)
