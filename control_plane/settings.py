@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     #: Timeout for one proxied backend call (connect + first byte), seconds.
     dispatch_timeout: float = Field(default=10.0, gt=0, le=600)
     dispatch_max_connections: int = Field(default=200, ge=1, le=10000)
+    #: Answer GET /v1/decide/{flag} from a raw-ASGI fast path (same responses, less overhead).
+    fast_decide: bool = True
 
     @field_validator("flags_dir")
     @classmethod

@@ -20,7 +20,6 @@ from openfeature.contrib.provider.flagd.config import ResolverType
 from openfeature.contrib.provider.flagd.resolvers.in_process import InProcessResolver
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEventDetails
-from openfeature.exception import ProviderNotReadyError
 
 from providers.flagset_source import FlagDocumentSource
 
@@ -34,12 +33,11 @@ class _SourceConnector:
         self._provider = provider
         self._source = source
         self._unsubscribe: Callable[[], None] | None = None
-        self._loaded = False
 
     def initialize(self, evaluation_context: EvaluationContext) -> None:
+        # A source with no flag set yet is not an error: the provider serves FLAG_NOT_FOUND
+        # until the first set arrives, and the owner of the source reports readiness.
         self._unsubscribe = self._source.subscribe_documents(self._update)
-        if not self._loaded:
-            raise ProviderNotReadyError("the flag source has no flag set yet")
 
     def shutdown(self) -> None:
         if self._unsubscribe is not None:
@@ -50,7 +48,6 @@ class _SourceConnector:
         resolver = self._provider.resolver
         assert isinstance(resolver, InProcessResolver)
         changed = resolver.evaluator.set_flags_and_get_changed_keys(json.dumps(document))
-        self._loaded = True
         self._provider.emit_provider_configuration_changed(
             ProviderEventDetails(flags_changed=changed,
                                  metadata=dict(resolver.evaluator.get_flag_set_metadata()))

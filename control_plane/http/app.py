@@ -1,0 +1,119 @@
+"""The app factory: wires settings into components and routers. Nothing is built at import."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from openfeature import api as openfeature_api
+from starlette.types import ASGIApp
+
+from control_plane.errors import FlagValidationError
+from control_plane.flagstore import FlagStore
+from control_plane.http import health, routing_api
+from control_plane.http.components import Components
+from control_plane.http.fastpath import DecideFastPath
+from control_plane.http.metrics import RouterMetrics
+from control_plane.http.problems import install_problem_handlers
+from control_plane.routing.context import ContextMapper
+from control_plane.routing.decisions import Decider
+from control_plane.routing.dispatch import Dispatcher
+from control_plane.settings import Settings
+from providers import source_fed_provider
+
+__all__ = ["build_components", "create_app"]
+
+log = logging.getLogger(__name__)
+_app_ids = itertools.count(1)
+
+
+def build_components(settings: Settings) -> Components:
+    """Everything an app instance needs, unstarted (no threads, no files read yet)."""
+    store = FlagStore(settings.flags_dir, reload_interval=settings.reload_interval)
+    # One OpenFeature domain per app instance, so several apps (tests) never share a provider.
+    domain = f"control-plane-{next(_app_ids)}"
+    client = openfeature_api.get_client(domain)
+    metrics = RouterMetrics()
+    components = Components(
+        settings=settings, store=store, openfeature_domain=domain,
+        openfeature_client=client,
+        mapper=ContextMapper(settings.header_rules, max_header_bytes=settings.max_header_bytes),
+        decider=Decider(client, store), metrics=metrics,
+    )
+    components.decider.listeners.append(components.observe_decision)
+    return components
+
+
+async def _start(components: Components) -> None:
+    settings = components.settings
+    store = components.store
+    try:
+        store.reload()
+        components.metrics.flag_reloads.labels("ok").inc()
+    except FlagValidationError as exc:
+        components.metrics.flag_reloads.labels("refused").inc()
+        log.error("flags in %s are invalid; not ready until fixed: %s", store.directory,
+                  exc.detail)
+    components.provider = source_fed_provider(store)
+    openfeature_api.set_provider_and_wait(components.provider,
+                                          domain=components.openfeature_domain)
+    store.start()
+    components.dispatcher = Dispatcher(timeout=settings.dispatch_timeout,
+                                       max_connections=settings.dispatch_max_connections)
+    components.dispatcher.listeners.append(components.observe_dispatch)
+
+
+async def _stop(components: Components) -> None:
+    for closer in reversed(components.closers):
+        try:
+            result = closer()
+            if hasattr(result, "__await__"):
+                await result
+        except Exception:  # one failing closer must not keep the others from running
+            log.exception("error while shutting down")
+    components.store.stop()
+    if components.dispatcher is not None:
+        await components.dispatcher.aclose()
+    if components.provider is not None:
+        components.provider.shutdown()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The control plane's ASGI app for `settings` (environment and defaults when None)."""
+    settings = settings or Settings()
+    components = build_components(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await _start(components)
+        try:
+            yield
+        finally:
+            await _stop(components)
+
+    app = FastAPI(title="Model routing control plane", version="0.1.0", lifespan=lifespan)
+    app.state.components = components
+    app.state.settings = settings
+    app.state.store = components.store
+    app.state.decider = components.decider
+    app.state.metrics = components.metrics
+    app.state.openfeature_client = components.openfeature_client
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    app.include_router(routing_api.router)
+    if settings.fast_decide:
+        app.add_middleware(_FastPathMiddleware, components=components)
+    return app
+
+
+class _FastPathMiddleware:
+    """Adapter so the fast path sits outermost in Starlette's middleware stack."""
+
+    def __init__(self, app: ASGIApp, components: Components) -> None:
+        self._fast = DecideFastPath(app, components)
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        await self._fast(scope, receive, send)

@@ -1,0 +1,70 @@
+"""A raw-ASGI fast path for `GET /v1/decide/{flag}`, the endpoint every gateway request hits.
+
+FastAPI's routing, dependency resolution and response classes cost more than the flag evaluation
+itself (see bench/decide.py). This wrapper answers exactly the same responses as the FastAPI
+route in routing_api.py, sharing the mapper, decider and wire format, and passes every other
+request through untouched. `CP_FAST_DECIDE=false` turns it off.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import unquote
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from control_plane.errors import BadRequestInput, ControlPlaneError
+from control_plane.http.components import Components
+from control_plane.http.decisions_wire import decision_headers
+from control_plane.http.problems import PROBLEM_JSON, problem_body, status_for
+
+__all__ = ["DecideFastPath"]
+
+_PREFIX = "/v1/decide/"
+
+
+class DecideFastPath:
+    def __init__(self, app: ASGIApp, components: Components) -> None:
+        self.app = app
+        self.components = components
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope["method"] not in ("GET", "HEAD")
+                or not scope["path"].startswith(_PREFIX)):
+            await self.app(scope, receive, send)
+            return
+        flag_key = scope["path"][len(_PREFIX):]
+        if "%" in flag_key:
+            flag_key = unquote(flag_key)
+        if not flag_key or "/" in flag_key:
+            await self.app(scope, receive, send)  # let the router answer its 404
+            return
+        components = self.components
+        try:
+            targeting_key, attributes = components.mapper.from_raw_headers(scope["headers"])
+            decision = components.decider.decide(flag_key, targeting_key, attributes)
+        except ControlPlaneError as exc:
+            if isinstance(exc, BadRequestInput):
+                components.metrics.bad_requests.labels(exc.source).inc()
+            await _problem(send, exc)
+            return
+        body = json.dumps(decision.as_json(), separators=(",", ":")).encode()
+        headers = [(k.encode(), v.encode("latin-1")) for k, v in decision_headers(decision)]
+        headers.append((b"content-type", b"application/json"))
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body",
+                    "body": b"" if scope["method"] == "HEAD" else body})
+
+
+async def _problem(send: Send, exc: ControlPlaneError) -> None:
+    status = status_for(exc)
+    extra: dict[str, Any] = dict(exc.extra)
+    body = json.dumps(problem_body(status, exc.title, exc.detail, **extra)).encode()
+    headers = [(b"content-type", PROBLEM_JSON.encode()),
+               (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,89 @@
+"""Routing endpoints: JSON decisions, gateway decisions as headers, and the dispatch proxy."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.background import BackgroundTask
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from control_plane.errors import BadRequestInput
+from control_plane.http.decisions_wire import decision_headers
+from control_plane.http.deps import ComponentsDep
+from control_plane.routing.decisions import Decision
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["routing"])
+
+_MAX_ROUTE_BODY = 64 * 1024
+
+
+def _decide(components: ComponentsDep, flag_key: str, request: Request,
+            body: Any = None) -> Decision:
+    try:
+        targeting_key, attributes = components.mapper.from_raw_headers(request.headers.raw)
+        targeting_key = components.mapper.merge_body_context(targeting_key, attributes, body)
+    except BadRequestInput as exc:
+        components.metrics.bad_requests.labels(exc.source).inc()
+        raise
+    return components.decider.decide(flag_key, targeting_key, attributes)
+
+
+@router.post("/v1/route/{flag_key}", summary="Decide which backend serves a request (JSON)")
+async def route(flag_key: str, request: Request, components: ComponentsDep) -> JSONResponse:
+    """Evaluate the routing flag for the request's headers plus an optional `{"context": {}}`."""
+    raw = await request.body()
+    body: Any = None
+    if raw.strip():
+        if len(raw) > _MAX_ROUTE_BODY:
+            raise BadRequestInput(f"the body is {len(raw)} bytes; at most {_MAX_ROUTE_BODY}",
+                                  source="body")
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise BadRequestInput(f"the body is not valid JSON: {exc}", source="body") from exc
+    decision = _decide(components, flag_key, request, body)
+    return JSONResponse(decision.as_json(), headers=dict(decision_headers(decision)))
+
+
+@router.get("/v1/decide/{flag_key}",
+            summary="Decide which backend serves a request (answer in headers, for gateways)")
+async def decide(flag_key: str, request: Request, components: ComponentsDep) -> Response:
+    """For nginx `auth_request` and Envoy `ext_authz`: 200 with X-Route-* headers."""
+    decision = _decide(components, flag_key, request)
+    return JSONResponse(decision.as_json(), headers=dict(decision_headers(decision)))
+
+
+@router.api_route("/v1/dispatch/{flag_key}/{path:path}",
+                  methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+                  summary="Proxy the request to the backend the routing flag chooses")
+async def dispatch(flag_key: str, path: str, request: Request,
+                   components: ComponentsDep) -> Response:
+    decision = _decide(components, flag_key, request)
+    dispatcher = components.dispatcher
+    assert dispatcher is not None
+    fallback = components.decider.routing_table(flag_key).get(decision.default_variant)
+    client = request.client
+    result = await dispatcher.dispatch(
+        decision, fallback, method=request.method, path=path,
+        query=request.url.query, headers=request.headers.items(), body=request.stream(),
+        client_host=client.host if client else None,
+        original_host=request.headers.get("host"),
+    )
+    headers = [(k, v) for k, v in result.headers]
+    headers += [("x-route-variant", result.variant), ("x-route-backend", result.backend.name),
+                ("x-route-decision-id", decision.decision_id)]
+    if result.fallback_from:
+        headers.append(("x-route-fallback",
+                        f"{result.fallback_from}; cause={result.fallback_cause}"))
+        components.metrics.fallbacks.labels(flag_key, result.fallback_from,
+                                            result.fallback_cause or "").inc()
+    response = StreamingResponse(result.body, status_code=result.status,
+                                 background=BackgroundTask(result.close) if result.close
+                                 else None)
+    response.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                            for k, v in headers]
+    return response

@@ -1,0 +1,197 @@
+"""The dispatch proxy: send a request to the backend a decision chose, with one fallback.
+
+The only module that imports httpx. One pooled AsyncClient serves all backends. Response bodies
+are streamed through. Request bodies up to `buffer_limit` are buffered so that a failed canary
+call can be retried on the flag's default variant; a larger body is streamed and not retried.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from control_plane.errors import UpstreamError
+from control_plane.routing.backends import Backend
+from control_plane.routing.decisions import Decision
+
+__all__ = ["DispatchOutcome", "DispatchResult", "Dispatcher", "HOP_BY_HOP"]
+
+#: RFC 9110 section 7.6.1 connection-specific headers, never forwarded in either direction.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "transfer-encoding", "upgrade",
+})
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
+
+
+@dataclass(slots=True)
+class DispatchOutcome:
+    """What one backend call did; reported to listeners (metrics, experiment outcomes)."""
+
+    decision: Decision
+    variant: str
+    backend: str
+    status: int | None  # None when the backend gave no answer at all
+    seconds: float
+    error: str | None = None
+
+
+OutcomeListener = Callable[[DispatchOutcome], None]
+
+
+@dataclass
+class DispatchResult:
+    status: int
+    headers: list[tuple[str, str]]
+    body: AsyncIterator[bytes]
+    variant: str
+    backend: Backend
+    fallback_from: str | None = None
+    fallback_cause: str | None = None
+    close: Callable[[], Any] | None = None
+
+
+def _forward_headers(headers: Iterable[tuple[str, str]],
+                     drop: frozenset[str] = _NOT_FORWARDED) -> list[tuple[str, str]]:
+    """Headers minus hop-by-hop ones, including those the Connection header lists."""
+    pairs = list(headers)
+    listed = {
+        token.strip().lower()
+        for name, value in pairs if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    return [(name, value) for name, value in pairs
+            if name.lower() not in drop and name.lower() not in listed]
+
+
+class Dispatcher:
+    def __init__(self, *, timeout: float = 10.0, max_connections: int = 200,
+                 buffer_limit: int = 8 * 1024 * 1024,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.buffer_limit = buffer_limit
+        self.listeners: list[OutcomeListener] = []
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=max_connections,
+                                max_keepalive_connections=max_connections),
+            follow_redirects=False,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def dispatch(
+        self, decision: Decision, fallback: Backend | None, *, method: str, path: str,
+        query: str, headers: Iterable[tuple[str, str]], body: AsyncIterator[bytes],
+        client_host: str | None = None, original_host: str | None = None,
+    ) -> DispatchResult:
+        """Send the request to the decision's backend; on failure retry once on `fallback`."""
+        forward = _forward_headers(headers)
+        if client_host:
+            prior = [v for k, v in forward if k.lower() == "x-forwarded-for"]
+            forward = [(k, v) for k, v in forward if k.lower() != "x-forwarded-for"]
+            forward.append(("x-forwarded-for", ", ".join([*prior, client_host])))
+        if original_host:
+            forward.append(("x-forwarded-host", original_host))
+        forward.append(("x-route-decision-id", decision.decision_id))
+        forward.append(("x-route-variant", decision.variant))
+
+        content, replayable = await _buffer(body, self.buffer_limit)
+        target = Backend(decision.backend, decision.url)
+        can_fall_back = (fallback is not None and replayable
+                         and decision.variant != decision.default_variant)
+        try:
+            return await self._send(decision, decision.variant, target, method, path, query,
+                                    forward, content, retry_on_5xx=can_fall_back)
+        except _Retryable as failure:
+            if not can_fall_back:
+                raise UpstreamError(failure.detail, backend=target.name) from failure
+            assert fallback is not None
+            result = await self._send(decision, decision.default_variant, fallback, method,
+                                      path, query, forward, content, retry_on_5xx=False)
+            result.fallback_from = decision.variant
+            result.fallback_cause = failure.cause
+            return result
+
+    async def _send(self, decision: Decision, variant: str, backend: Backend, method: str,
+                    path: str, query: str, headers: list[tuple[str, str]],
+                    content: bytes | AsyncIterator[bytes], *, retry_on_5xx: bool,
+                    ) -> DispatchResult:
+        url = backend.url + "/" + path.lstrip("/")
+        if query:
+            url += "?" + query
+        started = time.perf_counter()
+        request = self._client.build_request(method, url, headers=headers, content=content)
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            self._report(decision, variant, backend, None, started, "timeout")
+            raise _Retryable("timeout",
+                             f"backend {backend.name} ({backend.url}) timed out") from exc
+        except httpx.TransportError as exc:
+            self._report(decision, variant, backend, None, started, "refused")
+            raise _Retryable(
+                "refused", f"backend {backend.name} ({backend.url}) is unreachable: {exc}"
+            ) from exc
+        self._report(decision, variant, backend, response.status_code, started, None)
+        if retry_on_5xx and response.status_code >= 500:
+            await response.aclose()
+            raise _Retryable(f"status-{response.status_code}",
+                             f"backend {backend.name} answered {response.status_code}")
+        return DispatchResult(
+            status=response.status_code,
+            # Raw (still encoded) bytes are streamed, so Content-Length stays true.
+            headers=_forward_headers(response.headers.multi_items(), HOP_BY_HOP),
+            body=_stream(response),
+            variant=variant,
+            backend=backend,
+            close=response.aclose,
+        )
+
+    def _report(self, decision: Decision, variant: str, backend: Backend, status: int | None,
+                started: float, error: str | None) -> None:
+        outcome = DispatchOutcome(decision=decision, variant=variant, backend=backend.name,
+                                  status=status, seconds=time.perf_counter() - started,
+                                  error=error)
+        for listener in self.listeners:
+            listener(outcome)
+
+
+class _Retryable(Exception):
+    def __init__(self, cause: str, detail: str) -> None:
+        super().__init__(detail)
+        self.cause = cause
+        self.detail = detail
+
+
+async def _buffer(body: AsyncIterator[bytes], limit: int) -> tuple[bytes | AsyncIterator[bytes],
+                                                                     bool]:
+    """The whole body if it fits in `limit` (replayable), else a stream of all of it."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in body:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return _chain(chunks, body), False
+    return b"".join(chunks), True
+
+
+async def _chain(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in head:
+        yield chunk
+    async for chunk in rest:
+        yield chunk
+
+
+async def _stream(response: httpx.Response) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    finally:
+        await response.aclose()
