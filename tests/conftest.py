@@ -1,0 +1,46 @@
+"""Shared fixtures: a temp copy of the flag directory, real servers, and global-state resets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openfeature import api as openfeature_api
+
+from flags import FLAGS_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+#: The workplace's shared folder (flagd schemas, testbed corpus), beside the repository.
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _reset_openfeature() -> Iterator[None]:
+    """Every test starts and ends with no OpenFeature providers, hooks or context."""
+    yield
+    openfeature_api.clear_providers()
+    openfeature_api.clear_hooks()
+
+
+@pytest.fixture
+def flags_dir(tmp_path: Path) -> Path:
+    """A writable copy of the shipped flag directory."""
+    target = tmp_path / "flags"
+    target.mkdir()
+    for path in FLAGS_DIR.iterdir():
+        if path.name.endswith((".flagd.json", ".flagd.yaml", ".flagd.yml")):
+            shutil.copy(path, target / path.name)
+    return target
+
+
+def write_flags(directory: Path, name: str, flags: dict[str, Any]) -> Path:
+    """Write one flagd file atomically (temp file + rename), as an editor or the API would."""
+    path = directory / name
+    temp = directory / f".{name}.tmp"
+    temp.write_text(json.dumps({"flags": flags}, indent=2))
+    temp.replace(path)
+    return path

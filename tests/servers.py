@@ -1,0 +1,107 @@
+"""Real servers on loopback for tests: uvicorn in a thread, and small model backends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+__all__ = ["BackendApp", "ServerThread", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerThread:
+    """Run an ASGI app with uvicorn on 127.0.0.1 in a background thread (lifespan on)."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="on", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"server on port {self.port} did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+class BackendApp:
+    """A model backend stand-in: answers with its name and what it received.
+
+    `behaviour` may be set at run time: "ok", "error" (HTTP 503), "slow" (sleeps `delay`).
+    """
+
+    def __init__(self, name: str, behaviour: str = "ok", delay: float = 0.0) -> None:
+        self.name = name
+        self.behaviour = behaviour
+        self.delay = delay
+        self.requests: list[dict[str, Any]] = []
+        self.on_request: Callable[[dict[str, Any]], None] | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        seen = {
+            "backend": self.name,
+            "method": scope["method"],
+            "path": scope["path"],
+            "query": scope["query_string"].decode(),
+            "headers": {k.decode(): v.decode() for k, v in scope["headers"]},
+            "body": body.decode("utf-8", "replace"),
+        }
+        self.requests.append(seen)
+        if self.behaviour == "slow":
+            await asyncio.sleep(self.delay)
+        status = 503 if self.behaviour == "error" else 200
+        if scope["path"].endswith("/stream"):
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"text/plain"),
+                                    (b"x-backend", self.name.encode())]})
+            for index in range(5):
+                await send({"type": "http.response.body", "body": f"chunk{index}\n".encode(),
+                            "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        payload = json.dumps(seen).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"x-backend", self.name.encode()),
+                                (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2"),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
