@@ -7,6 +7,7 @@ audit entries and diffs across restarts.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,7 +43,10 @@ class InMemoryRecorder:
         self.records: list[RecordRequest] = []
 
     def latest(self) -> FlagSet | None:
-        return self.records[-1].flag_set if self.records else None
+        if not self.records:
+            return None
+        # The request holds the placeholder version 0; the recorded number is its position.
+        return dataclasses.replace(self.records[-1].flag_set, version=len(self.records))
 
     def record(self, request: RecordRequest) -> int:
         self.records.append(request)

@@ -1,28 +1,83 @@
 """The flag store: holds the serving flag set, reloads the directory, and tells subscribers.
 
 Readers take `store.current` (one attribute read, so a swap is atomic for them); writers go
-through `reload()`, which validates first and swaps only a complete, valid flag set.
+through `reload()`, which validates first and swaps only a complete, valid flag set. An invalid
+edit is refused, logged and counted, its issues kept for `status()`, and the last good flag set
+keeps serving. A watcher thread polls the directory every `reload_interval` seconds.
+
+How the watcher copes with editors: a half-written file is a syntax error, so it is refused
+like any invalid edit and retried once the bytes change again. Changes are detected from
+(name, mtime, size, inode) and, while a file was modified in the last two seconds (timestamps
+are coarse), from a hash of the bytes as well. A file that disappears is only dropped if it is
+still gone one poll later, so an editor that deletes and re-creates a file on save does not
+briefly unpublish its flags.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from control_plane.errors import FlagsNotLoaded, FlagValidationError
 from control_plane.flagstore.flagset import FlagSet, content_hash
 from control_plane.flagstore.history import InMemoryRecorder, RecordRequest, VersionRecorder
-from control_plane.flagstore.loader import flag_files, load_directory
+from control_plane.flagstore.issues import ValidationIssue
+from control_plane.flagstore.loader import FlagFiles, flag_files, load_files, read_flag_files
 
-__all__ = ["FlagStore", "Listener"]
+__all__ = ["FlagStore", "Listener", "ReloadListener", "ReloadOutcome", "ReloadStats"]
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[FlagSet], None]
+
+#: Files modified this recently are re-hashed on every poll (mtime granularity can be coarse).
+_RECENT_SECONDS = 2.0
+#: After the version recorder failed, wait this long before the watcher tries again.
+_RECORDER_RETRY_SECONDS = 2.0
+
+_Signature = tuple[tuple[str, int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What one reload attempt did; reload listeners receive it (metrics, audit, logs)."""
+
+    ok: bool
+    #: True when a new flag set went live (a valid edit that changed the definitions).
+    changed: bool
+    #: The serving version after the attempt (None while nothing valid was ever loaded).
+    version: int | None
+    issues: tuple[ValidationIssue, ...]
+    at: float  # wall-clock time of the attempt (time.time())
+    seconds: float  # read + validate + record + swap
+    trigger: str  # "watch" (the directory watcher) or "call" (reload() was called)
+
+
+ReloadListener = Callable[[ReloadOutcome], None]
+
+
+@dataclass(frozen=True)
+class ReloadStats:
+    """Counters of reload attempts since the store was created (the lead exports them)."""
+
+    reloads_ok: int = 0
+    reloads_failed: int = 0
+    last_reload_at: float | None = None  # last attempt, ok or not (time.time())
+    last_success_at: float | None = None
+    last_failure_at: float | None = None
+    last_reload_seconds: float | None = None
+
+
+def _iso(moment: float | None) -> str | None:
+    return None if moment is None else datetime.fromtimestamp(moment, UTC).isoformat()
 
 
 class FlagStore:
@@ -33,13 +88,24 @@ class FlagStore:
         self.directory = directory
         self.recorder: VersionRecorder = recorder or InMemoryRecorder()
         self.reload_interval = reload_interval
+        self.last_error: FlagValidationError | None = None
         self._current: FlagSet | None = None
+        self._files: tuple[str, ...] = ()
+        self._warnings: tuple[ValidationIssue, ...] = ()
+        self._stats = ReloadStats()
         self._listeners: list[Listener] = []
-        self._lock = threading.Lock()
+        self._reload_listeners: list[ReloadListener] = []
+        # Serialises reloads, swaps and notifications, so every listener sees versions in order.
+        self._reload_lock = threading.RLock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._signature: tuple[tuple[str, int, int], ...] = ()
-        self.last_error: FlagValidationError | None = None
+        self._signature: _Signature = ()
+        self._attempt_digest: str | None = None
+        self._attempt_names: frozenset[str] = frozenset()
+        self._missing_seen: frozenset[str] = frozenset()
+        self._retry_after = 0.0
+
+    # -- reading -------------------------------------------------------------------------
 
     @property
     def current(self) -> FlagSet:
@@ -52,14 +118,60 @@ class FlagStore:
     def loaded(self) -> bool:
         return self._current is not None
 
+    @property
+    def stats(self) -> ReloadStats:
+        return self._stats
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The flag files the serving flag set was read from."""
+        return self._files
+
+    @property
+    def warnings(self) -> tuple[ValidationIssue, ...]:
+        """Warnings (not errors) about the serving flag set."""
+        return self._warnings
+
+    def status(self) -> dict[str, Any]:
+        """JSON-ready state for `GET /v1/flags/status`: serving version and the last attempt."""
+        current = self._current
+        stats = self._stats
+        error = self.last_error
+        if error is not None:
+            state = "error"
+            issues = [_as_issue(item) for item in error.issues]
+            serving = f"version {current.version} keeps serving" if current else \
+                "no flag set is serving"
+            message = f"the last edit was refused ({serving}): {error.detail}"
+        elif current is not None:
+            state = "ok"
+            issues = list(self._warnings)
+            message = f"version {current.version} is serving"
+        else:
+            state, issues, message = "unloaded", [], "flags have not been loaded yet"
+        return {
+            "state": state,
+            "message": message,
+            "version": current.version if current else None,
+            "contentHash": current.content_hash if current else None,
+            "files": list(self._files) if current else [],
+            "flagCount": len(current.flags) if current else 0,
+            "directory": str(self.directory),
+            "lastAttemptAt": _iso(stats.last_reload_at),
+            "lastSuccessAt": _iso(stats.last_success_at),
+            "reloads": {"ok": stats.reloads_ok, "failed": stats.reloads_failed},
+            "issues": [issue.to_dict() for issue in issues],
+        }
+
+    # -- subscribing ---------------------------------------------------------------------
+
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener` now (if loaded) and with every new flag set; returns an unsubscribe."""
-        with self._lock:
+        with self._reload_lock:
             self._listeners.append(listener)
-            current = self._current
-        if current is not None:
-            listener(current)
-        return lambda: self._listeners.remove(listener)
+            if self._current is not None:
+                listener(self._current)
+        return lambda: _discard(self._listeners, listener)
 
     def subscribe_documents(
         self, listener: Callable[[dict[str, Any]], None]
@@ -67,31 +179,119 @@ class FlagStore:
         """FlagDocumentSource: the same notifications, as flagd documents."""
         return self.subscribe(lambda flag_set: listener(flag_set.to_flagd()))
 
-    def reload(self) -> FlagSet:
-        """Load the directory; swap in and announce a new version if it is valid and different."""
-        with self._lock:
+    def subscribe_reloads(self, listener: ReloadListener) -> Callable[[], None]:
+        """Call `listener` with the outcome of every reload attempt (for metrics and logs)."""
+        with self._reload_lock:
+            self._reload_listeners.append(listener)
+        return lambda: _discard(self._reload_listeners, listener)
+
+    # -- reloading -----------------------------------------------------------------------
+
+    def reload(self, *, source: str = "file", actor: str = "file-watcher",
+               message: str = "") -> FlagSet:
+        """Load the directory; swap in and announce a new version if it is valid and different.
+
+        Raises FlagValidationError (the last good flag set keeps serving) on invalid flags.
+        `source`/`actor`/`message` go to the version recorder when a new version is made, so
+        the admin API can write a file and then attribute the reload to its caller.
+        """
+        with self._reload_lock:
             self._signature = self._directory_signature()
+            files = read_flag_files(self.directory)
+            return self._apply(files, trigger="call", source=source, actor=actor,
+                               message=message)
+
+    def write_and_reload(self, write: Callable[[], None], *, source: str, actor: str,
+                         message: str = "") -> FlagSet:
+        """Run `write` (which edits the flag files), then reload, with no watcher poll between,
+        so the new version is recorded as `source`/`actor` (the admin API), not as a file edit."""
+        with self._reload_lock:
+            write()
+            return self.reload(source=source, actor=actor, message=message)
+
+    def _apply(self, files: FlagFiles, *, trigger: str, source: str = "file",
+               actor: str = "file-watcher", message: str = "") -> FlagSet:
+        started = time.perf_counter()
+        at = time.time()
+        self._attempt_digest = files.digest
+        self._attempt_names = frozenset(files.contents)
+        try:
+            loaded = load_files(files)
+        except FlagValidationError as exc:
+            self._refused(exc, at, started, trigger)
+            raise
+        digest = content_hash(loaded.flags, loaded.evaluators)
+        current = self._current
+        changed = current is None or current.content_hash != digest
+        if current is not None and not changed:
+            # Same definitions (whitespace, order or a flag moved between files): same version.
+            flag_set = dataclasses.replace(current, sources=loaded.sources)
+        else:
             try:
-                loaded = load_directory(self.directory)
-            except FlagValidationError as exc:
-                self.last_error = exc
-                log.warning("flag reload refused: %s", exc.detail)
+                flag_set = self._versioned(loaded.flags, loaded.evaluators, loaded.sources,
+                                           digest, source=source, actor=actor, message=message)
+            except Exception as exc:
+                self._attempt_digest = None  # retry the same bytes once the recorder is back
+                self._retry_after = time.monotonic() + _RECORDER_RETRY_SECONDS
+                refusal = FlagValidationError(
+                    f"the flag set is valid but its version could not be recorded: {exc}",
+                    issues=(ValidationIssue(file="", path="$", message=(
+                        f"could not record the new version ({type(exc).__name__}: {exc}); "
+                        "check the database; the store retries")),))
+                self._refused(refusal, at, started, trigger)
                 raise
-            self.last_error = None
-            digest = content_hash(loaded.flags, loaded.evaluators)
-            if self._current is not None and self._current.content_hash == digest:
-                return self._current
-            candidate = FlagSet(version=0, flags=loaded.flags, evaluators=loaded.evaluators,
-                                sources=loaded.sources, content_hash=digest)
-            version = self.recorder.record(
-                RecordRequest(flag_set=candidate, source="file", actor="file-watcher")
-            )
-            flag_set = dataclasses.replace(candidate, version=version)
-            self._current = flag_set
-            listeners = list(self._listeners)
-        for listener in listeners:
-            listener(flag_set)
+        self._current = flag_set
+        self._files = loaded.files
+        self._warnings = tuple(loaded.warnings)
+        self.last_error = None
+        seconds = time.perf_counter() - started
+        self._stats = dataclasses.replace(
+            self._stats, reloads_ok=self._stats.reloads_ok + 1, last_reload_at=at,
+            last_success_at=at, last_reload_seconds=seconds)
+        if changed:
+            log.info("flag set version %d is live (%s, %d flags from %s)", flag_set.version,
+                     flag_set.content_hash[:12], len(flag_set.flags), ", ".join(loaded.files))
+            for listener in list(self._listeners):
+                _call(listener, flag_set)
+        self._announce(ReloadOutcome(ok=True, changed=changed, version=flag_set.version,
+                                     issues=tuple(loaded.warnings), at=at, seconds=seconds,
+                                     trigger=trigger))
         return flag_set
+
+    def _versioned(self, flags: dict[str, dict[str, Any]], evaluators: dict[str, Any],
+                   sources: dict[str, str], digest: str, *, source: str, actor: str,
+                   message: str) -> FlagSet:
+        candidate = FlagSet(version=0, flags=flags, evaluators=evaluators, sources=sources,
+                            content_hash=digest)
+        if self._current is None:
+            # A restart over unchanged flags keeps the recorded version instead of bumping it.
+            latest = self.recorder.latest()
+            if latest is not None and latest.content_hash == digest:
+                return dataclasses.replace(candidate, version=latest.version)
+        version = self.recorder.record(
+            RecordRequest(flag_set=candidate, source=source, actor=actor, message=message))
+        return dataclasses.replace(candidate, version=version)
+
+    def _refused(self, exc: FlagValidationError, at: float, started: float,
+                 trigger: str) -> None:
+        self.last_error = exc
+        seconds = time.perf_counter() - started
+        self._stats = dataclasses.replace(
+            self._stats, reloads_failed=self._stats.reloads_failed + 1, last_reload_at=at,
+            last_failure_at=at, last_reload_seconds=seconds)
+        serving = (f"version {self._current.version} keeps serving" if self._current
+                   else "no flag set is serving yet")
+        log.warning("flag reload refused (%s): %s", serving, exc.detail)
+        self._announce(ReloadOutcome(
+            ok=False, changed=False, version=self._current.version if self._current else None,
+            issues=tuple(_as_issue(item) for item in exc.issues), at=at, seconds=seconds,
+            trigger=trigger))
+
+    def _announce(self, outcome: ReloadOutcome) -> None:
+        for listener in list(self._reload_listeners):
+            _call(listener, outcome)
+
+    # -- watching ------------------------------------------------------------------------
 
     def start(self) -> None:
         """Watch the directory in a background thread until `stop()`."""
@@ -109,19 +309,65 @@ class FlagStore:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.reload_interval):
-            if self._directory_signature() == self._signature:
-                continue
             try:
-                self.reload()
+                self.poll()
             except FlagValidationError:
-                pass  # logged and kept in last_error; the last good flag set keeps serving
+                pass  # logged, counted and kept in last_error; the last good set keeps serving
+            except Exception:  # the watcher must outlive any surprise (a recorder outage...)
+                log.exception("flag directory poll failed; retrying")
 
-    def _directory_signature(self) -> tuple[tuple[str, int, int], ...]:
+    def poll(self) -> bool:
+        """One watcher step: reload if the directory's bytes changed. True if it reloaded."""
+        with self._reload_lock:
+            if time.monotonic() < self._retry_after:
+                return False
+            signature = self._directory_signature()
+            recent = any(time.time() - mtime_ns / 1e9 < _RECENT_SECONDS
+                         for _, mtime_ns, _, _ in signature)
+            if signature == self._signature and not recent and self._attempt_digest:
+                return False
+            files = read_flag_files(self.directory)
+            missing = self._attempt_names - set(files.contents)
+            if missing and missing != self._missing_seen:
+                # A file vanished: maybe an editor mid-save. Decide on the next poll.
+                self._missing_seen = frozenset(missing)
+                return False
+            self._missing_seen = frozenset()
+            if files.digest == self._attempt_digest:
+                self._signature = signature
+                return False
+            self._signature = signature
+            self._apply(files, trigger="watch")
+            return True
+
+    def _directory_signature(self) -> _Signature:
         signature = []
-        for path in flag_files(self.directory):
+        try:
+            paths = flag_files(self.directory)
+        except OSError:
+            return ()
+        for path in paths:
             try:
                 stat = path.stat()
             except FileNotFoundError:
                 continue
-            signature.append((path.name, stat.st_mtime_ns, stat.st_size))
+            signature.append((path.name, stat.st_mtime_ns, stat.st_size, stat.st_ino))
         return tuple(signature)
+
+
+def _as_issue(item: Any) -> ValidationIssue:
+    if isinstance(item, ValidationIssue):
+        return item
+    return ValidationIssue(file="", path="$", message=str(item))
+
+
+def _discard(items: list[Any], item: Any) -> None:
+    with contextlib.suppress(ValueError):  # already unsubscribed
+        items.remove(item)
+
+
+def _call(listener: Callable[[Any], None], argument: Any) -> None:
+    try:
+        listener(argument)
+    except Exception:  # one broken subscriber must not stop the others or the reload
+        log.exception("flag store listener %r failed", listener)

@@ -1,0 +1,192 @@
+"""Reload latency: from a flag file edit to the first routing decision that reflects it.
+
+    python bench/reload_latency.py [--edits 50] [--interval 0.2] [--http]
+
+Each edit atomically rewrites a routing flag file so every variant URL carries a new generation
+number, at a random moment relative to the watcher's poll; a client then decides continuously
+until a decision's URL carries the new generation. In-process by default (flag store -> flagd
+provider -> Decider, as the service runs it); with --http the decisions are POST /v1/route
+requests to the real app on a uvicorn server on loopback.
+
+Prints a JSON report. Baselines measured in the same run: the cost of one direct
+`store.reload()` (read + validate + version + swap + notify) and the poll interval; the latency
+is also given as a ratio to the interval, since detection waits for the next poll.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from openfeature import api as openfeature_api  # noqa: E402
+
+from control_plane.flagstore import FlagStore  # noqa: E402
+from control_plane.routing.decisions import Decider  # noqa: E402
+from providers import source_fed_provider  # noqa: E402
+
+FLAG = "bench-router"
+
+
+def document(generation: int) -> dict[str, Any]:
+    variants = {name: {"backend": f"model-{name}",
+                       "url": f"http://127.0.0.1:{9200 + index}/gen-{generation}"}
+                for index, name in enumerate(("a", "b"))}
+    return {"flags": {FLAG: {
+        "state": "ENABLED", "variants": variants, "defaultVariant": "a",
+        "metadata": {"generation": generation},
+        "targeting": {"fractional": [["a", 50], ["b", 50]]},
+    }}}
+
+
+def write(path: Path, generation: int) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(document(generation), indent=2))
+    temp.replace(path)
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(share * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def summary_ms(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(statistics.median(values) * 1000, 2),
+        "p95_ms": round(percentile(values, 0.95) * 1000, 2),
+        "max_ms": round(max(values) * 1000, 2),
+        "mean_ms": round(statistics.fmean(values) * 1000, 2),
+    }
+
+
+def in_process_decide(store: FlagStore) -> Callable[[str], str]:
+    domain = f"bench-{uuid.uuid4().hex[:8]}"
+    openfeature_api.set_provider_and_wait(source_fed_provider(store), domain=domain)
+    decider = Decider(openfeature_api.get_client(domain), store)
+    return lambda user: decider.decide(FLAG, user, {}).url
+
+
+def http_decide(store_dir: Path, interval: float) -> tuple[Callable[[str], str], Callable[[], None],
+                                                          FlagStore]:
+    import httpx
+    import uvicorn
+
+    from control_plane.http.app import create_app
+    from control_plane.settings import Settings
+
+    settings = Settings(flags_dir=store_dir, sync_port=0, reload_interval=interval,
+                        database_url=f"sqlite:///{store_dir.parent / 'bench.db'}")
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                            access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+
+    def decide(user: str) -> str:
+        response = client.post(f"/v1/route/{FLAG}", headers={"x-user-id": user})
+        response.raise_for_status()
+        return str(response.json()["url"])
+
+    def close() -> None:
+        client.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    return decide, close, app.state.store
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edits", type=int, default=50)
+    parser.add_argument("--interval", type=float, default=0.2, help="watcher poll interval, s")
+    parser.add_argument("--http", action="store_true", help="decide through the HTTP API")
+    args = parser.parse_args()
+    rng = random.Random(7)
+
+    with tempfile.TemporaryDirectory() as temp:
+        directory = Path(temp) / "flags"
+        directory.mkdir()
+        path = directory / "bench.flagd.json"
+        write(path, 0)
+
+        # Baseline: the work of one reload, without waiting for a poll.
+        baseline_store = FlagStore(directory)
+        direct: list[float] = []
+        for generation in range(1, 21):
+            write(path, generation)
+            started = time.perf_counter()
+            baseline_store.reload()
+            direct.append(time.perf_counter() - started)
+        write(path, 0)
+
+        close: Callable[[], None] = lambda: None  # noqa: E731
+        if args.http:
+            decide, close, store = http_decide(directory, args.interval)
+        else:
+            store = FlagStore(directory, reload_interval=args.interval)
+            store.reload()
+            decide = in_process_decide(store)
+            store.start()
+        latencies: list[float] = []
+        probes = 0
+        try:
+            for generation in range(1, args.edits + 1):
+                time.sleep(rng.uniform(0, args.interval))  # a random phase against the poll
+                marker = f"/gen-{generation}"
+                write(path, generation)
+                started = time.perf_counter()
+                while True:
+                    probes += 1
+                    if decide(f"user-{probes}").endswith(marker):
+                        break
+                    time.sleep(0.0005)
+                latencies.append(time.perf_counter() - started)
+        finally:
+            store.stop()
+            close()
+            openfeature_api.clear_providers()
+
+    edit_to_live = summary_ms(latencies)
+    report = {
+        "benchmark": "reload_latency",
+        "configuration": {
+            "mode": "http" if args.http else "in-process",
+            "edits": args.edits,
+            "poll_interval_s": args.interval,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        },
+        "edit_to_decision": edit_to_live,
+        "baseline_direct_reload": summary_ms(direct),
+        "ratios": {
+            "p95_to_poll_interval": round(edit_to_live["p95_ms"] / (args.interval * 1000), 3),
+            "p50_to_poll_interval": round(edit_to_live["p50_ms"] / (args.interval * 1000), 3),
+        },
+        "target": "p95 edit -> decision under 1000 ms",
+        "met": edit_to_live["p95_ms"] < 1000,
+        "reloads": {"ok": store.stats.reloads_ok, "failed": store.stats.reloads_failed},
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""`GET /v1/flags/status`: which flag set serves, and why the last edit was refused, if it was.
+
+Ops look here after editing a flag file: `state` is "ok" when the last reload went live (or
+changed nothing), "error" when it was refused (its issues are listed with file, JSON path and
+line; the previous version keeps serving), "unloaded" before the first load.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from control_plane.http.deps import ComponentsDep
+
+__all__ = ["FlagStatus", "router"]
+
+router = APIRouter(tags=["flags"])
+
+
+class IssueBody(BaseModel):
+    file: str
+    path: str = Field(description="JSON path into the file, e.g. $.flags.my-flag.defaultVariant")
+    line: int | None
+    column: int | None
+    message: str
+    severity: Literal["error", "warning"]
+
+
+class ReloadCounts(BaseModel):
+    ok: int
+    failed: int
+
+
+class FlagStatus(BaseModel):
+    """The status document; camelCase member names, like the rest of the API."""
+
+    state: Literal["ok", "error", "unloaded"]
+    message: str
+    version: int | None = Field(description="Version of the serving flag set")
+    contentHash: str | None
+    files: list[str] = Field(description="Flag files the serving flag set was read from")
+    flagCount: int
+    directory: str
+    lastAttemptAt: str | None
+    lastSuccessAt: str | None
+    reloads: ReloadCounts
+    issues: list[IssueBody] = Field(
+        description="Errors of the refused edit (state error), else warnings about the "
+                    "serving flag set")
+
+
+@router.get("/v1/flags/status", summary="Serving flag set and the outcome of the last reload",
+            response_model=FlagStatus)
+async def flags_status(components: ComponentsDep) -> FlagStatus:
+    return FlagStatus.model_validate(components.store.status())
