@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control_plane.errors import FlagValidationError
 from control_plane.flagstore import FlagStore
-from control_plane.http import health, routing_api
+from control_plane.http import flags_status, health, routing_api
 from control_plane.http.components import Components
 from control_plane.http.fastpath import DecideFastPath
 from control_plane.http.metrics import RouterMetrics
@@ -50,11 +50,11 @@ def build_components(settings: Settings) -> Components:
 async def _start(components: Components) -> None:
     settings = components.settings
     store = components.store
+    reloads = components.metrics.flag_reloads
+    store.subscribe_reloads(lambda outcome: reloads.labels("ok" if outcome.ok else "refused").inc())
     try:
         store.reload()
-        components.metrics.flag_reloads.labels("ok").inc()
     except FlagValidationError as exc:
-        components.metrics.flag_reloads.labels("refused").inc()
         log.error("flags in %s are invalid; not ready until fixed: %s", store.directory,
                   exc.detail)
     components.provider = source_fed_provider(store)
@@ -105,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(routing_api.router)
+    app.include_router(flags_status.router)
     if settings.fast_decide:
         app.fast_path = DecideFastPath(super(ControlPlaneApp, app).__call__, components)
     return app
