@@ -13,7 +13,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control_plane.errors import FlagValidationError
 from control_plane.flagstore import FlagStore
-from control_plane.http import flags_status, health, routing_api
+from control_plane.distribution.sync_server import start_sync_server
+from control_plane.http import flags_status, health, ofrep, routing_api
 from control_plane.http.components import Components
 from control_plane.http.fastpath import DecideFastPath
 from control_plane.http.metrics import RouterMetrics
@@ -61,6 +62,10 @@ async def _start(components: Components) -> None:
     openfeature_api.set_provider_and_wait(components.provider,
                                           domain=components.openfeature_domain)
     store.start()
+    if settings.sync_port:
+        # Replicas (any flagd in-process provider) sync flags from here over flagd.sync.v1.
+        sync = start_sync_server(store, settings.host, settings.sync_port)
+        components.closers.append(sync.stop)
     components.dispatcher = Dispatcher(timeout=settings.dispatch_timeout,
                                        max_connections=settings.dispatch_max_connections)
     components.dispatcher.listeners.append(components.observe_dispatch)
@@ -106,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(routing_api.router)
     app.include_router(flags_status.router)
+    app.include_router(ofrep.router)
     if settings.fast_decide:
         app.fast_path = DecideFastPath(super(ControlPlaneApp, app).__call__, components)
     return app
