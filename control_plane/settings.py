@@ -7,16 +7,24 @@ rather than letting it start half-configured.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from flags import FLAGS_DIR
 
-__all__ = ["DEFAULT_HEADER_RULES", "HeaderRule", "Settings"]
+__all__ = ["DEFAULT_HEADER_RULES", "HeaderRule", "Settings", "TokenSpec"]
 
 _HEADER_NAME = re.compile(r"^[a-z0-9-]+$")
 
@@ -60,10 +68,48 @@ DEFAULT_HEADER_RULES: tuple[HeaderRule, ...] = (
 )
 
 
+class TokenSpec(BaseModel):
+    """One admin API bearer token given in settings: "name:role:token" or an object."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+    role: Literal["viewer", "operator", "admin"]
+    token: SecretStr
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = value.strip().split(":", 2)
+            if len(parts) != 3:
+                raise ValueError("a token must look like name:role:token")
+            return dict(zip(("name", "role", "token"), parts, strict=True))
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("a token must be at least 16 characters long")
+        return value
+
+
+def _comma_list(value: Any) -> Any:
+    """Environment form of a list setting: comma-separated, or a JSON array."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
 class Settings(BaseSettings):
     """Everything the service reads from its environment, in one validated object."""
 
-    model_config = SettingsConfigDict(env_prefix="CP_", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a refused setting may hold a secret (a token); errors name the
+    # setting and the rule, never the value.
+    model_config = SettingsConfigDict(env_prefix="CP_", extra="ignore", populate_by_name=True,
+                                      hide_input_in_errors=True)
 
     flags_dir: Path = Field(default=FLAGS_DIR)
     host: str = "127.0.0.1"
@@ -85,6 +131,59 @@ class Settings(BaseSettings):
     dispatch_max_connections: int = Field(default=200, ge=1, le=10000)
     #: Answer GET /v1/decide/{flag} from a raw-ASGI fast path (same responses, less overhead).
     fast_decide: bool = True
+
+    #: Admin API tokens (CP_ADMIN_TOKENS="ops:operator:<secret>,ci:viewer:<secret>"); roles are
+    #: viewer < operator < admin. More can be created (hashed) in the database by an admin.
+    admin_tokens: Annotated[tuple[TokenSpec, ...], NoDecode] = ()
+    #: When non-empty, the routing API requires `Authorization: Bearer <one of these>`
+    #: (CP_GATEWAY_TOKENS, comma-separated; two during a rotation).
+    gateway_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+
+    # -- experiments and canaries (control_plane.experiments) --
+    #: HMAC key for targeting keys stored with exposures (CP_EXPOSURE_SALT, 16+ characters);
+    #: unset: a random key made once and kept in the database.
+    exposure_salt: SecretStr | None = None
+    #: Exposure writer: records queued in memory before new ones are dropped (and counted).
+    exposure_queue_size: int = Field(default=100_000, ge=100, le=10_000_000)
+    #: Records per insert transaction (bigger batches: fewer commits; see bench/exposures.py).
+    exposure_batch_size: int = Field(default=2000, ge=1, le=50_000)
+    #: Seconds between two writes of queued records.
+    exposure_flush_interval: float = Field(default=0.2, gt=0, le=60)
+    #: Records kept in memory while the database is down; more go to the spill directory.
+    exposure_buffer_limit: int = Field(default=50_000, ge=0, le=10_000_000)
+    exposure_spill_dir: Path = Path("control-plane-spill")
+    #: Seconds between two write attempts while the database is down.
+    exposure_retry_interval: float = Field(default=1.0, gt=0, le=300)
+    #: Seconds between two passes of the canary controller over running canaries.
+    canary_tick_interval: float = Field(default=1.0, gt=0, le=60)
+
+    @field_validator("exposure_salt")
+    @classmethod
+    def _salt_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("the exposure salt must be at least 16 characters long")
+        return value
+
+    @field_validator("admin_tokens", "gateway_tokens", mode="before")
+    @classmethod
+    def _split_lists(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("admin_tokens")
+    @classmethod
+    def _unique_token_names(cls, value: tuple[TokenSpec, ...]) -> tuple[TokenSpec, ...]:
+        names = [spec.name for spec in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"token name {name!r} is given twice")
+        return value
+
+    @field_validator("gateway_tokens")
+    @classmethod
+    def _gateway_long_enough(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        if any(len(token.get_secret_value()) < 16 for token in value):
+            raise ValueError("a gateway token must be at least 16 characters long")
+        return value
 
     @field_validator("flags_dir")
     @classmethod

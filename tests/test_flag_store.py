@@ -270,14 +270,16 @@ def test_status_endpoint_reports_the_refused_edit_over_http(tmp_path: Path) -> N
     """GET /v1/flags/status shows the serving version, then a refused edit's issues."""
     flags = tmp_path / "flags"
     shutil.copytree(FIXTURES / "good_flags", flags)
+    token = "viewer-token-0123456789"
     settings = Settings(flags_dir=flags, database_url=f"sqlite:///{tmp_path / 'cp.db'}",
-                        sync_port=0, reload_interval=0.02)
+                        sync_port=0, reload_interval=0.02,
+                        admin_tokens=f"ops-viewer:viewer:{token}")
     app = create_app(settings)
-    if not any(getattr(route, "path", "") == "/v1/flags/status" for route in app.routes):
-        from control_plane.http import flags_status
-
-        app.include_router(flags_status.router)
-    with ServerThread(app) as server, httpx.Client(base_url=server.url) as client:
+    with ServerThread(app) as server, httpx.Client(
+            base_url=server.url, headers={"authorization": f"Bearer {token}"}) as client:
+        anonymous = httpx.get(server.url + "/v1/flags/status")
+        assert anonymous.status_code == 401
+        assert anonymous.headers["content-type"] == "application/problem+json"
         body = client.get("/v1/flags/status").json()
         assert body["state"] == "ok"
         assert body["files"] == ["daemon-array.flagd.json", "features.flagd.yaml",

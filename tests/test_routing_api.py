@@ -209,3 +209,25 @@ def test_not_ready_until_flags_are_valid(tmp_path: Path) -> None:
         decide = http.get(f"/v1/decide/{REGION_ROUTER}")
         assert decide.status_code == 503
         assert decide.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("fast_decide", [True, False])
+def test_gateway_token_guards_the_routing_api(flags_dir: Path, tmp_path: Path,
+                                              fast_decide: bool) -> None:
+    """With a gateway token set, routing calls without it are 401 problems; with it, 200."""
+    token = "gateway-secret-0123456789"
+    settings = make_settings(flags_dir, tmp_path, gateway_tokens=token, fast_decide=fast_decide)
+    with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url) as http:
+        for method, path in (("GET", f"/v1/decide/{REGION_ROUTER}"),
+                             ("POST", f"/v1/route/{REGION_ROUTER}"),
+                             ("POST", f"/ofrep/v1/evaluate/flags/{REGION_ROUTER}")):
+            for headers in ({}, {"authorization": "Bearer wrong-token-0123456789"}):
+                refused = http.request(method, path, headers=headers, json={"context": {}})
+                assert refused.status_code == 401, path
+                assert refused.headers["content-type"] == "application/problem+json"
+                assert refused.headers["www-authenticate"] == "Bearer"
+                assert token not in refused.text
+            allowed = http.request(method, path, json={"context": {}},
+                                   headers={"authorization": f"Bearer {token}"})
+            assert allowed.status_code == 200, (path, allowed.text)
+        assert http.get("/healthz").status_code == 200  # probes need no token

@@ -7,14 +7,19 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from openfeature import api as openfeature_api
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control_plane.errors import FlagValidationError
 from control_plane.flagstore import FlagStore
+from control_plane.auth import GatewayTokenChecker, Role
+from control_plane.console import install_console
+from control_plane.db import Database
 from control_plane.distribution.sync_server import start_sync_server
 from control_plane.http import flags_status, health, ofrep, routing_api
+from control_plane.flagstore.db_recorder import DatabaseRecorder
+from control_plane.http.admin_api import install_admin_api, require_gateway_token, require_role
 from control_plane.http.components import Components
 from control_plane.http.fastpath import DecideFastPath
 from control_plane.http.metrics import RouterMetrics
@@ -33,7 +38,9 @@ _app_ids = itertools.count(1)
 
 def build_components(settings: Settings) -> Components:
     """Everything an app instance needs, unstarted (no threads, no files read yet)."""
-    store = FlagStore(settings.flags_dir, reload_interval=settings.reload_interval)
+    database = Database.from_url(settings.database_url)
+    store = FlagStore(settings.flags_dir, reload_interval=settings.reload_interval,
+                      recorder=DatabaseRecorder(database))
     # One OpenFeature domain per app instance, so several apps (tests) never share a provider.
     domain = f"control-plane-{next(_app_ids)}"
     client = openfeature_api.get_client(domain)
@@ -42,7 +49,8 @@ def build_components(settings: Settings) -> Components:
         settings=settings, store=store, openfeature_domain=domain,
         openfeature_client=client,
         mapper=ContextMapper(settings.header_rules, max_header_bytes=settings.max_header_bytes),
-        decider=Decider(client, store), metrics=metrics,
+        decider=Decider(client, store), metrics=metrics, database=database,
+        gateway=GatewayTokenChecker.from_settings(settings),
     )
     components.decider.listeners.append(components.observe_decision)
     return components
@@ -51,6 +59,7 @@ def build_components(settings: Settings) -> Components:
 async def _start(components: Components) -> None:
     settings = components.settings
     store = components.store
+    components.database.migrate()  # before the first reload records a version
     reloads = components.metrics.flag_reloads
     store.subscribe_reloads(lambda outcome: reloads.labels("ok" if outcome.ok else "refused").inc())
     try:
@@ -80,6 +89,7 @@ async def _stop(components: Components) -> None:
         except Exception:  # one failing closer must not keep the others from running
             log.exception("error while shutting down")
     components.store.stop()
+    components.database.dispose()
     if components.dispatcher is not None:
         await components.dispatcher.aclose()
     if components.provider is not None:
@@ -109,9 +119,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.openfeature_client = components.openfeature_client
     install_problem_handlers(app)
     app.include_router(health.router)
-    app.include_router(routing_api.router)
-    app.include_router(flags_status.router)
-    app.include_router(ofrep.router)
+    gateway_only = [Depends(require_gateway_token)]
+    app.include_router(routing_api.router, dependencies=gateway_only)
+    app.include_router(ofrep.router, dependencies=gateway_only)
+    # The status route must precede the admin router's /v1/flags/{key}.
+    app.include_router(flags_status.router, dependencies=[Depends(require_role(Role.VIEWER))])
+    install_admin_api(app, settings=settings, store=components.store,
+                      database=components.database)
+    install_console(app, components)  # /console, /v1/traffic, canary timelines
     if settings.fast_decide:
         app.fast_path = DecideFastPath(super(ControlPlaneApp, app).__call__, components)
     return app

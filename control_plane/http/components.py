@@ -8,6 +8,8 @@ from typing import Any
 from openfeature.client import OpenFeatureClient
 from openfeature.provider import FeatureProvider
 
+from control_plane.auth import GatewayTokenChecker
+from control_plane.db import Database
 from control_plane.flagstore import FlagStore
 from control_plane.http.metrics import RouterMetrics
 from control_plane.routing.context import ContextMapper
@@ -27,6 +29,8 @@ class Components:
     mapper: ContextMapper
     decider: Decider
     metrics: RouterMetrics
+    database: Database
+    gateway: GatewayTokenChecker
     provider: FeatureProvider | None = None
     dispatcher: Dispatcher | None = None
     #: Started services to stop on shutdown (sync server, background loops).

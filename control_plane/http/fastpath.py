@@ -44,6 +44,8 @@ class DecideFastPath:
             return
         components = self.components
         try:
+            if components.gateway.enabled:
+                components.gateway(_header(scope, b"authorization"))
             targeting_key, attributes = components.mapper.from_raw_headers(scope["headers"])
             decision = components.decider.decide(flag_key, targeting_key, attributes)
         except ControlPlaneError as exc:
@@ -58,6 +60,13 @@ class DecideFastPath:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body",
                     "body": b"" if scope["method"] == "HEAD" else body})
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
 
 
 async def _problem(send: Send, exc: ControlPlaneError) -> None:

@@ -30,6 +30,13 @@ _STATUS: list[tuple[type[errors.ControlPlaneError], int]] = [
     (errors.Forbidden, 403),
     (errors.FlagNotFound, 404),
     (errors.VersionNotFound, 404),
+    (errors.TokenNotFound, 404),
+    (errors.Conflict, 409),
+    (errors.ExperimentNotFound, 404),
+    (errors.CanaryNotFound, 404),
+    (errors.InvalidEvents, 422),
+    (errors.InvalidCanary, 422),
+    (errors.EventQueueFull, 503),
     (errors.NotARoutingFlag, 422),
     (errors.FlagValidationError, 422),
     (errors.FlagsNotLoaded, 503),
@@ -63,9 +70,10 @@ def problem_response(status: int, title: str, detail: str,
 
 
 def _jsonable(value: Any) -> Any:
-    as_dict = getattr(value, "as_dict", None)
-    if callable(as_dict):
-        return as_dict()
+    for method in ("as_dict", "to_dict"):  # ValidationIssue has to_dict()
+        as_dict = getattr(value, method, None)
+        if callable(as_dict):
+            return as_dict()
     return str(value)
 
 

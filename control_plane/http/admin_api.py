@@ -1,0 +1,368 @@
+"""The admin API: read, edit, version, audit and roll back flags; manage tokens.
+
+Every endpoint needs a bearer token whose role is high enough (viewer < operator < admin), and
+every write is attributed to the token's name in the flag set history or the audit log.
+Errors are domain exceptions; the app's problem+json handlers turn them into 401/403/404/409/422.
+
+Wire it with `install_admin_api(app, settings=..., store=..., database=...)` after any route that
+shares the `/v1/flags/` prefix (such as `/v1/flags/status`), because `/v1/flags/{key}` would
+otherwise capture it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, Response
+
+from control_plane.auth import (
+    Authenticator,
+    GatewayTokenChecker,
+    Principal,
+    Role,
+    hash_token,
+    new_token,
+)
+from control_plane.db import repository
+from control_plane.db.engine import Database
+from control_plane.db.models import ApiToken, AuditEvent, FlagSetVersion
+from control_plane.errors import BadRequestInput, Conflict, FlagNotFound
+from control_plane.flagstore.editor import FlagEditor
+from control_plane.flagstore.store import FlagStore
+from control_plane.settings import Settings
+
+__all__ = [
+    "AdminComponents",
+    "AdminDep",
+    "GatewayTokenDep",
+    "OperatorDep",
+    "ViewerDep",
+    "install_admin_api",
+    "require_gateway_token",
+    "require_role",
+    "router",
+]
+
+router = APIRouter(tags=["admin"])
+
+_TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_MAX_BODY = 1024 * 1024
+_MAX_MESSAGE = 2000
+
+
+@dataclass
+class AdminComponents:
+    """What the admin endpoints use; kept on `app.state.admin`."""
+
+    store: FlagStore
+    database: Database
+    authenticator: Authenticator
+    editor: FlagEditor
+    gateway: GatewayTokenChecker
+
+
+def install_admin_api(app: FastAPI, *, settings: Settings, store: FlagStore,
+                      database: Database) -> AdminComponents:
+    """Put the admin components on `app.state` and include the admin routes."""
+    admin = AdminComponents(
+        store=store, database=database,
+        authenticator=Authenticator.from_settings(settings, database),
+        editor=FlagEditor(store), gateway=GatewayTokenChecker.from_settings(settings),
+    )
+    app.state.admin = admin
+    app.state.gateway_auth = admin.gateway
+    app.include_router(router)
+    return admin
+
+
+# -- dependencies ----------------------------------------------------------------------------
+
+def _admin(request: Request) -> AdminComponents:
+    admin: AdminComponents = request.app.state.admin
+    return admin
+
+
+AdminComponentsDep = Annotated[AdminComponents, Depends(_admin)]
+
+
+def require_role(role: Role) -> Callable[..., Principal]:
+    """A dependency: the request's Principal, if its token's role is at least `role`."""
+
+    def dependency(request: Request, admin: AdminComponentsDep) -> Principal:
+        principal = admin.authenticator.authenticate(request.headers.get("authorization"))
+        admin.authenticator.authorize(principal, role)
+        return principal
+
+    return dependency
+
+
+ViewerDep = Annotated[Principal, Depends(require_role(Role.VIEWER))]
+OperatorDep = Annotated[Principal, Depends(require_role(Role.OPERATOR))]
+AdminDep = Annotated[Principal, Depends(require_role(Role.ADMIN))]
+
+
+def require_gateway_token(request: Request) -> None:
+    """Routing API dependency: passes when no gateway token is configured or the right one
+    is presented; the raw-ASGI fast path calls `app.state.gateway_auth(header)` instead."""
+    checker: GatewayTokenChecker = request.app.state.gateway_auth
+    checker(request.headers.get("authorization"))
+
+
+GatewayTokenDep = Annotated[None, Depends(require_gateway_token)]
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+async def _json_body(request: Request, *, required: bool) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        if required:
+            raise BadRequestInput("the request needs a JSON body", source="body")
+        return None
+    if len(raw) > _MAX_BODY:
+        raise BadRequestInput(f"the body is {len(raw)} bytes; at most {_MAX_BODY}",
+                              source="body")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise BadRequestInput(f"the body is not valid JSON: {exc}", source="body") from exc
+
+
+def _message(value: Any, where: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > _MAX_MESSAGE:
+        raise BadRequestInput(f"{where} must be a string of at most {_MAX_MESSAGE} characters",
+                              source=where)
+    return value
+
+
+def _version_json(row: FlagSetVersion, *, document: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "version": row.version,
+        "contentHash": row.content_hash,
+        "createdAt": row.created_at.isoformat(),
+        "source": row.source,
+        "actor": row.actor,
+        "message": row.message,
+        "bucketing": row.bucketing,
+        "flagCount": len(row.document.get("flags", {})),
+        "diff": row.diff,
+    }
+    if document:
+        body["document"] = row.document
+    return body
+
+
+def _token_json(row: ApiToken) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "role": row.role,
+        "source": "database",
+        "createdAt": row.created_at.isoformat(),
+        "createdBy": row.created_by,
+        "revokedAt": row.revoked_at.isoformat() if row.revoked_at else None,
+        "revokedBy": row.revoked_by,
+    }
+
+
+def _audit_json(row: AuditEvent) -> dict[str, Any]:
+    return {"id": row.id, "at": row.at.isoformat(), "actor": row.actor, "action": row.action,
+            "target": row.target, "detail": row.detail}
+
+
+def _audit(admin: AdminComponents, principal: Principal, action: str, target: str,
+           detail: dict[str, Any]) -> None:
+    with admin.database.session() as session:
+        repository.add_audit_event(session=session, actor=principal.name, action=action,
+                                   target=target, detail=detail)
+
+
+# -- endpoints: who am I ---------------------------------------------------------------------
+
+@router.get("/v1/whoami", summary="The token's name and role")
+def whoami(principal: ViewerDep) -> dict[str, str]:
+    return {"name": principal.name, "role": principal.role.label, "source": principal.source}
+
+
+# -- endpoints: flags (fixed paths first: /v1/flags/{key} must not capture them) -------------
+
+@router.get("/v1/flags", summary="All serving flags with their source file and version")
+def list_flags(principal: ViewerDep, admin: AdminComponentsDep) -> dict[str, Any]:
+    flag_set = admin.store.current
+    return {
+        "flagSetVersion": flag_set.version,
+        "contentHash": flag_set.content_hash,
+        "flags": [
+            {"key": key, "source": flag_set.sources.get(key), "flagSetVersion": flag_set.version,
+             "state": definition.get("state"), "defaultVariant": definition.get("defaultVariant"),
+             "variants": sorted(definition.get("variants", {}))}
+            for key, definition in sorted(flag_set.flags.items())
+        ],
+    }
+
+
+@router.get("/v1/flags/history", summary="Flag set versions, newest first, with diffs")
+def history(
+    principal: ViewerDep, admin: AdminComponentsDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    before: Annotated[int | None, Query(ge=1, description="versions below this one")] = None,
+) -> dict[str, Any]:
+    with admin.database.session() as session:
+        rows = repository.list_versions(session=session, limit=limit + 1, before=before)
+        total = repository.count_versions(session=session)
+        items = [_version_json(row) for row in rows[:limit]]
+    more = len(rows) > limit
+    next_before = items[-1]["version"] if more else None
+    return {
+        "items": items,
+        "total": total,
+        "nextBefore": next_before,
+        "next": (f"/v1/flags/history?limit={limit}&before={next_before}"
+                 if next_before is not None else None),
+    }
+
+
+@router.get("/v1/flags/history/{version}", summary="One stored version with its full document")
+def history_version(version: int, principal: ViewerDep,
+                    admin: AdminComponentsDep) -> dict[str, Any]:
+    with admin.database.session() as session:
+        return _version_json(repository.get_version(session=session, version=version),
+                             document=True)
+
+
+@router.post("/v1/flags/rollback/{version}",
+             summary="Rewrite the flag files to a stored version (recorded as a rollback)")
+async def rollback(version: int, request: Request, principal: AdminDep,
+                   admin: AdminComponentsDep) -> dict[str, Any]:
+    body = await _json_body(request, required=False)
+    if body is not None and not isinstance(body, dict):
+        raise BadRequestInput("the body must be a JSON object like {\"message\": \"...\"}",
+                              source="body")
+    note = _message((body or {}).get("message"), "body.message")
+
+    def work() -> dict[str, Any]:
+        with admin.database.session() as session:
+            document = repository.get_version(session=session, version=version).document
+        message = f"rollback to version {version}" + (f": {note}" if note else "")
+        result = admin.editor.restore(document, actor=principal.name, message=message)
+        _audit(admin, principal, "flags.rollback", f"version {version}",
+               {"flagSetVersion": result.flag_set.version, "changed": result.changed,
+                "files": list(result.files)})
+        return {"rolledBackTo": version, "flagSetVersion": result.flag_set.version,
+                "contentHash": result.flag_set.content_hash, "changed": result.changed,
+                "files": list(result.files)}
+
+    return await run_in_threadpool(work)
+
+
+@router.get("/v1/flags/{key}", summary="One serving flag's definition, source file and version")
+def get_flag(key: str, principal: ViewerDep, admin: AdminComponentsDep) -> dict[str, Any]:
+    flag_set = admin.store.current
+    definition = flag_set.flags.get(key)
+    if definition is None:
+        raise FlagNotFound(f"no flag named {key!r}")
+    return {"key": key, "source": flag_set.sources.get(key),
+            "flagSetVersion": flag_set.version, "contentHash": flag_set.content_hash,
+            "flag": definition}
+
+
+@router.put("/v1/flags/{key}", summary="Create or replace a flag (validated, versioned)")
+async def put_flag(
+    key: str, request: Request, principal: OperatorDep, admin: AdminComponentsDep,
+    message: Annotated[str | None, Query(max_length=_MAX_MESSAGE,
+                                         description="why (kept in the history)")] = None,
+) -> Response:
+    definition = await _json_body(request, required=True)
+
+    def work() -> tuple[int, dict[str, Any]]:
+        existed = admin.store.loaded and key in admin.store.current.flags
+        result = admin.editor.put_flag(key, definition, actor=principal.name,
+                                       message=message or "")
+        flag_set = result.flag_set
+        _audit(admin, principal, "flag.put", key,
+               {"flagSetVersion": flag_set.version, "changed": result.changed,
+                "source": flag_set.sources.get(key)})
+        body = {"key": key, "source": flag_set.sources.get(key),
+                "flagSetVersion": flag_set.version, "contentHash": flag_set.content_hash,
+                "changed": result.changed, "flag": flag_set.flags.get(key)}
+        return (200 if existed else 201), body
+
+    status, body = await run_in_threadpool(work)
+    return JSONResponse(body, status_code=status)
+
+
+# -- endpoints: tokens and audit -------------------------------------------------------------
+
+@router.post("/v1/tokens", status_code=201,
+             summary="Create a token; the secret is in this answer only")
+async def create_token(request: Request, principal: AdminDep,
+                       admin: AdminComponentsDep) -> JSONResponse:
+    body = await _json_body(request, required=True)
+    if not isinstance(body, dict):
+        raise BadRequestInput('the body must be {"name": "...", "role": "viewer"}', source="body")
+    name, role_name = body.get("name"), body.get("role", "viewer")
+    if not isinstance(name, str) or not _TOKEN_NAME.fullmatch(name):
+        raise BadRequestInput("body.name must be 1-64 characters: letters, digits, . _ @ - "
+                              "(starting with a letter or digit)", source="body.name")
+    try:
+        role = Role.parse(role_name) if isinstance(role_name, str) else None
+    except ValueError:
+        role = None
+    if role is None:
+        raise BadRequestInput("body.role must be viewer, operator or admin", source="body.role")
+    if any(spec.name == name for spec in admin.authenticator.settings_tokens):
+        raise Conflict(f"a token named {name!r} is defined in settings (CP_ADMIN_TOKENS)")
+    secret = new_token()
+
+    def work() -> dict[str, Any]:
+        with admin.database.session() as session:
+            row = repository.add_token(session=session, name=name, role=role.label,
+                                       token_hash=hash_token(secret),
+                                       created_by=principal.name)
+            repository.add_audit_event(session=session, actor=principal.name,
+                                       action="token.create", target=name,
+                                       detail={"role": role.label})
+            return {**_token_json(row), "token": secret}
+
+    return JSONResponse(await run_in_threadpool(work), status_code=201)
+
+
+@router.get("/v1/tokens", summary="Tokens (names, roles, state; never secrets)")
+def list_tokens(principal: AdminDep, admin: AdminComponentsDep) -> dict[str, Any]:
+    configured = [{"name": spec.name, "role": spec.role, "source": "settings"}
+                  for spec in admin.authenticator.settings_tokens]
+    with admin.database.session() as session:
+        stored = [_token_json(row) for row in repository.list_tokens(session=session)]
+    return {"items": configured + stored}
+
+
+@router.delete("/v1/tokens/{name}", status_code=204, summary="Revoke a database token")
+def revoke_token(name: str, principal: AdminDep, admin: AdminComponentsDep) -> Response:
+    if any(spec.name == name for spec in admin.authenticator.settings_tokens):
+        raise Conflict(f"token {name!r} is defined in settings; remove it from CP_ADMIN_TOKENS "
+                       "and restart to revoke it")
+    with admin.database.session() as session:
+        repository.revoke_token(session=session, name=name, actor=principal.name)
+        repository.add_audit_event(session=session, actor=principal.name,
+                                   action="token.revoke", target=name, detail={})
+    return Response(status_code=204)
+
+
+@router.get("/v1/audit", summary="Audit log of writes, newest first")
+def audit_log(
+    principal: AdminDep, admin: AdminComponentsDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, Any]:
+    with admin.database.session() as session:
+        rows = repository.list_audit_events(session=session, limit=limit + 1, before=before)
+        items = [_audit_json(row) for row in rows[:limit]]
+    more = len(rows) > limit
+    return {"items": items, "nextBefore": items[-1]["id"] if more else None}
