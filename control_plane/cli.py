@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
+
+from control_plane.experiments.cli_commands import add_canary, add_experiments
 
 __all__ = ["main"]
 
@@ -41,10 +44,29 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"control-plane serve: flag directory {settings.flags_dir} does not exist",
               file=sys.stderr)
         return 2
+    for label, port in (("port", settings.port), ("sync port", settings.sync_port)):
+        problem = _port_problem(settings.host, port)
+        if problem:
+            print(f"control-plane serve: {label} {settings.host}:{port} {problem}",
+                  file=sys.stderr)
+            return 2
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
                 access_log=args.access_log)
     return 0
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """Why `port` cannot be bound (said before starting, instead of a startup traceback)."""
+    if port == 0:
+        return None
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return f"cannot be used: {exc.strerror} (choose another with the option or 0)"
+    return None
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -56,6 +78,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                        help="flag directory (default: the shipped flags/)")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8080)")
+    serve.add_argument("--sync-port", dest="sync_port", type=int,
+                       help="port of the flagd sync service (flagd.sync.v1) replicas sync "
+                            "flags from (default 8015; 0 disables it)")
     serve.add_argument("--database-url", dest="database_url",
                        help="SQLAlchemy URL (default: sqlite:///./control-plane.db)")
     serve.add_argument("--log-level", default=os.environ.get("CP_LOG_LEVEL", "info"),
@@ -65,12 +90,98 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     serve.set_defaults(command=_serve)
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from control_plane.flagstore.validate_command import run_validate
+
+    path = args.path if args.path is not None else _settings_from(args).flags_dir
+    return run_validate(path)
+
+
+def _add_validate(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    validate = commands.add_parser(
+        "validate", help="check flag files (syntax, schema, meaning) without serving them",
+        description="Validate a flag directory (every *.flagd.json/.yaml/.yml, merged) or one "
+                    "flag file. Prints each issue as file:line:col: path: message; exit status "
+                    "1 on any error, 2 if PATH does not exist, 0 when valid.")
+    validate.add_argument("path", nargs="?", type=Path, metavar="PATH",
+                          help="flag directory or file (default: CP_FLAGS_DIR or the shipped "
+                               "flags/)")
+    validate.set_defaults(command=_validate)
+
+
+def _history(args: argparse.Namespace) -> int:
+    from control_plane.db.history_command import run_history
+
+    return run_history(_settings_from(args).database_url, limit=args.limit,
+                       diffs=not args.no_diff, as_json=args.json)
+
+
+def _add_history(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    history = commands.add_parser(
+        "history", help="list stored flag set versions with who changed what",
+        description="Print the flag set versions stored in the database, newest first: version, "
+                    "time, source (file/api/rollback), actor, flag count, content hash, "
+                    "message, and the changed JSON paths. Exit status 1 when there is no "
+                    "history to read.")
+    history.add_argument("--limit", type=_positive_int, default=20,
+                         help="how many versions to show (default 20)")
+    history.add_argument("--database-url", dest="database_url",
+                         help="SQLAlchemy URL (default: DATABASE_URL or "
+                              "sqlite:///./control-plane.db)")
+    history.add_argument("--no-diff", action="store_true", help="leave out the changed paths")
+    history.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    history.set_defaults(command=_history)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from control_plane.simulate import run_simulate
+
+    settings = _settings_from(args)
+    return run_simulate(settings.flags_dir, args.flag, args.users, args.header or [],
+                        settings.header_rules, key_prefix=args.key_prefix)
+
+
+def _add_simulate(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    simulate = commands.add_parser(
+        "simulate", help="evaluate a flag for N synthetic users and compare the split",
+        description="Evaluate FLAG for N synthetic users (targeting keys user-0, user-1, ...) "
+                    "with the given request headers, through the flagd provider, and print "
+                    "the variant split beside the configured weights with a chi-square "
+                    "goodness-of-fit p-value.")
+    simulate.add_argument("flag", metavar="FLAG", help="flag key, e.g. ab-test-router")
+    simulate.add_argument("--users", type=_positive_int, required=True,
+                          help="number of synthetic users")
+    simulate.add_argument("--header", action="append", metavar="NAME=VALUE",
+                          help="a request header every user sends (repeatable), e.g. "
+                               "--header x-region=cn")
+    simulate.add_argument("--flags", dest="flags_dir", type=Path,
+                          help="flag directory (default: CP_FLAGS_DIR or the shipped flags/)")
+    simulate.add_argument("--key-prefix", default="user-",
+                          help="prefix of the synthetic targeting keys (default user-)")
+    simulate.set_defaults(command=_simulate)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="control-plane",
         description="Feature-flag control plane for model microservices.")
     commands = parser.add_subparsers(dest="subcommand", required=True)
     _add_serve(commands)
+    _add_validate(commands)
+    _add_history(commands)
+    _add_simulate(commands)
+    add_experiments(commands)
+    add_canary(commands)
     return parser
 
 

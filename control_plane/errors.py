@@ -7,6 +7,13 @@
     ├── FlagsNotLoaded             no valid flag set has been loaded yet
     ├── FlagValidationError        a flag set (file or API edit) was refused; carries the issues
     ├── VersionNotFound            no stored flag set version with that number
+    ├── TokenNotFound              no stored API token with that name
+    ├── Conflict                   the request clashes with existing state (a token name)
+    ├── InvalidEvents              outcome events refused; carries one error per bad item
+    ├── ExperimentNotFound         the flag is not an experiment and has no exposures
+    ├── CanaryNotFound             no canary run for that flag
+    ├── InvalidCanary              a canary spec that cannot run on its flag
+    ├── EventQueueFull             the experiment writer cannot take more records now
     ├── AuthError
     │   ├── Unauthenticated        no or unknown bearer token (401)
     │   └── Forbidden              the token's role may not do this (403)
@@ -21,12 +28,19 @@ from typing import Any
 __all__ = [
     "AuthError",
     "BadRequestInput",
+    "CanaryNotFound",
+    "Conflict",
     "ControlPlaneError",
+    "EventQueueFull",
+    "ExperimentNotFound",
     "FlagNotFound",
     "FlagValidationError",
     "FlagsNotLoaded",
     "Forbidden",
+    "InvalidCanary",
+    "InvalidEvents",
     "NotARoutingFlag",
+    "TokenNotFound",
     "Unauthenticated",
     "UpstreamError",
     "VersionNotFound",
@@ -75,6 +89,37 @@ class FlagValidationError(ControlPlaneError):
 
 class VersionNotFound(ControlPlaneError):
     title = "Flag set version not found"
+
+
+class TokenNotFound(ControlPlaneError):
+    title = "Token not found"
+
+
+class Conflict(ControlPlaneError):
+    title = "Conflict"
+
+
+class InvalidEvents(ControlPlaneError):
+    title = "Invalid events"
+
+    def __init__(self, detail: str, *, errors: Sequence[dict[str, Any]]) -> None:
+        super().__init__(detail, errors=list(errors))
+
+
+class ExperimentNotFound(ControlPlaneError):
+    title = "Experiment not found"
+
+
+class CanaryNotFound(ControlPlaneError):
+    title = "Canary not found"
+
+
+class InvalidCanary(ControlPlaneError):
+    title = "Invalid canary"
+
+
+class EventQueueFull(ControlPlaneError):
+    title = "Event queue full"
 
 
 class AuthError(ControlPlaneError):

@@ -1,0 +1,283 @@
+"""Exposure logging: records/s the writer stores, and decisions/s with logging on against off.
+
+    python bench/exposures.py [--records 200000] [--seconds 10] [--connections 32]
+                              [--rounds 2] [--database-url postgresql+psycopg://...]
+
+1. Writer throughput, in process: `--records` decisions on an experiment flag go through the
+   real path (decider listener -> queue -> writer thread: HMAC of the targeting key, batching,
+   idempotent inserts) until all are stored; baseline: the same rows, already prepared, inserted
+   in the same batches by the same sink with no queue or thread. Ratio = writer / baseline.
+2. Decisions/s of GET /v1/decide/ab-test-router (an experiment flag) under wrk (closed loop,
+   distinct x-user-id per request, as bench/decide.py), on two uvicorn servers with the same
+   settings and database kind: exposure logging off, then on, alternating `--rounds` times,
+   best of each. Ratio = on / off. From the on server's /metrics: exposures written per second
+   while decisions ran flat out, the backlog left in memory at the end, how long it took to
+   drain, and the totals written and dropped.
+
+Prints one JSON report. The database is a SQLite file in a temp directory unless
+`--database-url` names a PostgreSQL server's database; every measurement then gets a fresh
+schema there (created and dropped by the benchmark), so nothing else in it is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _servers import UVICORN_ARGS, uvicorn_process
+from decide import _LUA, run_wrk
+
+FLAG = "ab-test-router"
+
+
+# -- the servers (uvicorn --factory targets) -------------------------------------------------
+
+def _app(logging_on: bool) -> Any:
+    """The control plane (routing, admin API) on DATABASE_URL, with or without experiments."""
+    from control_plane.db import Database
+    from control_plane.experiments.wiring import install_experiments
+    from control_plane.flagstore.db_recorder import DatabaseRecorder
+    from control_plane.http.admin_api import install_admin_api
+    from control_plane.http.app import create_app
+    from control_plane.settings import Settings
+
+    settings = Settings()
+    database = Database.from_url(settings.database_url)
+    database.migrate()
+    app = create_app(settings)
+    components = app.state.components
+    experiments = getattr(app.state, "experiments", None)
+    if experiments is None:  # the app factory does not wire them (yet): do it here
+        components.store.recorder = DatabaseRecorder(database)
+        if getattr(app.state, "admin", None) is None:
+            install_admin_api(app, settings=settings, store=components.store,
+                              database=database)
+        if logging_on:
+            install_experiments(app, components, database=database)
+    elif not logging_on:
+        components.settings = settings  # experiments wired by the factory: detach the listener
+        _detach_after_start(app)
+    return app
+
+
+def _detach_after_start(app: Any) -> None:
+    from contextlib import asynccontextmanager
+
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(application: Any) -> Any:
+        async with inner(application) as state:
+            recorder = app.state.experiments.recorder
+            listeners = app.state.components.decider.listeners
+            if recorder is not None and recorder.on_decision in listeners:
+                listeners.remove(recorder.on_decision)
+            yield state
+
+    app.router.lifespan_context = lifespan
+
+
+def logging_on() -> Any:
+    return _app(True)
+
+
+def logging_off() -> Any:
+    return _app(False)
+
+
+# -- 1. writer throughput --------------------------------------------------------------------
+
+def _decisions(count: int) -> list[Any]:
+    from control_plane.routing.decisions import Decision
+
+    return [Decision(flag_key=FLAG, variant="model-a" if i % 2 else "model-b", backend="m",
+                     url="http://127.0.0.1:9101", reason="TARGETING_MATCH", flag_set_version=1,
+                     decision_id=f"bench{i:019d}", targeting_key=f"user-{i}@example.com",
+                     metadata={"experiment": True}) for i in range(count)]
+
+
+def writer_throughput(database_url: str, records: int, batch_size: int) -> dict[str, Any]:
+    from sqlalchemy import text
+
+    from control_plane.db import Database
+    from control_plane.experiments.hashing import UnitHasher
+    from control_plane.experiments.recorder import ExperimentRecorder
+    from control_plane.experiments.records import EXPOSURES
+    from control_plane.experiments.sink import DatabaseSink
+    from control_plane.experiments.spill import SpillFiles
+    from control_plane.experiments.writer import BatchWriter
+
+    database = Database.from_url(database_url)
+    database.migrate()
+    recorder = ExperimentRecorder(UnitHasher(b"bench-key-0123456789abcdef"))
+    sink = DatabaseSink(database)
+
+    def clear() -> None:
+        with database.engine.begin() as connection:
+            connection.execute(text("DELETE FROM exposures"))
+
+    decisions = _decisions(records)
+    now = time.time()
+    prepared = [recorder.prepare((EXPOSURES, decision, now)) for decision in decisions]
+    clear()
+    started = time.perf_counter()
+    for start in range(0, records, batch_size):
+        sink.write(prepared[start:start + batch_size])
+    baseline_seconds = time.perf_counter() - started
+    clear()
+
+    with tempfile.TemporaryDirectory() as spill:
+        writer = BatchWriter(sink, SpillFiles(Path(spill)), prepare=recorder.prepare,
+                             queue_size=records + 1, batch_size=batch_size,
+                             flush_interval=0.05, buffer_limit=records)
+        recorder.attach(writer)
+        writer.start()
+        started = time.perf_counter()
+        offer_started = time.perf_counter()
+        for decision in decisions:
+            recorder.on_decision(decision, 0.0)
+        offer_seconds = time.perf_counter() - offer_started
+        flushed = writer.flush(timeout=600)
+        writer_seconds = time.perf_counter() - started
+        writer.stop()
+    with database.engine.connect() as connection:
+        stored = connection.execute(text("SELECT count(*) FROM exposures")).scalar_one()
+    clear()
+    database.dispose()
+    return {
+        "records": records,
+        "batch_size": batch_size,
+        "stored": stored,
+        "flushed": flushed,
+        "dropped": writer.counts.dropped,
+        "baseline_bulk_insert_records_per_s": round(records / baseline_seconds),
+        "writer_records_per_s": round(records / writer_seconds),
+        "ratio": round(baseline_seconds / writer_seconds, 3),
+        "hot_path_offer_us": round(offer_seconds / records * 1e6, 3),
+    }
+
+
+# -- 2. decisions/s with logging on and off --------------------------------------------------
+
+def _metric(text: str, result: str) -> float:
+    match = re.search(rf'control_plane_experiment_records_total{{result="{result}",'
+                      rf'table="exposures"}} ([\d.e+]+)', text)
+    return float(match.group(1)) if match else 0.0
+
+
+@contextmanager
+def _scratch(base_url: str | None, tmp: Path) -> Iterator[str]:
+    """A fresh database: a SQLite file in `tmp`, or a new schema on `base_url`'s server."""
+    from control_plane.db.testing import scratch_database_url
+
+    url, cleanup = scratch_database_url(base_url, tmp)
+    try:
+        yield url
+    finally:
+        cleanup()
+
+
+@contextmanager
+def _server(logging: bool, database_url: str, tmp: str) -> Iterator[str]:
+    env = {"DATABASE_URL": database_url, "CP_SYNC_PORT": "0",
+           "CP_EXPOSURE_SPILL_DIR": f"{tmp}/spill",
+           "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    target_app = "exposures:logging_on" if logging else "exposures:logging_off"
+    with uvicorn_process(target_app, factory=True, env=env) as base:
+        yield base
+
+
+def _counters(base: str) -> dict[str, float]:
+    import httpx
+
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    buffered = re.search(r"^control_plane_experiment_records_buffered ([\d.e+]+)", text,
+                         re.MULTILINE)
+    return {"written": _metric(text, "written"), "dropped": _metric(text, "dropped"),
+            "buffered": float(buffered.group(1)) if buffered else 0.0}
+
+
+def decide_on_off(args: argparse.Namespace, database_url: str | None) -> dict[str, Any]:
+    off: list[dict[str, float]] = []
+    on: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "users.lua"
+        script.write_text(_LUA)
+        for _ in range(args.rounds):
+            for logging, results in ((False, off), (True, on)):
+                with _scratch(database_url, Path(tmp)) as url, \
+                        _server(logging, url, tmp) as base:
+                    target = f"{base}/v1/decide/{FLAG}"
+                    run_wrk(target, 2, args.connections, script)  # warm-up
+                    before = _counters(base) if logging else {}
+                    result: dict[str, Any] = run_wrk(target, args.seconds, args.connections,
+                                                     script)
+                    if logging:
+                        # What the writer stored while decisions ran flat out, and the
+                        # backlog it then had to catch up on (all exposures, none dropped).
+                        after = _counters(base)
+                        result["exposures_written_per_s_under_load"] = round(
+                            (after["written"] - before["written"]) / args.seconds)
+                        result["exposures_queued_at_end"] = int(after["buffered"])
+                        drained = time.perf_counter()
+                        while _counters(base)["buffered"] > 0 and \
+                                time.perf_counter() - drained < 120:
+                            time.sleep(0.2)
+                        final = _counters(base)
+                        result["backlog_drain_s"] = round(time.perf_counter() - drained, 2)
+                        result["exposures_written_total"] = int(final["written"])
+                        result["exposures_dropped_total"] = int(final["dropped"])
+                    results.append(result)
+    best_off = max(off, key=lambda r: r["requests_per_s"])
+    best_on = max(on, key=lambda r: r["requests_per_s"])
+    return {
+        "logging_off": best_off,
+        "logging_on": best_on,
+        "ratio": round(best_on["requests_per_s"] / best_off["requests_per_s"], 3),
+        "all_rounds": {"logging_off": off, "logging_on": on},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--batch-size", type=int, default=2000,
+                        help="records per insert transaction (the CP_EXPOSURE_BATCH_SIZE default)")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--database-url", help="default: a SQLite file in a temp directory")
+    parser.add_argument("--skip-wrk", action="store_true", help="only the writer throughput")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp, _scratch(args.database_url, Path(tmp)) as url:
+        report: dict[str, Any] = {
+            "benchmark": "exposures",
+            "config": {"records": args.records, "batch_size": args.batch_size,
+                       "seconds": args.seconds, "connections": args.connections,
+                       "rounds": args.rounds,
+                       "database": "sqlite (temp file)" if not args.database_url
+                       else args.database_url.split("@")[-1],
+                       "uvicorn": UVICORN_ARGS,
+                       "load_generator": "wrk -t1 (closed loop), distinct x-user-id",
+                       "cpus": os.cpu_count(), "python": platform.python_version()},
+            "writer": writer_throughput(url, args.records, args.batch_size),
+        }
+    if not args.skip_wrk:
+        report["decide"] = decide_on_off(args, args.database_url)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Turns decisions and backend calls into experiment records, off the request path.
+
+`on_decision` (a Decider listener) queues an exposure for every decision on a flag whose
+metadata says `"experiment": true`; `on_dispatch` (a Dispatcher listener) queues a call sample
+for every backend call on an experiment flag or a flag with an active canary. Both only append
+a tuple to the writer's queue: hashing the targeting key and building the row happen in the
+writer thread (`prepare`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from control_plane.experiments.hashing import UnitHasher
+from control_plane.experiments.records import CALL_SAMPLES, EXPOSURES, OUTCOME_EVENTS, Record
+from control_plane.experiments.writer import BatchWriter
+from control_plane.routing.decisions import Decision
+from control_plane.routing.dispatch import DispatchOutcome
+
+__all__ = ["ExperimentRecorder", "is_experiment"]
+
+#: Column widths of the record tables (longer strings are cut, never refused by the database).
+_FLAG, _VARIANT, _REASON, _ERROR, _ID = 256, 256, 32, 32, 64
+
+
+def is_experiment(metadata: Any) -> bool:
+    """True when evaluated flag metadata marks the flag as an experiment."""
+    return isinstance(metadata, dict) and metadata.get("experiment") is True
+
+
+class ExperimentRecorder:
+    def __init__(self, hasher: UnitHasher) -> None:
+        self.hasher = hasher
+        self.writer: BatchWriter | None = None
+        self._offer: Callable[[Any], bool] = _not_attached
+        #: Flags whose backend calls are recorded although they are not experiments (canaries).
+        self.tracked_flags: frozenset[str] = frozenset()
+
+    def attach(self, writer: BatchWriter) -> None:
+        """Send records to `writer` (its `prepare` should be this recorder's)."""
+        self.writer = writer
+        self._offer = writer.offer
+
+    # -- hot path (listeners) --------------------------------------------------------------
+
+    def on_decision(self, decision: Decision, seconds: float) -> None:
+        if decision.metadata.get("experiment") is True:
+            self._offer((EXPOSURES, decision, time.time()))
+
+    def on_dispatch(self, outcome: DispatchOutcome) -> None:
+        decision = outcome.decision
+        if (decision.metadata.get("experiment") is True
+                or decision.flag_key in self.tracked_flags):
+            self._offer((CALL_SAMPLES, outcome, time.time()))
+
+    def record_outcome(self, row: dict[str, Any]) -> bool:
+        """Queue one validated outcome event row (see control_plane.experiments.events)."""
+        return self._offer((OUTCOME_EVENTS, row, row["at"]))
+
+    # -- writer thread ---------------------------------------------------------------------
+
+    def prepare(self, item: tuple[str, Any, float]) -> Record:
+        table, payload, at = item
+        if table == EXPOSURES:
+            decision: Decision = payload
+            key = decision.targeting_key
+            return Record(EXPOSURES, {
+                "decision_id": decision.decision_id[:_ID],
+                "flag": decision.flag_key[:_FLAG],
+                "variant": decision.variant[:_VARIANT],
+                "unit": self.hasher(key) if key else None,
+                "flag_set_version": decision.flag_set_version,
+                "reason": decision.reason[:_REASON],
+                "at": at,
+            })
+        if table == CALL_SAMPLES:
+            outcome: DispatchOutcome = payload
+            return Record(CALL_SAMPLES, {
+                "decision_id": outcome.decision.decision_id[:_ID],
+                "variant": outcome.variant[:_VARIANT],
+                "flag": outcome.decision.flag_key[:_FLAG],
+                "backend": outcome.backend[:_VARIANT],
+                "status": outcome.status,
+                "seconds": outcome.seconds,
+                "error": outcome.error[:_ERROR] if outcome.error else None,
+                "at": at,
+            })
+        if table == OUTCOME_EVENTS:
+            return Record(OUTCOME_EVENTS, dict(payload))
+        raise ValueError(f"unknown record table {table!r}")
+
+
+def _not_attached(item: Any) -> bool:
+    raise RuntimeError("the experiment recorder has no writer attached")

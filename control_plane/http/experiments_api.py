@@ -1,0 +1,99 @@
+"""Experiment endpoints: outcome events in (`POST /v1/events`), results out
+(`GET /v1/experiments/{flag}`).
+
+Events are validated in the request (problem+json 400 for a body that is not events, 422 with
+one entry per bad item) and then queued for the experiment writer: the answer (202) never waits
+for the database. Sending events needs the gateway token when one is configured (the services
+that report conversions sit behind the gateway); reading results needs a viewer token.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+
+from control_plane.errors import BadRequestInput, EventQueueFull, ExperimentNotFound
+from control_plane.experiments.results import build_report
+from control_plane.experiments.wiring import Experiments
+from control_plane.http.admin_api import ViewerDep, require_gateway_token
+
+__all__ = ["ExperimentsDep", "read_json_body", "router"]
+
+router = APIRouter(tags=["experiments"])
+
+_MAX_BODY = 4 * 1024 * 1024
+
+
+def _experiments(request: Request) -> Experiments:
+    experiments: Experiments = request.app.state.experiments
+    return experiments
+
+
+ExperimentsDep = Annotated[Experiments, Depends(_experiments)]
+
+
+async def read_json_body(request: Request, *, required: bool) -> Any:
+    """The parsed JSON body; BadRequestInput (400) when it is missing, too big or not JSON."""
+    raw = await request.body()
+    if not raw.strip():
+        if required:
+            raise BadRequestInput("the request needs a JSON body", source="body")
+        return None
+    if len(raw) > _MAX_BODY:
+        raise BadRequestInput(f"the body is {len(raw)} bytes; at most {_MAX_BODY}",
+                              source="body")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise BadRequestInput(f"the body is not valid JSON: {exc}", source="body") from exc
+
+
+@router.post("/v1/events", status_code=202, dependencies=[Depends(require_gateway_token)],
+             summary="Record outcome events (one, or a batch of up to 1000)")
+async def post_events(request: Request, experiments: ExperimentsDep) -> JSONResponse:
+    body = await read_json_body(request, required=True)
+    parser, recorder, writer = experiments.parser, experiments.recorder, experiments.writer
+    if parser is None or recorder is None or writer is None:
+        raise EventQueueFull("experiments are not started yet; retry shortly")
+    rows = parser.parse(body)
+    if writer.buffered + len(rows) > experiments.components.settings.exposure_queue_size:
+        raise EventQueueFull(f"the experiment writer holds {writer.buffered} records (the "
+                             "database is slow or down); nothing was stored, retry later")
+    for row in rows:
+        recorder.record_outcome(row)
+    return JSONResponse({"accepted": len(rows), "ids": [row["id"] for row in rows]},
+                        status_code=202)
+
+
+@router.get("/v1/experiments/{flag_key}",
+            summary="Per-variant units, metrics with 95% intervals, tests and SRM check")
+async def experiment_results(flag_key: str, principal: ViewerDep,
+                             experiments: ExperimentsDep) -> dict[str, Any]:
+    store = experiments.components.store
+    flag_set = store.current if store.loaded else None
+    flag = flag_set.flags.get(flag_key) if flag_set is not None else None
+    evaluators = flag_set.evaluators if flag_set is not None else {}
+
+    def work() -> dict[str, Any]:
+        with experiments.database.session() as session:
+            report = build_report(session=session, flag_key=flag_key, flag=flag,
+                                  evaluators=evaluators,
+                                  flag_set_version=flag_set.version if flag_set else None,
+                                  now=datetime.now(UTC))
+            if flag is None and report["units"] == 0:
+                raise ExperimentNotFound(f"no flag named {flag_key!r} is serving and no "
+                                         "exposures of it are stored")
+            is_experiment = (flag or {}).get("metadata", {}).get("experiment") is True
+            if not is_experiment and report["units"] == 0 and not report["metrics"]:
+                raise ExperimentNotFound(
+                    f"flag {flag_key!r} is not an experiment (its metadata lacks "
+                    '"experiment": true) and no exposures of it are stored')
+            return report
+
+    result: dict[str, Any] = await run_in_threadpool(work)
+    return result

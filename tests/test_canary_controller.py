@@ -1,0 +1,307 @@
+"""Progressive canaries on real servers: backends on loopback that behave well or badly,
+traffic through the real dispatch proxy, flag writes through the validated, versioned path.
+A bad canary is rolled back in its first step with the reason in the audit log, a good one is
+promoted after all its steps, and a restart in the middle resumes where it was."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import db_support
+import httpx
+import pytest
+from conftest import write_flags
+from experiments_support import (
+    ADMIN,
+    OPERATOR,
+    VIEWER,
+    ControlPlane,
+    Traffic,
+    make_settings,
+    running,
+    wait_for,
+)
+from servers import BackendApp, ServerThread
+
+from control_plane.cli import main
+from control_plane.db import Database
+from control_plane.experiments import repository
+from control_plane.settings import Settings
+
+database_url = db_support.database_url
+empty_database = db_support.empty_database
+database = db_support.database
+
+FLAG = "chat-router"
+PATH = f"/v1/dispatch/{FLAG}/v1/chat"
+
+
+@dataclass
+class Env:
+    stable: BackendApp
+    canary: BackendApp
+    settings: Settings
+    database: Database
+
+
+def chat_flag(stable_url: str, canary_url: str, targeting: Any = None) -> dict[str, Any]:
+    return {FLAG: {
+        "state": "ENABLED",
+        "variants": {"stable": {"backend": "chat-v1", "url": stable_url},
+                     "canary": {"backend": "chat-v2", "url": canary_url}},
+        "defaultVariant": "stable",
+        "targeting": targeting if targeting is not None
+        else {"fractional": [["canary", 0], ["stable", 100]]},
+    }}
+
+
+@pytest.fixture
+def env(database: Database, database_url: str, flags_dir: Path,
+        tmp_path: Path) -> Iterator[Env]:
+    """Two model backends on loopback and a flag that routes between them (canary at 0%)."""
+    stable, canary = BackendApp("stable"), BackendApp("canary")
+    with ServerThread(stable) as stable_server, ServerThread(canary) as canary_server:
+        write_flags(flags_dir, "chat.flagd.json", chat_flag(stable_server.url, canary_server.url))
+        yield Env(stable, canary, make_settings(flags_dir, database_url, tmp_path), database)
+
+
+def _start(plane: ControlPlane, **spec: Any) -> dict[str, Any]:
+    with plane.client(OPERATOR) as client:
+        response = client.post(f"/v1/canaries/{FLAG}", json=spec)
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _status(plane: ControlPlane) -> dict[str, Any]:
+    with plane.client(VIEWER) as client:
+        body: dict[str, Any] = client.get(f"/v1/canaries/{FLAG}").json()
+    return body
+
+
+def _finished(plane: ControlPlane) -> dict[str, Any] | None:
+    status = _status(plane)
+    return status if status["state"] in ("promoted", "rolled_back", "aborted") else None
+
+
+def _flag(plane: ControlPlane) -> dict[str, Any]:
+    with plane.client(VIEWER) as client:
+        body: dict[str, Any] = client.get(f"/v1/flags/{FLAG}").json()["flag"]
+    return body
+
+
+def _history(plane: ControlPlane) -> list[dict[str, Any]]:
+    with plane.client(VIEWER) as client:
+        return list(client.get("/v1/flags/history", params={"limit": 50}).json()["items"])
+
+
+def _audit(plane: ControlPlane) -> list[dict[str, Any]]:
+    with plane.client(ADMIN) as client:
+        return list(client.get("/v1/audit", params={"limit": 200}).json()["items"])
+
+
+@pytest.mark.parametrize(("behaviour", "reason"), [
+    ("error", "canary error rate 100.0%"),
+    ("slow", "canary p99 latency"),
+])
+def test_bad_canary_is_rolled_back_in_its_first_step(env: Env, behaviour: str,
+                                                     reason: str) -> None:
+    """A canary that fails (503) or is slow is set to 0% before its first step ends, with the
+    reason in the run, the audit log and the flag history; then no traffic reaches it."""
+    env.canary.behaviour, env.canary.delay = behaviour, 0.5
+    with running(env.settings, env.database) as plane:
+        # A first step far longer than the test: only the thresholds can end it.
+        _start(plane, steps=[20, 50, 100], intervalSeconds=600, minRequests=5,
+               maxErrorRate=0.1, maxP99LatencyRatio=5)
+        with Traffic(plane.url, PATH, threads=4):
+            status = wait_for(lambda: _finished(plane), what="the canary to be rolled back")
+        assert status["state"] == "rolled_back"
+        assert status["weight"] == 0
+        assert status["step"] == 1  # never left its first step
+        assert reason in status["reason"]
+        actions = [event["action"] for event in status["events"]]
+        assert actions == ["started", "rolled_back"]
+        rollback = status["events"][-1]
+        assert rollback["actor"] == "canary-controller"
+        assert rollback["detail"]["observed"]["canaryCalls"] >= 5
+
+        audit = [event for event in _audit(plane) if event["target"] == FLAG]
+        assert audit[0]["action"] == "canary.rolled_back"
+        assert audit[0]["actor"] == "canary-controller"
+        assert reason in audit[0]["detail"]["reason"]
+        assert audit[1]["action"] == "canary.started"
+        assert audit[1]["actor"] == "ops"
+
+        latest = _history(plane)[0]
+        assert (latest["source"], latest["actor"]) == ("canary", "canary-controller")
+        assert "rolled back" in latest["message"]
+        assert reason in latest["message"]
+        assert latest["version"] == rollback["flagSetVersion"]
+        assert _flag(plane)["targeting"] == {"fractional": [["canary", 0], ["stable", 100]]}
+
+        seen = len(env.canary.requests)
+        with httpx.Client(base_url=plane.url) as client:
+            for index in range(40):
+                assert client.get(PATH, headers={"x-user-id": f"after-{index}"}
+                                  ).status_code == 200
+        assert len(env.canary.requests) == seen
+
+
+def test_good_canary_is_promoted_after_all_steps(env: Env,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A healthy canary goes through every step and becomes the default variant; each weight
+    change is a flag set version by the canary controller; `canary watch` follows it to the
+    end and exits 0."""
+    with running(env.settings, env.database) as plane:
+        _start(plane, steps=[25, 50, 100], intervalSeconds=0.3, minRequests=5,
+               maxErrorRate=0.05, maxP99LatencyRatio=200)
+        with Traffic(plane.url, PATH, threads=3):
+            assert main(["canary", "watch", FLAG, "--url", plane.url, "--token", VIEWER,
+                         "--every", "0.1"]) == 0
+        status = _status(plane)
+        assert status["state"] == "promoted"
+        assert status["weight"] == 100
+        steps = [(e["action"], e["weight"]) for e in status["events"]]
+        assert steps == [("started", 25), ("step", 50), ("step", 100), ("promoted", 100)]
+        for event in status["events"][1:]:
+            observed = event["detail"]["observed"]
+            assert observed["canaryCalls"] >= 5
+            assert observed["canaryErrors"] == 0
+
+        flag = _flag(plane)
+        assert flag["defaultVariant"] == "canary"
+        assert flag["targeting"] == {"fractional": [["canary", 100], ["stable", 0]]}
+        canary_versions = [v for v in _history(plane) if v["source"] == "canary"]
+        assert len(canary_versions) == 4
+        assert all(v["actor"] == "canary-controller" for v in canary_versions)
+        assert "promoted" in canary_versions[0]["message"]
+
+        before = len(env.stable.requests)
+        with httpx.Client(base_url=plane.url) as client:
+            for index in range(30):
+                response = client.get(PATH, headers={"x-user-id": f"after-{index}"})
+                assert response.headers["x-route-variant"] == "canary"
+        assert len(env.stable.requests) == before
+    out = capsys.readouterr().out
+    assert "promoted" in out
+    assert "step" in out
+
+
+def test_restart_in_the_middle_resumes_where_it_was(env: Env) -> None:
+    """A control plane stopped in the middle of a canary and started again continues from the
+    step it had reached (state is in the database), never repeating a step, then promotes."""
+    with running(env.settings, env.database) as plane:
+        run_id = _start(plane, steps=[20, 40, 60, 100], intervalSeconds=0.8, minRequests=5,
+                        maxErrorRate=0.05, maxP99LatencyRatio=200)["id"]
+        with Traffic(plane.url, PATH, threads=3):
+            wait_for(lambda: _status(plane)["step"] >= 2, what="the canary to reach step 2")
+    # Stopped: where it was is in the database and in the flag file, nowhere else.
+    with env.database.session() as session:
+        run = repository.latest_run(session=session, flag=FLAG)
+        assert run is not None
+        reached, weight, state = run.step_index + 1, run.weight, run.state
+        events_before = len(repository.canary_events(session=session, run_id=run.id))
+    assert state == "running"
+    assert 2 <= reached <= 3
+    document = json.loads((env.settings.flags_dir / "chat.flagd.json").read_text())
+    assert document["flags"][FLAG]["targeting"]["fractional"][0] == ["canary", weight]
+
+    with running(env.settings, env.database) as plane, Traffic(plane.url, PATH, threads=3):
+        status = wait_for(lambda: _finished(plane), what="the canary to finish")
+    assert status["state"] == "promoted"
+    assert status["id"] == run_id
+    actions = [(e["action"], e["detail"].get("step")) for e in status["events"]]
+    assert actions[0] == ("started", 1)
+    assert [action for action, _ in actions].count("started") == 1
+    assert [step for action, step in actions if action == "step"] == [2, 3, 4]
+    # After the restart: only the steps after the one reached, then the promotion.
+    assert actions[events_before:] == [("step", step) for step in range(reached + 1, 5)] + [
+        ("promoted", None)]
+
+
+def test_pause_resume_abort_from_the_cli(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """Operators drive a canary with the CLI: start, pause (it holds its weight under traffic),
+    resume, abort (weight 0 at once, their message in the audit log); list shows it."""
+    client = ["--url", "", "--token", OPERATOR]
+    with running(env.settings, env.database) as plane:
+        client[1] = plane.url
+        assert main(["canary", "start", FLAG, "--steps", "10,50,100", "--interval", "0.2",
+                     "--min-requests", "3", "--max-latency-ratio", "200", *client]) == 0
+        assert "canary weight 10%" in capsys.readouterr().out
+        assert main(["canary", "pause", FLAG, "-m", "looking at dashboards", *client]) == 0
+        with Traffic(plane.url, PATH, threads=3) as traffic:
+            wait_for(lambda: traffic.sent > 200, what="traffic while paused")
+        status = _status(plane)
+        assert (status["state"], status["step"], status["weight"]) == ("paused", 1, 10)
+        assert main(["canary", "list", *client]) == 0
+        assert "paused" in capsys.readouterr().out
+        assert main(["canary", "resume", FLAG, *client]) == 0
+        assert _status(plane)["state"] == "running"
+        assert main(["canary", "abort", FLAG, "-m", "latency budget", *client]) == 0
+        status = _status(plane)
+        assert (status["state"], status["weight"]) == ("aborted", 0)
+        assert status["reason"] == "aborted by ops: latency budget"
+        assert _flag(plane)["targeting"] == {"fractional": [["canary", 0], ["stable", 100]]}
+        actions = [(e["action"], e["actor"]) for e in status["events"]]
+        assert actions == [("started", "ops"), ("paused", "ops"), ("resumed", "ops"),
+                           ("aborted", "ops")]
+        audit = [e for e in _audit(plane) if e["target"] == FLAG]
+        assert audit[0]["action"] == "canary.aborted"
+        assert audit[0]["detail"]["reason"] == "aborted by ops: latency budget"
+        assert any(e["action"] == "canary.paused" and e["actor"] == "ops"
+                   and e["detail"]["message"] == "looking at dashboards" for e in audit)
+        capsys.readouterr()
+        assert main(["canary", "watch", FLAG, *client]) == 3  # finished, not promoted
+        assert "aborted" in capsys.readouterr().out
+        assert main(["canary", "list", "--all", *client]) == 0
+        assert "aborted" in capsys.readouterr().out
+
+
+def test_refusals_are_clear_problems(env: Env, flags_dir: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Bad requests get a problem naming what is wrong and change nothing: a viewer may not
+    start (403), a bad spec or flag is 422, a second canary on a flag is 409, no canary is 404."""
+    with running(env.settings, env.database) as plane:
+        with plane.client(VIEWER) as viewer:
+            assert viewer.post(f"/v1/canaries/{FLAG}", json={}).status_code == 403
+        with plane.client(OPERATOR) as operator:
+            bad = operator.post(f"/v1/canaries/{FLAG}", json={"steps": [50, 10], "minRequests": 0,
+                                                              "bogus": 1})
+            assert bad.status_code == 422, bad.text
+            fields = {error["field"] for error in bad.json()["errors"]}
+            assert fields == {"steps", "minRequests", "bogus"}
+            missing = operator.post("/v1/canaries/no-such-flag", json={})
+            assert missing.status_code == 422
+            assert "no flag named 'no-such-flag'" in missing.json()["detail"]
+            variant = operator.post(f"/v1/canaries/{FLAG}", json={"canaryVariant": "v9"})
+            assert "has no variant 'v9'" in variant.json()["detail"]
+            assert operator.post(f"/v1/canaries/{FLAG}/pause").status_code == 404
+            assert operator.post(f"/v1/canaries/{FLAG}", json={"intervalSeconds": 600}
+                                 ).status_code == 201
+            again = operator.post(f"/v1/canaries/{FLAG}", json={})
+            assert again.status_code == 409
+            assert "already has an active canary" in again.json()["detail"]
+            assert operator.post(f"/v1/canaries/{FLAG}/resume").status_code == 409
+            assert operator.post(f"/v1/canaries/{FLAG}/abort",
+                                 content=b"not json").status_code == 400
+        assert main(["canary", "start", "region-router", "--url", plane.url, "--token",
+                     OPERATOR]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("control-plane canary start: 422 Invalid canary:")
+        assert "flag 'region-router' has no variant 'stable'" in err
+
+
+def test_flag_without_a_controllable_split_is_refused(env: Env, flags_dir: Path) -> None:
+    """A flag whose targeting has no fixed-weight split of the two variants cannot be driven:
+    the start is refused with an example of the rule to add."""
+    stable_url = "http://127.0.0.1:9"
+    write_flags(flags_dir, "chat.flagd.json", chat_flag(stable_url, stable_url, targeting={
+        "if": [{"==": [{"var": "tier"}, "beta"]}, "canary", "stable"]}))
+    with running(env.settings, env.database) as plane, plane.client(OPERATOR) as operator:
+        response = operator.post(f"/v1/canaries/{FLAG}", json={})
+    assert response.status_code == 422
+    assert '{"fractional": [["canary", 0], ["stable", 100]]}' in response.json()["detail"]
