@@ -65,8 +65,7 @@ def _app(logging_on: bool) -> Any:
                               database=database)
         if logging_on:
             install_experiments(app, components, database=database)
-    elif not logging_on:
-        components.settings = settings  # experiments wired by the factory: detach the listener
+    elif not logging_on:  # experiments wired by the factory: detach the exposure listener
         _detach_after_start(app)
     return app
 

@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two "queue full" warnings (the drops themselves are all counted).
 _WARN_EVERY = 10.0
-#: Records prepared between two voluntary releases of the GIL.
-_YIELD_EVERY = 256
 
 
 class RecordSink(Protocol):
@@ -201,9 +199,7 @@ class BatchWriter:
 
     def _drain(self) -> None:
         queue, pending, prepare = self._queue, self._pending, self._prepare
-        for index in range(len(queue)):
-            if index % _YIELD_EVERY == _YIELD_EVERY - 1:
-                time.sleep(0)  # hand the GIL to the event loop: requests must not wait on us
+        for _ in range(len(queue)):
             item = queue.popleft()
             if isinstance(item, _FlushRequest):
                 item.target = self._consumed + len(pending)
