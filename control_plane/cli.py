@@ -20,6 +20,7 @@ from control_plane.experiments.cli_commands import add_canary, add_experiments
 __all__ = ["main"]
 
 Command = Callable[[argparse.Namespace], int]
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def _settings_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -28,7 +29,7 @@ def _settings_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     explicit = {
         name: getattr(args, name)
-        for name in ("flags_dir", "host", "port", "database_url", "sync_port")
+        for name in ("flags_dir", "host", "port", "database_url", "sync_port", "log_format")
         if getattr(args, name, None) is not None
     }
     return Settings(**explicit)
@@ -38,6 +39,8 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from control_plane.http.app import create_app
+    from control_plane.observability.logging import configure_logging
+    from control_plane.observability.tracing import TracingConfigError
 
     settings = _settings_from(args)
     if not settings.flags_dir.is_dir():
@@ -50,9 +53,19 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"control-plane serve: {label} {settings.host}:{port} {problem}",
                   file=sys.stderr)
             return 2
-    app = create_app(settings)
+    if args.log_level not in _LOG_LEVELS:  # CP_LOG_LEVEL is the default, unchecked by argparse
+        print(f"control-plane serve: log level {args.log_level!r} is not one of "
+              f"{', '.join(_LOG_LEVELS)}", file=sys.stderr)
+        return 2
+    # Before the app exists, so that its startup lines are in the chosen format too.
+    log_config = configure_logging(settings.log_format, args.log_level)
+    try:
+        app = create_app(settings)
+    except TracingConfigError as exc:
+        print(f"control-plane serve: tracing: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                access_log=args.access_log)
+                access_log=args.access_log, log_config=log_config)
     return 0
 
 
@@ -73,7 +86,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     serve = commands.add_parser(
         "serve", help="run the control plane (routing API, admin API, flag distribution)",
         description="Run the control plane. Every option can also be set by environment "
-                    "variable: CP_FLAGS_DIR, CP_HOST, CP_PORT, DATABASE_URL, CP_SYNC_PORT.")
+                    "variable: CP_FLAGS_DIR, CP_HOST, CP_PORT, DATABASE_URL, CP_SYNC_PORT, "
+                    "CP_LOG_LEVEL, CP_LOG_FORMAT. Traces are exported over OTLP/HTTP when "
+                    "CP_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT is set.")
     serve.add_argument("--flags", dest="flags_dir", type=Path,
                        help="flag directory (default: the shipped flags/)")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
@@ -84,7 +99,10 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     serve.add_argument("--database-url", dest="database_url",
                        help="SQLAlchemy URL (default: sqlite:///./control-plane.db)")
     serve.add_argument("--log-level", default=os.environ.get("CP_LOG_LEVEL", "info"),
-                       choices=["critical", "error", "warning", "info", "debug"])
+                       choices=_LOG_LEVELS)
+    serve.add_argument("--log-format", dest="log_format", choices=["auto", "json", "text"],
+                       help="log lines as JSON objects (one per line), plain text, or auto: "
+                            "text on a terminal, JSON otherwise (the default)")
     serve.add_argument("--access-log", action="store_true",
                        help="log every request (off by default: the hot path is per request)")
     serve.set_defaults(command=_serve)

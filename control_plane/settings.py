@@ -157,6 +157,16 @@ class Settings(BaseSettings):
     #: Seconds between two passes of the canary controller over running canaries.
     canary_tick_interval: float = Field(default=1.0, gt=0, le=60)
 
+    # -- observability (control_plane.observability) --
+    #: Trace decisions and dispatches with OpenTelemetry (CP_TRACING). Unset: on when an OTLP
+    #: endpoint is configured (here or OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT), else off.
+    tracing: bool | None = None
+    #: OTLP/HTTP collector base URL, e.g. http://127.0.0.1:4318 (/v1/traces is appended);
+    #: takes precedence over OTEL_EXPORTER_OTLP_ENDPOINT.
+    otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s/]+")
+    #: Log lines as JSON objects, plain text, or auto: text on a terminal, JSON otherwise.
+    log_format: Literal["auto", "json", "text"] = "auto"
+
     @field_validator("exposure_salt")
     @classmethod
     def _salt_long_enough(cls, value: SecretStr | None) -> SecretStr | None:

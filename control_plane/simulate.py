@@ -7,7 +7,8 @@ through the OpenFeature client. The configured weights are read from the fractio
 targeting reaches for these users, found by running the flag's targeting with the pinned
 evaluator's own JsonLogic operators, with `fractional` replaced by one that reports its (already
 evaluated) weights. When every user reaches the same weights, a chi-square goodness-of-fit test
-says whether the split matches them.
+says whether the split matches them. With many users both passes take a while, so on a
+terminal they show progress on stderr (cli_progress); piped, the output is only the report.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from openfeature import api as openfeature_api
 from openfeature.contrib.tools.flagd.core.targeting.targeting import OPERATORS
 from openfeature.evaluation_context import EvaluationContext
 
+from control_plane.cli_progress import Progress
 from control_plane.errors import BadRequestInput, FlagNotFound, FlagValidationError
 from control_plane.flagstore.issues import ValidationIssue
 from control_plane.flagstore.store import FlagStore
@@ -182,7 +184,8 @@ def _resolve_refs(node: Any, evaluators: Mapping[str, Any], depth: int = 0) -> A
 
 
 def configured_split(flag: Mapping[str, Any], flag_key: str, evaluators: Mapping[str, Any],
-                     contexts: list[tuple[str, dict[str, Any]]]) -> ConfiguredSplit:
+                     contexts: list[tuple[str, dict[str, Any]]],
+                     progress: Progress | None = None) -> ConfiguredSplit:
     """The split the flag's targeting configures for these (targeting key, attributes) pairs."""
     default = flag.get("defaultVariant")
     if flag.get("state") == "DISABLED":
@@ -192,7 +195,9 @@ def configured_split(flag: Mapping[str, Any], flag_key: str, evaluators: Mapping
         return ConfiguredSplit("fixed", {str(default): 1.0}, "no targeting: the default variant")
     outcomes: set[Any] = set()
     now = int(time.time())
-    for targeting_key, attributes in contexts:
+    for index, (targeting_key, attributes) in enumerate(contexts, 1):
+        if progress is not None:
+            progress.update(index)
         data = {**attributes, "targetingKey": targeting_key,
                 "$flagd": {"flagKey": flag_key, "timestamp": now}}
         try:
@@ -266,8 +271,13 @@ def parse_headers(pairs: list[str], rules: tuple[HeaderRule, ...]
 
 
 def simulate(store: FlagStore, flag_key: str, users: int, headers: Mapping[str, str],
-             attributes: Mapping[str, Any], *, key_prefix: str = "user-") -> SimulationResult:
-    """Evaluate `users` synthetic users through the flagd provider fed by `store`."""
+             attributes: Mapping[str, Any], *, key_prefix: str = "user-",
+             progress: Progress | None = None) -> SimulationResult:
+    """Evaluate `users` synthetic users through the flagd provider fed by `store`.
+
+    `progress` (optional) is told each user done, in two phases: evaluating, then reading the
+    configured split.
+    """
     flag_set = store.current
     flag = flag_set.flags.get(flag_key)
     if flag is None:
@@ -280,24 +290,33 @@ def simulate(store: FlagStore, flag_key: str, users: int, headers: Mapping[str, 
     counts: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     contexts = [(f"{key_prefix}{index}", dict(attributes)) for index in range(users)]
+    if progress is not None:
+        progress.phase(f"evaluating {flag_key}", users)
+    update = progress.update if progress is not None else None
     try:
         if routing_table(flag) is not None:
             decider = Decider(client, store)
-            for targeting_key, context in contexts:
+            for index, (targeting_key, context) in enumerate(contexts, 1):
+                if update is not None:
+                    update(index)
                 decision = decider.decide(flag_key, targeting_key, context)
                 counts[decision.variant] += 1
                 if decision.error_code:
                     errors[decision.error_code] += 1
         else:
             evaluate = _typed_evaluation(client, flag)
-            for targeting_key, context in contexts:
+            for index, (targeting_key, context) in enumerate(contexts, 1):
+                if update is not None:
+                    update(index)
                 details = evaluate(flag_key, EvaluationContext(targeting_key, context))
                 counts[details.variant or "(no variant)"] += 1
                 if details.error_code is not None:
                     errors[str(details.error_code.value)] += 1
     finally:
         provider.shutdown()
-    configured = configured_split(flag, flag_key, flag_set.evaluators, contexts)
+    if progress is not None:
+        progress.phase("reading the configured split", users)
+    configured = configured_split(flag, flag_key, flag_set.evaluators, contexts, progress)
     result = SimulationResult(flag_key=flag_key, users=users,
                               flag_set_hash=flag_set.content_hash,
                               headers=dict(headers), counts=counts, errors=errors,
@@ -405,8 +424,14 @@ def run_simulate(flags_dir: Path, flag_key: str, users: int, header_pairs: list[
                 if isinstance(issue, ValidationIssue) else str(issue)
             print(f"  {formatted}", file=err)
         return 1
+    progress = Progress(f"evaluating {flag_key}", users, unit="users", stream=err)
+    started = time.monotonic()
     try:
-        result = simulate(store, flag_key, users, headers, attributes, key_prefix=key_prefix)
+        with progress:
+            result = simulate(store, flag_key, users, headers, attributes,
+                              key_prefix=key_prefix, progress=progress)
+            elapsed = time.monotonic() - started
+            progress.close(f"simulated {users:,} users in {elapsed:.1f}s")
     except FlagNotFound as exc:
         print(f"control-plane simulate: {exc.detail}", file=err)
         return 1

@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from control_plane.cli_progress import Progress
+
 __all__ = ["add_canary", "add_experiments"]
 
 _FINISHED = ("promoted", "rolled_back", "aborted")
@@ -75,7 +77,9 @@ def _report(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from control_plane.experiments.report_text import report_lines
 
     out = out or sys.stdout
-    report = _call(args, "GET", f"/v1/experiments/{args.flag}")
+    # The server reads the whole exposure log: on a terminal, a clock runs meanwhile.
+    with Progress(f"computing the report of {args.flag} on {args.url}", tick=True):
+        report = _call(args, "GET", f"/v1/experiments/{args.flag}")
     if args.json:
         print(json.dumps(report, indent=2), file=out)
     else:
@@ -145,19 +149,34 @@ def _watch(args: argparse.Namespace) -> int:
     from control_plane.experiments.report_text import canary_event_line, canary_lines
 
     last_event = 0
-    last_summary = ""
-    while True:
-        status = _call(args, "GET", f"/v1/canaries/{args.flag}", params={"after": last_event})
-        for event in status["events"]:
-            print(canary_event_line(event), flush=True)
-            last_event = max(last_event, int(event["id"]))
-        summary = "\n".join(canary_lines(status))
-        if summary != last_summary:
-            print(summary, flush=True)
-            last_summary = summary
-        if status["state"] in _FINISHED:
-            return 0 if status["state"] == "promoted" else 3
-        time.sleep(args.every)
+    shown: tuple[Any, ...] = ()
+    # On a terminal, a live line under the events: weight and this step's numbers, each poll.
+    with Progress(f"canary {args.flag}", tick=True, interval=0.2) as live:
+        while True:
+            status = _call(args, "GET", f"/v1/canaries/{args.flag}",
+                           params={"after": last_event})
+            for event in status["events"]:
+                live.line(canary_event_line(event))
+                last_event = max(last_event, int(event["id"]))
+            # The summary when the run moves (state, step) or its step's verdict changes.
+            current = status.get("current") or {}
+            key = (status["state"], status["step"], current.get("verdict"))
+            if key != shown:
+                live.line("\n".join(canary_lines(status)))
+                shown = key
+            live.update(status=_live_status(status))
+            if status["state"] in _FINISHED:
+                return 0 if status["state"] == "promoted" else 3
+            time.sleep(args.every)
+
+
+def _live_status(status: dict[str, Any]) -> str:
+    text = (f"{status['state']}, step {status['step']}/{len(status['steps'])}, "
+            f"weight {status['weight']}%")
+    current = status.get("current")
+    if current:
+        text += f"; this step {current['canaryCalls']} calls, {current['canaryErrors']} errors"
+    return text
 
 
 def _list(args: argparse.Namespace) -> int:

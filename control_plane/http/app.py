@@ -11,19 +11,22 @@ from fastapi import Depends, FastAPI
 from openfeature import api as openfeature_api
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from control_plane.errors import FlagValidationError
-from control_plane.flagstore import FlagStore
 from control_plane.auth import GatewayTokenChecker, Role
 from control_plane.console import install_console
 from control_plane.db import Database
 from control_plane.distribution.sync_server import start_sync_server
-from control_plane.http import flags_status, health, ofrep, routing_api
+from control_plane.errors import FlagValidationError
+from control_plane.experiments.wiring import install_experiments
+from control_plane.flagstore import FlagStore
 from control_plane.flagstore.db_recorder import DatabaseRecorder
+from control_plane.http import flags_status, health, ofrep, routing_api
 from control_plane.http.admin_api import install_admin_api, require_gateway_token, require_role
 from control_plane.http.components import Components
 from control_plane.http.fastpath import DecideFastPath
 from control_plane.http.metrics import RouterMetrics
 from control_plane.http.problems import install_problem_handlers
+from control_plane.observability.request_log import log_decision, log_dispatch
+from control_plane.observability.tracing import tracing_from_settings
 from control_plane.routing.context import ContextMapper
 from control_plane.routing.decisions import Decider
 from control_plane.routing.dispatch import Dispatcher
@@ -44,23 +47,30 @@ def build_components(settings: Settings) -> Components:
     # One OpenFeature domain per app instance, so several apps (tests) never share a provider.
     domain = f"control-plane-{next(_app_ids)}"
     client = openfeature_api.get_client(domain)
+    tracing = tracing_from_settings(settings)  # no tracer (and no hook) unless configured
+    client.add_hooks(tracing.openfeature_hooks())
     metrics = RouterMetrics()
     components = Components(
         settings=settings, store=store, openfeature_domain=domain,
         openfeature_client=client,
         mapper=ContextMapper(settings.header_rules, max_header_bytes=settings.max_header_bytes),
-        decider=Decider(client, store), metrics=metrics, database=database,
-        gateway=GatewayTokenChecker.from_settings(settings),
+        decider=Decider(client, store, tracer=tracing.tracer), metrics=metrics, database=database,
+        gateway=GatewayTokenChecker.from_settings(settings), tracing=tracing,
     )
     components.decider.listeners.append(components.observe_decision)
+    components.decider.listeners.append(log_decision)
     return components
 
 
 async def _start(components: Components) -> None:
     settings = components.settings
     store = components.store
+    components.tracing.start()  # the OTLP exporter, when configured
     components.database.migrate()  # before the first reload records a version
     reloads = components.metrics.flag_reloads
+    for result in ("ok", "refused"):
+        # Exported at 0 from the start, so that increase() in alerts sees the first refusal.
+        reloads.labels(result)
     store.subscribe_reloads(lambda outcome: reloads.labels("ok" if outcome.ok else "refused").inc())
     try:
         store.reload()
@@ -76,8 +86,10 @@ async def _start(components: Components) -> None:
         sync = start_sync_server(store, settings.host, settings.sync_port)
         components.closers.append(sync.stop)
     components.dispatcher = Dispatcher(timeout=settings.dispatch_timeout,
-                                       max_connections=settings.dispatch_max_connections)
+                                       max_connections=settings.dispatch_max_connections,
+                                       tracer=components.tracing.tracer)
     components.dispatcher.listeners.append(components.observe_dispatch)
+    components.dispatcher.listeners.append(log_dispatch)
 
 
 async def _stop(components: Components) -> None:
@@ -94,6 +106,7 @@ async def _stop(components: Components) -> None:
         await components.dispatcher.aclose()
     if components.provider is not None:
         components.provider.shutdown()
+    components.tracing.shutdown()  # flushes spans still queued for export
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -110,7 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await _stop(components)
 
     app = ControlPlaneApp(title="Model routing control plane", version="0.1.0",
-                          lifespan=lifespan)
+                          lifespan=lifespan, telemetry=components.tracing.fastapi_telemetry())
     app.state.components = components
     app.state.settings = settings
     app.state.store = components.store
@@ -126,6 +139,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(flags_status.router, dependencies=[Depends(require_role(Role.VIEWER))])
     install_admin_api(app, settings=settings, store=components.store,
                       database=components.database)
+    # /v1/events, /v1/experiments, /v1/canaries; starts (writer, controller) after _start.
+    install_experiments(app, components, database=components.database)
     install_console(app, components)  # /console, /v1/traffic, canary timelines
     if settings.fast_decide:
         app.fast_path = DecideFastPath(super(ControlPlaneApp, app).__call__, components)

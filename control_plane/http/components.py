@@ -12,6 +12,7 @@ from control_plane.auth import GatewayTokenChecker
 from control_plane.db import Database
 from control_plane.flagstore import FlagStore
 from control_plane.http.metrics import RouterMetrics
+from control_plane.observability.tracing import Tracing
 from control_plane.routing.context import ContextMapper
 from control_plane.routing.decisions import Decider, Decision
 from control_plane.routing.dispatch import Dispatcher, DispatchOutcome
@@ -33,6 +34,8 @@ class Components:
     gateway: GatewayTokenChecker
     provider: FeatureProvider | None = None
     dispatcher: Dispatcher | None = None
+    #: OpenTelemetry tracing of decisions and dispatches (off: no tracer).
+    tracing: Tracing = field(default_factory=Tracing)
     #: Started services to stop on shutdown (sync server, background loops).
     closers: list[Any] = field(default_factory=list)
     _decision_children: dict[tuple[str, str, str], tuple[Any, Any]] = field(

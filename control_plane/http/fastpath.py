@@ -18,6 +18,7 @@ from control_plane.errors import BadRequestInput, ControlPlaneError
 from control_plane.http.components import Components
 from control_plane.http.decisions_wire import decision_headers
 from control_plane.http.problems import PROBLEM_JSON, problem_body, status_for
+from control_plane.observability.tracing import remote_parent
 
 __all__ = ["DecideFastPath"]
 
@@ -47,7 +48,12 @@ class DecideFastPath:
             if components.gateway.enabled:
                 components.gateway(_header(scope, b"authorization"))
             targeting_key, attributes = components.mapper.from_raw_headers(scope["headers"])
-            decision = components.decider.decide(flag_key, targeting_key, attributes)
+            if components.tracing.enabled:
+                # No FastAPI server span here: hang the decision span on the caller's trace.
+                with remote_parent(scope["headers"]):
+                    decision = components.decider.decide(flag_key, targeting_key, attributes)
+            else:
+                decision = components.decider.decide(flag_key, targeting_key, attributes)
         except ControlPlaneError as exc:
             if isinstance(exc, BadRequestInput):
                 components.metrics.bad_requests.labels(exc.source).inc()

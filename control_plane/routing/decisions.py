@@ -17,9 +17,11 @@ from typing import Any
 from openfeature.client import OpenFeatureClient
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import Reason
+from opentelemetry.trace import Tracer
 
 from control_plane.errors import FlagNotFound, NotARoutingFlag
 from control_plane.flagstore import FlagSet, FlagStore
+from control_plane.observability.attributes import DECIDE_SPAN, FLAG_KEY, decision_attributes
 from control_plane.routing.backends import Backend, routing_table
 
 __all__ = ["Decider", "Decision", "DecisionListener"]
@@ -66,11 +68,17 @@ class _FlagRouting:
 
 
 class Decider:
-    """Makes routing decisions for a flag key and an evaluation context."""
+    """Makes routing decisions for a flag key and an evaluation context.
 
-    def __init__(self, client: OpenFeatureClient, store: FlagStore) -> None:
+    With a `tracer`, each decision is a span (the flag evaluation's OpenTelemetry hook adds its
+    event to it); without one (tracing off) no span is even attempted.
+    """
+
+    def __init__(self, client: OpenFeatureClient, store: FlagStore,
+                 tracer: Tracer | None = None) -> None:
         self._client = client
         self._store = store
+        self.tracer = tracer
         self._routing_version = -1
         self._routing: dict[str, _FlagRouting | None] = {}
         self.listeners: list[DecisionListener] = []
@@ -81,6 +89,17 @@ class Decider:
 
     def decide(self, flag_key: str, targeting_key: str | None,
                attributes: dict[str, Any]) -> Decision:
+        if self.tracer is None:
+            return self._decide(flag_key, targeting_key, attributes)
+        with self.tracer.start_as_current_span(DECIDE_SPAN,
+                                               attributes={FLAG_KEY: flag_key}) as span:
+            decision = self._decide(flag_key, targeting_key, attributes)
+            if span.is_recording():  # not when sampled out: then the span records nothing
+                span.set_attributes(decision_attributes(decision))
+            return decision
+
+    def _decide(self, flag_key: str, targeting_key: str | None,
+                attributes: dict[str, Any]) -> Decision:
         started = time.perf_counter()
         flag_set = self._store.current
         routing = self._routing_for(flag_set, flag_key)

@@ -3,6 +3,9 @@
 The only module that imports httpx. One pooled AsyncClient serves all backends. Response bodies
 are streamed through. Request bodies up to `buffer_limit` are buffered so that a failed canary
 call can be retried on the flag's default variant; a larger body is streamed and not retried.
+With a tracer, each backend attempt is a client span whose context goes to the backend as a W3C
+`traceparent` (replacing the caller's, which is this span's ancestor); without one, trace
+headers pass through untouched.
 """
 
 from __future__ import annotations
@@ -11,14 +14,18 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from control_plane.errors import UpstreamError
+from control_plane.observability import attributes as attr
 from control_plane.routing.backends import Backend
 from control_plane.routing.decisions import Decision
 
-__all__ = ["DispatchOutcome", "DispatchResult", "Dispatcher", "HOP_BY_HOP"]
+__all__ = ["HOP_BY_HOP", "DispatchOutcome", "DispatchResult", "Dispatcher"]
 
 #: RFC 9110 section 7.6.1 connection-specific headers, never forwarded in either direction.
 HOP_BY_HOP = frozenset({
@@ -71,8 +78,10 @@ def _forward_headers(headers: Iterable[tuple[str, str]],
 class Dispatcher:
     def __init__(self, *, timeout: float = 10.0, max_connections: int = 200,
                  buffer_limit: int = 8 * 1024 * 1024,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 tracer: Tracer | None = None) -> None:
         self.buffer_limit = buffer_limit
+        self.tracer = tracer
         self.listeners: list[OutcomeListener] = []
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
@@ -125,6 +134,32 @@ class Dispatcher:
         url = backend.url + "/" + path.lstrip("/")
         if query:
             url += "?" + query
+        if self.tracer is None:
+            return await self._attempt(decision, variant, backend, method, url, headers,
+                                       content, retry_on_5xx=retry_on_5xx)
+        span_attributes: dict[str, str | bool] = {
+            attr.FLAG_KEY: decision.flag_key, attr.FLAG_VARIANT: variant,
+            attr.BACKEND: backend.name, attr.DECISION_ID: decision.decision_id,
+            attr.FALLBACK: variant != decision.variant, attr.HTTP_METHOD: method,
+            attr.URL_FULL: url.partition("?")[0],  # the query may carry user data
+            attr.SERVER_ADDRESS: urlsplit(backend.url).hostname or "",
+        }
+        if variant != decision.variant:
+            span_attributes[attr.FALLBACK_FROM] = decision.variant
+        with self.tracer.start_as_current_span(attr.DISPATCH_SPAN, kind=SpanKind.CLIENT,
+                                               attributes=span_attributes):
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            fields = {name.lower() for name in propagate.get_global_textmap().fields}
+            traced = [(k, v) for k, v in headers if k.lower() not in fields]
+            return await self._attempt(decision, variant, backend, method, url,
+                                       traced + list(carrier.items()), content,
+                                       retry_on_5xx=retry_on_5xx)
+
+    async def _attempt(self, decision: Decision, variant: str, backend: Backend, method: str,
+                       url: str, headers: list[tuple[str, str]],
+                       content: bytes | AsyncIterator[bytes], *, retry_on_5xx: bool,
+                       ) -> DispatchResult:
         started = time.perf_counter()
         request = self._client.build_request(method, url, headers=headers, content=content)
         try:
@@ -158,8 +193,19 @@ class Dispatcher:
         outcome = DispatchOutcome(decision=decision, variant=variant, backend=backend.name,
                                   status=status, seconds=time.perf_counter() - started,
                                   error=error)
+        if self.tracer is not None:
+            _annotate(trace.get_current_span(), status, error)
         for listener in self.listeners:
             listener(outcome)
+
+
+def _annotate(span: trace.Span, status: int | None, error: str | None) -> None:
+    """The attempt's outcome on its span: status, and error type for no answer or a 5xx."""
+    if status is not None:
+        span.set_attribute(attr.HTTP_STATUS, status)
+    if error is not None or (status is not None and status >= 500):
+        span.set_attribute(attr.ERROR_TYPE, error or str(status))
+        span.set_status(StatusCode.ERROR)
 
 
 class _Retryable(Exception):
