@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _servers import STACKS, UVICORN_ARGS, uvicorn_process  # noqa: E402
+from _servers import STACKS, UVICORN_ARGS, uvicorn_process
 
 _LUA = """
 local counter = 0

@@ -1,4 +1,4 @@
-"""Reload-to-replica latency over flagd's sync protocol (proposed for bench/sync_replica_latency.py).
+"""Reload-to-replica latency over flagd's sync protocol, with official flagd providers as replicas.
 
     python bench/sync_replica_latency.py [--replicas 5] [--edits 50] [--interval 0.2]
 
@@ -24,7 +24,6 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from openfeature import api as openfeature_api
 from openfeature.client import OpenFeatureClient
@@ -60,7 +59,7 @@ def _wait_all(clients: list[OpenFeatureClient], expected: str, started: float,
 
 def _summary(samples: list[float], baseline: float) -> dict[str, float]:
     ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     return {
         "samples": len(ordered),
         "p50_ms": round(statistics.median(ordered) * 1000, 3),

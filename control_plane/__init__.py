@@ -1,3 +1,3 @@
-"""The control plane service: routing decisions, flag lifecycle, experiments, and their HTTP edge."""
+"""The control plane service: routing decisions, flag lifecycle, experiments, HTTP edge."""
 
 __all__: list[str] = []

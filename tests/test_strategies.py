@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,8 @@ def make_decider(domain: str, directory: Path = FLAGS_DIR) -> Decider:
 
 
 @pytest.fixture
-def decider() -> Iterator[Decider]:
-    yield make_decider("strategies")
+def decider() -> Decider:
+    return make_decider("strategies")
 
 
 def decide(decider: Decider, flag: str, headers: dict[str, str]) -> str:

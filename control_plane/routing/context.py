@@ -15,7 +15,7 @@ from typing import Any
 from control_plane.errors import BadRequestInput
 from control_plane.settings import HeaderRule
 
-__all__ = ["ContextMapper", "RESERVED_ATTRIBUTES"]
+__all__ = ["RESERVED_ATTRIBUTES", "ContextMapper"]
 
 #: Attributes flagd sets itself; a request may not supply them.
 RESERVED_ATTRIBUTES = frozenset({"$flagd"})
@@ -62,11 +62,7 @@ class ContextMapper:
             rule = by_header.get(name)
             if rule is None:
                 continue
-            try:
-                text = raw.decode("latin-1")
-            except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-                raise BadRequestInput(f"header {rule.header} is not text", source=rule.header)
-            value = self._convert(rule, text)
+            value = self._convert(rule, raw.decode("latin-1"))  # latin-1 decodes every byte
             if rule.attribute == "targetingKey":
                 targeting_key = value
             else:
