@@ -99,7 +99,8 @@ def measure(stack: str, args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "users.lua"
         script.write_text(_LUA)
-        env = {"CP_DATABASE_URL": f"sqlite:///{tmp}/bench.db", "CP_SYNC_PORT": "0"}
+        env = {"CP_DATABASE_URL": f"sqlite:///{tmp}/bench.db", "CP_SYNC_PORT": "0",
+               "CP_EXPOSURE_SPILL_DIR": f"{tmp}/spill"}
         baseline: list[dict[str, float]] = []
         decide: list[dict[str, float]] = []
         for _ in range(args.rounds):
