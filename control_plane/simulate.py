@@ -14,7 +14,6 @@ terminal they show progress on stderr (cli_progress); piped, the output is only 
 from __future__ import annotations
 
 import itertools
-import math
 import sys
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ from openfeature.evaluation_context import EvaluationContext
 
 from control_plane.cli_progress import Progress
 from control_plane.errors import BadRequestInput, FlagNotFound, FlagValidationError
+from control_plane.experiments.distributions import chi2_sf
 from control_plane.flagstore.issues import ValidationIssue
 from control_plane.flagstore.store import FlagStore
 from control_plane.routing.backends import routing_table
@@ -41,7 +41,6 @@ from providers import source_fed_provider
 __all__ = [
     "ConfiguredSplit",
     "SimulationResult",
-    "chi_square_sf",
     "chi_square_test",
     "configured_split",
     "format_result",
@@ -51,61 +50,9 @@ __all__ = [
 ]
 
 _domains = itertools.count(1)
-_EPSILON = 1e-15
-_TINY = 1e-300
-_MAX_ITERATIONS = 10_000
 
 
 # -- chi-square ------------------------------------------------------------------------------
-
-def _lower_regularized_series(a: float, x: float) -> float:
-    """P(a, x) by its power series: e^-x x^a / Gamma(a+1) * sum x^n / ((a+1)...(a+n))."""
-    term = total = 1.0 / a
-    denominator = a
-    for _ in range(_MAX_ITERATIONS):
-        denominator += 1.0
-        term *= x / denominator
-        total += term
-        if abs(term) < abs(total) * _EPSILON:
-            break
-    return total * math.exp(-x + a * math.log(x) - math.lgamma(a))
-
-
-def _upper_regularized_fraction(a: float, x: float) -> float:
-    """Q(a, x) by Legendre's continued fraction, evaluated with the modified Lentz method."""
-    b = x + 1.0 - a
-    c = 1.0 / _TINY
-    d = 1.0 / b
-    result = d
-    for i in range(1, _MAX_ITERATIONS):
-        an = -i * (i - a)
-        b += 2.0
-        d = an * d + b
-        d = _TINY if abs(d) < _TINY else d
-        c = b + an / c
-        c = _TINY if abs(c) < _TINY else c
-        d = 1.0 / d
-        step = d * c
-        result *= step
-        if abs(step - 1.0) < _EPSILON:
-            break
-    return result * math.exp(-x + a * math.log(x) - math.lgamma(a))
-
-
-def chi_square_sf(statistic: float, dof: int) -> float:
-    """P(X >= statistic) for a chi-square variable with `dof` degrees of freedom (no scipy).
-
-    This is the regularized upper incomplete gamma function Q(dof/2, statistic/2).
-    """
-    if dof < 1:
-        raise ValueError("degrees of freedom must be at least 1")
-    a, x = dof / 2.0, statistic / 2.0
-    if x <= 0:  # also a subnormal statistic that halves to zero
-        return 1.0
-    if x < a + 1.0:
-        return max(0.0, 1.0 - _lower_regularized_series(a, x))
-    return min(1.0, _upper_regularized_fraction(a, x))
-
 
 def chi_square_test(observed: Mapping[str, int], expected_shares: Mapping[str, float]
                     ) -> tuple[float, int, float]:
@@ -125,7 +72,7 @@ def chi_square_test(observed: Mapping[str, int], expected_shares: Mapping[str, f
     dof = len(categories) - 1
     impossible = any(count and expected_shares.get(name, 0) <= 0
                      for name, count in observed.items())
-    return statistic, dof, 0.0 if impossible else chi_square_sf(statistic, dof)
+    return statistic, dof, 0.0 if impossible else chi2_sf(statistic, dof)
 
 
 # -- configured weights ----------------------------------------------------------------------

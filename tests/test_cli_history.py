@@ -23,10 +23,11 @@ from servers import free_port
 from control_plane import cli
 from control_plane.db import Database, repository
 from control_plane.db.migrate import upgrade
+from control_plane.experiments.distributions import chi2_sf as chi_square_sf
 from control_plane.flagstore.db_recorder import DatabaseRecorder
 from control_plane.flagstore.editor import FlagEditor
 from control_plane.flagstore.store import FlagStore
-from control_plane.simulate import chi_square_sf, chi_square_test
+from control_plane.simulate import chi_square_test
 from flags import AB_TEST_ROUTER, CANARY_ROUTER, REGION_ROUTER
 
 database_url = db_support.database_url

@@ -11,7 +11,6 @@ otherwise capture it.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from control_plane.db.models import ApiToken, AuditEvent, FlagSetVersion
 from control_plane.errors import BadRequestInput, Conflict, FlagNotFound
 from control_plane.flagstore.editor import FlagEditor
 from control_plane.flagstore.store import FlagStore
+from control_plane.http.bodies import read_json_body
 from control_plane.settings import Settings
 
 __all__ = [
@@ -118,21 +118,6 @@ GatewayTokenDep = Annotated[None, Depends(require_gateway_token)]
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-async def _json_body(request: Request, *, required: bool) -> Any:
-    raw = await request.body()
-    if not raw.strip():
-        if required:
-            raise BadRequestInput("the request needs a JSON body", source="body")
-        return None
-    if len(raw) > _MAX_BODY:
-        raise BadRequestInput(f"the body is {len(raw)} bytes; at most {_MAX_BODY}",
-                              source="body")
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise BadRequestInput(f"the body is not valid JSON: {exc}", source="body") from exc
-
 
 def _message(value: Any, where: str) -> str:
     if value is None:
@@ -241,7 +226,7 @@ def history_version(version: int, principal: ViewerDep,
              summary="Rewrite the flag files to a stored version (recorded as a rollback)")
 async def rollback(version: int, request: Request, principal: AdminDep,
                    admin: AdminComponentsDep) -> dict[str, Any]:
-    body = await _json_body(request, required=False)
+    body = await read_json_body(request, required=False, limit=_MAX_BODY)
     if body is not None and not isinstance(body, dict):
         raise BadRequestInput("the body must be a JSON object like {\"message\": \"...\"}",
                               source="body")
@@ -279,7 +264,7 @@ async def put_flag(
     message: Annotated[str | None, Query(max_length=_MAX_MESSAGE,
                                          description="why (kept in the history)")] = None,
 ) -> Response:
-    definition = await _json_body(request, required=True)
+    definition = await read_json_body(request, required=True, limit=_MAX_BODY)
 
     def work() -> tuple[int, dict[str, Any]]:
         existed = admin.store.loaded and key in admin.store.current.flags
@@ -304,7 +289,7 @@ async def put_flag(
              summary="Create a token; the secret is in this answer only")
 async def create_token(request: Request, principal: AdminDep,
                        admin: AdminComponentsDep) -> JSONResponse:
-    body = await _json_body(request, required=True)
+    body = await read_json_body(request, required=True, limit=_MAX_BODY)
     if not isinstance(body, dict):
         raise BadRequestInput('the body must be {"name": "...", "role": "viewer"}', source="body")
     name, role_name = body.get("name"), body.get("role", "viewer")

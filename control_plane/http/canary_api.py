@@ -23,7 +23,8 @@ from control_plane.errors import BadRequestInput, EventQueueFull
 from control_plane.experiments.canary.service import CanaryService
 from control_plane.experiments.canary.spec import parse_spec
 from control_plane.http.admin_api import OperatorDep, ViewerDep
-from control_plane.http.experiments_api import ExperimentsDep, read_json_body
+from control_plane.http.bodies import read_json_body
+from control_plane.http.experiments_api import MAX_BODY, ExperimentsDep
 
 __all__ = ["router"]
 
@@ -40,7 +41,7 @@ def _service(experiments: Any) -> CanaryService:
 
 
 async def _message(request: Request) -> str:
-    body = await read_json_body(request, required=False)
+    body = await read_json_body(request, required=False, limit=MAX_BODY)
     if body is None:
         return ""
     if not isinstance(body, dict) or set(body) - {"message"}:
@@ -63,7 +64,7 @@ def list_canaries(principal: ViewerDep, experiments: ExperimentsDep,
              summary="Start a progressive canary on a routing flag")
 async def start_canary(flag_key: str, request: Request, principal: OperatorDep,
                        experiments: ExperimentsDep) -> JSONResponse:
-    spec = parse_spec(await read_json_body(request, required=False))
+    spec = parse_spec(await read_json_body(request, required=False, limit=MAX_BODY))
     service = _service(experiments)
     body = await run_in_threadpool(service.start, flag_key, spec, principal.name)
     return JSONResponse(body, status_code=201)

@@ -9,7 +9,6 @@ that report conversions sit behind the gateway); reading results needs a viewer 
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -17,16 +16,18 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
-from control_plane.errors import BadRequestInput, EventQueueFull, ExperimentNotFound
+from control_plane.errors import EventQueueFull, ExperimentNotFound
 from control_plane.experiments.results import build_report
 from control_plane.experiments.wiring import Experiments
 from control_plane.http.admin_api import ViewerDep, require_gateway_token
+from control_plane.http.bodies import read_json_body
 
-__all__ = ["ExperimentsDep", "read_json_body", "router"]
+__all__ = ["MAX_BODY", "ExperimentsDep", "router"]
 
 router = APIRouter(tags=["experiments"])
 
-_MAX_BODY = 4 * 1024 * 1024
+#: Largest event batch body accepted (1000 events with room to spare).
+MAX_BODY = 4 * 1024 * 1024
 
 
 def _experiments(request: Request) -> Experiments:
@@ -37,26 +38,10 @@ def _experiments(request: Request) -> Experiments:
 ExperimentsDep = Annotated[Experiments, Depends(_experiments)]
 
 
-async def read_json_body(request: Request, *, required: bool) -> Any:
-    """The parsed JSON body; BadRequestInput (400) when it is missing, too big or not JSON."""
-    raw = await request.body()
-    if not raw.strip():
-        if required:
-            raise BadRequestInput("the request needs a JSON body", source="body")
-        return None
-    if len(raw) > _MAX_BODY:
-        raise BadRequestInput(f"the body is {len(raw)} bytes; at most {_MAX_BODY}",
-                              source="body")
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise BadRequestInput(f"the body is not valid JSON: {exc}", source="body") from exc
-
-
 @router.post("/v1/events", status_code=202, dependencies=[Depends(require_gateway_token)],
              summary="Record outcome events (one, or a batch of up to 1000)")
 async def post_events(request: Request, experiments: ExperimentsDep) -> JSONResponse:
-    body = await read_json_body(request, required=True)
+    body = await read_json_body(request, required=True, limit=MAX_BODY)
     parser, recorder, writer = experiments.parser, experiments.recorder, experiments.writer
     if parser is None or recorder is None or writer is None:
         raise EventQueueFull("experiments are not started yet; retry shortly")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,6 +9,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from control_plane.errors import BadRequestInput
+from control_plane.http.bodies import read_json_body
 from control_plane.http.decisions_wire import decision_headers
 from control_plane.http.deps import ComponentsDep
 from control_plane.routing.decisions import Decision
@@ -35,16 +35,7 @@ def _decide(components: ComponentsDep, flag_key: str, request: Request,
 @router.post("/v1/route/{flag_key}", summary="Decide which backend serves a request (JSON)")
 async def route(flag_key: str, request: Request, components: ComponentsDep) -> JSONResponse:
     """Evaluate the routing flag for the request's headers plus an optional `{"context": {}}`."""
-    raw = await request.body()
-    body: Any = None
-    if raw.strip():
-        if len(raw) > _MAX_ROUTE_BODY:
-            raise BadRequestInput(f"the body is {len(raw)} bytes; at most {_MAX_ROUTE_BODY}",
-                                  source="body")
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise BadRequestInput(f"the body is not valid JSON: {exc}", source="body") from exc
+    body = await read_json_body(request, required=False, limit=_MAX_ROUTE_BODY)
     decision = _decide(components, flag_key, request, body)
     return JSONResponse(decision.as_json(), headers=dict(decision_headers(decision)))
 
