@@ -127,8 +127,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.components = components
     app.state.settings = settings
     app.state.store = components.store
-    app.state.decider = components.decider
-    app.state.metrics = components.metrics
     app.state.openfeature_client = components.openfeature_client
     install_problem_handlers(app)
     app.include_router(health.router)

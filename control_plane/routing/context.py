@@ -30,7 +30,6 @@ class ContextMapper:
     def __init__(self, rules: Iterable[HeaderRule], *, max_header_bytes: int = 4096) -> None:
         self.rules = tuple(rules)
         self.max_header_bytes = max_header_bytes
-        self._by_header = {rule.header: rule for rule in self.rules}
         self._patterns = {
             rule.header: re.compile(rule.pattern) for rule in self.rules if rule.pattern
         }
@@ -38,31 +37,30 @@ class ContextMapper:
 
     def from_headers(self, headers: Mapping[str, str]) -> tuple[str | None, dict[str, Any]]:
         """(targeting key, attributes) from a case-insensitive header mapping."""
-        targeting_key: str | None = None
-        attributes: dict[str, Any] = {}
-        for rule in self.rules:
-            raw = headers.get(rule.header)
-            if raw is None:
-                continue
-            value = self._convert(rule, raw)
-            if rule.attribute == "targetingKey":
-                targeting_key = value
-            else:
-                attributes[rule.attribute] = value
-        return targeting_key, attributes
+        return self._collect(
+            (rule, raw) for rule in self.rules
+            if (raw := headers.get(rule.header)) is not None
+        )
 
     def from_raw_headers(
         self, raw_headers: Iterable[tuple[bytes, bytes]]
     ) -> tuple[str | None, dict[str, Any]]:
         """The same as `from_headers`, straight from ASGI's (lower-cased) header pairs."""
+        by_header = self._by_header_bytes
+        return self._collect(
+            (rule, raw.decode("latin-1"))  # latin-1 decodes every byte
+            for name, raw in raw_headers
+            if (rule := by_header.get(name)) is not None
+        )
+
+    def _collect(
+        self, values: Iterable[tuple[HeaderRule, str]]
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Convert each (rule, header text) and file it as targeting key or attribute."""
         targeting_key: str | None = None
         attributes: dict[str, Any] = {}
-        by_header = self._by_header_bytes
-        for name, raw in raw_headers:
-            rule = by_header.get(name)
-            if rule is None:
-                continue
-            value = self._convert(rule, raw.decode("latin-1"))  # latin-1 decodes every byte
+        for rule, text in values:
+            value = self._convert(rule, text)
             if rule.attribute == "targetingKey":
                 targeting_key = value
             else:
