@@ -9,6 +9,7 @@
     │   ├── InvalidTenantId           the tenant id is outside the documented alphabet/length
     │   ├── InvalidFilter             the caller's filter could escape the tenant condition
     │   ├── UnsafeArgument            an argument would bypass tenant isolation
+    │   │   └── TenantOwnershipError  a write names ids (primary keys, UUIDs) another tenant owns
     │   ├── TenantIsolationError      isolation missing, or a backend returned a foreign row
     │   └── SecurityHookFailed        a security hook failed, so the search failed closed
     └── BackendError                  the vector database failed (translated by the adapters)
@@ -38,6 +39,7 @@ __all__ = [
     "RequestRefused",
     "SecurityHookFailed",
     "TenantIsolationError",
+    "TenantOwnershipError",
     "UnsafeArgument",
     "VectorHooksError",
 ]
@@ -90,6 +92,29 @@ class InvalidFilter(RequestRefused):
 
 class UnsafeArgument(RequestRefused):
     """An argument that would read or write across tenants (e.g. search by another row's id)."""
+
+
+class TenantOwnershipError(UnsafeArgument):
+    """A write named ids that belong to another tenant (or to none); nothing was written.
+
+    `ids` lists every offending id in the order given; the owners are not named, so the error
+    can be shown to the caller without telling it which tenant holds the rows.
+    """
+
+    #: How many ids the message lists before summarising the rest.
+    SHOWN = 20
+
+    def __init__(self, operation: str, tenant: str, ids: list[object]) -> None:
+        self.operation = operation
+        self.tenant = tenant
+        self.ids = ids
+        shown = ", ".join(repr(i) for i in ids[: self.SHOWN])
+        if len(ids) > self.SHOWN:
+            shown += f", ... ({len(ids)} in all)"
+        super().__init__(
+            f"{operation} refused for tenant {tenant!r}: ids [{shown}] belong to another "
+            "tenant; nothing was written"
+        )
 
 
 class TenantIsolationError(RequestRefused):

@@ -40,15 +40,17 @@ def _rows(rng: np.random.Generator) -> list[dict[str, Any]]:
     rows = []
     for t, tenant in enumerate(TENANTS):
         for i in range(ROWS_PER_TENANT):
-            rows.append({
-                "id": t * 1000 + i,
-                "vector": rng.random(DIM, dtype=np.float32).tolist(),
-                "tenant_id": tenant,
-                "lang": "en" if i % 2 else "de",
-                "n": i,
-                "body": f"write to {tenant}.{i}@example.com",
-                "updated_at": 1_700_000_000 + i * 3600,
-            })
+            rows.append(
+                {
+                    "id": t * 1000 + i,
+                    "vector": rng.random(DIM, dtype=np.float32).tolist(),
+                    "tenant_id": tenant,
+                    "lang": "en" if i % 2 else "de",
+                    "n": i,
+                    "body": f"write to {tenant}.{i}@example.com",
+                    "updated_at": 1_700_000_000 + i * 3600,
+                }
+            )
     return rows
 
 
@@ -76,12 +78,14 @@ def _query_vector(seed: int = 3) -> list[float]:
 
 
 @pytest.mark.parametrize("tenant", TENANTS)
-def test_search_returns_only_the_callers_tenant(vh_milvus: MilvusClient, shared: str,
-                                                tenant: str) -> None:
+def test_search_returns_only_the_callers_tenant(
+    vh_milvus: MilvusClient, shared: str, tenant: str
+) -> None:
     """Every hit of a search belongs to the tenant the search was made for."""
     docs = TenantMilvus(vh_milvus, shared)
-    hits = docs.search(tenant=tenant, data=[_query_vector()], limit=15,
-                       output_fields=["tenant_id", "n"])
+    hits = docs.search(
+        tenant=tenant, data=[_query_vector()], limit=15, output_fields=["tenant_id", "n"]
+    )
     assert len(hits) == 1
     assert len(hits[0]) == 15
     assert {hit["entity"]["tenant_id"] for hit in hits[0]} == {tenant}
@@ -92,13 +96,20 @@ def test_search_returns_only_the_callers_tenant(vh_milvus: MilvusClient, shared:
 def test_the_callers_filter_is_anded_with_the_tenant(vh_milvus: MilvusClient, shared: str) -> None:
     """A caller filter narrows within the tenant; an OR in it cannot widen past the tenant."""
     docs = TenantMilvus(vh_milvus, shared)
-    english = docs.search("globex", data=[_query_vector()], limit=50, filter='lang == "en"',
-                          output_fields=["tenant_id", "lang"])
+    english = docs.search(
+        "globex",
+        data=[_query_vector()],
+        limit=50,
+        filter='lang == "en"',
+        output_fields=["tenant_id", "lang"],
+    )
     assert len(english[0]) == ROWS_PER_TENANT // 2
     assert {(h["entity"]["tenant_id"], h["entity"]["lang"]) for h in english[0]} == {
-        ("globex", "en")}
-    widened = docs.query("globex", filter='n < 3 or tenant_id != "globex"',
-                         output_fields=["tenant_id", "n"])
+        ("globex", "en")
+    }
+    widened = docs.query(
+        "globex", filter='n < 3 or tenant_id != "globex"', output_fields=["tenant_id", "n"]
+    )
     assert sorted(row["n"] for row in widened) == [0, 1, 2]
     assert {row["tenant_id"] for row in widened} == {"globex"}
 
@@ -108,8 +119,9 @@ def test_a_naive_f_string_leaks_and_the_adapter_refuses_that_id(
 ) -> None:
     """The crafted id leaks every tenant through an f-string filter; TenantMilvus refuses it."""
     crafted = 't1" or tenant_id != "'
-    leaked = vh_milvus.query(shared, filter=f'tenant_id == "{crafted}"',
-                             output_fields=["tenant_id"])
+    leaked = vh_milvus.query(
+        shared, filter=f'tenant_id == "{crafted}"', output_fields=["tenant_id"]
+    )
     assert {row["tenant_id"] for row in leaked} == set(TENANTS)  # the fact the SDK guards against
 
     docs = TenantMilvus(vh_milvus, shared)
@@ -128,8 +140,9 @@ def test_filters_that_would_escape_their_parentheses_are_refused(
         docs.search("acme", data=[_query_vector()], filter='lang == "en") or (tenant_id != "x"')
 
 
-def test_query_by_ids_never_reaches_another_tenants_rows(vh_milvus: MilvusClient,
-                                                         shared: str) -> None:
+def test_query_by_ids_never_reaches_another_tenants_rows(
+    vh_milvus: MilvusClient, shared: str
+) -> None:
     """Querying by primary key returns only ids that belong to the caller's tenant."""
     docs = TenantMilvus(vh_milvus, shared)
     rows = docs.query("acme", ids=[0, 1, 1000, 2001], output_fields=["tenant_id"])
@@ -142,30 +155,40 @@ def test_query_by_ids_never_reaches_another_tenants_rows(vh_milvus: MilvusClient
     assert {row["tenant_id"] for row in limited} == {"acme"}
 
 
-def test_hybrid_search_puts_the_tenant_in_every_sub_request(vh_milvus: MilvusClient,
-                                                            shared: str) -> None:
+def test_hybrid_search_puts_the_tenant_in_every_sub_request(
+    vh_milvus: MilvusClient, shared: str
+) -> None:
     """Both sub-requests of a hybrid search are tenant-scoped; bad sub-filters are refused."""
     docs = TenantMilvus(vh_milvus, shared)
     reqs = [
         AnnSearchRequest([_query_vector(1)], "vector", {}, limit=10, expr='lang == "de"'),
         AnnSearchRequest([_query_vector(2)], "vector", {}, limit=10),
     ]
-    hits = docs.hybrid_search("initech", reqs, RRFRanker(), limit=8,
-                              output_fields=["tenant_id", "lang"])
+    hits = docs.hybrid_search(
+        "initech", reqs, RRFRanker(), limit=8, output_fields=["tenant_id", "lang"]
+    )
     assert len(hits[0]) == 8
     assert {hit["entity"]["tenant_id"] for hit in hits[0]} == {"initech"}
-    bad = [reqs[0], AnnSearchRequest([_query_vector(2)], "vector", {}, limit=10,
-                                     expr="n > 1) or (n > 0")]
+    bad = [
+        reqs[0],
+        AnnSearchRequest([_query_vector(2)], "vector", {}, limit=10, expr="n > 1) or (n > 0"),
+    ]
     with pytest.raises(InvalidFilter, match=r"reqs\[1\]: unbalanced"):
         docs.hybrid_search("initech", bad, RRFRanker(), limit=8)
 
 
-def test_insert_stamps_the_tenant_and_refuses_rows_of_another(vh_milvus: MilvusClient,
-                                                             writable: str) -> None:
+def test_insert_stamps_the_tenant_and_refuses_rows_of_another(
+    vh_milvus: MilvusClient, writable: str
+) -> None:
     """insert writes the call's tenant into every row and refuses rows naming another."""
     docs = TenantMilvus(vh_milvus, writable)
-    docs.insert("acme", [{"id": 1, "vector": _query_vector(1)}, {"id": 2, "vector":
-                         _query_vector(2), "tenant_id": "acme"}])
+    docs.insert(
+        "acme",
+        [
+            {"id": 1, "vector": _query_vector(1)},
+            {"id": 2, "vector": _query_vector(2), "tenant_id": "acme"},
+        ],
+    )
     with pytest.raises(UnsafeArgument, match="row 0 has tenant_id='globex'"):
         docs.insert("acme", {"id": 3, "vector": _query_vector(3), "tenant_id": "globex"})
     vh_milvus.flush(writable)
@@ -173,18 +196,20 @@ def test_insert_stamps_the_tenant_and_refuses_rows_of_another(vh_milvus: MilvusC
     assert sorted((row["id"], row["tenant_id"]) for row in stored) == [(1, "acme"), (2, "acme")]
 
 
-def test_upsert_refuses_to_overwrite_another_tenants_ids(vh_milvus: MilvusClient,
-                                                        writable: str) -> None:
+def test_upsert_refuses_to_overwrite_another_tenants_ids(
+    vh_milvus: MilvusClient, writable: str
+) -> None:
     """upsert of an id owned by another tenant is refused; the owner's row is untouched."""
     docs = TenantMilvus(vh_milvus, writable)
     docs.insert("acme", {"id": 7, "vector": _query_vector(1), "note": "acme's"})
     vh_milvus.flush(writable)
-    with pytest.raises(UnsafeArgument, match=r"ids \['7'\] belong to another tenant"):
+    with pytest.raises(UnsafeArgument, match=r"ids \[7\] belong to another tenant"):
         docs.upsert("globex", {"id": 7, "vector": _query_vector(2), "note": "hijacked"})
     docs.upsert("acme", {"id": 7, "vector": _query_vector(3), "note": "updated"})
     vh_milvus.flush(writable)
     assert [row["note"] for row in docs.query("acme", ids=[7], output_fields=["note"])] == [
-        "updated"]
+        "updated"
+    ]
 
 
 def test_delete_only_removes_the_callers_rows(vh_milvus: MilvusClient, writable: str) -> None:
@@ -202,8 +227,9 @@ def test_delete_only_removes_the_callers_rows(vh_milvus: MilvusClient, writable:
         docs.delete("globex")
 
 
-def test_a_partition_key_collection_is_one_call(vh_milvus: MilvusClient,
-                                                vh_collection: str) -> None:
+def test_a_partition_key_collection_is_one_call(
+    vh_milvus: MilvusClient, vh_collection: str
+) -> None:
     """TenantMilvus.create makes the tenant field the partition key and wraps the collection."""
     docs = TenantMilvus.create(vh_milvus, vh_collection, dim=DIM, index_type="FLAT")
     try:
@@ -217,8 +243,9 @@ def test_a_partition_key_collection_is_one_call(vh_milvus: MilvusClient,
         vh_milvus.drop_collection(vh_collection)
 
 
-def test_milvus_lite_gets_quoted_literals_not_filter_params(vh_milvus: MilvusClient,
-                                                           shared: str) -> None:
+def test_milvus_lite_gets_quoted_literals_not_filter_params(
+    vh_milvus: MilvusClient, shared: str
+) -> None:
     """On Milvus Lite (which rejects filter_params) the tenant goes as a literal; callers'
     filter_params are refused with a clear error instead of a parse failure."""
     docs = TenantMilvus(vh_milvus, shared)
@@ -239,11 +266,21 @@ def test_arguments_that_bypass_isolation_are_refused(vh_milvus: MilvusClient, sh
 def test_rerank_over_fetches_then_returns_the_limit(vh_milvus: MilvusClient, shared: str) -> None:
     """With rerank, 30 candidates are fetched (with vectors) and 10 diverse ones returned,
     without the helper fields the caller did not ask for."""
-    pipeline = build_pipeline({"hooks": [
-        {"name": "tenant-aware-rerank", "config": {
-            "candidates": 30, "mmr_lambda": 0.6,
-            "recency": {"field": "updated_at", "half_life_s": 86400, "weight": 0.1}}},
-        "tenant-filter"]})
+    pipeline = build_pipeline(
+        {
+            "hooks": [
+                {
+                    "name": "tenant-aware-rerank",
+                    "config": {
+                        "candidates": 30,
+                        "mmr_lambda": 0.6,
+                        "recency": {"field": "updated_at", "half_life_s": 86400, "weight": 0.1},
+                    },
+                },
+                "tenant-filter",
+            ]
+        }
+    )
     docs = TenantMilvus(vh_milvus, shared, pipeline=pipeline)
     hits = docs.search("acme", data=[_query_vector()], limit=10, output_fields=["n"])
     assert len(hits[0]) == 10
@@ -253,8 +290,9 @@ def test_rerank_over_fetches_then_returns_the_limit(vh_milvus: MilvusClient, sha
     assert {hit["id"] for hit in hits[0]} <= {hit["id"] for hit in plain[0]}
 
 
-def test_l2_distances_are_ranked_smallest_first(vh_milvus: MilvusClient,
-                                                vh_collection: str) -> None:
+def test_l2_distances_are_ranked_smallest_first(
+    vh_milvus: MilvusClient, vh_collection: str
+) -> None:
     """For L2 the adapter treats smaller distances as better, so rerank keeps Milvus order."""
     rows = [{"id": i, "vector": [float(i)] * DIM, "tenant_id": "acme"} for i in range(6)]
     make_docs(vh_milvus, vh_collection, rows, dim=DIM, metric="L2")
@@ -275,13 +313,15 @@ class _Broken(BaseHook):
         raise ZeroDivisionError("scoring model unavailable")
 
 
-def test_a_failing_quality_hook_keeps_milvus_order(vh_milvus: MilvusClient, shared: str,
-                                                   vh_metrics: HookMetrics) -> None:
+def test_a_failing_quality_hook_keeps_milvus_order(
+    vh_milvus: MilvusClient, shared: str, vh_metrics: HookMetrics
+) -> None:
     """A quality hook that fails on a real search leaves Milvus' results, counted once."""
     registry = HookRegistry(entry_point_group=None)
     registry.register("broken-quality", _Broken)
-    pipeline = build_pipeline({"hooks": ["broken-quality", "tenant-filter"]},
-                              registry=registry, metrics=vh_metrics)
+    pipeline = build_pipeline(
+        {"hooks": ["broken-quality", "tenant-filter"]}, registry=registry, metrics=vh_metrics
+    )
     hooked = TenantMilvus(vh_milvus, shared, pipeline=pipeline, metrics=vh_metrics)
     plain = TenantMilvus(vh_milvus, shared)
     expected = plain.search("globex", data=[_query_vector()], limit=5)
@@ -304,8 +344,11 @@ def test_rows_of_another_tenant_in_an_answer_withhold_it() -> None:
     """verify_tenant withholds a whole answer containing a foreign row."""
     verify_tenant([[Hit(1, 1.0, {"tenant_id": "acme"})]], "tenant_id", "acme")
     with pytest.raises(TenantIsolationError, match="row 2 of another tenant"):
-        verify_tenant([[Hit(1, 1.0, {"tenant_id": "acme"}), Hit(2, 0.9, {"tenant_id": "b"})]],
-                      "tenant_id", "acme")
+        verify_tenant(
+            [[Hit(1, 1.0, {"tenant_id": "acme"}), Hit(2, 0.9, {"tenant_id": "b"})]],
+            "tenant_id",
+            "acme",
+        )
 
 
 def test_milvus_errors_are_translated_with_their_cause(vh_milvus: MilvusClient) -> None:
@@ -317,7 +360,8 @@ def test_milvus_errors_are_translated_with_their_cause(vh_milvus: MilvusClient) 
 
 
 _MILVUS_EXCEPTIONS = [
-    cls for _, cls in inspect.getmembers(milvus_exceptions, inspect.isclass)
+    cls
+    for _, cls in inspect.getmembers(milvus_exceptions, inspect.isclass)
     if issubclass(cls, milvus_exceptions.MilvusException)
 ]
 _EXPECTED_KIND = {
@@ -353,13 +397,16 @@ class _RpcError(grpc.RpcError):
         (_RpcError(grpc.StatusCode.UNAUTHENTICATED), BackendPermissionDenied),
         (_RpcError(grpc.StatusCode.UNAVAILABLE), BackendUnavailable),
         (_RpcError(grpc.StatusCode.INVALID_ARGUMENT), BackendRequestError),
-        (milvus_exceptions.MilvusException(grpc.StatusCode.UNAVAILABLE, "retry run out"),
-         BackendUnavailable),
+        (
+            milvus_exceptions.MilvusException(grpc.StatusCode.UNAVAILABLE, "retry run out"),
+            BackendUnavailable,
+        ),
         (milvus_exceptions.MilvusException(1, "[search] Retry timeout: 2s"), BackendTimeout),
         (milvus_exceptions.MilvusException(100, "collection not found"), BackendRequestError),
     ],
 )
-def test_grpc_status_codes_map_to_backend_errors(error: Exception,
-                                                 expected: type[BackendError]) -> None:
+def test_grpc_status_codes_map_to_backend_errors(
+    error: Exception, expected: type[BackendError]
+) -> None:
     """gRPC errors pymilvus lets through (and retry give-ups) map by status code."""
     assert type(translate_milvus_error(error)) is expected

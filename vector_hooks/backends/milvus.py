@@ -1,13 +1,34 @@
 """`TenantMilvus`: a pymilvus `MilvusClient` whose every read and write is scoped to one tenant.
 
 Reads (`search`, `query`, `hybrid_search`) take the client's own arguments plus a required
-``tenant`` and run the tenant's hook pipeline around the call; `insert`/`upsert` stamp the
-tenant field; `delete` only deletes the tenant's rows. The tenant condition is ANDed around
-the caller's filter in parentheses (and into every `hybrid_search` sub-request), after every
-hook ran. On servers that support ``filter_params`` (Milvus >= 2.5, not Milvus Lite 3.x, which
-rejects them) the tenant travels as a template parameter; elsewhere as a quoted literal of an
-id already validated against the tenant alphabet. Every row a read returns is checked to carry
-the caller's tenant.
+``tenant`` and run the tenant's hook pipeline around the call. The tenant condition is ANDed
+around the caller's filter in parentheses (and into every `hybrid_search` sub-request), after
+every hook ran. On servers that support ``filter_params`` (Milvus >= 2.5, not Milvus Lite 3.x,
+which rejects them) the tenant travels as a template parameter; elsewhere as a quoted literal
+of an id already validated against the tenant alphabet. Every row a read returns is checked to
+carry the caller's tenant.
+
+Writes never touch another tenant's rows:
+
+- `insert` and `upsert` stamp the tenant field, then look up the primary keys being written
+  (one Strong-consistency query per 1,000 keys) and refuse with `TenantOwnershipError`, naming
+  the keys, if any is stored under another tenant (or under none). What that relies on: Milvus
+  Lite (3.x) *replaces* the row on a duplicate primary key, even on ``insert``; a Milvus
+  server (2.x) does not check primary keys on ``insert`` (a second row with the same key is
+  stored), ``upsert`` deletes by primary key and inserts. Either way the write would reach the
+  other tenant's key, so it must not be sent.
+- `delete` sends ``tenant == me and (ids / filter)``: ids of other tenants match nothing. A
+  Milvus server resolves a delete expression to primary keys and deletes by key, so this relies
+  on no key being shared by two tenants, which the two checks above keep true.
+- Only ``timeout``, ``partition_name`` (and ``partial_update`` for upsert) are forwarded to the
+  client; ``pks=``, ``expr=`` and anything else are refused. The wrapped client is not an
+  attribute of the wrapper, and nothing is forwarded to it by name.
+
+Residual race: the look-up and the write are two calls. Within one process they run under a
+per-collection lock; two processes writing the same new key for two tenants at once can both
+pass the check (then Lite keeps the later row, a server keeps both). Tenant-prefixed string
+keys (`vector_hooks.tenancy.tenant_key`: ``"acme:doc-1"``) make that impossible; with
+``tenant_prefixed_ids=True`` the wrapper refuses any other key.
 
 This is the only module of `vector_hooks` that imports pymilvus; it translates pymilvus
 exceptions into `vector_hooks.errors.BackendError` subclasses.
@@ -23,6 +44,7 @@ Example::
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,13 +78,19 @@ from vector_hooks.errors import (
     BackendUnavailable,
     ConfigurationError,
     InvalidFilter,
+    TenantOwnershipError,
     UnsafeArgument,
 )
 from vector_hooks.metrics import DEFAULT_METRICS, HookMetrics
 from vector_hooks.pipeline import Pipeline
 from vector_hooks.request import Hit, Hits, SearchRequest
 from vector_hooks.selector import PipelineSelector, as_selector
-from vector_hooks.tenancy import TENANT_ID_MAX_LENGTH, validate_tenant_id
+from vector_hooks.tenancy import (
+    TENANT_ID_MAX_LENGTH,
+    TENANT_KEY_SEPARATOR,
+    is_tenant_key,
+    validate_tenant_id,
+)
 
 __all__ = [
     "TenantMilvus",
@@ -72,6 +100,17 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: Keyword options each write forwards to MilvusClient; anything else is refused.
+_WRITE_OPTIONS: dict[str, frozenset[str]] = {
+    "insert": frozenset({"timeout", "partition_name"}),
+    "upsert": frozenset({"timeout", "partition_name", "partial_update"}),
+    "delete": frozenset({"timeout", "partition_name"}),
+}
+#: Primary keys per ownership look-up query.
+_LOOKUP_CHUNK = 1000
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
 
 #: Metrics whose distance grows with similarity; for the others smaller is closer.
 _HIGHER_IS_BETTER = frozenset({"COSINE", "IP", "BM25", "MHJACCARD"})
@@ -95,8 +134,13 @@ _UNAVAILABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 def translate_milvus_error(exc: BaseException) -> BackendError:
     """The most specific `BackendError` for a pymilvus or gRPC exception."""
     message = f"Milvus: {exc}"
-    if isinstance(exc, ConnectError | MilvusUnavailableException | ConnectionNotExistException
-                  | ConnectionConfigException):
+    if isinstance(
+        exc,
+        ConnectError
+        | MilvusUnavailableException
+        | ConnectionNotExistException
+        | ConnectionConfigException,
+    ):
         return BackendUnavailable(message)
     if isinstance(exc, grpc.RpcError):
         code = exc.code() if callable(getattr(exc, "code", None)) else None
@@ -211,12 +255,14 @@ class TenantMilvus:
         metric: str | None = None,
         use_filter_params: bool | None = None,
         metrics: HookMetrics | None = None,
+        tenant_prefixed_ids: bool = False,
     ) -> None:
         try:
             self.tenant_field = check_field_name(tenant_field)
         except ValueError as exc:
             raise ConfigurationError(f"tenant_field: {exc}") from exc
-        self.client = client
+        self._client = client
+        self._tenant_prefixed_ids = tenant_prefixed_ids
         self.collection = collection
         self._selector = as_selector(pipeline)
         self._anns_field = anns_field
@@ -314,8 +360,9 @@ class TenantMilvus:
             fetch_limit=UNLIMITED if limit is None else limit,
             params={
                 "filter": filter,
-                "ids": None if ids is None else (list(ids) if isinstance(ids, list | tuple)
-                                                  else [ids]),
+                "ids": None
+                if ids is None
+                else (list(ids) if isinstance(ids, list | tuple) else [ids]),
                 "timeout": timeout,
                 "partition_names": partition_names,
                 **kwargs,
@@ -377,54 +424,95 @@ class TenantMilvus:
     def insert(
         self, tenant: str, data: Mapping[str, Any] | Sequence[Mapping[str, Any]], **kwargs: Any
     ) -> dict[str, Any]:
-        """`MilvusClient.insert` with every row stamped with `tenant`."""
-        rows = self._stamped(validate_tenant_id(tenant), data)
-        with _translated():
-            return cast(dict[str, Any], self.client.insert(self.collection, rows, **kwargs))
+        """`MilvusClient.insert` stamped with `tenant`; refuses ids another tenant owns.
+
+        Milvus Lite replaces a row on a duplicate primary key and a Milvus server stores a
+        second row under it, so an id of another tenant is refused before anything is written.
+        An id the caller already owns is left to Milvus (Lite replaces, a server duplicates):
+        use `upsert` to replace a row.
+        """
+        return self._write("insert", self._client.insert, tenant, data, kwargs)
 
     def upsert(
         self, tenant: str, data: Mapping[str, Any] | Sequence[Mapping[str, Any]], **kwargs: Any
     ) -> dict[str, Any]:
-        """`MilvusClient.upsert` stamped with `tenant`; refuses ids owned by another tenant."""
-        tenant = validate_tenant_id(tenant)
-        rows = self._stamped(tenant, data)
-        primary = self._schema().primary_field
-        ids = [row[primary] for row in rows if primary in row]
-        if ids:
-            # Deliberately unscoped: it must see other tenants' rows to refuse overwriting
-            # them. Only their ids and owners are read, and never returned.
-            existing = self._call(
-                self.client.query,
-                filter=in_list(primary, ids),
-                output_fields=[primary, self.tenant_field],
-            )
-            taken = sorted(
-                str(row[primary]) for row in existing if row.get(self.tenant_field) != tenant
-            )
-            if taken:
-                raise UnsafeArgument(f"ids {taken} belong to another tenant; upsert refused")
-        with _translated():
-            return cast(dict[str, Any], self.client.upsert(self.collection, rows, **kwargs))
+        """`MilvusClient.upsert` stamped with `tenant`; refuses ids another tenant owns."""
+        return self._write("upsert", self._client.upsert, tenant, data, kwargs)
 
     def delete(
         self,
         tenant: str,
-        ids: Sequence[int | str] | None = None,
+        ids: Sequence[int | str] | int | str | None = None,
         filter: str = "",
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """`MilvusClient.delete` restricted to the tenant's rows (by ids and/or filter)."""
+        """`MilvusClient.delete` of the tenant's rows only: ``tenant == me and (ids/filter)``.
+
+        Ids of other tenants simply match nothing. Milvus resolves a delete expression to
+        primary keys and deletes those, so this relies on no primary key being shared by two
+        tenants, which `insert` and `upsert` guarantee for rows written through this wrapper.
+        """
         tenant = validate_tenant_id(tenant)
+        _check_options("delete", kwargs)
         caller = check_filter(filter)
         if ids is not None:
-            pk = in_list(self._schema().primary_field, ids)
+            pk = in_list(self._schema().primary_field, _id_list(ids))
             caller = f"({pk}) and ({caller})" if caller else pk
         if not caller:
             raise InvalidFilter("delete needs ids or a filter (use a filter to delete all rows)")
         expr, params = self._expr(tenant, caller, None)
         with _translated():
-            result = self.client.delete(self.collection, filter=expr, **params, **kwargs)
+            result = self._client.delete(self.collection, filter=expr, **params, **kwargs)
         return cast(dict[str, Any], result)
+
+    def _write(
+        self,
+        operation: str,
+        write: Callable[..., Any],
+        tenant: str,
+        data: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        kwargs: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Stamp, check ownership, then write, with the check and the write under one lock."""
+        tenant = validate_tenant_id(tenant)
+        _check_options(operation, kwargs)
+        rows = self._stamped(tenant, data)
+        primary = self._schema().primary_field
+        ids = list(dict.fromkeys(row[primary] for row in rows if primary in row))
+        if self._tenant_prefixed_ids:
+            unprefixed = [pk for pk in ids if not is_tenant_key(tenant, pk)]
+            if len(ids) < len(rows) or unprefixed:
+                raise UnsafeArgument(
+                    f"{operation}: this collection takes only tenant-prefixed primary keys "
+                    f"({tenant + TENANT_KEY_SEPARATOR!r} + key, see vector_hooks.tenant_key); "
+                    f"refused: {unprefixed[:5] or 'rows without a primary key'}"
+                )
+        with _write_lock(self.collection):
+            foreign = self._foreign_ids(tenant, ids)
+            if foreign:
+                raise TenantOwnershipError(operation, tenant, foreign)
+            with _translated():
+                return cast(dict[str, Any], write(self.collection, rows, **kwargs))
+
+    def _foreign_ids(self, tenant: str, ids: list[Any]) -> list[Any]:
+        """Those of `ids` stored with another tenant (or none) in the tenant field.
+
+        Deliberately unscoped: it must see other tenants' rows to refuse overwriting them.
+        Only primary keys and owners are read, never returned. Strong consistency, so a
+        Milvus server answers from every write acknowledged before this query.
+        """
+        primary = self._schema().primary_field
+        foreign: set[Any] = set()
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[start : start + _LOOKUP_CHUNK]
+            rows = self._call(
+                self._client.query,
+                filter=in_list(primary, chunk),
+                output_fields=[primary, self.tenant_field],
+                consistency_level="Strong",
+            )
+            foreign.update(row[primary] for row in rows if row.get(self.tenant_field) != tenant)
+        return [pk for pk in ids if pk in foreign]
 
     # ----------------------------------------------------------------- internals
 
@@ -456,7 +544,7 @@ class TenantMilvus:
     def _filter_params_supported(self) -> bool:
         if self._use_filter_params is None:
             try:
-                version = str(self.client.get_server_version())
+                version = str(self._client.get_server_version())
             except Exception:  # an old or unreachable server: quote literals instead
                 version = ""
             self._use_filter_params = supports_filter_params(version)
@@ -467,8 +555,9 @@ class TenantMilvus:
     ) -> tuple[str, dict[str, Any]]:
         """The final filter and the keyword arguments carrying its parameters."""
         as_param = self._filter_params_supported()
-        expr = compose(tenant_condition(self.tenant_field, tenant, as_param=as_param),
-                       caller_filter)
+        expr = compose(
+            tenant_condition(self.tenant_field, tenant, as_param=as_param), caller_filter
+        )
         if not as_param:
             return expr, {}
         return expr, {"filter_params": {**(caller_params or {}), TENANT_PARAM: tenant}}
@@ -476,7 +565,7 @@ class TenantMilvus:
     def _schema(self) -> _Schema:
         if self._schema_info is None:
             with _translated():
-                described = self.client.describe_collection(self.collection)
+                described = self._client.describe_collection(self.collection)
             fields = described.get("fields", [])
             primary = next((f["name"] for f in fields if f.get("is_primary")), None)
             tenant = next((f for f in fields if f["name"] == self.tenant_field), None)
@@ -512,8 +601,8 @@ class TenantMilvus:
     def _higher_is_better(self, anns_field: str) -> bool:
         if self._metric is None:
             with _translated():
-                names = self.client.list_indexes(self.collection, field_name=anns_field)
-                index = self.client.describe_index(self.collection, names[0]) if names else {}
+                names = self._client.list_indexes(self.collection, field_name=anns_field)
+                index = self._client.describe_index(self.collection, names[0]) if names else {}
             # Without an index to ask, assume COSINE (pass metric= to the adapter to be sure).
             self._metric = str((index or {}).get("metric_type") or "COSINE").upper()
         return self._metric in _HIGHER_IS_BETTER
@@ -525,8 +614,7 @@ class TenantMilvus:
             # A hook may ask for a field this collection does not have (a flag written for
             # another schema); a Milvus server would fail the whole search for it.
             fields = [
-                name for name in fields
-                if name not in request.extra_fields or name in schema.fields
+                name for name in fields if name not in request.extra_fields or name in schema.fields
             ]
         if request.want_vectors and vector_field is not None:
             fields = ["*"] if fields is None else list(fields)
@@ -575,7 +663,7 @@ class TenantMilvus:
         vector_field = self._vector_field(anns_field) if request.want_vectors else None
         higher = self._higher_is_better(self._vector_field(anns_field))
         result = self._call(
-            self.client.search,
+            self._client.search,
             filter=expr,
             limit=request.fetch_limit,
             output_fields=self._output_fields(request, vector_field),
@@ -591,7 +679,7 @@ class TenantMilvus:
     ) -> list[dict[str, Any]]:
         expr, filter_kwargs = self._expr(tenant, caller, params.pop("filter_params", None))
         rows = self._call(
-            self.client.query, filter=expr, output_fields=output_fields, **filter_kwargs, **params
+            self._client.query, filter=expr, output_fields=output_fields, **filter_kwargs, **params
         )
         return [dict(row) for row in rows]
 
@@ -646,7 +734,7 @@ class TenantMilvus:
             )
         vector_field = subs[0].anns_field if request.want_vectors and subs else None
         result = self._call(
-            self.client.hybrid_search,
+            self._client.hybrid_search,
             reqs=rebuilt,
             limit=request.fetch_limit,
             output_fields=self._output_fields(request, vector_field),
@@ -673,6 +761,29 @@ class TenantMilvus:
                 )
             stamped.append({**row, self.tenant_field: tenant})
         return stamped
+
+
+def _check_options(operation: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse write options that could widen the write (``pks=``, ``expr=``, ...)."""
+    unknown = sorted(set(kwargs) - _WRITE_OPTIONS[operation])
+    if unknown:
+        raise UnsafeArgument(
+            f"{operation} does not take {', '.join(unknown)} "
+            f"(allowed: {', '.join(sorted(_WRITE_OPTIONS[operation]))})"
+        )
+
+
+def _id_list(ids: Sequence[int | str] | int | str) -> list[int | str]:
+    return [ids] if isinstance(ids, int | str) else list(ids)
+
+
+@contextmanager
+def _write_lock(collection: str) -> Iterator[None]:
+    """Serialise check-then-write per collection within this process."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(collection, threading.Lock())
+    with lock:
+        yield
 
 
 def _search_dict(hit: Hit) -> dict[str, Any]:
