@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import inspect
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from pymilvus import MilvusClient
+from vh_support import connect
+from vh_weaviate_fake import FakeWeaviate
+from weaviate.classes.data import DataObject
+from weaviate.classes.query import Filter
+from weaviate.proto.v1 import base_pb2
 
 from vector_hooks.errors import (
     InvalidFilter,
+    RequestRefused,
     TenantOwnershipError,
     UnsafeArgument,
 )
 from vector_hooks.milvus import TenantMilvus, create_tenant_collection
 from vector_hooks.tenancy import tenant_key
+from vector_hooks.weaviate import TenantWeaviate
 
 pytest_plugins = ["vh_fixtures"]
 
@@ -249,3 +257,186 @@ def test_two_tenants_racing_for_the_same_new_ids_in_one_process_never_share_one(
         for row in vh_milvus.query(writable, filter="id >= 0", output_fields=["note", "tenant_id"])
     }
     assert all(notes[pk] == owners[pk] for pk in owners)  # the winner's row, not a mix
+
+
+# ---------------------------------------------------------------------------- Weaviate
+
+
+@pytest.fixture
+def weaviate_client(
+    vh_fake_weaviate: FakeWeaviate, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """The real weaviate-client connected to the fake, all on loopback."""
+    monkeypatch.setattr("weaviate.connect.v4.PYPI_PACKAGE_URL", vh_fake_weaviate.pypi_url)
+    connected = connect(vh_fake_weaviate)
+    yield connected
+    connected.close()
+
+
+@pytest.fixture
+def globex_objects(vh_fake_weaviate: FakeWeaviate) -> list[uuid.UUID]:
+    """globex owns five objects in "Shared" (tenant property) and the same UUIDs in "Docs"."""
+    vh_fake_weaviate.add_collection("Shared", multi_tenancy=False)
+    vh_fake_weaviate.add_collection("Docs", multi_tenancy=True)
+    vh_fake_weaviate.add_tenant("Docs", "acme")
+    ids = [uuid.uuid4() for _ in range(5)]
+    for n, object_id in enumerate(ids):
+        props = {"title": f"globex {n}", "n": n}
+        vh_fake_weaviate.add_object(
+            "Shared", {**props, "tenant_id": "globex"}, _vec(n), object_id=object_id
+        )
+        vh_fake_weaviate.add_object("Docs", props, _vec(n), tenant="globex", object_id=object_id)
+    return ids
+
+
+def _globex_intact(fake: FakeWeaviate, ids: list[uuid.UUID]) -> bool:
+    stored = fake.objects("Shared")
+    return all(
+        stored[i].properties == {"title": f"globex {n}", "n": n, "tenant_id": "globex"}
+        for n, i in enumerate(ids)
+    )
+
+
+def _sent(fake: FakeWeaviate, prefix: str) -> list[Any]:
+    return [request for what, request in fake.write_requests if what.startswith(prefix)]
+
+
+def test_weaviate_batch_import_replaces_an_existing_uuid(
+    weaviate_client: Any, vh_fake_weaviate: FakeWeaviate, globex_objects: list[uuid.UUID]
+) -> None:
+    """The Weaviate semantics the check exists for: a raw batch with globex's UUID replaces it."""
+    raw = weaviate_client.collections.get("Shared")
+    raw.data.insert_many([DataObject(properties={"tenant_id": "acme"}, uuid=globex_objects[0])])
+    assert vh_fake_weaviate.objects("Shared")[globex_objects[0]].properties == {"tenant_id": "acme"}
+
+
+def test_property_mode_insert_many_of_globex_uuids_is_refused_before_sending(
+    weaviate_client: Any, vh_fake_weaviate: FakeWeaviate, globex_objects: list[uuid.UUID]
+) -> None:
+    """acme batch-importing globex's UUIDs is refused naming them; no batch reaches Weaviate."""
+    docs = TenantWeaviate(weaviate_client.collections.get("Shared"), multi_tenancy=False)
+    batch = [DataObject(properties={"title": "acme's"}, uuid=i) for i in globex_objects]
+    batch.insert(0, DataObject(properties={"title": "acme new"}, uuid=uuid.uuid4()))
+    with pytest.raises(TenantOwnershipError) as refused:
+        docs.insert_many("acme", batch)
+    assert refused.value.ids == [str(i) for i in globex_objects]
+    assert _sent(vh_fake_weaviate, "BatchObjects") == []
+    assert _globex_intact(vh_fake_weaviate, globex_objects)
+    assert len(vh_fake_weaviate.objects("Shared")) == 5
+
+
+def test_property_mode_own_writes_are_stamped_and_stored(
+    weaviate_client: Any, vh_fake_weaviate: FakeWeaviate, globex_objects: list[uuid.UUID]
+) -> None:
+    """acme's own insert, batch, replace and update land with tenant_id=acme."""
+    docs = TenantWeaviate(weaviate_client.collections.get("Shared"), multi_tenancy=False)
+    one = docs.insert("acme", {"title": "a"}, uuid=uuid.uuid4(), vector=_vec(1))
+    batch = docs.insert_many("acme", [{"title": "b"}, DataObject(properties={"title": "c"})])
+    assert not batch.has_errors
+    docs.replace("acme", one, {"title": "a2", "n": 7})
+    docs.update("acme", one, {"n": 8})
+    stored = vh_fake_weaviate.objects("Shared")
+    assert stored[one].properties == {"title": "a2", "n": 8, "tenant_id": "acme"}
+    acme = [o for o in stored.values() if o.properties["tenant_id"] == "acme"]
+    assert sorted(o.properties["title"] for o in acme) == ["a2", "b", "c"]
+    assert _globex_intact(vh_fake_weaviate, globex_objects)
+
+
+@pytest.mark.parametrize("operation", ["insert", "replace", "update"])
+def test_property_mode_single_writes_to_a_globex_uuid_are_refused(
+    weaviate_client: Any,
+    vh_fake_weaviate: FakeWeaviate,
+    globex_objects: list[uuid.UUID],
+    operation: str,
+) -> None:
+    """insert/replace/update by acme of a UUID globex owns: refused, nothing sent, globex intact."""
+    docs = TenantWeaviate(weaviate_client.collections.get("Shared"), multi_tenancy=False)
+    target = globex_objects[2]
+    writes: dict[str, Any] = {
+        "insert": lambda: docs.insert("acme", {"title": "hijacked"}, uuid=target),
+        "replace": lambda: docs.replace("acme", target, {"title": "hijacked"}),
+        "update": lambda: docs.update("acme", target, {"title": "hijacked"}),
+    }
+    with pytest.raises(TenantOwnershipError, match=f"{operation} refused for tenant 'acme'"):
+        writes[operation]()
+    assert [w for w, _ in vh_fake_weaviate.write_requests] == []
+    assert _globex_intact(vh_fake_weaviate, globex_objects)
+
+
+def test_property_mode_deletes_are_constrained_to_the_callers_tenant(
+    weaviate_client: Any, vh_fake_weaviate: FakeWeaviate, globex_objects: list[uuid.UUID]
+) -> None:
+    """delete_by_id/delete_many by acme send tenant_id == acme AND ..., so globex keeps all five."""
+    docs = TenantWeaviate(weaviate_client.collections.get("Shared"), multi_tenancy=False)
+    mine = docs.insert("acme", {"title": "acme 0", "n": 0})
+    assert docs.delete_by_id("acme", globex_objects[0]) is False
+    sent = _sent(vh_fake_weaviate, "BatchDelete")[-1].filters
+    assert sent.operator == base_pb2.Filters.OPERATOR_AND
+    assert (sent.filters[0].target.property, sent.filters[0].value_text) == ("tenant_id", "acme")
+    deleted = docs.delete_many("acme", Filter.by_property("n").greater_or_equal(0))
+    assert (deleted.matches, deleted.successful) == (1, 1)
+    assert mine not in vh_fake_weaviate.objects("Shared")
+    assert _globex_intact(vh_fake_weaviate, globex_objects)
+    assert docs.delete_by_id("globex", globex_objects[0]) is True
+    assert len(vh_fake_weaviate.objects("Shared")) == 4
+
+
+def test_property_mode_refuses_other_tenant_values_orphans_and_references(
+    weaviate_client: Any, vh_fake_weaviate: FakeWeaviate, globex_objects: list[uuid.UUID]
+) -> None:
+    """A tenant_id of another tenant, an object with no tenant, and references are refused."""
+    orphan = vh_fake_weaviate.add_object("Shared", {"title": "nobody's"}, _vec(0))
+    docs = TenantWeaviate(weaviate_client.collections.get("Shared"), multi_tenancy=False)
+    with pytest.raises(UnsafeArgument, match="tenant_id='globex' but the call is for tenant"):
+        docs.insert("acme", {"title": "x", "tenant_id": "globex"})
+    with pytest.raises(TenantOwnershipError, match=str(orphan)):
+        docs.update("acme", orphan, {"title": "mine now"})
+    with pytest.raises(UnsafeArgument, match="references are not accepted"):
+        docs.insert("acme", {"title": "x"}, references={"rel": globex_objects[0]})
+    with pytest.raises(UnsafeArgument, match="needs a weaviate Filter"):
+        docs.delete_many("acme", "n > 0")  # type: ignore[arg-type]
+    assert vh_fake_weaviate.write_requests == []
+    assert vh_fake_weaviate.objects("Shared")[orphan].properties == {"title": "nobody's"}
+
+
+def test_native_tenants_confine_every_write_to_the_callers_shard(
+    weaviate_client: Any, vh_fake_weaviate: FakeWeaviate, globex_objects: list[uuid.UUID]
+) -> None:
+    """With native multi-tenancy, acme writing globex's UUIDs writes acme's own objects only."""
+    docs = TenantWeaviate(weaviate_client.collections.get("Docs"))
+    shared_id = globex_objects[0]
+    docs.insert("acme", {"title": "acme 0"}, uuid=shared_id)
+    docs.insert_many("acme", [DataObject(properties={"title": "acme 1"}, uuid=globex_objects[1])])
+    docs.replace("acme", shared_id, {"title": "acme 0 replaced"})
+    docs.update("acme", globex_objects[1], {"n": 1})
+    assert docs.delete_by_id("acme", globex_objects[2]) is False
+    docs.delete_many("acme", Filter.by_property("n").equal(1))
+    acme = vh_fake_weaviate.objects("Docs", "acme")
+    assert {i: o.properties for i, o in acme.items()} == {shared_id: {"title": "acme 0 replaced"}}
+    globex = vh_fake_weaviate.objects("Docs", "globex")
+    assert {i: o.properties["title"] for i, o in globex.items()} == {
+        i: f"globex {n}" for n, i in enumerate(globex_objects)
+    }
+    tenants = set()
+    for what, request in vh_fake_weaviate.write_requests:
+        if what == "BatchObjects":
+            tenants |= {obj.tenant for obj in request.objects}
+        elif what == "BatchDelete":
+            tenants.add(request.tenant)
+        else:
+            tenants.add(request["tenant"])
+    assert tenants == {"acme"}
+
+
+def test_the_weaviate_wrapper_exposes_no_raw_collection(
+    weaviate_client: Any, vh_fake_weaviate: FakeWeaviate, globex_objects: list[uuid.UUID]
+) -> None:
+    """No public attribute leads to the raw collection; every public method takes the tenant."""
+    raw = weaviate_client.collections.get("Shared")
+    docs = TenantWeaviate(raw, multi_tenancy=False)
+    assert not hasattr(docs, "collection")
+    assert all(value is not raw for name, value in vars(docs).items() if not name.startswith("_"))
+    for name, method in inspect.getmembers(TenantWeaviate, inspect.isfunction):
+        if not name.startswith("_"):
+            assert list(inspect.signature(method).parameters)[:2] == ["self", "tenant"], name
+    assert isinstance(TenantOwnershipError("insert", "acme", []), RequestRefused)

@@ -8,12 +8,21 @@ weaviate-client talking to this fake over loopback. It speaks the real wire prot
   (no auth), as a server without OIDC does; a PyPI-shaped ``/pypi/weaviate-client/json`` lets
   the client's start-up version check stay on loopback;
 - gRPC: ``grpc.health.v1.Health/Check`` (SERVING) and ``weaviate.v1.Weaviate/Search`` from the
-  stubs that ship inside weaviate-client (``weaviate.proto.v1``).
+  stubs that ship inside weaviate-client (``weaviate.proto.v1``);
+- writes, with Weaviate's semantics: REST ``POST /v1/objects`` (``data.insert``; an existing
+  UUID is refused with 422), ``PUT`` (``data.replace``: whole object replaced, 404 if absent),
+  ``PATCH`` (``data.update``: properties merged, 404 if absent), ``DELETE`` and ``HEAD`` of
+  ``/v1/objects/{class}/{id}`` (tenant in the body or ``?tenant=``); gRPC ``BatchObjects``
+  (``data.insert_many``: an existing UUID is *replaced*, errors per object) and ``BatchDelete``
+  (``data.delete_many``: filter, dry run, verbose).
 
 Search really evaluates what it receives over in-memory objects: native tenants (a
 multi-tenant collection refuses requests without a tenant or for an unknown one, as Weaviate
 does), filters (AND/OR, comparisons, LIKE, CONTAINS_ANY), near_vector (cosine distance),
-near_text/bm25/hybrid (token overlap standing in for a vectorizer and BM25), limit and offset.
+near_text/bm25/hybrid (token overlap standing in for a vectorizer and BM25), limit and offset;
+filters on ``_id`` (``Filter.by_id()``) match the object's UUID. Native tenants are separate
+shards: the same UUID in two tenants is two objects. Numbers sent in a batch's Struct arrive as
+doubles; the fake stores integral ones as ints (a real server would follow the schema).
 Every request is recorded so tests assert the tenant and filters the server actually got.
 Replies set ``metadata.id_as_bytes``; without it the client reads every id as all zeros.
 """
@@ -26,15 +35,24 @@ import re
 import struct
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
+from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from weaviate.proto.v1 import base_pb2, properties_pb2, search_get_pb2, weaviate_pb2_grpc
+from weaviate.proto.v1 import (
+    base_pb2,
+    batch_delete_pb2,
+    batch_pb2,
+    properties_pb2,
+    search_get_pb2,
+    weaviate_pb2_grpc,
+)
 
 __all__ = ["FakeObject", "FakeWeaviate"]
 
@@ -93,9 +111,59 @@ def _value(value: Any) -> properties_pb2.Value:
 
 
 class _Refused(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, *, http: int = 422) -> None:
         super().__init__(message)
         self.code = code
+        self.http = http
+
+
+def _view(obj: FakeObject) -> dict[str, Any]:
+    """What a filter sees: the properties plus ``_id``."""
+    return {**obj.properties, "_id": str(obj.uuid)}
+
+
+def _plain(value: Any) -> Any:
+    """A Struct number as an int when integral (the fake has no schema to tell it the type)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _batch_properties(props: batch_pb2.BatchObject.Properties) -> dict[str, Any]:
+    out = {k: _plain(v) for k, v in json_format.MessageToDict(props.non_ref_properties).items()}
+    for text in props.text_array_properties:
+        out[text.prop_name] = list(text.values)
+    for ints in props.int_array_properties:
+        out[ints.prop_name] = list(ints.values)
+    for flags in props.boolean_array_properties:
+        out[flags.prop_name] = list(flags.values)
+    for numbers in props.number_array_properties:
+        data = numbers.values_bytes
+        out[numbers.prop_name] = list(struct.unpack(f"{len(data) // 8}d", data))
+    for name in props.empty_list_props:
+        out[name] = []
+    if props.single_target_ref_props or props.multi_target_ref_props:
+        raise _Refused(grpc.StatusCode.UNIMPLEMENTED, "the fake stores no references")
+    return out
+
+
+def _batch_vector(obj: batch_pb2.BatchObject) -> list[float]:
+    if obj.vector_bytes:
+        return _floats(obj.vector_bytes)
+    if obj.vectors:
+        return _floats(obj.vectors[0].vector_bytes)
+    return list(obj.vector)
+
+
+def _rest_vector(body: Mapping[str, Any]) -> list[float] | None:
+    if body.get("vector") is not None:
+        return [float(x) for x in body["vector"]]
+    vectors = body.get("vectors") or {}
+    if vectors:
+        return [float(x) for x in next(iter(vectors.values()))]
+    return None
 
 
 def _filter_value(f: base_pb2.Filters) -> Any:
@@ -108,7 +176,7 @@ def _filter_value(f: base_pb2.Filters) -> Any:
     return value
 
 
-def _matches(f: base_pb2.Filters, props: dict[str, Any]) -> bool:
+def _matches(f: base_pb2.Filters, props: Mapping[str, Any]) -> bool:
     if f.operator == _OP.OPERATOR_AND:
         return all(_matches(child, props) for child in f.filters)
     if f.operator == _OP.OPERATOR_OR:
@@ -163,6 +231,28 @@ class _SearchServicer(weaviate_pb2_grpc.WeaviateServicer):
             context.abort(exc.code, str(exc))
             raise  # abort raises; this keeps type checkers satisfied
 
+    def BatchObjects(
+        self, request: batch_pb2.BatchObjectsRequest, context: grpc.ServicerContext
+    ) -> batch_pb2.BatchObjectsReply:
+        copy = batch_pb2.BatchObjectsRequest()
+        copy.CopyFrom(request)
+        with self._fake.lock:
+            self._fake.write_requests.append(("BatchObjects", copy))
+            return self._fake.batch_objects(request)
+
+    def BatchDelete(
+        self, request: batch_delete_pb2.BatchDeleteRequest, context: grpc.ServicerContext
+    ) -> batch_delete_pb2.BatchDeleteReply:
+        copy = batch_delete_pb2.BatchDeleteRequest()
+        copy.CopyFrom(request)
+        with self._fake.lock:
+            self._fake.write_requests.append(("BatchDelete", copy))
+            try:
+                return self._fake.batch_delete(request)
+            except _Refused as exc:
+                context.abort(exc.code, str(exc))
+                raise
+
 
 class _CountingHealth(health.HealthServicer):
     def __init__(self, fake: FakeWeaviate) -> None:
@@ -191,6 +281,40 @@ class _RestHandler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"error": [{"message": f"{self.path} is not served by the fake"}]})
 
+    def do_POST(self) -> None:
+        self._write("POST")
+
+    def do_PUT(self) -> None:
+        self._write("PUT")
+
+    def do_PATCH(self) -> None:
+        self._write("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._write("DELETE")
+
+    def do_HEAD(self) -> None:
+        self._write("HEAD")
+
+    def _write(self, method: str) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else {}
+        with self.fake.lock:
+            self.fake.rest_paths.append(self.path)
+            self.fake.write_requests.append((f"{method} {url.path}", {**body, **query}))
+            try:
+                status, answer = self.fake.rest_write(method, url.path, body, query)
+            except _Refused as exc:
+                status, answer = exc.http, {"error": [{"message": str(exc)}]}
+        if status == 204 or method == "HEAD":
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            self._json(status, answer)
+
     def _json(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
@@ -210,6 +334,9 @@ class FakeWeaviate:
         self.lock = threading.Lock()
         self.collections: dict[str, _Collection] = {}
         self.search_requests: list[search_get_pb2.SearchRequest] = []
+        #: (what, request): "BatchObjects"/"BatchDelete" with the proto, or "METHOD /path" with
+        #: the JSON body merged with the query parameters.
+        self.write_requests: list[tuple[str, Any]] = []
         self.rest_paths: list[str] = []
         self.health_checks = 0
         self._http: ThreadingHTTPServer | None = None
@@ -222,6 +349,10 @@ class FakeWeaviate:
     def add_collection(self, name: str, *, multi_tenancy: bool) -> None:
         self.collections[name] = _Collection(multi_tenancy=multi_tenancy)
 
+    def add_tenant(self, collection: str, tenant: str) -> None:
+        """Create an (empty) tenant shard, as ``collection.tenants.create`` would."""
+        self.collections[collection].shards.setdefault(tenant, [])
+
     def add_object(
         self,
         collection: str,
@@ -229,13 +360,19 @@ class FakeWeaviate:
         vector: list[float],
         *,
         tenant: str | None = None,
+        object_id: uuid.UUID | None = None,
     ) -> uuid.UUID:
         target = self.collections[collection]
         if target.multi_tenancy != (tenant is not None):
             raise ValueError("multi-tenant collections need a tenant, others must not get one")
-        obj = FakeObject(uuid.uuid4(), dict(properties), list(vector))
+        obj = FakeObject(object_id or uuid.uuid4(), dict(properties), list(vector))
         target.shards.setdefault(tenant, []).append(obj)
         return obj.uuid
+
+    def objects(self, collection: str, tenant: str | None = None) -> dict[uuid.UUID, FakeObject]:
+        """The stored objects of one shard, by UUID (what is really there)."""
+        with self.lock:
+            return {o.uuid: o for o in self.collections[collection].shards.get(tenant, [])}
 
     # ---------------------------------------------------------------- servers
 
@@ -271,25 +408,105 @@ class FakeWeaviate:
     # ----------------------------------------------------------------- search
 
     def _shard(self, request: search_get_pb2.SearchRequest) -> list[FakeObject]:
-        collection = self.collections.get(request.collection)
+        return list(self._stored(request.collection, request.tenant or None))
+
+    def _stored(self, name: str, tenant: str | None) -> list[FakeObject]:
+        """The live list of one shard, refused as Weaviate refuses a wrong tenant."""
+        collection = self.collections.get(name)
         if collection is None:
-            raise _Refused(grpc.StatusCode.NOT_FOUND, f"class {request.collection} not found")
-        tenant = request.tenant or None
+            raise _Refused(grpc.StatusCode.NOT_FOUND, f"class {name} not found", http=404)
         if collection.multi_tenancy and tenant is None:
             raise _Refused(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"class {request.collection} has multi-tenancy enabled, but request was "
-                "without tenant",
+                f"class {name} has multi-tenancy enabled, but request was without tenant",
             )
         if not collection.multi_tenancy and tenant is not None:
             raise _Refused(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"class {request.collection} has multi-tenancy disabled, but request was "
-                f"with tenant {tenant!r}",
+                f"class {name} has multi-tenancy disabled, but request was with tenant {tenant!r}",
             )
         if tenant is not None and tenant not in collection.shards:
             raise _Refused(grpc.StatusCode.NOT_FOUND, f"tenant not found: {tenant!r}")
-        return list(collection.shards.get(tenant, []))
+        return collection.shards.setdefault(tenant, [])
+
+    # ----------------------------------------------------------------- writes
+
+    def rest_write(
+        self, method: str, path: str, body: dict[str, Any], query: dict[str, str]
+    ) -> tuple[int, dict[str, Any]]:
+        """One REST object call; the caller holds the lock."""
+        tenant = body.get("tenant") or query.get("tenant") or None
+        if method == "POST" and path == "/v1/objects":
+            shard = self._stored(body["class"], tenant)
+            object_id = uuid.UUID(body["id"])
+            if any(o.uuid == object_id for o in shard):
+                raise _Refused(grpc.StatusCode.ALREADY_EXISTS, f"id '{object_id}' already exists")
+            shard.append(
+                FakeObject(object_id, dict(body.get("properties") or {}), _rest_vector(body) or [])
+            )
+            return 200, {**body, "id": str(object_id)}
+        match = re.fullmatch(r"/v1/objects/([^/]+)/([0-9a-fA-F-]{36})", path)
+        if match is None:
+            return 404, {"error": [{"message": f"{method} {path} is not served by the fake"}]}
+        shard = self._stored(match.group(1), tenant)
+        object_id = uuid.UUID(match.group(2))
+        found = next((o for o in shard if o.uuid == object_id), None)
+        if found is None:
+            return 404, {}
+        if method == "HEAD":
+            return 204, {}
+        if method == "DELETE":
+            shard.remove(found)
+            return 204, {}
+        vector = _rest_vector(body)
+        if method == "PUT":
+            found.properties = dict(body.get("properties") or {})
+        elif method == "PATCH":
+            found.properties.update(body.get("properties") or {})
+        else:
+            return 405, {}
+        if vector is not None:
+            found.vector = vector
+        return (200 if method == "PUT" else 204), {**body, "id": str(object_id)}
+
+    def batch_objects(self, request: batch_pb2.BatchObjectsRequest) -> batch_pb2.BatchObjectsReply:
+        """Batch import: an existing UUID in the shard is replaced, as Weaviate's batch does."""
+        errors = []
+        for index, sent in enumerate(request.objects):
+            try:
+                shard = self._stored(sent.collection, sent.tenant or None)
+                obj = FakeObject(
+                    uuid.UUID(sent.uuid), _batch_properties(sent.properties), _batch_vector(sent)
+                )
+            except _Refused as exc:
+                errors.append(batch_pb2.BatchObjectsReply.BatchError(index=index, error=str(exc)))
+                continue
+            shard[:] = [o for o in shard if o.uuid != obj.uuid]
+            shard.append(obj)
+        return batch_pb2.BatchObjectsReply(took=0.001, errors=errors)
+
+    def batch_delete(
+        self, request: batch_delete_pb2.BatchDeleteRequest
+    ) -> batch_delete_pb2.BatchDeleteReply:
+        shard = self._stored(request.collection, request.tenant or None)
+        matched = [o for o in shard if _matches(request.filters, _view(o))]
+        if not request.dry_run:
+            shard[:] = [o for o in shard if o not in matched]
+        objects = (
+            [
+                batch_delete_pb2.BatchDeleteObject(uuid=o.uuid.bytes, successful=True)
+                for o in matched
+            ]
+            if request.verbose
+            else []
+        )
+        return batch_delete_pb2.BatchDeleteReply(
+            took=0.001,
+            failed=0,
+            matches=len(matched),
+            successful=0 if request.dry_run else len(matched),
+            objects=objects,
+        )
 
     @staticmethod
     def _query_vector(request: search_get_pb2.SearchRequest) -> list[float] | None:
@@ -336,9 +553,7 @@ class FakeWeaviate:
         elif request.HasField("bm25_search"):
             query = _tokens(request.bm25_search.query)
             scored = [(o, self._text_score(o, query)) for o in objects]
-            yield from (
-                (o, None, s) for o, s in sorted(scored, key=lambda r: -r[1]) if s > 0
-            )
+            yield from ((o, None, s) for o, s in sorted(scored, key=lambda r: -r[1]) if s > 0)
         elif request.HasField("hybrid_search"):
             hybrid = request.hybrid_search
             query = _tokens(hybrid.query)
@@ -355,7 +570,7 @@ class FakeWeaviate:
     def search(self, request: search_get_pb2.SearchRequest) -> search_get_pb2.SearchReply:
         objects = self._shard(request)
         if request.HasField("filters"):
-            objects = [o for o in objects if _matches(request.filters, o.properties)]
+            objects = [o for o in objects if _matches(request.filters, _view(o))]
         ranked = list(self._ranked(request, objects))
         offset = request.offset or 0
         limit = request.limit or 10

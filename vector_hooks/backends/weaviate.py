@@ -14,17 +14,45 @@ pipeline run around the call. ``limit`` defaults to 10 (Weaviate's default) so a
 over-fetching reranker knows what to cut back to. ``group_by`` is refused: grouped answers
 cannot be reranked or rechecked per object.
 
+Writes (`insert`, `insert_many`, `replace`, `update`, `delete_by_id`, `delete_many`) never
+touch an object of another tenant:
+
+- native multi-tenancy: every write runs on ``collection.with_tenant(tenant)``. Each tenant is
+  its own shard, so a UUID names a different object in every tenant; Weaviate itself confines
+  the write, nothing else is relied on.
+- a tenant property: one shard holds every tenant, and a UUID names one object whatever its
+  tenant. Weaviate's REST insert refuses an existing UUID, but batch import (`insert_many`)
+  *replaces* it, ``replace`` (PUT) overwrites it and ``update`` (PATCH) merges into it. So the
+  adapter stamps the tenant property (refusing another value), looks up the owners of the
+  UUIDs being written (QUORUM consistency, 100 per query) and refuses with
+  `TenantOwnershipError` if any is stored under another tenant or none. Deletes are one
+  ``delete_many`` whose filter is ``tenant == me AND (ids / caller filter)``. References are
+  refused in this mode (their targets are not checked).
+
+The wrapped collection is not a public attribute and nothing is forwarded to it by name.
+Residual race (property mode only): look-up and write are two calls; within one process they
+run under a per-collection lock, across processes two tenants writing the same new UUID at
+once can both pass (then the later batch replaces the earlier object). Derive UUIDs from
+tenant-prefixed keys (``generate_uuid5(tenant_key(tenant, key))``) so honest writers never
+collide, or use native multi-tenancy, which has no such race.
+
 This is the only module of `vector_hooks` that imports weaviate; it translates
 weaviate-client exceptions into `vector_hooks.errors.BackendError` subclasses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
+from weaviate.classes.config import ConsistencyLevel
+from weaviate.classes.data import DataObject
 from weaviate.classes.query import Filter, MetadataQuery
+from weaviate.collections.classes.batch import BatchObjectReturn, DeleteManyReturn
+from weaviate.collections.classes.filters import _Filters
 from weaviate.collections.classes.internal import Object, QueryReturn
 from weaviate.exceptions import (
     AuthenticationFailedError,
@@ -56,6 +84,7 @@ from vector_hooks.errors import (
     BackendRequestError,
     BackendTimeout,
     BackendUnavailable,
+    TenantOwnershipError,
     UnsafeArgument,
 )
 from vector_hooks.metrics import DEFAULT_METRICS, HookMetrics
@@ -71,6 +100,10 @@ DEFAULT_LIMIT = 10
 #: Operations whose metadata carries a distance (lower is better); the others carry a score.
 _DISTANCE_OPERATIONS = frozenset({"near_vector", "near_text"})
 _SCORE_OPERATIONS = frozenset({"hybrid", "bm25"})
+#: UUIDs per ownership look-up query.
+_LOOKUP_CHUNK = 100
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
 
 
 def translate_weaviate_error(exc: WeaviateBaseError) -> BackendError:
@@ -78,8 +111,9 @@ def translate_weaviate_error(exc: WeaviateBaseError) -> BackendError:
     message = f"Weaviate: {exc}"
     if isinstance(exc, WeaviateTimeoutError):
         return BackendTimeout(message)
-    if isinstance(exc, InsufficientPermissionsError | AuthenticationFailedError
-                  | MissingScopeError):
+    if isinstance(
+        exc, InsufficientPermissionsError | AuthenticationFailedError | MissingScopeError
+    ):
         return BackendPermissionDenied(message)
     if isinstance(exc, UnexpectedStatusCodeError) and exc.status_code in (401, 403):
         return BackendPermissionDenied(message)
@@ -161,7 +195,9 @@ class TenantWeaviate:
         pipeline: Pipeline | PipelineSelector | None = None,
         metrics: HookMetrics | None = None,
     ) -> None:
-        self.collection = collection
+        self._collection = collection
+        #: The collection's name (the collection itself is deliberately not exposed).
+        self.name = str(getattr(collection, "name", ""))
         self.multi_tenancy = multi_tenancy
         self.tenant_property = tenant_property
         self._selector = as_selector(pipeline)
@@ -174,7 +210,11 @@ class TenantWeaviate:
         return self._query("near_vector", tenant, {"near_vector": near_vector}, principal, kwargs)
 
     def near_text(
-        self, tenant: str, query: str | Sequence[str], *, principal: str | None = None,
+        self,
+        tenant: str,
+        query: str | Sequence[str],
+        *,
+        principal: str | None = None,
         **kwargs: Any,
     ) -> QueryReturn[Any, Any]:
         """`collection.query.near_text` for one tenant."""
@@ -198,6 +238,187 @@ class TenantWeaviate:
         """`collection.query.fetch_objects` for one tenant."""
         return self._query("fetch_objects", tenant, {}, principal, kwargs)
 
+    # ----------------------------------------------------------------- writes
+
+    def insert(
+        self,
+        tenant: str,
+        properties: Mapping[str, Any],
+        *,
+        uuid: UUID | str | None = None,
+        vector: Any = None,
+        references: Any = None,
+    ) -> UUID:
+        """`collection.data.insert` for one tenant; refuses a UUID another tenant owns."""
+        tenant = validate_tenant_id(tenant)
+        if self.multi_tenancy:
+            data = self._collection.with_tenant(tenant).data
+            with _translated():
+                return UUID(str(data.insert(properties, references, uuid, vector)))
+        self._refuse_references("insert", references)
+        stamped = self._stamped(tenant, properties, "insert")
+        with self._owned("insert", tenant, [] if uuid is None else [uuid]), _translated():
+            return UUID(str(self._collection.data.insert(stamped, None, uuid, vector)))
+
+    def insert_many(
+        self, tenant: str, objects: Sequence[Mapping[str, Any] | DataObject[Any, Any]]
+    ) -> BatchObjectReturn:
+        """`collection.data.insert_many` for one tenant; refuses UUIDs another tenant owns.
+
+        Weaviate's batch import replaces an object whose UUID exists, so in tenant-property
+        mode the whole batch is refused if any UUID is stored under another tenant.
+        """
+        tenant = validate_tenant_id(tenant)
+        if self.multi_tenancy:
+            data = self._collection.with_tenant(tenant).data
+            with _translated():
+                return cast(BatchObjectReturn, data.insert_many(list(objects)))
+        batch: list[DataObject[Any, Any]] = []
+        for index, obj in enumerate(objects):
+            where = f"insert_many: object {index}"
+            if isinstance(obj, DataObject):
+                self._refuse_references(where, obj.references)
+                batch.append(
+                    DataObject(
+                        properties=self._stamped(tenant, obj.properties or {}, where),
+                        uuid=obj.uuid,
+                        vector=obj.vector,
+                    )
+                )
+            else:
+                batch.append(DataObject(properties=self._stamped(tenant, obj, where)))
+        uuids = [obj.uuid for obj in batch if obj.uuid is not None]
+        with self._owned("insert_many", tenant, uuids), _translated():
+            return cast(BatchObjectReturn, self._collection.data.insert_many(batch))
+
+    def replace(
+        self,
+        tenant: str,
+        uuid: UUID | str,
+        properties: Mapping[str, Any],
+        *,
+        vector: Any = None,
+        references: Any = None,
+    ) -> None:
+        """`collection.data.replace` (PUT) of one of the tenant's objects."""
+        tenant = validate_tenant_id(tenant)
+        if self.multi_tenancy:
+            data = self._collection.with_tenant(tenant).data
+            with _translated():
+                data.replace(uuid, properties, references, vector)
+            return
+        self._refuse_references("replace", references)
+        stamped = self._stamped(tenant, properties, "replace")
+        with self._owned("replace", tenant, [uuid]), _translated():
+            self._collection.data.replace(uuid, stamped, None, vector)
+
+    def update(
+        self,
+        tenant: str,
+        uuid: UUID | str,
+        properties: Mapping[str, Any] | None = None,
+        *,
+        vector: Any = None,
+        references: Any = None,
+    ) -> None:
+        """`collection.data.update` (PATCH, properties merged) of one of the tenant's objects."""
+        tenant = validate_tenant_id(tenant)
+        if self.multi_tenancy:
+            data = self._collection.with_tenant(tenant).data
+            with _translated():
+                data.update(uuid, properties, references, vector)
+            return
+        self._refuse_references("update", references)
+        stamped = self._stamped(tenant, properties or {}, "update")
+        with self._owned("update", tenant, [uuid]), _translated():
+            self._collection.data.update(uuid, stamped, None, vector)
+
+    def delete_by_id(self, tenant: str, uuid: UUID | str) -> bool:
+        """Delete one of the tenant's objects; a UUID of another tenant matches nothing."""
+        tenant = validate_tenant_id(tenant)
+        if self.multi_tenancy:
+            data = self._collection.with_tenant(tenant).data
+            with _translated():
+                return bool(data.delete_by_id(uuid))
+        result = self.delete_many(tenant, Filter.by_id().equal(uuid))
+        return result.successful > 0
+
+    def delete_many(
+        self, tenant: str, where: _Filters, *, verbose: bool = False, dry_run: bool = False
+    ) -> DeleteManyReturn[Any]:
+        """`collection.data.delete_many` of the tenant's objects matching `where`."""
+        tenant = validate_tenant_id(tenant)
+        if not isinstance(where, _Filters):
+            raise UnsafeArgument("delete_many needs a weaviate Filter as where=")
+        if self.multi_tenancy:
+            data = self._collection.with_tenant(tenant).data
+        else:
+            data = self._collection.data
+            where = Filter.all_of([self._own(tenant), where])
+        with _translated():
+            result = data.delete_many(where, verbose=verbose, dry_run=dry_run)
+        return cast(DeleteManyReturn[Any], result)
+
+    def _own(self, tenant: str) -> _Filters:
+        return Filter.by_property(self.tenant_property).equal(tenant)
+
+    @staticmethod
+    def _refuse_references(operation: str, references: Any) -> None:
+        if references:
+            raise UnsafeArgument(
+                f"{operation}: references are not accepted on a tenant-property collection "
+                "(their targets could belong to another tenant)"
+            )
+
+    def _stamped(
+        self, tenant: str, properties: Mapping[str, Any], operation: str
+    ) -> dict[str, Any]:
+        if not isinstance(properties, Mapping):
+            raise UnsafeArgument(f"{operation}: properties must be a mapping")
+        owner = properties.get(self.tenant_property, tenant)
+        if owner != tenant:
+            raise UnsafeArgument(
+                f"{operation}: {self.tenant_property}={owner!r} but the call is for tenant "
+                f"{tenant!r}"
+            )
+        return {**properties, self.tenant_property: tenant}
+
+    @contextmanager
+    def _owned(self, operation: str, tenant: str, uuids: Sequence[UUID | str]) -> Iterator[None]:
+        """Hold the collection's write lock; refuse if any of `uuids` is not the tenant's."""
+        try:
+            wanted = list(dict.fromkeys(UUID(str(u)) for u in uuids))
+        except ValueError as exc:
+            raise UnsafeArgument(f"{operation}: {exc}") from exc
+        with _LOCKS_GUARD:
+            lock = _LOCKS.setdefault(self.name, threading.Lock())
+        with lock:
+            foreign = self._foreign(tenant, wanted)
+            if foreign:
+                raise TenantOwnershipError(operation, tenant, [str(u) for u in foreign])
+            yield
+
+    def _foreign(self, tenant: str, uuids: list[UUID]) -> list[UUID]:
+        """Those of `uuids` stored under another tenant (or none): owners read, never returned."""
+        reader = self._collection.with_consistency_level(ConsistencyLevel.QUORUM).query
+        foreign: set[UUID] = set()
+        for start in range(0, len(uuids), _LOOKUP_CHUNK):
+            chunk = uuids[start : start + _LOOKUP_CHUNK]
+            with _translated():
+                found = reader.fetch_objects(
+                    filters=Filter.by_id().contains_any(chunk),
+                    limit=len(chunk),
+                    return_properties=[self.tenant_property],
+                )
+            foreign.update(
+                UUID(str(obj.uuid))
+                for obj in found.objects
+                if (obj.properties or {}).get(self.tenant_property) != tenant
+            )
+        return [u for u in uuids if u in foreign]
+
+    # ----------------------------------------------------------------- reads
+
     def _query(
         self,
         operation: str,
@@ -220,7 +441,7 @@ class TenantWeaviate:
             tenant=tenant,
             backend="weaviate",
             operation=operation,
-            collection=str(getattr(self.collection, "name", "")),
+            collection=self.name,
             limit=limit,
             fetch_limit=limit,
             params={**positional, **kwargs},
@@ -252,10 +473,10 @@ class TenantWeaviate:
         params = dict(request.params)
         caller_filters = params.pop("filters", None)
         if self.multi_tenancy:
-            target = self.collection.with_tenant(request.tenant)
+            target = self._collection.with_tenant(request.tenant)
             filters = caller_filters
         else:
-            target = self.collection
+            target = self._collection
             own = Filter.by_property(self.tenant_property).equal(request.tenant)
             filters = own if caller_filters is None else Filter.all_of([own, caller_filters])
         caller_vector = request.attributes.get("weaviate.include_vector", False)
