@@ -484,7 +484,8 @@ class TenantMilvus:
             if len(ids) < len(rows) or unprefixed:
                 raise UnsafeArgument(
                     f"{operation}: this collection takes only tenant-prefixed primary keys "
-                    f"({tenant + TENANT_KEY_SEPARATOR!r} + key, see vector_hooks.tenant_key); "
+                    f"({tenant + TENANT_KEY_SEPARATOR!r} + key, "
+                    "see vector_hooks.tenancy.tenant_key); "
                     f"refused: {unprefixed[:5] or 'rows without a primary key'}"
                 )
         with _write_lock(self.collection):
