@@ -2,6 +2,7 @@
 
     ControlPlaneError
     ├── BadRequestInput            a request attribute (header or body) is malformed
+    ├── PayloadTooLarge            a request body over the endpoint's limit (413)
     ├── FlagNotFound               no flag with that key in the serving flag set
     ├── NotARoutingFlag            the flag exists but its variants do not name backends
     ├── FlagsNotLoaded             no valid flag set has been loaded yet
@@ -40,6 +41,7 @@ __all__ = [
     "InvalidCanary",
     "InvalidEvents",
     "NotARoutingFlag",
+    "PayloadTooLarge",
     "TokenNotFound",
     "Unauthenticated",
     "UpstreamError",
@@ -65,6 +67,22 @@ class BadRequestInput(ControlPlaneError):
     def __init__(self, detail: str, *, source: str) -> None:
         super().__init__(detail, source=source)
         self.source = source
+
+
+    @property
+    def metric_source(self) -> str:
+        """`source` cut to a bounded vocabulary, for a metric label.
+
+        Header sources are header names from the declared rules; body sources may name any
+        key a client sent (`body.context.<key>`), so only their first two parts are kept.
+        """
+        if self.source.startswith("body"):
+            return ".".join(self.source.split(".", 2)[:2]).split("[", 1)[0].split(" ", 1)[0]
+        return self.source
+
+
+class PayloadTooLarge(ControlPlaneError):
+    title = "Payload too large"
 
 
 class FlagNotFound(ControlPlaneError):

@@ -26,15 +26,19 @@ def _reset_openfeature() -> Iterator[None]:
     openfeature_api.clear_hooks()
 
 
-@pytest.fixture
-def flags_dir(tmp_path: Path) -> Path:
-    """A writable copy of the shipped flag directory."""
-    target = tmp_path / "flags"
-    target.mkdir()
+def copy_shipped_flags(target: Path) -> Path:
+    """Copy the shipped flag files into `target` (created) and return it."""
+    target.mkdir(parents=True)
     for path in FLAGS_DIR.iterdir():
         if path.name.endswith((".flagd.json", ".flagd.yaml", ".flagd.yml")):
             shutil.copy(path, target / path.name)
     return target
+
+
+@pytest.fixture
+def flags_dir(tmp_path: Path) -> Path:
+    """A writable copy of the shipped flag directory."""
+    return copy_shipped_flags(tmp_path / "flags")
 
 
 def write_flags(directory: Path, name: str, flags: dict[str, Any]) -> Path:

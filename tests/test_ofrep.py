@@ -156,7 +156,7 @@ def test_evaluation_error_is_400_general(ofrep: OfrepServer) -> None:
     ("content", "code", "named"),
     [
         (b"{not json", "PARSE_ERROR", "not valid JSON"),
-        (b"\xff\xfe", "PARSE_ERROR", "not valid JSON"),
+        (b"\xff\xfe", "PARSE_ERROR", "not valid UTF-8"),
         (b"[1, 2]", "INVALID_CONTEXT", "an array"),
         (b'{"context": 5}', "INVALID_CONTEXT", "`context` must be a JSON object"),
         (b'{"context": {"targetingKey": 7}}', "INVALID_CONTEXT", "targetingKey"),

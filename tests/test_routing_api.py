@@ -91,12 +91,12 @@ def test_fast_path_and_router_answer_alike(flags_dir: Path, tmp_path: Path,
 
 
 @pytest.mark.parametrize(("header", "value", "says"), [
-    ("x-canary-weight", "abc", "must be a number"),
+    ("x-canary-weight", "abc", "must be an integer"),
     ("x-canary-weight", "150", "at most 100"),
     ("x-canary-weight", "-1", "at least 0"),
     ("x-canary-weight", "nan", "finite"),
     ("x-user-id", "u" * 300, "at most 256"),
-    ("x-region", "c\tn", "control characters"),
+    ("x-region", "c\tn", "a control character (U+0009)"),
 ])
 def test_malformed_header_is_a_400_naming_it(http: httpx.Client, header: str, value: str,
                                              says: str) -> None:

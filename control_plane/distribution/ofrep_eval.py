@@ -29,7 +29,6 @@ a null variant.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -41,8 +40,9 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import FlagEvaluationDetails, FlagType, FlagValueType
 
-from control_plane.errors import ControlPlaneError
+from control_plane.errors import BadRequestInput, ControlPlaneError
 from control_plane.flagstore import FlagSet, FlagStore
+from control_plane.json_input import loads_checked
 
 __all__ = [
     "Evaluation",
@@ -90,10 +90,13 @@ def parse_evaluation_request(body: bytes) -> EvaluationContext:
     if not body.strip():
         return EvaluationContext()
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise OfrepRequestError(ErrorCode.PARSE_ERROR,
-                                f"request body is not valid JSON: {exc}") from exc
+        # Checked as every request body is: UTF-8, depth, no lone surrogates or control
+        # characters in any string (a surrogate in a targeting key crashed mmh3).
+        data = loads_checked(body, source="body")
+    except BadRequestInput as exc:
+        code = (ErrorCode.INVALID_CONTEXT if exc.source.startswith("body.")
+                else ErrorCode.PARSE_ERROR)
+        raise OfrepRequestError(code, exc.detail) from None
     if not isinstance(data, dict):
         raise OfrepRequestError(
             ErrorCode.INVALID_CONTEXT,

@@ -9,15 +9,13 @@ request through untouched. `CP_FAST_DECIDE=false` turns it off.
 from __future__ import annotations
 
 import json
-from typing import Any
-from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control_plane.errors import BadRequestInput, ControlPlaneError
 from control_plane.http.components import Components
 from control_plane.http.decisions_wire import decision_headers
-from control_plane.http.problems import PROBLEM_JSON, problem_body, status_for
+from control_plane.http.problems import send_problem
 from control_plane.observability.tracing import remote_parent
 
 __all__ = ["DecideFastPath"]
@@ -37,9 +35,9 @@ class DecideFastPath:
                 or not scope["path"].startswith(_PREFIX)):
             await self.app(scope, receive, send)
             return
+        # scope["path"] is percent-decoded once by the server, as FastAPI's router sees it;
+        # decoding again would turn `%2525` into `%` where the router sees `%25`.
         flag_key = scope["path"][len(_PREFIX):]
-        if "%" in flag_key:
-            flag_key = unquote(flag_key)
         if not flag_key or "/" in flag_key:
             await self.app(scope, receive, send)  # let the router answer its 404
             return
@@ -56,8 +54,8 @@ class DecideFastPath:
                 decision = components.decider.decide(flag_key, targeting_key, attributes)
         except ControlPlaneError as exc:
             if isinstance(exc, BadRequestInput):
-                components.metrics.bad_requests.labels(exc.source).inc()
-            await _problem(send, exc)
+                components.metrics.bad_requests.labels(exc.metric_source).inc()
+            await send_problem(send, exc)
             return
         body = _ENCODE(decision.as_json()).encode()
         headers = [(k.encode(), v.encode("latin-1")) for k, v in decision_headers(decision)]
@@ -75,13 +73,3 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def _problem(send: Send, exc: ControlPlaneError) -> None:
-    status = status_for(exc)
-    extra: dict[str, Any] = dict(exc.extra)
-    body = json.dumps(problem_body(status, exc.title, exc.detail, **extra)).encode()
-    headers = [(b"content-type", PROBLEM_JSON.encode()),
-               (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -28,7 +28,8 @@ from control_plane.distribution.ofrep_eval import (
     OfrepRequestError,
     parse_evaluation_request,
 )
-from control_plane.errors import FlagsNotLoaded
+from control_plane.errors import FlagsNotLoaded, PayloadTooLarge
+from control_plane.http.bodies import read_body
 
 __all__ = ["MAX_BODY_BYTES", "etag_matches", "router"]
 
@@ -55,10 +56,6 @@ def _content(schema: dict[str, Any]) -> dict[str, Any]:
 router = APIRouter(prefix="/ofrep/v1", tags=["OFREP"])
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 def _dumps(body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
@@ -70,20 +67,6 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 def _general(status: int, detail: str) -> Response:
     headers = {"Retry-After": "1"} if status == 503 else None
     return _json(status, {"errorDetails": detail}, headers)
-
-
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _evaluator(request: Request) -> OfrepEvaluator:
@@ -135,8 +118,8 @@ def etag_matches(if_none_match: list[str], etag: str) -> bool:
 async def evaluate_flag(key: str, request: Request) -> Response:
     """Evaluate one flag for the request's `context`."""
     try:
-        context = parse_evaluation_request(await _read_body(request))
-    except _BodyTooLarge:
+        context = parse_evaluation_request(await read_body(request, limit=MAX_BODY_BYTES))
+    except PayloadTooLarge:
         return _general(413, f"request body larger than {MAX_BODY_BYTES} bytes")
     except OfrepRequestError as exc:
         return _json(400, {"key": key, "errorCode": str(exc.error_code),
@@ -166,8 +149,8 @@ async def evaluate_flag(key: str, request: Request) -> Response:
 async def evaluate_flags(request: Request) -> Response:
     """Evaluate every flag for the request's `context`; answers 304 when unchanged."""
     try:
-        context = parse_evaluation_request(await _read_body(request))
-    except _BodyTooLarge:
+        context = parse_evaluation_request(await read_body(request, limit=MAX_BODY_BYTES))
+    except PayloadTooLarge:
         return _general(413, f"request body larger than {MAX_BODY_BYTES} bytes")
     except OfrepRequestError as exc:
         return _json(400, {"errorCode": str(exc.error_code), "errorDetails": exc.detail})

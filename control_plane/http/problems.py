@@ -14,11 +14,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import Send
 
 from control_plane import errors
 
 __all__ = ["PROBLEM_JSON", "install_problem_handlers", "problem_body", "problem_response",
-           "status_for"]
+           "send_problem", "status_for"]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ PROBLEM_JSON = "application/problem+json"
 
 _STATUS: list[tuple[type[errors.ControlPlaneError], int]] = [
     (errors.BadRequestInput, 400),
+    (errors.PayloadTooLarge, 413),
     (errors.Unauthenticated, 401),
     (errors.Forbidden, 403),
     (errors.FlagNotFound, 404),
@@ -75,6 +77,19 @@ def _jsonable(value: Any) -> Any:
         if callable(as_dict):
             return as_dict()
     return str(value)
+
+
+async def send_problem(send: Send, exc: errors.ControlPlaneError) -> None:
+    """Answer `exc` as problem+json straight over ASGI (for code in front of FastAPI)."""
+    status = status_for(exc)
+    body = json.dumps(problem_body(status, exc.title, exc.detail, **dict(exc.extra)),
+                      default=_jsonable).encode()
+    headers = [(b"content-type", PROBLEM_JSON.encode()),
+               (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def domain_problem(exc: errors.ControlPlaneError) -> Response:

@@ -3,6 +3,10 @@
 Each rule names one header, the context attribute it fills and the value's type and bounds. A
 value that breaks its rule is refused with BadRequestInput naming the header, so a gateway bug
 shows up as a clear 400 rather than as silently mis-bucketed traffic.
+
+Header values are UTF-8 (what gateways send); bytes that are not valid UTF-8, and any control
+character, are refused. So `x-user-id: josé` is the same targeting key, and lands in the same
+bucket, whether it comes in a header, in a `/v1/route` body or through OFREP.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from control_plane.errors import BadRequestInput
+from control_plane.json_input import unsafe_character
 from control_plane.settings import HeaderRule
 
 __all__ = ["RESERVED_ATTRIBUTES", "ContextMapper"]
@@ -34,6 +39,7 @@ class ContextMapper:
             rule.header: re.compile(rule.pattern) for rule in self.rules if rule.pattern
         }
         self._by_header_bytes = {rule.header.encode(): rule for rule in self.rules}
+        self._by_attribute = {rule.attribute: rule for rule in self.rules}
 
     def from_headers(self, headers: Mapping[str, str]) -> tuple[str | None, dict[str, Any]]:
         """(targeting key, attributes) from a case-insensitive header mapping."""
@@ -48,7 +54,7 @@ class ContextMapper:
         """The same as `from_headers`, straight from ASGI's (lower-cased) header pairs."""
         by_header = self._by_header_bytes
         return self._collect(
-            (rule, raw.decode("latin-1"))  # latin-1 decodes every byte
+            (rule, _utf8(rule, raw))
             for name, raw in raw_headers
             if (rule := by_header.get(name)) is not None
         )
@@ -96,28 +102,46 @@ class ContextMapper:
                 if not isinstance(value, str):
                     raise BadRequestInput(f"{where} must be a string", source=where)
                 targeting_key = targeting_key or value
-            else:
-                attributes.setdefault(key, value)
+            elif key not in attributes:
+                rule = self._by_attribute.get(key)
+                # A body attribute that a header rule also fills obeys that rule's type and
+                # bounds: `canary-weight: 12.5` is refused here just as the header is.
+                attributes[key] = value if rule is None else self._check_body(rule, where, value)
         return targeting_key
 
-    def _convert(self, rule: HeaderRule, raw: str) -> Any:
-        header = rule.header
+    def _check_body(self, rule: HeaderRule, where: str, value: Any) -> Any:
+        if rule.type == "string":
+            if not isinstance(value, str):
+                raise BadRequestInput(f"{where} must be a string", source=where)
+            return self._convert(rule, value, source=where)
+        if rule.type == "boolean":
+            if not isinstance(value, bool):
+                raise BadRequestInput(f"{where} must be true or false", source=where)
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise BadRequestInput(f"{where} must be a number", source=where)
+        return self._convert(rule, str(value), source=where)
+
+    def _convert(self, rule: HeaderRule, raw: str, *, source: str | None = None) -> Any:
+        """The typed value of `raw` by `rule`; errors name `source` (default: the header)."""
+        header = f"header {rule.header}" if source is None else source
+        source = rule.header if source is None else source
         if len(raw) > min(rule.max_length, self.max_header_bytes):
             raise BadRequestInput(
-                f"header {header} is {len(raw)} characters long; at most "
+                f"{header} is {len(raw)} characters long; at most "
                 f"{min(rule.max_length, self.max_header_bytes)} are allowed",
-                source=header,
+                source=source,
             )
         value = raw.strip()
+        problem = unsafe_character(value, strict=True)
+        if problem is not None:
+            raise BadRequestInput(f"{header} contains {problem}", source=source)
         if rule.type == "string":
-            if not value.isprintable():
-                raise BadRequestInput(f"header {header} contains control characters",
-                                      source=header)
-            pattern = self._patterns.get(header)
+            pattern = self._patterns.get(rule.header)
             if pattern is not None and not pattern.fullmatch(value):
                 raise BadRequestInput(
-                    f"header {header} value {value!r} does not match {pattern.pattern}",
-                    source=header,
+                    f"{header} value {value!r} does not match {pattern.pattern}",
+                    source=source,
                 )
             return value
         if rule.type == "boolean":
@@ -126,31 +150,46 @@ class ContextMapper:
                 return True
             if lowered in _FALSE:
                 return False
-            raise BadRequestInput(f"header {header} must be true or false, got {value!r}",
-                                  source=header)
+            raise BadRequestInput(f"{header} must be true or false, got {value!r}",
+                                  source=source)
         number: float
         try:
-            number = int(value) if rule.type == "integer" else float(value)
+            number = float(value)
         except ValueError:
             kind = "an integer" if rule.type == "integer" else "a number"
-            raise BadRequestInput(f"header {header} must be {kind}, got {value!r}",
-                                  source=header) from None
-        if isinstance(number, float) and not math.isfinite(number):
-            raise BadRequestInput(f"header {header} must be a finite number, got {value!r}",
-                                  source=header)
+            raise BadRequestInput(f"{header} must be {kind}, got {value!r}",
+                                  source=source) from None
+        if not math.isfinite(number):
+            raise BadRequestInput(f"{header} must be a finite number, got {value!r}",
+                                  source=source)
+        if rule.type == "integer" and not number.is_integer():
+            # Weights feed flagd's fractional, which takes whole numbers only; 12.5 would make
+            # the evaluation fail and serve the default variant silently. Refuse it instead.
+            raise BadRequestInput(f"{header} must be a whole number, got {value!r}",
+                                  source=source)
         if rule.minimum is not None and number < rule.minimum:
             raise BadRequestInput(
-                f"header {header} must be at least {_fmt(rule.minimum)}, got {value}",
-                source=header,
+                f"{header} must be at least {_fmt(rule.minimum)}, got {value}",
+                source=source,
             )
         if rule.maximum is not None and number > rule.maximum:
             raise BadRequestInput(
-                f"header {header} must be at most {_fmt(rule.maximum)}, got {value}",
-                source=header,
+                f"{header} must be at most {_fmt(rule.maximum)}, got {value}",
+                source=source,
             )
-        if isinstance(number, float) and number.is_integer():
-            return int(number)  # flagd fractional weights must be integers
+        if number.is_integer():
+            return int(number)  # `30` and `30.0` are the same weight to flagd
         return number
+
+
+def _utf8(rule: HeaderRule, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequestInput(
+            f"header {rule.header} is not valid UTF-8 (byte {exc.start}: {exc.reason})",
+            source=rule.header,
+        ) from None
 
 
 def _fmt(bound: float) -> str:

@@ -111,7 +111,7 @@ class Decider:
         variant = details.variant
         error_code = details.error_code.value if details.error_code else None
         if details.error_code is not None and error_code == "FLAG_NOT_FOUND":
-            raise FlagNotFound(f"no flag named {flag_key!r}")
+            raise FlagNotFound(f"no flag named {_shown(flag_key)}")
         reason = str(details.reason.value if isinstance(details.reason, Reason)
                      else details.reason or "UNKNOWN")
         # The backend comes from the evaluated value itself, so it always belongs to the same
@@ -151,15 +151,22 @@ class Decider:
         try:
             routing = self._routing[flag_key]
         except KeyError:
+            if flag_key not in flag_set.flags:
+                # Not cached: the cache holds only keys of the flag set, so a client asking for
+                # 20,000 made-up keys cannot grow it.
+                raise FlagNotFound(f"no flag named {_shown(flag_key)}") from None
             routing = self._routing[flag_key] = _compile(flag_set, flag_key)
         if routing is None:
-            if flag_key not in flag_set.flags:
-                raise FlagNotFound(f"no flag named {flag_key!r}")
             raise NotARoutingFlag(
                 f"flag {flag_key!r} is not a routing flag: each variant must be an object "
                 "with 'backend' and 'url'"
             )
         return routing
+
+
+def _shown(flag_key: str) -> str:
+    """A flag key for an error message: quoted, escaped and cut short (it is client input)."""
+    return ascii(flag_key if len(flag_key) <= 80 else flag_key[:77] + "...")
 
 
 def _compile(flag_set: FlagSet, flag_key: str) -> _FlagRouting | None:
