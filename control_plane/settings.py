@@ -156,6 +156,22 @@ class Settings(BaseSettings):
     exposure_retry_interval: float = Field(default=1.0, gt=0, le=300)
     #: Seconds between two passes of the canary controller over running canaries.
     canary_tick_interval: float = Field(default=1.0, gt=0, le=60)
+    # Exposure journal and database time limits (issue 9: a crash loses no answered exposure).
+    # Every record is appended (fsynced) to a journal in `exposure_spill_dir` before the
+    # database is tried, and deleted from it once committed; `exposure_buffer_limit` is now
+    # how many journaled records are also kept in memory while the database keeps up.
+    #: Seconds between two journal appends: a kill -9 loses at most about this much.
+    exposure_journal_interval: float = Field(default=0.2, ge=0.01, le=0.5)
+    #: Seconds one experiment write may take before it is interrupted and the database
+    #: counts as down (a database that stopped answering without closing the connection).
+    exposure_write_timeout: float = Field(default=5.0, ge=0.5, le=300)
+    #: PostgreSQL: seconds to set up a connection (TCP through authentication); libpq's
+    #: minimum is 2.
+    database_connect_timeout: int = Field(default=5, ge=2, le=300)
+    #: PostgreSQL: the server cancels any statement running longer (seconds).
+    database_statement_timeout: float = Field(default=30.0, ge=1, le=3600)
+    #: SQLite: seconds a write waits for another writer's lock before failing.
+    database_sqlite_busy_timeout: float = Field(default=10.0, ge=0, le=600)
 
     # -- observability (control_plane.observability) --
     #: Trace decisions and dispatches with OpenTelemetry (CP_TRACING). Unset: on when an OTLP

@@ -1,10 +1,10 @@
 """The experiment writer against real databases that go away and come back: records are
-buffered, then spilled to the local file, then replayed; none is lost or stored twice, and the
+journaled to local disk before the database is tried, wait there while it is down, and are
+replayed when it is back or by the next process; none is lost or stored twice, and the
 counters say where every record went."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +16,7 @@ from pathlib import Path
 import db_support
 import pytest
 from experiments_support import TcpProxy, wait_for
+from outage_support import set_read_only
 from prometheus_client import CollectorRegistry
 from servers import free_port
 from sqlalchemy import func, make_url, select
@@ -23,11 +24,11 @@ from sqlalchemy import func, make_url, select
 from control_plane.db import Database
 from control_plane.db.experiment_models import Exposure
 from control_plane.experiments.hashing import UnitHasher
+from control_plane.experiments.journal import Journal
 from control_plane.experiments.metrics import ExperimentMetrics
 from control_plane.experiments.recorder import ExperimentRecorder
 from control_plane.experiments.records import EXPOSURES, Record
 from control_plane.experiments.sink import DatabaseSink
-from control_plane.experiments.spill import SpillFiles
 from control_plane.experiments.writer import BatchWriter
 from control_plane.routing.decisions import Decision
 
@@ -53,19 +54,6 @@ class Outage:
     up: Callable[[], None]
 
 
-def _set_read_only(paths: list[Path], read_only: bool) -> None:
-    if os.geteuid() != 0:
-        for path in paths:
-            path.chmod((0o555 if path.is_dir() else 0o444) if read_only
-                       else (0o755 if path.is_dir() else 0o644))
-        return
-    # root ignores permission bits; the immutable attribute stops it too (ext4, xfs, btrfs).
-    result = subprocess.run(["chattr", "+i" if read_only else "-i", *map(str, paths)],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"cannot make a directory read-only as root here: {result.stderr.strip()}")
-
-
 @pytest.fixture
 def outage(database_url: str, tmp_path: Path) -> Iterator[Outage]:
     """SQLite: the database file in a directory made read-only. PostgreSQL: a TCP proxy in
@@ -79,10 +67,10 @@ def outage(database_url: str, tmp_path: Path) -> Iterator[Outage]:
         database.migrate()
         paths = [file, directory]
         try:
-            yield Outage(database, database, lambda: _set_read_only(paths, True),
-                         lambda: _set_read_only(paths, False))
+            yield Outage(database, database, lambda: set_read_only(paths, True),
+                         lambda: set_read_only(paths, False))
         finally:
-            _set_read_only(paths, False)
+            set_read_only(paths, False)
             database.dispose()
         return
     direct = Database.from_url(database_url)
@@ -102,10 +90,11 @@ def _writer(database: Database, spill_dir: Path, registry: CollectorRegistry | N
             **options: object) -> tuple[BatchWriter, ExperimentRecorder]:
     recorder = ExperimentRecorder(UnitHasher(KEY))
     metrics = ExperimentMetrics(registry) if registry is not None else None
-    settings: dict[str, object] = {"batch_size": 20, "flush_interval": 0.02,
-                                   "buffer_limit": 50, "retry_interval": 0.05}
+    settings: dict[str, object] = {"batch_size": 20, "journal_interval": 0.02,
+                                   "flush_interval": 0.02, "buffer_limit": 50,
+                                   "retry_interval": 0.05}
     settings.update(options)
-    writer = BatchWriter(DatabaseSink(database), SpillFiles(spill_dir), prepare=recorder.prepare,
+    writer = BatchWriter(DatabaseSink(database), Journal(spill_dir), prepare=recorder.prepare,
                          metrics=metrics, **settings)  # type: ignore[arg-type]
     recorder.attach(writer)
     return writer, recorder
@@ -121,31 +110,38 @@ def _metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-def test_database_down_buffers_spills_and_replays(outage: Outage, tmp_path: Path) -> None:
-    """While the database refuses, 50 records stay in memory and the rest go to the spill file;
-    when it is back, all of them are stored exactly once and the counters add up."""
+def _segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("journal-*.jsonl"))
+
+
+def test_database_down_journals_and_replays(outage: Outage, tmp_path: Path) -> None:
+    """While the database refuses, records wait in the journal and none in memory; when it is
+    back, all of them are stored exactly once, the journal is emptied and the counters add up."""
     registry = CollectorRegistry()
-    writer, recorder = _writer(outage.database, tmp_path / "spill", registry)
+    journal = tmp_path / "journal"
+    writer, recorder = _writer(outage.database, journal, registry)
     writer.start()
     try:
         for index in range(30):
             recorder.on_decision(_decision(index), 0.0)
         assert writer.flush(timeout=15)
         assert len(_stored(outage.direct)) == 30
+        assert _segments(journal) == []  # committed records leave the journal
 
         outage.down()
         for index in range(30, 230):
             recorder.on_decision(_decision(index), 0.0)
-        wait_for(lambda: writer.counts.spilled == 150, what="the overflow to be spilled")
-        assert not writer.database_up
+        wait_for(lambda: writer.counts.journaled == 230 and not writer.database_up,
+                 what="the records to be journaled and the outage noticed")
         assert not writer.flush(timeout=0.3)  # nothing more reaches the database meanwhile
-        assert writer.buffered == 50
-        assert _metric(registry, "control_plane_experiment_records_buffered") == 50
-        assert _metric(registry, "control_plane_experiment_records_spill_pending") == 150
+        wait_for(lambda: writer.buffered == 0, what="memory to let go of journaled records")
+        assert writer.unwritten == 200
+        assert _metric(registry, "control_plane_experiment_records_buffered") == 0
+        assert _metric(registry, "control_plane_experiment_records_spill_pending") == 200
         assert _metric(registry, "control_plane_experiment_database_up") == 0
-        spilled = "".join(path.read_text() for path in (tmp_path / "spill").iterdir())
-        assert spilled.count("\n") == 150
-        assert "example.com" not in spilled  # targeting keys are hashed before they spill
+        journaled = "".join(path.read_text() for path in _segments(journal))
+        assert journaled.count("\n") == 200
+        assert "example.com" not in journaled  # targeting keys are hashed before the disk
 
         outage.up()
         assert writer.flush(timeout=20)
@@ -154,24 +150,25 @@ def test_database_down_buffers_spills_and_replays(outage: Outage, tmp_path: Path
     stored = _stored(outage.direct)
     assert len(stored) == 230
     assert set(stored) == {f"d{index:08d}" for index in range(230)}
-    assert writer.counts.as_dict() | {"write_failures": 0} == {
-        "written": 230, "spilled": 150, "replayed": 150, "dropped": 0, "write_failures": 0}
-    assert writer.counts.write_failures > 0
+    counts = writer.counts.as_dict()
+    assert counts["write_failures"] > 0
+    assert {key: counts[key] for key in ("journaled", "written", "replayed", "dropped")} == {
+        "journaled": 230, "written": 230, "replayed": 200, "dropped": 0}
     assert _metric(registry, "control_plane_experiment_records_total", table=EXPOSURES,
                    result="written") == 230
     assert _metric(registry, "control_plane_experiment_records_total", table=EXPOSURES,
-                   result="replayed") == 150
+                   result="replayed") == 200
     assert _metric(registry, "control_plane_experiment_records_total", table=EXPOSURES,
                    result="dropped") == 0
     assert _metric(registry, "control_plane_experiment_database_up") == 1
-    assert list((tmp_path / "spill").iterdir()) == []
+    assert list(journal.iterdir()) == []
 
 
-def test_shutdown_with_database_down_spills_and_next_start_replays(
+def test_shutdown_with_database_down_leaves_the_journal_and_next_start_replays(
         outage: Outage, tmp_path: Path) -> None:
-    """Stopping while the database is down spills everything queued; the next writer on the
-    same spill directory stores it once the database answers."""
-    writer, recorder = _writer(outage.database, tmp_path / "spill", buffer_limit=10_000)
+    """Stopping while the database is down leaves everything in the journal; the next writer
+    on the same directory stores it once the database answers."""
+    writer, recorder = _writer(outage.database, tmp_path / "journal", buffer_limit=10_000)
     writer.start()
     outage.down()
     try:
@@ -180,12 +177,12 @@ def test_shutdown_with_database_down_spills_and_next_start_replays(
         wait_for(lambda: not writer.database_up, what="the writer to notice the outage")
     finally:
         writer.stop()
-    assert writer.counts.spilled == 120
+    assert writer.counts.journaled == 120
     assert writer.counts.written == 0
     assert _stored(outage.direct) == []
 
     outage.up()
-    successor, _ = _writer(outage.database, tmp_path / "spill")
+    successor, _ = _writer(outage.database, tmp_path / "journal")
     successor.start()
     try:
         assert successor.flush(timeout=20)
@@ -202,45 +199,46 @@ _CRASHING_WRITER = textwrap.dedent("""
     from control_plane.db import Database
     from control_plane.experiments.hashing import UnitHasher
     from control_plane.experiments.recorder import ExperimentRecorder
+    from control_plane.experiments.journal import Journal
     from control_plane.experiments.sink import DatabaseSink
-    from control_plane.experiments.spill import SpillFiles
     from control_plane.experiments.writer import BatchWriter
     from test_exposures_writer import KEY, _decision
 
     recorder = ExperimentRecorder(UnitHasher(KEY))
     sink = DatabaseSink(Database.from_url(sys.argv[1]))
-    writer = BatchWriter(sink, SpillFiles(Path(sys.argv[2])), prepare=recorder.prepare,
-                         flush_interval=0.02, buffer_limit=0, retry_interval=0.05)
+    writer = BatchWriter(sink, Journal(Path(sys.argv[2])), prepare=recorder.prepare,
+                         journal_interval=0.02, flush_interval=0.02, retry_interval=0.05)
     recorder.attach(writer)
     writer.start()
     for index in range(75):
         recorder.on_decision(_decision(index), 0.0)
-    while writer.counts.spilled < 75:
+    while writer.counts.journaled < 75:
         time.sleep(0.01)
-    print("spilled", flush=True)
+    print("journaled", flush=True)
     time.sleep(600)
 """)
 
 
-def test_records_spilled_by_a_killed_process_are_replayed(tmp_path: Path) -> None:
-    """A process whose PostgreSQL URL refuses spills its records and is killed (SIGKILL); the
-    next process adopts the orphaned spill segment and stores every record in its database."""
+def test_records_journaled_by_a_killed_process_are_replayed(tmp_path: Path) -> None:
+    """A process whose PostgreSQL URL refuses journals its records and is killed (SIGKILL); the
+    next process claims the orphaned segments and stores every record in its database."""
     refused = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"
     script = tmp_path / "crashing_writer.py"
     script.write_text(_CRASHING_WRITER)
-    spill_dir = tmp_path / "spill"
+    spill_dir = tmp_path / "journal"
     process = subprocess.Popen([sys.executable, str(script), refused, str(spill_dir),
                                 str(Path(__file__).parent)], stdout=subprocess.PIPE, text=True,
                                cwd=REPO)
     try:
         assert process.stdout is not None
-        assert process.stdout.readline().strip() == "spilled"
+        assert process.stdout.readline().strip() == "journaled"
     finally:
         process.kill()
         process.wait(timeout=10)
         if process.stdout is not None:
             process.stdout.close()
-    assert [path.suffix for path in spill_dir.iterdir()] == [".part"]
+    left = sorted(path.name.split("-")[0] for path in spill_dir.iterdir())
+    assert set(left) == {"journal", "owner"}  # segments, and the dead owner's lock
 
     database = Database.from_url(f"sqlite:///{tmp_path / 'db.sqlite'}")
     database.migrate()
@@ -282,7 +280,7 @@ def test_a_record_the_database_refuses_does_not_block_the_others(tmp_path: Path)
     stored and the writer does not treat the database as down."""
     database = Database.from_url(f"sqlite:///{tmp_path / 'db.sqlite'}")
     database.migrate()
-    writer, recorder = _writer(database, tmp_path / "spill", flush_interval=0.5)
+    writer, recorder = _writer(database, tmp_path / "spill", journal_interval=0.5)
     for index in range(10):
         recorder.on_decision(_decision(index), 0.0)
     bad = Record(EXPOSURES, {"decision_id": "bad", "flag": None, "variant": "a", "unit": None,
@@ -302,18 +300,20 @@ def test_a_record_the_database_refuses_does_not_block_the_others(tmp_path: Path)
     assert writer.database_up
 
 
-def test_unreadable_spill_lines_are_counted_not_silently_skipped(tmp_path: Path) -> None:
-    """A torn line in a spill segment (a crash mid-write) is counted as dropped; the readable
-    lines around it are stored."""
+def test_unreadable_journal_lines_are_counted_not_silently_skipped(tmp_path: Path) -> None:
+    """A torn line in an orphaned journal segment (a crash mid-write) is counted as dropped;
+    the readable lines around it, and a spill file of the previous writer, are stored."""
     database = Database.from_url(f"sqlite:///{tmp_path / 'db.sqlite'}")
     database.migrate()
-    spill_dir = tmp_path / "spill"
+    spill_dir = tmp_path / "journal"
     spill_dir.mkdir()
     recorder = ExperimentRecorder(UnitHasher(KEY))
     lines = [recorder.prepare((EXPOSURES, _decision(index), 1.0e9)).to_line()
-             for index in range(3)]
-    (spill_dir / "spill-00000000000000000001-1-000001.jsonl").write_text(
+             for index in range(4)]
+    # An owner with no lock file is gone.
+    (spill_dir / "journal-00000000000000000001-999999.dead-000001.jsonl").write_text(
         "\n".join([lines[0], lines[1], '{"table": "exposures", "row": {"decis', lines[2]]) + "\n")
+    (spill_dir / "spill-00000000000000000002-1-000001.jsonl.part").write_text(lines[3] + "\n")
     registry = CollectorRegistry()
     writer, _ = _writer(database, spill_dir, registry)
     writer.start()
@@ -323,7 +323,7 @@ def test_unreadable_spill_lines_are_counted_not_silently_skipped(tmp_path: Path)
         writer.stop()
         stored = _stored(database)
         database.dispose()
-    assert sorted(stored) == ["d00000000", "d00000001", "d00000002"]
+    assert sorted(stored) == ["d00000000", "d00000001", "d00000002", "d00000003"]
     assert writer.counts.dropped == 1
     assert _metric(registry, "control_plane_experiment_records_total", table="unreadable",
                    result="dropped") == 1

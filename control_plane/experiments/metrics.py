@@ -12,19 +12,22 @@ class ExperimentMetrics:
         self.records = Counter(
             "control_plane_experiment_records",
             "Experiment records (exposures, outcome events, backend call samples) by table and "
-            "what happened to them: written to the database, spilled to the local file, "
-            "replayed from it (also counted as written), or dropped.",
+            "what happened to them: journaled (appended to the local journal), written to the "
+            "database, replayed (read back from the journal after a restart or an outage; "
+            "also counted as written), or dropped.",
             ["table", "result"], registry=registry)
         self.buffered = Gauge(
             "control_plane_experiment_records_buffered",
-            "Experiment records held in memory, not yet in the database.", registry=registry)
+            "Experiment records held in memory (queued, or journaled and kept for the "
+            "database), not yet in the database.", registry=registry)
         self.spill_pending = Gauge(
             "control_plane_experiment_records_spill_pending",
-            "Experiment records in the local spill file, waiting for the database.",
+            "Experiment records in the local journal, not yet committed to the database.",
             registry=registry)
         self.database_up = Gauge(
             "control_plane_experiment_database_up",
-            "1 while the experiment writer's last database write worked, else 0.",
+            "1 while the experiment writer's database writes and pings work, 0 once one failed "
+            "or has run past the write timeout.",
             registry=registry)
         self.canary_weight = Gauge(
             "control_plane_canary_weight",

@@ -4,7 +4,9 @@
 metadata says `"experiment": true`; `on_dispatch` (a Dispatcher listener) queues a call sample
 for every backend call on an experiment flag or a flag with an active canary. Both only append
 a tuple to the writer's queue: hashing the targeting key and building the row happen in the
-writer thread (`prepare`).
+writer thread (`prepare`). The hasher may come later than the recorder (its key is kept in
+the database, which may be down at start): until then `ready` is False and the writer keeps
+the raw items queued.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def is_experiment(metadata: Any) -> bool:
 
 
 class ExperimentRecorder:
-    def __init__(self, hasher: UnitHasher) -> None:
+    def __init__(self, hasher: UnitHasher | None) -> None:
         self.hasher = hasher
         self.writer: BatchWriter | None = None
         self._offer: Callable[[Any], bool] = _not_attached
@@ -61,16 +63,23 @@ class ExperimentRecorder:
 
     # -- writer thread ---------------------------------------------------------------------
 
+    def ready(self) -> bool:
+        """True once records can be prepared (the targeting key hasher is known)."""
+        return self.hasher is not None
+
     def prepare(self, item: tuple[str, Any, float]) -> Record:
         table, payload, at = item
         if table == EXPOSURES:
             decision: Decision = payload
             key = decision.targeting_key
+            hasher = self.hasher
+            if key and hasher is None:
+                raise RuntimeError("no targeting key HMAC key yet")
             return Record(EXPOSURES, {
                 "decision_id": decision.decision_id[:_ID],
                 "flag": decision.flag_key[:_FLAG],
                 "variant": decision.variant[:_VARIANT],
-                "unit": self.hasher(key) if key else None,
+                "unit": hasher(key) if key and hasher is not None else None,
                 "flag_set_version": decision.flag_set_version,
                 "reason": decision.reason[:_REASON],
                 "at": at,

@@ -1,7 +1,14 @@
 """The database end of the experiment writer: idempotent batch inserts into the record tables.
 
-Inserts skip rows whose key exists (ON CONFLICT DO NOTHING on SQLite and PostgreSQL), so a
-batch written twice, as a replayed spill file may be, is stored once.
+Inserts skip rows whose key exists (ON CONFLICT DO NOTHING on SQLite and PostgreSQL; the keys
+are natural: an exposure's decision id, a call sample's decision id and variant, an outcome
+event's id), so a batch written twice, as a journal segment replayed after a crash may be, is
+stored once.
+
+The sink has its own connection pool (`Database.derive`), without the pre-ping of the app's
+pool: a ping at checkout is a statement nobody could interrupt. Every write and ping runs on
+a connection that `interrupt()` (called by the writer's watchdog from another thread) can
+abort, and a connection that failed for anything but its data is discarded.
 
 Rows go in as multi-row `INSERT ... VALUES (...), (...)` statements of `ROWS_PER_STATEMENT`
 rows, with values converted by the columns' own SQLAlchemy bind processors. Why not
@@ -13,15 +20,18 @@ times less. Other databases use SQLAlchemy's generic insert.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Dialect, Table, insert, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DataError, IntegrityError
 
-from control_plane.db.engine import Database
+from control_plane.db.engine import Database, interrupt
 from control_plane.db.experiment_models import CallSample, Exposure, OutcomeEvent
 from control_plane.experiments.records import Record
 
@@ -69,9 +79,13 @@ class _TableInsert:
 
 
 class DatabaseSink:
+    """RecordSink (control_plane.experiments.writer) over the record tables of `database`."""
+
     def __init__(self, database: Database) -> None:
-        self.database = database
-        dialect = database.engine.dialect
+        self.database = database.derive(pool_pre_ping=False)
+        self._active: object | None = None  # the DBAPI connection of the write in progress
+        self._active_lock = threading.Lock()
+        dialect = self.database.engine.dialect
         self._tables: dict[str, Table] = {
             model.__tablename__: model.__table__  # type: ignore[misc]
             for model in _MODELS
@@ -88,13 +102,40 @@ class DatabaseSink:
             row = dict(record.row)
             row["at"] = datetime.fromtimestamp(row["at"], UTC)
             by_table[record.table].append(row)
-        with self.database.engine.begin() as connection:
+        with self._connection() as connection, connection.begin():
             for table, rows in by_table.items():
                 self._insert(connection, table, rows)
 
     def ping(self) -> None:
-        with self.database.engine.connect() as connection:
+        with self._connection() as connection:
             connection.execute(text("SELECT 1"))
+
+    def interrupt(self) -> None:
+        """Abort the write or ping in progress (from another thread); it raises there."""
+        with self._active_lock:
+            active = self._active
+        if active is not None:
+            interrupt(active)
+
+    def close(self) -> None:
+        self.database.dispose()
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        with self.database.engine.connect() as connection:
+            dbapi_connection = connection.connection.dbapi_connection
+            with self._active_lock:
+                self._active = dbapi_connection
+            try:
+                yield connection
+            except (IntegrityError, DataError):
+                raise
+            except Exception:
+                connection.invalidate()  # possibly half-dead (interrupted): never reuse it
+                raise
+            finally:
+                with self._active_lock:
+                    self._active = None
 
     def _insert(self, connection: Connection, table: str, rows: list[dict[str, Any]]) -> None:
         if self._inserts is None:

@@ -7,7 +7,7 @@ routes, and hooks `Experiments.start` into the app's lifespan, right after the a
 startup (the dispatcher and the migrated database exist by then). Start loads the targeting key
 HMAC key, attaches the decision and dispatch listeners, starts the writer and the canary
 controller threads, and registers `stop` in `components.closers`, so shutdown flushes the
-queue (or spills it when the database is down).
+queue (what the database does not take stays in the journal for the next start).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,11 +25,12 @@ from control_plane.experiments import repository
 from control_plane.experiments.canary.controller import CanaryController
 from control_plane.experiments.canary.service import CanaryService
 from control_plane.experiments.events import EventParser
-from control_plane.experiments.hashing import UnitHasher, load_unit_hasher
+from control_plane.experiments.hashing import UnitHasher
+from control_plane.experiments.journal import Journal
 from control_plane.experiments.metrics import ExperimentMetrics
 from control_plane.experiments.recorder import ExperimentRecorder
 from control_plane.experiments.sink import DatabaseSink
-from control_plane.experiments.spill import SpillFiles
+from control_plane.experiments.unit_key import UnitKeys
 from control_plane.experiments.writer import BatchWriter
 from control_plane.flagstore.editor import FlagEditor
 from control_plane.http.components import Components
@@ -58,25 +59,35 @@ class Experiments:
         self.started = False
 
     def start(self) -> None:
-        """Start recording and the canary controller (the app's startup has run)."""
+        """Start recording and the canary controller (the app's startup has run).
+
+        Nothing here needs the database to answer (issue 9: routing never depends on it):
+        the targeting key may come later (control_plane.experiments.unit_key), and records
+        wait in the journal until the database takes them.
+        """
         if self.started:
             return
         settings = self.components.settings
-        try:
-            hasher = load_unit_hasher(settings.exposure_salt, self.database)
-        except SQLAlchemyError as exc:
-            raise RuntimeError(
-                "experiments cannot start: the targeting key HMAC key is kept in the database, "
-                f"which cannot be read ({exc}); set CP_EXPOSURE_SALT or fix the database"
-            ) from exc
+        journal_dir = settings.exposure_spill_dir.resolve()
+        keys = UnitKeys(settings.exposure_salt, self.database, journal_dir,
+                        retry_interval=settings.exposure_retry_interval)
+        hasher = keys.load()
         recorder = ExperimentRecorder(hasher)
+
+        def ready() -> bool:
+            if recorder.hasher is None:
+                recorder.hasher = self.hasher = keys.load()
+            return recorder.hasher is not None
+
         writer = BatchWriter(
-            DatabaseSink(self.database), SpillFiles(settings.exposure_spill_dir.resolve()),
+            DatabaseSink(self.database), Journal(journal_dir),
             prepare=recorder.prepare, queue_size=settings.exposure_queue_size,
             batch_size=settings.exposure_batch_size,
+            journal_interval=settings.exposure_journal_interval,
             flush_interval=settings.exposure_flush_interval,
             buffer_limit=settings.exposure_buffer_limit,
-            retry_interval=settings.exposure_retry_interval, metrics=self.metrics)
+            retry_interval=settings.exposure_retry_interval,
+            write_timeout=settings.exposure_write_timeout, metrics=self.metrics, ready=ready)
         recorder.attach(writer)
         try:
             with self.database.session() as session:
@@ -93,7 +104,9 @@ class Experiments:
                                 editor=editor, metrics=self.metrics, on_tracked=track)
         controller = CanaryController(service, tick_interval=settings.canary_tick_interval)
         self.hasher, self.recorder, self.writer = hasher, recorder, writer
-        self.parser = EventParser(self.components.store, hasher, kinds)
+        # UnitKeys hashes like a UnitHasher once the key is known, and refuses (503) before.
+        self.parser = EventParser(self.components.store, hasher or cast(UnitHasher, keys),
+                                  kinds)
         self.service, self.controller = service, controller
 
         writer.start()

@@ -4,6 +4,11 @@ Each record stores the version number, content hash, time, source (file / api / 
 actor, message, the full flag set document and the diff from the previous version. A restart
 that loads the same content as the newest stored version reuses its number instead of adding
 a duplicate, so numbering survives restarts and replicas agree on what version N means.
+
+Routing never depends on the database (issue 9): when it cannot be reached for the first flag
+set this process serves, that set is served as version `UNRECORDED` (0) instead of being
+refused, so a restart during an outage still routes. Later edits need the database: while it
+is down they are refused and the store retries them, and the last served set keeps serving.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from control_plane.db import repository
 from control_plane.db.engine import Database
@@ -20,12 +25,14 @@ from control_plane.flagstore.flagset import BUCKETING_GENERATION, FlagSet
 from control_plane.flagstore.history import RecordRequest
 from control_plane.flagstore.version_diff import diff_documents
 
-__all__ = ["DatabaseRecorder", "flag_set_document", "flag_set_from_row"]
+__all__ = ["UNRECORDED", "DatabaseRecorder", "flag_set_document", "flag_set_from_row"]
 
 log = logging.getLogger(__name__)
 
 #: How often a record is retried when another writer took the same version number.
 _ATTEMPTS = 5
+#: The version of a flag set served while the database could not record it.
+UNRECORDED = 0
 
 
 def flag_set_document(flag_set: FlagSet) -> dict[str, Any]:
@@ -49,13 +56,43 @@ class DatabaseRecorder:
 
     def __init__(self, database: Database) -> None:
         self.database = database
+        #: Whether this recorder has answered a version yet (the first may be UNRECORDED).
+        self._answered = False
 
     def latest(self) -> FlagSet | None:
-        with self.database.session() as session:
-            row = repository.latest_version(session=session)
-            return flag_set_from_row(row) if row is not None else None
+        try:
+            with self.database.session() as session:
+                row = repository.latest_version(session=session)
+                if row is None:
+                    return None
+                # The database answers: from now on a version it cannot record is refused.
+                self._answered = True
+                return flag_set_from_row(row)
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as exc:
+            if self._answered:
+                raise
+            log.warning("cannot read the latest flag set version (%s)", _first_line(exc))
+            return None
 
     def record(self, request: RecordRequest) -> int:
+        try:
+            version = self._record(request)
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as exc:
+            if self._answered:
+                raise  # the store keeps serving what it serves and retries this edit
+            self._answered = True
+            log.error("the database cannot record flag set %s (%s); serving it as version %d "
+                      "(unrecorded) so routing starts; edits wait for the database",
+                      request.flag_set.content_hash[:12], _first_line(exc), UNRECORDED)
+            return UNRECORDED
+        self._answered = True
+        return version
+
+    def _record(self, request: RecordRequest) -> int:
         flag_set = request.flag_set
         document = flag_set_document(flag_set)
         for attempt in range(1, _ATTEMPTS + 1):
@@ -84,3 +121,9 @@ class DatabaseRecorder:
                     raise
                 log.info("version number taken by a concurrent writer; retrying")
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _first_line(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None)
+    text = str(original if original is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -14,6 +14,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from control_plane.auth import GatewayTokenChecker, Role
 from control_plane.console import install_console
 from control_plane.db import Database
+from control_plane.db.engine import DatabaseTimeouts
+from control_plane.db.migrator import BackgroundMigrator
 from control_plane.distribution.sync_server import start_sync_server
 from control_plane.errors import FlagValidationError
 from control_plane.experiments.wiring import install_experiments
@@ -41,7 +43,8 @@ _app_ids = itertools.count(1)
 
 def build_components(settings: Settings) -> Components:
     """Everything an app instance needs, unstarted (no threads, no files read yet)."""
-    database = Database.from_url(settings.database_url)
+    database = Database.from_url(settings.database_url,
+                                 timeouts=DatabaseTimeouts.from_settings(settings))
     store = FlagStore(settings.flags_dir, reload_interval=settings.reload_interval,
                       recorder=DatabaseRecorder(database))
     # One OpenFeature domain per app instance, so several apps (tests) never share a provider.
@@ -66,7 +69,13 @@ async def _start(components: Components) -> None:
     settings = components.settings
     store = components.store
     components.tracing.start()  # the OTLP exporter, when configured
-    components.database.migrate()  # before the first reload records a version
+    # Routing never waits for the database (issue 9): migrate before the first reload records
+    # a version when the database answers within its connect timeout; else serve without it
+    # (DatabaseRecorder serves the first flag set unrecorded) and keep migrating in the
+    # background. A minimal change; the app wiring is being restructured.
+    migrator = BackgroundMigrator(components.database)
+    migrator.start(wait=settings.database_connect_timeout + 1.0)
+    components.closers.append(migrator.stop)
     reloads = components.metrics.flag_reloads
     for result in ("ok", "refused"):
         # Exported at 0 from the start, so that increase() in alerts sees the first refusal.
