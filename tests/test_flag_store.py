@@ -164,24 +164,51 @@ def test_half_written_file_is_refused_then_accepted_once_complete(directory: Pat
     assert store.last_error is None
 
 
-def test_a_file_deleted_and_recreated_between_polls_never_unpublishes_its_flags(
+def test_a_file_deleted_and_recreated_within_the_settle_window_never_unpublishes_its_flags(
         directory: Path) -> None:
-    """A vanished file counts only when still gone one poll later (editors delete on save)."""
-    store = FlagStore(directory)
+    """A vanished file is pending, still served, until it stays gone for the settle window."""
+    store = FlagStore(directory, deletion_settle=0.3)
     store.reload()
     content = (directory / "b.flagd.yaml").read_bytes()
     (directory / "b.flagd.yaml").unlink()
     assert store.poll() is False
     assert "beta" in store.current.flags
+    assert [item["file"] for item in store.status()["pendingDeletions"]] == ["b.flagd.yaml"]
+    assert store.status()["state"] == "ok"
     (directory / "b.flagd.yaml").write_bytes(content)
     store.poll()
     assert store.current.version == 1
     assert "beta" in store.current.flags
+    assert store.status()["pendingDeletions"] == []
     (directory / "b.flagd.yaml").unlink()
     assert store.poll() is False
+    assert store.status()["pendingDeletions"]
+    wait_until(lambda: store.poll() and "beta" not in store.current.flags)
+    assert store.current.version == 2
+    assert store.status()["pendingDeletions"] == []
+
+
+def test_other_edits_go_live_while_a_deletion_is_pending(directory: Path) -> None:
+    """An edit of another file is applied during the window; the vanished file keeps serving."""
+    store = FlagStore(directory, deletion_settle=60)
+    store.reload()
+    (directory / "b.flagd.yaml").unlink()
+    assert store.poll() is False
+    write_flags(directory, "a.flagd.json", {"alpha": boolean_flag("on")})
+    assert store.poll() is True
+    assert store.current.version == 2
+    assert store.current.flags["alpha"]["defaultVariant"] == "on"
+    assert "beta" in store.current.flags
+    assert store.status()["pendingDeletions"][0]["file"] == "b.flagd.yaml"
+
+
+def test_settle_window_zero_applies_a_deletion_at_the_next_poll(directory: Path) -> None:
+    """With deletion_settle=0 a vanished file's flags go at the first poll that misses it."""
+    store = FlagStore(directory, deletion_settle=0)
+    store.reload()
+    (directory / "b.flagd.yaml").unlink()
     assert store.poll() is True
     assert "beta" not in store.current.flags
-    assert store.current.version == 2
 
 
 def test_same_size_rewrite_with_the_same_timestamp_is_noticed(directory: Path) -> None:
@@ -204,7 +231,7 @@ def test_same_size_rewrite_with_the_same_timestamp_is_noticed(directory: Path) -
 
 def test_emptying_the_directory_is_refused(directory: Path) -> None:
     """Removing every flag file is refused (it would unpublish every flag at once)."""
-    store = FlagStore(directory)
+    store = FlagStore(directory, deletion_settle=0)
     store.reload()
     for path in list(directory.iterdir()):
         path.unlink()

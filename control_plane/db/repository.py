@@ -17,6 +17,7 @@ from control_plane.db.models import ApiToken, AuditEvent, FlagSetVersion, utc_no
 from control_plane.errors import Conflict, TokenNotFound, VersionNotFound
 
 __all__ = [
+    "MAX_VERSION",
     "add_audit_event",
     "add_token",
     "add_version",
@@ -34,6 +35,11 @@ __all__ = [
 
 # -- flag set versions -----------------------------------------------------------------------
 
+#: Largest storable version number: the column is a 32-bit INTEGER on PostgreSQL. Numbers
+#: outside 1..MAX_VERSION are never stored, so they are answered without a query (a 2**63
+#: would overflow the driver's parameter and fail the query instead of finding nothing).
+MAX_VERSION = 2**31 - 1
+
 def latest_version(*, session: Session) -> FlagSetVersion | None:
     """The newest stored version, or None when nothing was recorded yet."""
     statement = select(FlagSetVersion).order_by(FlagSetVersion.version.desc()).limit(1)
@@ -41,6 +47,10 @@ def latest_version(*, session: Session) -> FlagSetVersion | None:
 
 
 def get_version(*, session: Session, version: int) -> FlagSetVersion:
+    """The stored version `version`; VersionNotFound for any other number, in range or not."""
+    if not 1 <= version <= MAX_VERSION:
+        raise VersionNotFound(f"no flag set version {version} is stored (versions are "
+                              f"1..{MAX_VERSION})")
     row = session.get(FlagSetVersion, version)
     if row is None:
         raise VersionNotFound(f"no flag set version {version} is stored")
@@ -65,7 +75,7 @@ def list_versions(*, session: Session, limit: int, before: int | None = None
                   ) -> list[FlagSetVersion]:
     """Newest first, at most `limit`, only versions below `before` when given (a cursor)."""
     statement = select(FlagSetVersion).order_by(FlagSetVersion.version.desc()).limit(limit)
-    if before is not None:
+    if before is not None and before <= MAX_VERSION:  # a larger cursor excludes nothing
         statement = statement.where(FlagSetVersion.version < before)
     return list(session.scalars(statement))
 

@@ -4,7 +4,13 @@ An edit (PUT of one flag, or a rollback to a stored version) is first applied to
 bytes in memory and run through the same loader and validator as a file edit; only a valid
 result is written, each file atomically (temp file + os.replace), while the store's lock keeps
 the file watcher from reloading half-way; then the store reloads and records the new version
-with the caller's source and actor. A refused edit changes nothing on disk.
+with the caller's source and actor.
+
+A refused edit changes nothing: keys and string values holding NUL, control characters or lone
+surrogates are refused by the validator before anything is written, and if the reload or the
+version recorder fails after the write (a database error), the files are written back as they
+were before the store lock is released. An edit may carry a Precondition (If-Match), checked
+against the flag as it is in its file at the moment of writing, under the same lock.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from typing import Any
 
 import yaml
 
-from control_plane.errors import FlagValidationError
+from control_plane.errors import FlagNotFound, FlagValidationError
+from control_plane.flagstore.documents import parse_flag_file
 from control_plane.flagstore.flagset import FlagSet
 from control_plane.flagstore.issues import ValidationIssue
 from control_plane.flagstore.loader import (
@@ -31,11 +38,13 @@ from control_plane.flagstore.loader import (
     FlagFiles,
     load_directory,
     load_files,
-    read_flag_files,
 )
+from control_plane.flagstore.preconditions import Precondition, flag_etag, flag_set_etag
+from control_plane.flagstore.schema import check_document
 from control_plane.flagstore.store import FlagStore
+from control_plane.flagstore.text_check import find_unsafe_text, unsafe_character
 
-__all__ = ["API_FILE", "RESERVED_KEYS", "FlagEditor", "WriteResult"]
+__all__ = ["API_FILE", "RESERVED_KEYS", "FlagEditor", "WriteResult", "current_definition"]
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +75,14 @@ class FlagEditor:
     # -- public operations ---------------------------------------------------------------
 
     def put_flag(self, key: str, definition: Any, *, actor: str,
-                 message: str = "", source: str = "api") -> WriteResult:
+                 message: str = "", source: str = "api",
+                 precondition: Precondition | None = None) -> WriteResult:
         """Create or replace flag `key` in its file (new keys go to api.flagd.json).
 
-        `source` is recorded with the new version ("canary" for the canary controller)."""
+        `source` is recorded with the new version ("canary" for the canary controller);
+        `precondition` (If-Match / If-None-Match) is checked against the flag's ETag on disk."""
+        _check_key(key)
+        _check_text(key, definition)
         if key in RESERVED_KEYS:
             raise FlagValidationError(
                 f"flag key {key!r} is reserved", issues=[_issue(
@@ -82,6 +95,7 @@ class FlagEditor:
                                    "'variants', 'defaultVariant' and optional 'targeting'")])
 
         def plan(snapshot: dict[str, bytes]) -> dict[str, bytes | None]:
+            _check_flag(precondition, key, snapshot)
             name = self._file_defining(key, snapshot) or API_FILE
             document = self._editable(name, snapshot)
             document.setdefault("flags", {})[key] = definition
@@ -90,14 +104,40 @@ class FlagEditor:
         return self._write(plan, source=source, actor=actor,
                            message=message or f"PUT /v1/flags/{key}")
 
+    def delete_flag(self, key: str, *, actor: str, message: str = "", source: str = "api",
+                    precondition: Precondition | None = None) -> WriteResult:
+        """Remove flag `key` from its file (the file stays, possibly with no flags).
+
+        FlagNotFound when no flag file defines it; `precondition` as for `put_flag`."""
+        _check_key(key)
+
+        def plan(snapshot: dict[str, bytes]) -> dict[str, bytes | None]:
+            _check_flag(precondition, key, snapshot)
+            name = self._file_defining(key, snapshot)
+            if name is None:
+                raise FlagNotFound(f"no flag file defines a flag named {key!r}")
+            document = self._editable(name, snapshot)
+            del document["flags"][key]
+            return {name: _serialize(name, document)}
+
+        return self._write(plan, source=source, actor=actor,
+                           message=message or f"DELETE /v1/flags/{key}")
+
     def restore(self, document: Mapping[str, Any], *, actor: str, message: str = "",
-                source: str = "rollback") -> WriteResult:
-        """Rewrite the flag files so they hold exactly `document` (a stored version)."""
+                source: str = "rollback",
+                precondition: Precondition | None = None) -> WriteResult:
+        """Rewrite the flag files so they hold exactly `document` (a stored version).
+
+        `precondition` is checked against the ETag of the serving flag set."""
         flags: Mapping[str, Any] = document.get("flags", {})
         evaluators: Mapping[str, Any] = document.get("$evaluators", {})
         sources: Mapping[str, str] = document.get("sources", {})
 
         def plan(snapshot: dict[str, bytes]) -> dict[str, bytes | None]:
+            if precondition is not None:
+                current = (flag_set_etag(self.store.current.content_hash)
+                           if self.store.loaded else None)
+                precondition.check(current, what="the flag set")
             by_file: dict[str, dict[str, Any]] = {}
             for key, definition in flags.items():
                 by_file.setdefault(_flag_file_name(sources.get(key)), {})[key] = definition
@@ -126,29 +166,34 @@ class FlagEditor:
 
         def write() -> None:
             previous.append(self.store.current.version if self.store.loaded else None)
-            files = read_flag_files(self.directory)
+            files = self.store.read_files()
             snapshot = dict(files.contents)
             changes: dict[str, bytes | None] = plan(snapshot)
             self._validate(files, changes)
             for name, content in changes.items():
-                undo[name] = snapshot.get(name)
-                target = self.directory / name
-                if content is None:
-                    target.unlink(missing_ok=True)
-                else:
-                    _atomic_write(target, content)
+                undo[name] = snapshot.get(name)  # before writing: a failed write is undone too
+                self._put(name, content)
                 written.append(name)
 
+        def write_back() -> bool:
+            for name, content in undo.items():
+                self._put(name, content)
+            return bool(undo)
+
         with self._lock:
-            try:
-                flag_set = self.store.write_and_reload(write, source=source, actor=actor,
-                                                       message=message)
-            except FlagValidationError:
-                if undo:  # written, then refused by the reload (a concurrent manual edit?)
-                    self._undo(undo)
-                raise
+            flag_set = self.store.write_and_reload(write, source=source, actor=actor,
+                                                   message=message, undo=write_back)
         changed = flag_set.version != previous[0]
         return WriteResult(flag_set=flag_set, changed=changed, files=tuple(written))
+
+    def _put(self, name: str, content: bytes | None) -> None:
+        """Write (or with None, delete) one flag file; a deletion is announced to the store."""
+        target = self.directory / name
+        if content is None:
+            self.store.note_removed(name)
+            target.unlink(missing_ok=True)
+        else:
+            _atomic_write(target, content)
 
     def _validate(self, files: FlagFiles, changes: dict[str, bytes | None]) -> None:
         """Validate the would-be directory contents with the store's own loader."""
@@ -157,20 +202,6 @@ class FlagEditor:
         # Unreadable files still count; "the directory has no flag files" no longer applies.
         problems = tuple(problem for problem in files.problems if problem.file != files.source)
         load_files(FlagFiles(files.source, contents, problems))
-
-    def _undo(self, undo: dict[str, bytes | None]) -> None:
-        def write_back() -> None:
-            for name, content in undo.items():
-                if content is None:
-                    (self.directory / name).unlink(missing_ok=True)
-                else:
-                    _atomic_write(self.directory / name, content)
-
-        try:
-            self.store.write_and_reload(write_back, source="file", actor="file-watcher")
-        except FlagValidationError:
-            log.warning("flag files restored after a refused API write, but the directory is "
-                        "still invalid (edited by hand meanwhile?)")
 
     # -- reading the current files -------------------------------------------------------
 
@@ -196,6 +227,45 @@ class FlagEditor:
         load_directory(self.directory)
         raise FlagValidationError(f"{name} is not a flag file that can be edited",
                                   issues=[_issue(name, "", "fix this file by hand first")])
+
+
+def _check_key(key: str) -> None:
+    problem = unsafe_character(key, key=True)
+    if problem is not None:
+        raise FlagValidationError(
+            f"the flag key contains {problem}", issues=[_issue(
+                API_FILE, key, f"the flag key contains {problem}; flag keys may not hold "
+                               "control characters or lone surrogates")])
+
+
+def _check_text(key: str, definition: Any) -> None:
+    """Refuse unsafe text before it is serialised (a lone surrogate cannot even be encoded)."""
+    found = find_unsafe_text(definition)
+    if found:
+        issues = [ValidationIssue.at(("flags", key, *location), problem, file=API_FILE)
+                  for location, problem in found]
+        raise FlagValidationError(f"{issues[0].path}: {found[0][1]}", issues=issues)
+
+
+def current_definition(key: str, snapshot: Mapping[str, bytes]) -> Any:
+    """Flag `key` as its file defines it now (parsed as the store parses it), or None."""
+    for name in sorted(snapshot):
+        parsed = parse_flag_file(name, snapshot[name])
+        if parsed.data is None:
+            continue
+        found = check_document(parsed.data, []).flags.get(key)
+        if found is not None:
+            return found[0]
+    return None
+
+
+def _check_flag(precondition: Precondition | None, key: str,
+                snapshot: Mapping[str, bytes]) -> None:
+    if precondition is None or not precondition.present:
+        return
+    definition = current_definition(key, snapshot)
+    current = flag_etag(definition) if isinstance(definition, dict) else None
+    precondition.check(current, what=f"flag {key!r}")
 
 
 def _flag_file_name(name: str | None) -> str:

@@ -44,7 +44,9 @@ def format_path(location: Location) -> str:
         elif _PLAIN_KEY.match(step):
             parts.append(f".{step}")
         else:
-            parts.append(f"[{json.dumps(step, ensure_ascii=False)}]")
+            # A lone surrogate stays escaped, so the path can always be encoded as UTF-8.
+            readable = not any("\ud800" <= char <= "\udfff" for char in step)
+            parts.append(f"[{json.dumps(step, ensure_ascii=not readable)}]")
     return "".join(parts)
 
 

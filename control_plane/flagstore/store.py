@@ -8,9 +8,18 @@ keeps serving. A watcher thread polls the directory every `reload_interval` seco
 How the watcher copes with editors: a half-written file is a syntax error, so it is refused
 like any invalid edit and retried once the bytes change again. Changes are detected from
 (name, mtime, size, inode) and, while a file was modified in the last two seconds (timestamps
-are coarse), from a hash of the bytes as well. A file that disappears is only dropped if it is
-still gone one poll later, so an editor that deletes and re-creates a file on save does not
-briefly unpublish its flags.
+are coarse), from a hash of the bytes as well.
+
+A file that disappears is not a rollout: an editor that deletes and re-creates a file on save
+must not unpublish its flags for that moment. So a deletion takes effect only once the file has
+stayed gone for `deletion_settle` seconds (default 2); until then the store keeps serving the
+file's last bytes, other edits still go live, and `status()` lists the deletion under
+`pendingDeletions`. A file that comes back within the window cancels it. Files the admin API
+removes itself (a rollback) are dropped at once.
+
+An edit written by the admin API (`write_and_reload`) either goes live with its version recorded
+or is undone: when validation, the recorder or the write itself fails, the files are put back
+as they were, under the same lock, before anything else reads them.
 """
 
 from __future__ import annotations
@@ -32,7 +41,8 @@ from control_plane.flagstore.history import InMemoryRecorder, RecordRequest, Ver
 from control_plane.flagstore.issues import ValidationIssue
 from control_plane.flagstore.loader import FlagFiles, flag_files, load_files, read_flag_files
 
-__all__ = ["FlagStore", "Listener", "ReloadListener", "ReloadOutcome", "ReloadStats"]
+__all__ = ["FlagStore", "Listener", "PendingDeletion", "ReloadListener", "ReloadOutcome",
+           "ReloadStats"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,20 @@ _RECENT_SECONDS = 2.0
 _RECORDER_RETRY_SECONDS = 2.0
 
 _Signature = tuple[tuple[str, int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class PendingDeletion:
+    """A flag file that is gone from the directory but still served until `effective_at`."""
+
+    file: str
+    since: float  # wall-clock time the watcher noticed it gone (time.time())
+    effective_at: float  # wall-clock time it takes effect unless the file comes back
+    due: float  # the same moment on the monotonic clock
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "since": _iso(self.since),
+                "effectiveAt": _iso(self.effective_at)}
 
 
 @dataclass(frozen=True)
@@ -84,10 +108,13 @@ class FlagStore:
     """Serving flag set of one flag directory, with change notification."""
 
     def __init__(self, directory: Path, *, reload_interval: float = 0.2,
-                 recorder: VersionRecorder | None = None) -> None:
+                 recorder: VersionRecorder | None = None,
+                 deletion_settle: float = 2.0) -> None:
         self.directory = directory
         self.recorder: VersionRecorder = recorder or InMemoryRecorder()
         self.reload_interval = reload_interval
+        #: Seconds a vanished flag file must stay gone before its flags are unpublished.
+        self.deletion_settle = deletion_settle
         self.last_error: FlagValidationError | None = None
         self._current: FlagSet | None = None
         self._files: tuple[str, ...] = ()
@@ -101,8 +128,11 @@ class FlagStore:
         self._watcher: threading.Thread | None = None
         self._signature: _Signature = ()
         self._attempt_digest: str | None = None
-        self._attempt_names: frozenset[str] = frozenset()
-        self._missing_seen: frozenset[str] = frozenset()
+        #: The bytes of the last attempt, per file: what a pending deletion keeps serving.
+        self._attempt_contents: dict[str, bytes] = {}
+        self._pending: dict[str, PendingDeletion] = {}
+        #: Files the admin API removed on purpose: their deletion is not held back.
+        self._removed: set[str] = set()
         self._retry_after = 0.0
 
     # -- reading -------------------------------------------------------------------------
@@ -132,11 +162,17 @@ class FlagStore:
         """Warnings (not errors) about the serving flag set."""
         return self._warnings
 
+    @property
+    def pending_deletions(self) -> tuple[PendingDeletion, ...]:
+        """Vanished flag files still served until their settle window has passed."""
+        return tuple(sorted(self._pending.values(), key=lambda item: item.file))
+
     def status(self) -> dict[str, Any]:
         """JSON-ready state for `GET /v1/flags/status`: serving version and the last attempt."""
         current = self._current
         stats = self._stats
         error = self.last_error
+        pending = self.pending_deletions
         if error is not None:
             state = "error"
             issues = [_as_issue(item) for item in error.issues]
@@ -147,6 +183,9 @@ class FlagStore:
             state = "ok"
             issues = list(self._warnings)
             message = f"version {current.version} is serving"
+            if pending:
+                message += (f"; deleting {', '.join(item.file for item in pending)} takes "
+                            "effect if the file stays gone (see pendingDeletions)")
         else:
             state, issues, message = "unloaded", [], "flags have not been loaded yet"
         return {
@@ -161,6 +200,7 @@ class FlagStore:
             "lastSuccessAt": _iso(stats.last_success_at),
             "reloads": {"ok": stats.reloads_ok, "failed": stats.reloads_failed},
             "issues": [issue.to_dict() for issue in issues],
+            "pendingDeletions": [item.to_dict() for item in pending],
         }
 
     # -- subscribing ---------------------------------------------------------------------
@@ -197,24 +237,87 @@ class FlagStore:
         """
         with self._reload_lock:
             self._signature = self._directory_signature()
-            files = read_flag_files(self.directory)
+            files = self.read_files()
             return self._apply(files, trigger="call", source=source, actor=actor,
                                message=message)
 
-    def write_and_reload(self, write: Callable[[], None], *, source: str, actor: str,
-                         message: str = "") -> FlagSet:
-        """Run `write` (which edits the flag files), then reload, with no watcher poll between,
-        so the new version is recorded as `source`/`actor` (the admin API), not as a file edit."""
+    def read_files(self) -> FlagFiles:
+        """The directory as the store sees it: files whose deletion is pending are still there.
+
+        The admin API plans its edits on this view, so it edits what is being served."""
         with self._reload_lock:
-            write()
-            return self.reload(source=source, actor=actor, message=message)
+            return self._settle(read_flag_files(self.directory))
+
+    def note_removed(self, name: str) -> None:
+        """The caller (the admin API) deleted flag file `name` on purpose: drop it at once."""
+        with self._reload_lock:
+            self._removed.add(name)
+            self._pending.pop(name, None)
+
+    def write_and_reload(self, write: Callable[[], None], *, source: str, actor: str,
+                         message: str = "", undo: Callable[[], bool] | None = None
+                         ) -> FlagSet:
+        """Run `write` (which edits the flag files), then reload, with no watcher poll between,
+        so the new version is recorded as `source`/`actor` (the admin API), not as a file edit.
+
+        If `write` or the reload fails (invalid flags, the recorder failed, a disk error),
+        `undo` puts the files back (returning True if it wrote anything) and the store reloads
+        them, all under the lock; then the error propagates. So a refused write leaves the
+        files, the serving flag set and the recorded versions as they were.
+        """
+        with self._reload_lock:
+            try:
+                write()
+                return self.reload(source=source, actor=actor, message=message)
+            except BaseException:
+                if undo is not None:
+                    self._restore(undo)
+                raise
+
+    def _restore(self, undo: Callable[[], bool]) -> None:
+        try:
+            if not undo():
+                return
+            self.reload(source="file", actor="file-watcher", message="restored after a "
+                                                                     "refused API write")
+        except Exception:  # the original error matters more; the watcher retries this
+            log.exception("could not restore the flag files after a refused API write")
+
+    def _settle(self, files: FlagFiles) -> FlagFiles:
+        """`files` plus the last bytes of vanished files whose settle window has not passed.
+
+        Files that reappeared cancel their pending deletion; files removed through
+        `note_removed` and deletions past their window are left out (they take effect)."""
+        now, wall = time.monotonic(), time.time()
+        held: dict[str, bytes] = {}
+        pending: dict[str, PendingDeletion] = {}
+        for name, content in self._attempt_contents.items():
+            if name in files.contents or name in self._removed:
+                continue
+            item = self._pending.get(name) or PendingDeletion(
+                file=name, since=wall, effective_at=wall + self.deletion_settle,
+                due=now + self.deletion_settle)
+            if now < item.due:
+                held[name] = content
+                pending[name] = item
+            else:
+                log.info("flag file %s stayed deleted for %.1f s; its flags are unpublished",
+                         name, self.deletion_settle)
+        for name in pending.keys() - self._pending.keys():
+            log.info("flag file %s vanished; its deletion takes effect in %.1f s unless it "
+                     "comes back", name, self.deletion_settle)
+        self._pending = pending
+        self._removed.clear()
+        if not held:
+            return files
+        return FlagFiles(files.source, {**files.contents, **held}, files.problems)
 
     def _apply(self, files: FlagFiles, *, trigger: str, source: str = "file",
                actor: str = "file-watcher", message: str = "") -> FlagSet:
         started = time.perf_counter()
         at = time.time()
         self._attempt_digest = files.digest
-        self._attempt_names = frozenset(files.contents)
+        self._attempt_contents = dict(files.contents)
         try:
             loaded = load_files(files)
         except FlagValidationError as exc:
@@ -244,6 +347,7 @@ class FlagStore:
         self._files = loaded.files
         self._warnings = tuple(loaded.warnings)
         self.last_error = None
+        self._retry_after = 0.0
         seconds = time.perf_counter() - started
         self._stats = dataclasses.replace(
             self._stats, reloads_ok=self._stats.reloads_ok + 1, last_reload_at=at,
@@ -324,15 +428,10 @@ class FlagStore:
             signature = self._directory_signature()
             recent = any(time.time() - mtime_ns / 1e9 < _RECENT_SECONDS
                          for _, mtime_ns, _, _ in signature)
-            if signature == self._signature and not recent and self._attempt_digest:
+            if (signature == self._signature and not recent and self._attempt_digest
+                    and not self._pending):
                 return False
-            files = read_flag_files(self.directory)
-            missing = self._attempt_names - set(files.contents)
-            if missing and missing != self._missing_seen:
-                # A file vanished: maybe an editor mid-save. Decide on the next poll.
-                self._missing_seen = frozenset(missing)
-                return False
-            self._missing_seen = frozenset()
+            files = self.read_files()  # a vanished file is held back until its window passes
             if files.digest == self._attempt_digest:
                 self._signature = signature
                 return False

@@ -19,6 +19,7 @@ from control_plane.flagstore.documents import parse_flag_file
 from control_plane.flagstore.issues import Location, ValidationIssue, locate
 from control_plane.flagstore.schema import check_document, check_flag_structure
 from control_plane.flagstore.semantics import check_evaluator_refs, check_flag_semantics
+from control_plane.flagstore.text_check import check_text_values
 
 __all__ = [
     "ValidationResult",
@@ -56,6 +57,9 @@ def validate_evaluators(evaluators: Mapping[str, Any]) -> list[ValidationIssue]:
 def validate_document(document: Any, *, file: str = "") -> list[ValidationIssue]:
     """Check one parsed flag document (as `json.load` returns it) as a standalone flag set."""
     issues: list[ValidationIssue] = []
+    check_text_values(document, issues)
+    if issues:  # unsafe text is refused before anything else looks at (or hashes) it
+        return locate(issues, file=file)
     parts = check_document(document, issues)
     for key, (definition, where) in parts.flags.items():
         issues.extend(validate_flag(key, definition, parts.evaluators, location=where))
@@ -119,6 +123,10 @@ class _Merge:
             return
         self.positions[name] = parsed.positions
         found: list[ValidationIssue] = []
+        check_text_values(parsed.data, found)
+        if found:  # refused before merging: nothing downstream sees (or hashes) the text
+            self.issues.extend(locate(found, file=name, positions=parsed.positions))
+            return
         parts = check_document(parsed.data, found)
         for key, (definition, where) in parts.flags.items():
             if key in self.flags:

@@ -2,7 +2,13 @@
 
 Every endpoint needs a bearer token whose role is high enough (viewer < operator < admin), and
 every write is attributed to the token's name in the flag set history or the audit log.
-Errors are domain exceptions; the app's problem+json handlers turn them into 401/403/404/409/422.
+Errors are domain exceptions; the app's problem+json handlers turn them into 401/403/404/409/422,
+and the handler installed here turns PreconditionFailed into 412.
+
+Flag edits use optimistic concurrency: `GET /v1/flags/{key}` (and `GET /v1/flags`) answer an
+`ETag`; `PUT` and `DELETE /v1/flags/{key}` (and rollback, against the flag set's ETag) accept
+`If-Match` / `If-None-Match` and answer 412 when the flag changed since it was read. The headers
+are optional (no 428): scripts and the canary controller may still write blindly.
 
 Wire it with `install_admin_api(app, settings=..., store=..., database=...)` after any route that
 shares the `/v1/flags/` prefix (such as `/v1/flags/status`), because `/v1/flags/{key}` would
@@ -16,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
@@ -31,10 +37,20 @@ from control_plane.auth import (
 from control_plane.db import repository
 from control_plane.db.engine import Database
 from control_plane.db.models import ApiToken, AuditEvent, FlagSetVersion
+from control_plane.db.repository import MAX_VERSION
 from control_plane.errors import BadRequestInput, Conflict, FlagNotFound
-from control_plane.flagstore.editor import FlagEditor
+from control_plane.flagstore.editor import FlagEditor, WriteResult
+from control_plane.flagstore.issues import format_path
+from control_plane.flagstore.preconditions import (
+    Precondition,
+    PreconditionFailed,
+    flag_etag,
+    flag_set_etag,
+)
 from control_plane.flagstore.store import FlagStore
+from control_plane.flagstore.text_check import find_unsafe_text, unsafe_character
 from control_plane.http.bodies import read_json_body
+from control_plane.http.problems import problem_response
 from control_plane.settings import Settings
 
 __all__ = [
@@ -77,8 +93,17 @@ def install_admin_api(app: FastAPI, *, settings: Settings, store: FlagStore,
     )
     app.state.admin = admin
     app.state.gateway_auth = admin.gateway
+    app.add_exception_handler(PreconditionFailed, _on_precondition_failed)
     app.include_router(router)
     return admin
+
+
+async def _on_precondition_failed(_: Request, exc: Exception) -> Response:
+    if not isinstance(exc, PreconditionFailed):  # pragma: no cover - registered for it only
+        raise exc
+    etag = exc.extra.get("etag")
+    return problem_response(412, exc.title, exc.detail,
+                            headers={"ETag": etag} if etag else None, **exc.extra)
 
 
 # -- dependencies ----------------------------------------------------------------------------
@@ -118,6 +143,35 @@ GatewayTokenDep = Annotated[None, Depends(require_gateway_token)]
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+#: A stored version number: path parameters outside this range are a 400, never a query.
+VersionParam = Annotated[int, Path(ge=1, le=MAX_VERSION, description="a stored version number")]
+IfMatch = Annotated[str | None, Header(alias="If-Match",
+                                       description="ETag the edit starts from; 412 if stale")]
+IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match",
+                                           description="'*': create only; 412 if it exists")]
+
+
+def _checked_key(key: str) -> str:
+    problem = unsafe_character(key, key=True)
+    if problem is not None:
+        raise BadRequestInput(f"the flag key in the path contains {problem}", source="path.key")
+    return key
+
+
+def _checked_definition(definition: Any) -> Any:
+    """The body itself, or a 400 naming the first key or string that cannot be stored."""
+    for location, problem in find_unsafe_text(definition, limit=1):
+        where = "body" + format_path(location)[1:]
+        raise BadRequestInput(f"{where}: {problem}", source=where)
+    return definition
+
+
+def _flag_write_json(key: str, result: WriteResult) -> dict[str, Any]:
+    flag_set = result.flag_set
+    return {"key": key, "source": flag_set.sources.get(key),
+            "flagSetVersion": flag_set.version, "contentHash": flag_set.content_hash,
+            "changed": result.changed, "flag": flag_set.flags.get(key)}
 
 def _message(value: Any, where: str) -> str:
     if value is None:
@@ -179,25 +233,28 @@ def whoami(principal: ViewerDep) -> dict[str, str]:
 # -- endpoints: flags (fixed paths first: /v1/flags/{key} must not capture them) -------------
 
 @router.get("/v1/flags", summary="All serving flags with their source file and version")
-def list_flags(principal: ViewerDep, admin: AdminComponentsDep) -> dict[str, Any]:
+def list_flags(principal: ViewerDep, admin: AdminComponentsDep) -> JSONResponse:
     flag_set = admin.store.current
-    return {
+    etag = flag_set_etag(flag_set.content_hash)
+    return JSONResponse({
         "flagSetVersion": flag_set.version,
         "contentHash": flag_set.content_hash,
+        "etag": etag,
         "flags": [
             {"key": key, "source": flag_set.sources.get(key), "flagSetVersion": flag_set.version,
              "state": definition.get("state"), "defaultVariant": definition.get("defaultVariant"),
-             "variants": sorted(definition.get("variants", {}))}
+             "variants": sorted(definition.get("variants", {})), "etag": flag_etag(definition)}
             for key, definition in sorted(flag_set.flags.items())
         ],
-    }
+    }, headers={"ETag": etag})
 
 
 @router.get("/v1/flags/history", summary="Flag set versions, newest first, with diffs")
 def history(
     principal: ViewerDep, admin: AdminComponentsDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    before: Annotated[int | None, Query(ge=1, description="versions below this one")] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_VERSION + 1,
+                                        description="versions below this one")] = None,
 ) -> dict[str, Any]:
     with admin.database.session() as session:
         rows = repository.list_versions(session=session, limit=limit + 1, before=before)
@@ -215,7 +272,7 @@ def history(
 
 
 @router.get("/v1/flags/history/{version}", summary="One stored version with its full document")
-def history_version(version: int, principal: ViewerDep,
+def history_version(version: VersionParam, principal: ViewerDep,
                     admin: AdminComponentsDep) -> dict[str, Any]:
     with admin.database.session() as session:
         return _version_json(repository.get_version(session=session, version=version),
@@ -224,8 +281,10 @@ def history_version(version: int, principal: ViewerDep,
 
 @router.post("/v1/flags/rollback/{version}",
              summary="Rewrite the flag files to a stored version (recorded as a rollback)")
-async def rollback(version: int, request: Request, principal: AdminDep,
-                   admin: AdminComponentsDep) -> dict[str, Any]:
+async def rollback(version: VersionParam, request: Request, principal: AdminDep,
+                   admin: AdminComponentsDep, if_match: IfMatch = None) -> dict[str, Any]:
+    """`If-Match` takes the flag set's ETag (from `GET /v1/flags`): 412 if it changed since."""
+    precondition = Precondition.parse(if_match=if_match)
     body = await read_json_body(request, required=False, limit=_MAX_BODY)
     if body is not None and not isinstance(body, dict):
         raise BadRequestInput("the body must be a JSON object like {\"message\": \"...\"}",
@@ -236,7 +295,8 @@ async def rollback(version: int, request: Request, principal: AdminDep,
         with admin.database.session() as session:
             document = repository.get_version(session=session, version=version).document
         message = f"rollback to version {version}" + (f": {note}" if note else "")
-        result = admin.editor.restore(document, actor=principal.name, message=message)
+        result = admin.editor.restore(document, actor=principal.name, message=message,
+                                      precondition=precondition)
         _audit(admin, principal, "flags.rollback", f"version {version}",
                {"flagSetVersion": result.flag_set.version, "changed": result.changed,
                 "files": list(result.files)})
@@ -248,39 +308,69 @@ async def rollback(version: int, request: Request, principal: AdminDep,
 
 
 @router.get("/v1/flags/{key}", summary="One serving flag's definition, source file and version")
-def get_flag(key: str, principal: ViewerDep, admin: AdminComponentsDep) -> dict[str, Any]:
+def get_flag(key: str, principal: ViewerDep, admin: AdminComponentsDep) -> JSONResponse:
+    """The `ETag` (also in the body as `etag`) is what PUT and DELETE take as `If-Match`."""
     flag_set = admin.store.current
     definition = flag_set.flags.get(key)
     if definition is None:
         raise FlagNotFound(f"no flag named {key!r}")
-    return {"key": key, "source": flag_set.sources.get(key),
-            "flagSetVersion": flag_set.version, "contentHash": flag_set.content_hash,
-            "flag": definition}
+    etag = flag_etag(definition)
+    return JSONResponse({"key": key, "source": flag_set.sources.get(key),
+                         "flagSetVersion": flag_set.version,
+                         "contentHash": flag_set.content_hash, "etag": etag,
+                         "flag": definition}, headers={"ETag": etag})
+
+
+MessageQuery = Annotated[str | None, Query(max_length=_MAX_MESSAGE,
+                                           description="why (kept in the history)")]
 
 
 @router.put("/v1/flags/{key}", summary="Create or replace a flag (validated, versioned)")
 async def put_flag(
     key: str, request: Request, principal: OperatorDep, admin: AdminComponentsDep,
-    message: Annotated[str | None, Query(max_length=_MAX_MESSAGE,
-                                         description="why (kept in the history)")] = None,
+    message: MessageQuery = None, if_match: IfMatch = None, if_none_match: IfNoneMatch = None,
 ) -> Response:
-    definition = await read_json_body(request, required=True, limit=_MAX_BODY)
+    """`If-Match: <ETag>` makes a read-modify-write safe: 412 if the flag changed meanwhile."""
+    _checked_key(key)
+    precondition = Precondition.parse(if_match=if_match, if_none_match=if_none_match)
+    definition = _checked_definition(
+        await read_json_body(request, required=True, limit=_MAX_BODY))
 
     def work() -> tuple[int, dict[str, Any]]:
         existed = admin.store.loaded and key in admin.store.current.flags
         result = admin.editor.put_flag(key, definition, actor=principal.name,
-                                       message=message or "")
+                                       message=message or "", precondition=precondition)
         flag_set = result.flag_set
         _audit(admin, principal, "flag.put", key,
                {"flagSetVersion": flag_set.version, "changed": result.changed,
                 "source": flag_set.sources.get(key)})
-        body = {"key": key, "source": flag_set.sources.get(key),
-                "flagSetVersion": flag_set.version, "contentHash": flag_set.content_hash,
-                "changed": result.changed, "flag": flag_set.flags.get(key)}
-        return (200 if existed else 201), body
+        return (200 if existed else 201), _flag_write_json(key, result)
 
     status, body = await run_in_threadpool(work)
-    return JSONResponse(body, status_code=status)
+    served = body["flag"]
+    headers = {"ETag": flag_etag(served)} if isinstance(served, dict) else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+@router.delete("/v1/flags/{key}", summary="Remove a flag from its file (validated, versioned)")
+async def delete_flag(
+    key: str, principal: OperatorDep, admin: AdminComponentsDep,
+    message: MessageQuery = None, if_match: IfMatch = None,
+) -> dict[str, Any]:
+    """`If-Match: <ETag>` refuses (412) to delete a flag that changed since it was read."""
+    _checked_key(key)
+    precondition = Precondition.parse(if_match=if_match)
+
+    def work() -> dict[str, Any]:
+        result = admin.editor.delete_flag(key, actor=principal.name, message=message or "",
+                                          precondition=precondition)
+        _audit(admin, principal, "flag.delete", key,
+               {"flagSetVersion": result.flag_set.version, "changed": result.changed,
+                "files": list(result.files)})
+        return {**_flag_write_json(key, result), "deleted": True,
+                "files": list(result.files)}
+
+    return await run_in_threadpool(work)
 
 
 # -- endpoints: tokens and audit -------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 Ops look here after editing a flag file: `state` is "ok" when the last reload went live (or
 changed nothing), "error" when it was refused (its issues are listed with file, JSON path and
-line; the previous version keeps serving), "unloaded" before the first load.
+line; the previous version keeps serving), "unloaded" before the first load. A flag file that
+vanished is listed under `pendingDeletions` until its settle window (setting `deletion_settle`)
+has passed; its flags keep serving meanwhile, and a file that comes back cancels the deletion.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ class ReloadCounts(BaseModel):
     failed: int
 
 
+class PendingDeletionBody(BaseModel):
+    file: str
+    since: str = Field(description="When the watcher saw the file gone")
+    effectiveAt: str = Field(description="When its flags are unpublished unless it comes back")
+
+
 class FlagStatus(BaseModel):
     """The status document; camelCase member names, like the rest of the API."""
 
@@ -49,6 +57,9 @@ class FlagStatus(BaseModel):
     issues: list[IssueBody] = Field(
         description="Errors of the refused edit (state error), else warnings about the "
                     "serving flag set")
+    pendingDeletions: list[PendingDeletionBody] = Field(
+        default_factory=list,
+        description="Deleted flag files still served until their settle window passes")
 
 
 @router.get("/v1/flags/status", summary="Serving flag set and the outcome of the last reload",
