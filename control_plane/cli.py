@@ -29,7 +29,9 @@ def _settings_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     explicit = {
         name: getattr(args, name)
-        for name in ("flags_dir", "host", "port", "database_url", "sync_port", "log_format")
+        for name in ("flags_dir", "host", "port", "database_url", "sync_port", "log_format",
+                     # the sync port's own address and TLS files (trust boundary settings)
+                     "sync_host", "sync_tls_cert_file", "sync_tls_key_file")
         if getattr(args, name, None) is not None
     }
     return Settings(**explicit)
@@ -47,11 +49,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"control-plane serve: flag directory {settings.flags_dir} does not exist",
               file=sys.stderr)
         return 2
-    for label, port in (("port", settings.port), ("sync port", settings.sync_port)):
-        problem = _port_problem(settings.host, port)
+    for label, host, port in (("port", settings.host, settings.port),
+                              ("sync port", settings.sync_host, settings.sync_port)):
+        problem = _port_problem(host, port)
         if problem:
-            print(f"control-plane serve: {label} {settings.host}:{port} {problem}",
-                  file=sys.stderr)
+            print(f"control-plane serve: {label} {host}:{port} {problem}", file=sys.stderr)
             return 2
     if args.log_level not in _LOG_LEVELS:  # CP_LOG_LEVEL is the default, unchecked by argparse
         print(f"control-plane serve: log level {args.log_level!r} is not one of "
@@ -87,7 +89,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "serve", help="run the control plane (routing API, admin API, flag distribution)",
         description="Run the control plane. Every option can also be set by environment "
                     "variable: CP_FLAGS_DIR, CP_HOST, CP_PORT, DATABASE_URL, CP_SYNC_PORT, "
-                    "CP_LOG_LEVEL, CP_LOG_FORMAT. Traces are exported over OTLP/HTTP when "
+                    "CP_SYNC_HOST, CP_SYNC_TLS_CERT_FILE, CP_SYNC_TLS_KEY_FILE, CP_LOG_LEVEL, "
+                    "CP_LOG_FORMAT (sync tokens: CP_SYNC_TOKENS). Traces are exported over "
+                    "OTLP/HTTP when "
                     "CP_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT is set.")
     serve.add_argument("--flags", dest="flags_dir", type=Path,
                        help="flag directory (default: the shipped flags/)")
@@ -96,6 +100,14 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     serve.add_argument("--sync-port", dest="sync_port", type=int,
                        help="port of the flagd sync service (flagd.sync.v1) replicas sync "
                             "flags from (default 8015; 0 disables it)")
+    serve.add_argument("--sync-host", dest="sync_host",
+                       help="listen address of the sync service (default 127.0.0.1, whatever "
+                            "--host is; another address needs CP_SYNC_TOKENS or "
+                            "CP_GATEWAY_TOKENS)")
+    serve.add_argument("--sync-tls-cert", dest="sync_tls_cert_file", type=Path,
+                       help="PEM certificate chain: serve the sync service over TLS only")
+    serve.add_argument("--sync-tls-key", dest="sync_tls_key_file", type=Path,
+                       help="PEM private key of --sync-tls-cert")
     serve.add_argument("--database-url", dest="database_url",
                        help="SQLAlchemy URL (default: sqlite:///./control-plane.db)")
     serve.add_argument("--log-level", default=os.environ.get("CP_LOG_LEVEL", "info"),

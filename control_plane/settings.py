@@ -7,6 +7,7 @@ rather than letting it start half-configured.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -129,6 +130,88 @@ class Settings(BaseSettings):
     #: Timeout for one proxied backend call (connect + first byte), seconds.
     dispatch_timeout: float = Field(default=10.0, gt=0, le=600)
     dispatch_max_connections: int = Field(default=200, ge=1, le=10000)
+
+    # -- trust boundaries: what the dispatch proxy forwards, the sync port, /metrics --
+    #: Request headers the dispatch proxy never forwards to a backend (CP_DISPATCH_STRIP_HEADERS,
+    #: comma-separated; replaces the default; "x-forwarded-*" is a prefix). A deny-list, not an
+    #: allow-list: backends are arbitrary model APIs whose own headers (content-type, accept,
+    #: x-request-id, vendor headers) the control plane cannot enumerate, while what must not
+    #: pass is known: credentials meant for this service or its gateway (authorization, cookie,
+    #: proxy-authorization) and forwarding headers a client could forge (forwarded,
+    #: x-forwarded-*, x-real-ip). The proxy then sets X-Forwarded-For (the peer as uvicorn sees
+    #: it, see --forwarded-allow-ips), -Host and -Proto itself. Hop-by-hop headers are never
+    #: forwarded, and an Authorization carrying a gateway, sync or admin token (or any
+    #: generated `cpt_` token) is dropped even when "authorization" is taken off this list
+    #: (for backends that need the end user's own Authorization).
+    dispatch_strip_headers: Annotated[tuple[str, ...], NoDecode] = (
+        "authorization", "cookie", "proxy-authorization", "forwarded", "x-forwarded-*",
+        "x-real-ip",
+    )
+    #: Address of the flagd sync gRPC port (CP_SYNC_HOST). Loopback by default and independent
+    #: of `host`: the port serves the whole flag set (targeting rules included), so binding it
+    #: beyond this machine is a separate decision, and needs `sync_tokens` (or gateway tokens).
+    sync_host: str = "127.0.0.1"
+    #: PEM certificate chain and private key of the sync port (CP_SYNC_TLS_CERT_FILE,
+    #: CP_SYNC_TLS_KEY_FILE): set both to serve TLS only. flagd providers connect with
+    #: tls=true and cert_path=<CA or self-signed cert> (FLAGD_TLS, FLAGD_SERVER_CERT_PATH).
+    sync_tls_cert_file: Path | None = None
+    sync_tls_key_file: Path | None = None
+    #: PEM CA bundle (CP_SYNC_TLS_CLIENT_CA_FILE): when set, replicas must present a client
+    #: certificate signed by it (mutual TLS), for providers that cannot send a token.
+    sync_tls_client_ca_file: Path | None = None
+    #: Bearer tokens a replica must send as gRPC metadata `authorization: Bearer <token>`
+    #: (CP_SYNC_TOKENS, comma-separated, 16+ characters). Unset: the gateway tokens are
+    #: accepted, so setting gateway tokens never leaves the flag set open; neither set: anyone
+    #: who reaches the port may sync (acceptable only on loopback, which the validator
+    #: enforces). A separate setting lets replicas hold a secret that cannot route traffic.
+    sync_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    #: Require a viewer (or higher) admin token on GET /metrics (CP_METRICS_REQUIRE_AUTH).
+    #: Off by default: metrics hold flag keys, variants and counts, no request data.
+    metrics_require_auth: bool = False
+
+    @field_validator("dispatch_strip_headers", "sync_tokens", mode="before")
+    @classmethod
+    def _split_trust_lists(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("dispatch_strip_headers")
+    @classmethod
+    def _header_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(name.strip().lower() for name in value)
+        for name in names:
+            if not _HEADER_NAME.fullmatch(name.removesuffix("*")):
+                raise ValueError(f"not a header name (or prefix ending in *): {name!r}")
+        return names
+
+    @field_validator("sync_tokens")
+    @classmethod
+    def _sync_tokens_long_enough(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        if any(len(token.get_secret_value()) < 16 for token in value):
+            raise ValueError("a sync token must be at least 16 characters long")
+        return value
+
+    @model_validator(mode="after")
+    def _sync_port_is_safe(self) -> Settings:
+        tls = (self.sync_tls_cert_file, self.sync_tls_key_file)
+        if (tls[0] is None) != (tls[1] is None):
+            raise ValueError("sync_tls_cert_file and sync_tls_key_file go together")
+        if self.sync_tls_client_ca_file is not None and tls[0] is None:
+            raise ValueError("sync_tls_client_ca_file needs sync_tls_cert_file and key_file")
+        for path in (*tls, self.sync_tls_client_ca_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"sync TLS file {path} does not exist")
+        authenticated = bool(self.sync_tokens or self.gateway_tokens
+                             or self.sync_tls_client_ca_file)
+        try:
+            loopback = (self.sync_host == "localhost"
+                        or ipaddress.ip_address(self.sync_host).is_loopback)
+        except ValueError:  # a host name: it may resolve anywhere
+            loopback = False
+        if self.sync_port and not authenticated and not loopback:
+            raise ValueError(
+                f"sync_host {self.sync_host!r} is not a loopback address: set sync_tokens (or "
+                "gateway_tokens, or sync_tls_client_ca_file) so replicas must authenticate")
+        return self
     #: Answer GET /v1/decide/{flag} from a raw-ASGI fast path (same responses, less overhead).
     fast_decide: bool = True
 

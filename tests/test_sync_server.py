@@ -107,7 +107,9 @@ def test_replica_keeps_the_last_good_flags_when_a_reload_is_refused(
     with pytest.raises(FlagValidationError):
         store.reload()
     assert _pinned_url(replica) == "http://127.0.0.1:9131"
-    (flags_dir / "clash.flagd.json").unlink()
+    # Fixed by rewriting the file, not deleting it (a deletion waits for the store's settle
+    # window before it takes effect).
+    write_document(flags_dir, "clash.flagd.json", {"flags": {"no-clash": _extra_flag()}})
     _set_pinned_url(flags_dir, "http://127.0.0.1:9198")
     fixed = store.reload()
     second = json.loads(next(stream).flag_configuration)

@@ -10,9 +10,22 @@ which wakes every stream. A stream always sends the newest flag set: if several 
 while it is busy it skips the intermediate ones, which is correct because every message carries
 the complete state.
 
+Who may sync: the port serves every flag, targeting rules included, so it is guarded three
+ways, all set from `Settings` (see `serve_from_settings`):
+
+- bound to loopback (`sync_host`, 127.0.0.1) unless configured otherwise;
+- with tokens configured, every RPC needs gRPC metadata `authorization: Bearer <token>`, else
+  UNAUTHENTICATED. The official Python provider sends one through its `channel_credentials`
+  option: `grpc.composite_channel_credentials(<TLS or grpc.local_channel_credentials()>,
+  grpc.access_token_call_credentials(token))` (gRPC sends call credentials only over TLS or
+  local channels, never in plaintext across a network);
+- with a certificate and key, the port speaks TLS only (providers: tls=True, cert_path=<CA>),
+  and with a client CA, replicas must present a certificate it signed (mutual TLS), for
+  providers that can pass TLS settings but no token.
+
 Usage (the app lifespan does this when `Settings.sync_port` is not 0)::
 
-    handle = start_sync_server(store, "127.0.0.1", 8015)
+    handle = start_sync_server(store, "127.0.0.1", 8015, tokens=["a-long-sync-secret"])
     ...
     handle.stop()
 """
@@ -23,22 +36,29 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
 from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
+from pydantic import SecretStr
 
+from control_plane.auth import GatewayTokenChecker
 from control_plane.distribution.selector import Selector, SelectorError
-from control_plane.errors import ControlPlaneError
+from control_plane.errors import ControlPlaneError, Unauthenticated
 from control_plane.flagstore import FlagSet, FlagStore
+from control_plane.settings import Settings
 
 __all__ = [
     "SELECTOR_HEADER",
     "FlagSyncServicer",
     "SyncServerError",
     "SyncServerHandle",
+    "SyncTLS",
+    "serve_from_settings",
     "start_sync_server",
 ]
 
@@ -65,16 +85,44 @@ class SyncServerError(ControlPlaneError):
     title = "Sync server failed"
 
 
-class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
-    """The FlagSyncService over the flag sets handed to `publish` (all on one event loop)."""
+@dataclass(frozen=True)
+class SyncTLS:
+    """PEM material of a TLS sync port; `client_ca` set: client certificates are required."""
 
-    def __init__(self) -> None:
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+    @classmethod
+    def from_files(cls, cert_file: Path, key_file: Path,
+                   client_ca_file: Path | None = None) -> SyncTLS:
+        return cls(cert_file.read_bytes(), key_file.read_bytes(),
+                   client_ca_file.read_bytes() if client_ca_file else None)
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.private_key, self.cert_chain)], root_certificates=self.client_ca,
+            require_client_auth=self.client_ca is not None)
+
+
+class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
+    """The FlagSyncService over the flag sets handed to `publish` (all on one event loop).
+
+    With `tokens`, every RPC first checks `authorization: Bearer <token>` in its metadata.
+    """
+
+    def __init__(self, tokens: Sequence[SecretStr | str] = ()) -> None:
+        self._tokens = GatewayTokenChecker(tokens)  # digests once; constant-time compare
         self._latest: FlagSet | None = None
         self._documents: dict[str, str] = {}  # selector text -> JSON of _latest
         self._waiters: set[asyncio.Event] = set()
         self._closing = False
         #: Open SyncFlags streams (replicas currently connected).
         self.streams = 0
+
+    @property
+    def requires_token(self) -> bool:
+        return self._tokens.enabled
 
     # -- state changes (loop thread) ---------------------------------------------------------
 
@@ -106,6 +154,7 @@ class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
     async def SyncFlags(  # name fixed by the generated stub
         self, request: sync_pb2.SyncFlagsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[sync_pb2.SyncFlagsResponse]:
+        await self._authorize(context)
         selector = await self._selector(request.selector, context)
         waiter = asyncio.Event()
         self._waiters.add(waiter)
@@ -132,21 +181,42 @@ class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
     async def FetchAllFlags(
         self, request: sync_pb2.FetchAllFlagsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> sync_pb2.FetchAllFlagsResponse:
+        await self._authorize(context)
         selector = await self._selector(request.selector, context)
         flag_set = self._latest
         if flag_set is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 "no valid flag set has been loaded yet")
-        assert flag_set is not None
+            raise SyncServerError("unreachable: abort() raises")
         return sync_pb2.FetchAllFlagsResponse(flag_configuration=self._document(flag_set, selector))
 
     async def GetMetadata(
         self, request: sync_pb2.GetMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> sync_pb2.GetMetadataResponse:
+        await self._authorize(context)
         # flagd answers with its static `--context-value`s, which providers merge into every
         # evaluation context. We add none: the flag set's own metadata (version, bucketing)
         # already reaches replicas inside the flag document, where it belongs.
         return sync_pb2.GetMetadataResponse(metadata=struct_pb2.Struct())
+
+    async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """UNAUTHENTICATED unless the call carries a configured token (no-op with none)."""
+        if not self._tokens.enabled:
+            return
+        header: str | bytes | None = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                header = value
+        if header is None:
+            detail = "the sync service needs gRPC metadata 'authorization: Bearer <token>'"
+        else:
+            try:
+                self._tokens(header)
+                return
+            except Unauthenticated:
+                detail = "the authorization metadata is not 'Bearer <a valid sync token>'"
+        log.warning("sync call from %s refused: %s", context.peer(), detail)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, detail)
 
     async def _selector(self, field: str, context: grpc.aio.ServicerContext[Any, Any]) -> Selector:
         headers = {item[0]: item[1] for item in context.invocation_metadata() or ()}
@@ -230,31 +300,53 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
-async def _serve(servicer: FlagSyncServicer, address: str) -> tuple[grpc.aio.Server, int]:
+async def _serve(servicer: FlagSyncServicer, address: str,
+                 tls: SyncTLS | None) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(options=_SERVER_OPTIONS)
     sync_pb2_grpc.add_FlagSyncServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port(address)
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, tls.server_credentials())
     if port == 0:  # older grpc versions report a failed bind this way instead of raising
         raise RuntimeError(f"failed to bind {address}")
     await server.start()
     return server, port
 
 
-def start_sync_server(store: FlagStore, host: str = "127.0.0.1",
-                      port: int = 8015) -> SyncServerHandle:
+def serve_from_settings(store: FlagStore, settings: Settings) -> SyncServerHandle | None:
+    """The sync server `settings` ask for (None when `sync_port` is 0).
+
+    Tokens: `sync_tokens`, or the gateway tokens when none are set (see the settings).
+    """
+    if not settings.sync_port:
+        return None
+    tls = None
+    if settings.sync_tls_cert_file is not None and settings.sync_tls_key_file is not None:
+        tls = SyncTLS.from_files(settings.sync_tls_cert_file, settings.sync_tls_key_file,
+                                 settings.sync_tls_client_ca_file)
+    tokens = settings.sync_tokens or settings.gateway_tokens
+    return start_sync_server(store, settings.sync_host, settings.sync_port, tokens=tokens,
+                             tls=tls)
+
+
+def start_sync_server(store: FlagStore, host: str = "127.0.0.1", port: int = 8015, *,
+                      tokens: Sequence[SecretStr | str] = (),
+                      tls: SyncTLS | None = None) -> SyncServerHandle:
     """Serve flagd.sync.v1 for `store` on host:port (0 picks a free port); returns at once.
 
-    Raises SyncServerError, naming the address, when the port cannot be bound.
+    With `tokens`, calls need `authorization: Bearer <token>` metadata; with `tls`, the port
+    speaks TLS only. Raises SyncServerError, naming the address, when it cannot be bound.
     """
     address = _address(host, port)
-    servicer = FlagSyncServicer()
+    servicer = FlagSyncServicer(tokens)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=_run_loop, args=(loop,), name="flagd-sync-server",
                               daemon=True)
     thread.start()
     try:
         server, bound = asyncio.run_coroutine_threadsafe(
-            _serve(servicer, address), loop).result(timeout=30)
+            _serve(servicer, address, tls), loop).result(timeout=30)
     except Exception as exc:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
@@ -268,6 +360,8 @@ def start_sync_server(store: FlagStore, host: str = "127.0.0.1",
             log.debug("sync server stopped; flag set %d not published", flag_set.version)
 
     unsubscribe = store.subscribe(on_flag_set)
-    log.info("serving flagd sync (flagd.sync.v1) on %s", _address(host, bound))
+    log.info("serving flagd sync (flagd.sync.v1) on %s (%s, %s)", _address(host, bound),
+             "TLS" if tls else "plaintext",
+             "token required" if servicer.requires_token else "no token")
     return SyncServerHandle(host=host, port=bound, servicer=servicer, server=server, loop=loop,
                             thread=thread, unsubscribe=unsubscribe)

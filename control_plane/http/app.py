@@ -16,7 +16,7 @@ from control_plane.console import install_console
 from control_plane.db import Database
 from control_plane.db.engine import DatabaseTimeouts
 from control_plane.db.migrator import BackgroundMigrator
-from control_plane.distribution.sync_server import start_sync_server
+from control_plane.distribution.sync_server import serve_from_settings
 from control_plane.errors import FlagValidationError
 from control_plane.experiments.wiring import install_experiments
 from control_plane.flagstore import FlagStore
@@ -32,6 +32,7 @@ from control_plane.observability.tracing import tracing_from_settings
 from control_plane.routing.context import ContextMapper
 from control_plane.routing.decisions import Decider
 from control_plane.routing.dispatch import Dispatcher
+from control_plane.routing.forwarding import ForwardPolicy
 from control_plane.settings import Settings
 from providers import source_fed_provider
 
@@ -90,13 +91,16 @@ async def _start(components: Components) -> None:
     openfeature_api.set_provider_and_wait(components.provider,
                                           domain=components.openfeature_domain)
     store.start()
-    if settings.sync_port:
-        # Replicas (any flagd in-process provider) sync flags from here over flagd.sync.v1.
-        sync = start_sync_server(store, settings.host, settings.sync_port)
+    # Replicas (any flagd in-process provider) sync flags from here over flagd.sync.v1, on
+    # settings.sync_host (loopback by default), with TLS and tokens when configured.
+    sync = serve_from_settings(store, settings)
+    if sync is not None:
         components.closers.append(sync.stop)
     components.dispatcher = Dispatcher(timeout=settings.dispatch_timeout,
                                        max_connections=settings.dispatch_max_connections,
-                                       tracer=components.tracing.tracer)
+                                       tracer=components.tracing.tracer,
+                                       # which headers reach backends (dispatch_strip_headers)
+                                       policy=ForwardPolicy.from_settings(settings))
     components.dispatcher.listeners.append(components.observe_dispatch)
     components.dispatcher.listeners.append(log_dispatch)
 
@@ -132,7 +136,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await _stop(components)
 
     app = ControlPlaneApp(title="Model routing control plane", version="0.1.0",
-                          lifespan=lifespan, telemetry=components.tracing.fastapi_telemetry())
+                          lifespan=lifespan, telemetry=components.tracing.fastapi_telemetry(),
+                          # No /x -> /x/ redirects: Starlette builds their absolute Location
+                          # from the client's Host header. Routes that need both forms
+                          # register both (/console, /v1/dispatch/{flag}); others are a 404.
+                          redirect_slashes=False)
     app.state.components = components
     app.state.settings = settings
     app.state.store = components.store

@@ -1,11 +1,18 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics.
+
+`/healthz` and `/readyz` are always open (orchestrators probe them without credentials; they
+say only up/ready and the flag set version). `/metrics` is open by default too, and needs a
+viewer (or higher) admin token when `Settings.metrics_require_auth` is on: Prometheus sends
+it with `authorization: {credentials_file: ...}` in its scrape config.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
+from control_plane.auth import Authenticator, Role
 from control_plane.http.deps import ComponentsDep
 
 __all__ = ["router"]
@@ -29,7 +36,20 @@ async def readyz(components: ComponentsDep) -> Response:
                          "flagSetHash": flag_set.content_hash})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics_access(request: Request, components: ComponentsDep) -> None:
+    """Pass, or (with `metrics_require_auth`) 401/403 unless a viewer+ token is presented.
+
+    A sync dependency, so a database-held token is looked up on the thread pool.
+    """
+    if not components.settings.metrics_require_auth:
+        return
+    authenticator: Authenticator = request.app.state.admin.authenticator
+    principal = authenticator.authenticate(request.headers.get("authorization"))
+    authenticator.authorize(principal, Role.VIEWER)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            dependencies=[Depends(metrics_access)])
 async def metrics(components: ComponentsDep) -> Response:
     registry = components.metrics.registry
     if components.store.loaded:

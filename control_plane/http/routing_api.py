@@ -8,11 +8,12 @@ from fastapi import APIRouter, Request
 from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from control_plane.errors import BadRequestInput
+from control_plane.errors import BadRequestInput, FlagsNotLoaded
 from control_plane.http.bodies import read_json_body
 from control_plane.http.decisions_wire import decision_headers
 from control_plane.http.deps import ComponentsDep
 from control_plane.routing.decisions import Decision
+from control_plane.routing.forwarding import resolve_path
 
 __all__ = ["router"]
 
@@ -48,21 +49,44 @@ async def decide(flag_key: str, request: Request, components: ComponentsDep) -> 
     return JSONResponse(decision.as_json(), headers=dict(decision_headers(decision)))
 
 
-@router.api_route("/v1/dispatch/{flag_key}/{path:path}",
-                  methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+_DISPATCH_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+@router.api_route("/v1/dispatch/{flag_key}/{path:path}", methods=_DISPATCH_METHODS,
                   summary="Proxy the request to the backend the routing flag chooses")
 async def dispatch(flag_key: str, path: str, request: Request,
                    components: ComponentsDep) -> Response:
+    return await _dispatch(flag_key, path, request, components)
+
+
+# The app does not redirect /x to /x/ (a redirect would echo the client's Host), so the
+# backend's root without a trailing slash is a route of its own.
+@router.api_route("/v1/dispatch/{flag_key}", methods=_DISPATCH_METHODS,
+                  summary="Proxy the request to the root of the backend the flag chooses")
+async def dispatch_root(flag_key: str, request: Request,
+                        components: ComponentsDep) -> Response:
+    return await _dispatch(flag_key, "", request, components)
+
+
+async def _dispatch(flag_key: str, path: str, request: Request,
+                    components: ComponentsDep) -> Response:
+    try:
+        # Refused before the decision, so a bad path is neither an exposure nor a backend call.
+        resolve_path(path)
+    except BadRequestInput as exc:
+        components.metrics.bad_requests.labels(exc.source).inc()
+        raise
     decision = _decide(components, flag_key, request)
     dispatcher = components.dispatcher
-    assert dispatcher is not None
+    if dispatcher is None:  # only before the lifespan started: not serving yet
+        raise FlagsNotLoaded("the dispatch proxy is not started yet")
     fallback = components.decider.routing_table(flag_key).get(decision.default_variant)
     client = request.client
     result = await dispatcher.dispatch(
         decision, fallback, method=request.method, path=path,
         query=request.url.query, headers=request.headers.items(), body=request.stream(),
         client_host=client.host if client else None,
-        original_host=request.headers.get("host"),
+        original_host=request.headers.get("host"), scheme=request.url.scheme,
     )
     headers = [(k, v) for k, v in result.headers]
     headers += [("x-route-variant", result.variant), ("x-route-backend", result.backend.name),

@@ -6,6 +6,10 @@ call can be retried on the flag's default variant; a larger body is streamed and
 With a tracer, each backend attempt is a client span whose context goes to the backend as a W3C
 `traceparent` (replacing the caller's, which is this span's ancestor); without one, trace
 headers pass through untouched.
+
+What may leave for a backend (headers, path) is `forwarding.ForwardPolicy` and
+`forwarding.resolve_path`: credentials and client-set forwarding headers are stripped, and a
+path that climbs above the backend URL's prefix is refused before any backend is called.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from control_plane.errors import UpstreamError
 from control_plane.observability import attributes as attr
 from control_plane.routing.backends import Backend
 from control_plane.routing.decisions import Decision
+from control_plane.routing.forwarding import ForwardPolicy, backend_url, resolve_path
 
 __all__ = ["HOP_BY_HOP", "DispatchOutcome", "DispatchResult", "Dispatcher"]
 
@@ -79,8 +84,9 @@ class Dispatcher:
     def __init__(self, *, timeout: float = 10.0, max_connections: int = 200,
                  buffer_limit: int = 8 * 1024 * 1024,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 tracer: Tracer | None = None) -> None:
+                 tracer: Tracer | None = None, policy: ForwardPolicy | None = None) -> None:
         self.buffer_limit = buffer_limit
+        self.policy = policy or ForwardPolicy()
         self.tracer = tracer
         self.listeners: list[OutcomeListener] = []
         self._client = httpx.AsyncClient(
@@ -98,42 +104,71 @@ class Dispatcher:
         self, decision: Decision, fallback: Backend | None, *, method: str, path: str,
         query: str, headers: Iterable[tuple[str, str]], body: AsyncIterator[bytes],
         client_host: str | None = None, original_host: str | None = None,
+        scheme: str | None = None,
     ) -> DispatchResult:
-        """Send the request to the decision's backend; on failure retry once on `fallback`."""
-        forward = _forward_headers(headers)
-        if client_host:
-            prior = [v for k, v in forward if k.lower() == "x-forwarded-for"]
-            forward = [(k, v) for k, v in forward if k.lower() != "x-forwarded-for"]
-            forward.append(("x-forwarded-for", ", ".join([*prior, client_host])))
-        if original_host:
-            forward.append(("x-forwarded-host", original_host))
+        """Send the request to the decision's backend; on failure retry once on `fallback`.
+
+        Raises BadRequestInput for a path that leaves the backend's prefix (nothing is sent),
+        and UpstreamError when no backend gave an answer.
+        """
+        path = resolve_path(path)
+        forward = self._forward_headers(headers, client_host, original_host, scheme)
         forward.append(("x-route-decision-id", decision.decision_id))
         forward.append(("x-route-variant", decision.variant))
 
         content, replayable = await _buffer(body, self.buffer_limit)
         target = Backend(decision.backend, decision.url)
-        can_fall_back = (fallback is not None and replayable
-                         and decision.variant != decision.default_variant)
+        if (fallback is None or not replayable
+                or decision.variant == decision.default_variant):
+            try:
+                return await self._send(decision, decision.variant, target, method, path,
+                                        query, forward, content, retry_on_5xx=False)
+            except _Retryable as failure:
+                raise UpstreamError(failure.detail, backend=target.name) from failure
         try:
             return await self._send(decision, decision.variant, target, method, path, query,
-                                    forward, content, retry_on_5xx=can_fall_back)
+                                    forward, content, retry_on_5xx=True)
         except _Retryable as failure:
-            if not can_fall_back:
-                raise UpstreamError(failure.detail, backend=target.name) from failure
-            assert fallback is not None
+            first = failure
+        try:
             result = await self._send(decision, decision.default_variant, fallback, method,
                                       path, query, forward, content, retry_on_5xx=False)
-            result.fallback_from = decision.variant
-            result.fallback_cause = failure.cause
-            return result
+        except _Retryable as second:
+            # Both refused (or timed out): one 502 naming both, not an unhandled error.
+            raise UpstreamError(f"{first.detail}; fallback to the default variant failed too: "
+                                f"{second.detail}", backend=target.name,
+                                fallback=fallback.name) from second
+        result.fallback_from = decision.variant
+        result.fallback_cause = first.cause
+        return result
+
+    def _forward_headers(self, headers: Iterable[tuple[str, str]], client_host: str | None,
+                         original_host: str | None, scheme: str | None,
+                         ) -> list[tuple[str, str]]:
+        """End-to-end headers the policy lets through, plus this hop's X-Forwarded-* values.
+
+        X-Forwarded-For gets the peer address appended to whatever chain survived the policy
+        (none by default: a client's own chain is not trusted). X-Forwarded-Host and -Proto
+        are set from this hop unless the policy kept a value (an operator who trusts the
+        gateway in front removed them from `dispatch_strip_headers`).
+        """
+        forward = self.policy.filter(_forward_headers(headers))
+        present = {name.lower() for name, _ in forward}
+        if client_host:
+            prior = [v for k, v in forward if k.lower() == "x-forwarded-for"]
+            forward = [(k, v) for k, v in forward if k.lower() != "x-forwarded-for"]
+            forward.append(("x-forwarded-for", ", ".join([*prior, client_host])))
+        if original_host and "x-forwarded-host" not in present:
+            forward.append(("x-forwarded-host", original_host))
+        if scheme and "x-forwarded-proto" not in present:
+            forward.append(("x-forwarded-proto", scheme))
+        return forward
 
     async def _send(self, decision: Decision, variant: str, backend: Backend, method: str,
                     path: str, query: str, headers: list[tuple[str, str]],
                     content: bytes | AsyncIterator[bytes], *, retry_on_5xx: bool,
                     ) -> DispatchResult:
-        url = backend.url + "/" + path.lstrip("/")
-        if query:
-            url += "?" + query
+        url = backend_url(backend.url, path, query)
         if self.tracer is None:
             return await self._attempt(decision, variant, backend, method, url, headers,
                                        content, retry_on_5xx=retry_on_5xx)
