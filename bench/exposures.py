@@ -4,15 +4,19 @@
                               [--rounds 2] [--database-url postgresql+psycopg://...]
 
 1. Writer throughput, in process: `--records` decisions on an experiment flag go through the
-   real path (decider listener -> queue -> writer thread: HMAC of the targeting key, batching,
-   idempotent inserts) until all are stored; baseline: the same rows, already prepared, inserted
-   in the same batches by the same sink with no queue or thread. Ratio = writer / baseline.
+   real path (decider listener -> queue -> journal thread: HMAC of the targeting key, append +
+   fsync to the journal -> database thread: batching, idempotent inserts, segment deleted)
+   until all are stored; baseline: the same rows, already prepared, inserted in the same
+   batches by the same sink with no queue, journal or thread. Ratio = writer / baseline.
 2. Decisions/s of GET /v1/decide/ab-test-router (an experiment flag) under wrk (closed loop,
    distinct x-user-id per request, as bench/decide.py), on two uvicorn servers with the same
    settings and database kind: exposure logging off, then on, alternating `--rounds` times,
-   best of each. Ratio = on / off. From the on server's /metrics: exposures written per second
-   while decisions ran flat out, the backlog left in memory at the end, how long it took to
-   drain, and the totals written and dropped.
+   best of each. Ratio = on / off (the issue 9 target: >= 0.8). Server CPU per request, from
+   the server process's utime + stime in /proc/<pid>/stat over the measured run (all its
+   threads: event loop, journal, database), for both; for the on server also including the
+   time it then took to drain its backlog. From the on server's /metrics: exposures written
+   per second while decisions ran flat out, the backlog left at the end, how long it took to
+   drain, and the totals journaled, written and dropped.
 
 Prints one JSON report. The database is a SQLite file in a temp directory unless
 `--database-url` names a PostgreSQL server's database; every measurement then gets a fresh
@@ -52,6 +56,9 @@ def _app(logging_on: bool) -> Any:
     from control_plane.http.app import create_app
     from control_plane.settings import Settings
 
+    pid_file = os.environ.get("BENCH_PID_FILE")
+    if pid_file:  # the benchmark reads this process's CPU time from /proc/<pid>/stat
+        Path(pid_file).write_text(str(os.getpid()))
     settings = Settings()
     database = Database.from_url(settings.database_url)
     database.migrate()
@@ -111,10 +118,10 @@ def writer_throughput(database_url: str, records: int, batch_size: int) -> dict[
 
     from control_plane.db import Database
     from control_plane.experiments.hashing import UnitHasher
+    from control_plane.experiments.journal import Journal
     from control_plane.experiments.recorder import ExperimentRecorder
     from control_plane.experiments.records import EXPOSURES
     from control_plane.experiments.sink import DatabaseSink
-    from control_plane.experiments.spill import SpillFiles
     from control_plane.experiments.writer import BatchWriter
 
     database = Database.from_url(database_url)
@@ -136,10 +143,10 @@ def writer_throughput(database_url: str, records: int, batch_size: int) -> dict[
     baseline_seconds = time.perf_counter() - started
     clear()
 
-    with tempfile.TemporaryDirectory() as spill:
-        writer = BatchWriter(sink, SpillFiles(Path(spill)), prepare=recorder.prepare,
+    with tempfile.TemporaryDirectory() as journal:
+        writer = BatchWriter(sink, Journal(Path(journal)), prepare=recorder.prepare,
                              queue_size=records + 1, batch_size=batch_size,
-                             flush_interval=0.05, buffer_limit=records)
+                             journal_interval=0.2, flush_interval=0.05, buffer_limit=records)
         recorder.attach(writer)
         writer.start()
         started = time.perf_counter()
@@ -153,6 +160,7 @@ def writer_throughput(database_url: str, records: int, batch_size: int) -> dict[
     with database.engine.connect() as connection:
         stored = connection.execute(text("SELECT count(*) FROM exposures")).scalar_one()
     clear()
+    sink.close()
     database.dispose()
     return {
         "records": records,
@@ -160,6 +168,7 @@ def writer_throughput(database_url: str, records: int, batch_size: int) -> dict[
         "stored": stored,
         "flushed": flushed,
         "dropped": writer.counts.dropped,
+        "journaled": writer.counts.journaled,
         "baseline_bulk_insert_records_per_s": round(records / baseline_seconds),
         "writer_records_per_s": round(records / writer_seconds),
         "ratio": round(baseline_seconds / writer_seconds, 3),
@@ -188,13 +197,23 @@ def _scratch(base_url: str | None, tmp: Path) -> Iterator[str]:
 
 
 @contextmanager
-def _server(logging: bool, database_url: str, tmp: str) -> Iterator[str]:
+def _server(logging: bool, database_url: str, tmp: str) -> Iterator[tuple[str, int]]:
+    """(base URL, pid) of a control plane server with exposure logging on or off."""
+    pid_file = Path(tmp) / f"server-{logging}.pid"
+    pid_file.unlink(missing_ok=True)
     env = {"DATABASE_URL": database_url, "CP_SYNC_PORT": "0",
-           "CP_EXPOSURE_SPILL_DIR": f"{tmp}/spill",
+           "CP_EXPOSURE_SPILL_DIR": f"{tmp}/journal", "BENCH_PID_FILE": str(pid_file),
            "PYTHONPATH": str(Path(__file__).resolve().parent)}
     target_app = "exposures:logging_on" if logging else "exposures:logging_off"
     with uvicorn_process(target_app, factory=True, env=env) as base:
-        yield base
+        yield base, int(pid_file.read_text())
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "; field 3 is fields[0]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _counters(base: str) -> dict[str, float]:
@@ -203,8 +222,12 @@ def _counters(base: str) -> dict[str, float]:
     text = httpx.get(f"{base}/metrics", timeout=10).text
     buffered = re.search(r"^control_plane_experiment_records_buffered ([\d.e+]+)", text,
                          re.MULTILINE)
+    pending = re.search(r"^control_plane_experiment_records_spill_pending ([\d.e+]+)", text,
+                        re.MULTILINE)
     return {"written": _metric(text, "written"), "dropped": _metric(text, "dropped"),
-            "buffered": float(buffered.group(1)) if buffered else 0.0}
+            "journaled": _metric(text, "journaled"),
+            "buffered": float(buffered.group(1)) if buffered else 0.0,
+            "unwritten": float(pending.group(1)) if pending else 0.0}
 
 
 def decide_on_off(args: argparse.Namespace, database_url: str | None) -> dict[str, Any]:
@@ -216,12 +239,16 @@ def decide_on_off(args: argparse.Namespace, database_url: str | None) -> dict[st
         for _ in range(args.rounds):
             for logging, results in ((False, off), (True, on)):
                 with _scratch(database_url, Path(tmp)) as url, \
-                        _server(logging, url, tmp) as base:
+                        _server(logging, url, tmp) as (base, pid):
                     target = f"{base}/v1/decide/{FLAG}"
                     run_wrk(target, 2, args.connections, script)  # warm-up
                     before = _counters(base) if logging else {}
+                    cpu_before = _cpu_seconds(pid)
                     result: dict[str, Any] = run_wrk(target, args.seconds, args.connections,
                                                      script)
+                    cpu = _cpu_seconds(pid) - cpu_before
+                    requests = result["requests_per_s"] * args.seconds
+                    result["server_cpu_us_per_request"] = round(cpu / requests * 1e6, 1)
                     if logging:
                         # What the writer stored while decisions ran flat out, and the
                         # backlog it then had to catch up on (all exposures, none dropped).
@@ -230,11 +257,15 @@ def decide_on_off(args: argparse.Namespace, database_url: str | None) -> dict[st
                             (after["written"] - before["written"]) / args.seconds)
                         result["exposures_queued_at_end"] = int(after["buffered"])
                         drained = time.perf_counter()
-                        while _counters(base)["buffered"] > 0 and \
+                        while (_counters(base)["buffered"] > 0
+                               or _counters(base)["unwritten"] > 0) and \
                                 time.perf_counter() - drained < 120:
                             time.sleep(0.2)
                         final = _counters(base)
                         result["backlog_drain_s"] = round(time.perf_counter() - drained, 2)
+                        result["server_cpu_us_per_request_including_drain"] = round(
+                            (_cpu_seconds(pid) - cpu_before) / requests * 1e6, 1)
+                        result["exposures_journaled_total"] = int(final["journaled"])
                         result["exposures_written_total"] = int(final["written"])
                         result["exposures_dropped_total"] = int(final["dropped"])
                     results.append(result)
@@ -244,6 +275,8 @@ def decide_on_off(args: argparse.Namespace, database_url: str | None) -> dict[st
         "logging_off": best_off,
         "logging_on": best_on,
         "ratio": round(best_on["requests_per_s"] / best_off["requests_per_s"], 3),
+        "server_cpu_us_per_request_added_by_logging": round(
+            best_on["server_cpu_us_per_request"] - best_off["server_cpu_us_per_request"], 1),
         "all_rounds": {"logging_off": off, "logging_on": on},
     }
 

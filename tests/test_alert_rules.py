@@ -190,6 +190,7 @@ _SERIES = [
        "0+100x30") for le in ("0.5", "1", "+Inf")],
     ('control_plane_flag_reloads_total{result="refused",instance="cp-1"}', "0 0 0 0 1x26"),
     ('control_plane_canary_actions_total{flag="bad",action="rolled_back"}', "_x5 1x25"),
+    ('control_plane_experiment_database_up{instance="cp-1"}', "1 1 0x5 1x22"),
 ]
 
 
@@ -197,7 +198,8 @@ _SERIES = [
 def test_promtool_unit_tests_of_the_alerts(tmp_path: Path) -> None:
     """With synthetic series, the canary error alert fires for 10% errors but not for 1% or
     for too little traffic, the latency alert for a canary 5x slower than stable, the reload
-    alert after a refusal, and the rollback alert on a flag's first rollback."""
+    alert after a refusal, the rollback alert on a flag's first rollback, and the database
+    alert once database_up has been 0 for two minutes (not for a shorter outage, not after)."""
     assert _PROMTOOL is not None
     cases = [
         (10, "ControlPlaneCanaryErrorRateHigh", [_alert(
@@ -213,6 +215,11 @@ def test_promtool_unit_tests_of_the_alerts(tmp_path: Path) -> None:
             "ControlPlaneCanaryRolledBack", "The canary controller rolled back the canary of "
             "bad", flag="bad", action="rolled_back")]),
         (3, "ControlPlaneCanaryRolledBack", []),
+        (5, "ControlPlaneExperimentDatabaseDown", [_alert(
+            "ControlPlaneExperimentDatabaseDown",
+            "cp-1 cannot write experiment records to the database", instance="cp-1")]),
+        (3, "ControlPlaneExperimentDatabaseDown", []),
+        (12, "ControlPlaneExperimentDatabaseDown", []),
     ]
     alert_tests = [{"eval_time": f"{minute}m", "alertname": name, "exp_alerts": expected}
                    for minute, name, expected in cases]

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 _CACHE_NAME = "unit-key.hex"
 #: The `experiment_keys` row of the key (the one hashing.load_unit_hasher reads).
 _KEY_NAME = "targeting-key-hmac"
+#: Seconds between two warnings that the key is still unknown.
+_WARN_EVERY = 30.0
 
 
 class UnitKeys:
@@ -50,6 +52,7 @@ class UnitKeys:
         self._cache = directory / _CACHE_NAME
         self._retry_interval = retry_interval
         self._next_try = 0.0
+        self._last_warning = -_WARN_EVERY
         self.hasher: UnitHasher | None = None
         if salt is not None:
             self.hasher = UnitHasher(salt.get_secret_value().encode("utf-8"))
@@ -67,12 +70,14 @@ class UnitKeys:
         except SQLAlchemyError as exc:
             hasher = self._from_cache()
             if hasher is None:
-                log.warning(
-                    "the targeting key HMAC key is kept in the database, which cannot "
-                    "be read (%s), and no local copy exists; exposures wait in memory "
-                    "until it answers (set CP_EXPOSURE_SALT to never wait)",
-                    str(exc).splitlines()[0],
-                )
+                if time.monotonic() - self._last_warning > _WARN_EVERY:
+                    self._last_warning = time.monotonic()
+                    log.warning(
+                        "the targeting key HMAC key is kept in the database, which cannot "
+                        "be read (%s), and no local copy exists; exposures wait in memory "
+                        "until it answers (set CP_EXPOSURE_SALT to never wait)",
+                        str(exc).splitlines()[0],
+                    )
             else:
                 log.warning(
                     "database unreachable: hashing targeting keys with the local copy "

@@ -141,7 +141,7 @@ class BatchWriter:
         self._up = True
         self._retry_at = 0.0
         self._last_write = 0.0
-        self._last_contact = time.monotonic()
+        self._last_contact = -_PING_EVERY  # ping at once: database_up is known from the start
         # The database thread's write in progress, for the watchdog in the journal thread.
         self._busy_since: float | None = None
         self._interrupted = False
