@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from control_plane.cli_tester import add_tester_token
 from control_plane.experiments.cli_commands import add_canary, add_experiments
 
 __all__ = ["main"]
@@ -41,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from control_plane.http.app import create_app
+    from control_plane.http.server import head_limits, uvicorn_config
     from control_plane.observability.logging import configure_logging
     from control_plane.observability.tracing import TracingConfigError
 
@@ -66,8 +68,10 @@ def _serve(args: argparse.Namespace) -> int:
     except TracingConfigError as exc:
         print(f"control-plane serve: tracing: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                access_log=args.access_log, log_config=log_config)
+    config = uvicorn_config(app, host=settings.host, port=settings.port,
+                            limits=head_limits(settings), log_level=args.log_level,
+                            access_log=args.access_log, log_config=log_config)
+    uvicorn.Server(config).run()
     return 0
 
 
@@ -212,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(commands)
     add_experiments(commands)
     add_canary(commands)
+    add_tester_token(commands)
     return parser
 
 

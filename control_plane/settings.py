@@ -41,6 +41,13 @@ class HeaderRule(BaseModel):
     max_length: int = Field(default=256, ge=1, le=8192)
     #: Optional regular expression the whole (string) value must match.
     pattern: str | None = None
+    #: Who may set the header: "gateway" (the shipped gateway config clears what a client sent
+    #: and sets it from a trusted source, such as the authenticated user) or "client" (passed
+    #: through from the client as it is). See the README's "Trust boundary".
+    set_by: Literal["gateway", "client"] = "gateway"
+    #: A pin: honoured only with a valid `x-tester-token` (control_plane.routing.tester_tokens);
+    #: otherwise ignored, and the decision says so.
+    tester_only: bool = False
 
     @field_validator("header")
     @classmethod
@@ -61,8 +68,10 @@ class HeaderRule(BaseModel):
 DEFAULT_HEADER_RULES: tuple[HeaderRule, ...] = (
     HeaderRule(header="x-user-id", attribute="targetingKey"),
     HeaderRule(header="x-ab-test-id", attribute="ab-test-group"),
-    HeaderRule(header="x-canary-version", attribute="canary-version", max_length=64),
-    HeaderRule(header="x-canary-weight", attribute="canary-weight", type="number",
+    HeaderRule(header="x-canary-version", attribute="canary-version", max_length=64,
+               tester_only=True),
+    # An integer: flagd's fractional takes whole-number weights (12.5 is refused with a 400).
+    HeaderRule(header="x-canary-weight", attribute="canary-weight", type="integer",
                minimum=0, maximum=100, max_length=16),
     HeaderRule(header="x-region", attribute="user-region", max_length=64),
     HeaderRule(header="x-tenant-id", attribute="tenant", max_length=128),
@@ -132,6 +141,13 @@ class Settings(BaseSettings):
     dispatch_max_connections: int = Field(default=200, ge=1, le=10000)
 
     # -- trust boundaries: what the dispatch proxy forwards, the sync port, /metrics --
+    #: Request heads (request line plus all headers) over this many bytes are answered 431 and
+    #: the connection closed, before the head is buffered any further.
+    max_request_head_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
+    #: Any one header value over this many bytes: 431 (nginx's default line limit is 8k).
+    max_header_value_bytes: int = Field(default=8 * 1024, ge=256, le=1024 * 1024)
+    #: Requests with more header fields than this: 431.
+    max_request_headers: int = Field(default=100, ge=8, le=10_000)
     #: Request headers the dispatch proxy never forwards to a backend (CP_DISPATCH_STRIP_HEADERS,
     #: comma-separated; replaces the default; "x-forwarded-*" is a prefix). A deny-list, not an
     #: allow-list: backends are arbitrary model APIs whose own headers (content-type, accept,
@@ -226,6 +242,11 @@ class Settings(BaseSettings):
     #: HMAC key for targeting keys stored with exposures (CP_EXPOSURE_SALT, 16+ characters);
     #: unset: a random key made once and kept in the database.
     exposure_salt: SecretStr | None = None
+    #: HMAC key of tester tokens (CP_TESTER_TOKEN_KEY, 32+ characters), which let a tester pin
+    #: a version through the gateway (`x-tester-token`; `control-plane tester-token` or
+    #: POST /v1/tester-tokens issues them). Unset: no pin is ever honoured. Rotating the key
+    #: revokes every token issued with the old one.
+    tester_token_key: SecretStr | None = None
     #: Exposure writer: records queued in memory before new ones are dropped (and counted).
     exposure_queue_size: int = Field(default=100_000, ge=100, le=10_000_000)
     #: Records per insert transaction (bigger batches: fewer commits; see bench/exposures.py).
@@ -277,6 +298,13 @@ class Settings(BaseSettings):
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
         return _comma_list(value)
+
+    @field_validator("tester_token_key")
+    @classmethod
+    def _tester_key_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("the tester token key must be at least 32 characters long")
+        return value
 
     @field_validator("admin_tokens")
     @classmethod

@@ -213,7 +213,10 @@ def parse_headers(pairs: list[str], rules: tuple[HeaderRule, ...]
         if rule.attribute == "targetingKey":
             raise BadRequestInput(f"header {name} sets the targeting key, which simulate varies "
                                   "per synthetic user; leave it out", source=name)
-    _, attributes = ContextMapper(rules).from_headers(headers)
+    # A simulation shows what a request with these headers would get, pins included (the
+    # operator asking is no client steering itself), so no rule needs a tester token here.
+    unpinned = [rule.model_copy(update={"tester_only": False}) for rule in rules]
+    attributes = ContextMapper(unpinned).from_headers(headers).attributes
     return headers, attributes
 
 

@@ -12,13 +12,19 @@ from conftest import write_flags
 from servers import ServerThread
 
 from control_plane.http.app import create_app
+from control_plane.routing.tester_tokens import TesterTokens
 from control_plane.settings import Settings
 from flags import AB_TEST_ROUTER, CANARY_ROUTER, PINNED_ROUTER, REGION_ROUTER
 
 
+TESTER_KEY = "tester-token-key-for-routing-api-tests"
+TESTER = {"x-tester-token": TesterTokens(TESTER_KEY).issue("qa", ttl_seconds=3600)[0]}
+
+
 def make_settings(flags_dir: Path, tmp_path: Path, **overrides: object) -> Settings:
     return Settings(flags_dir=flags_dir, database_url=f"sqlite:///{tmp_path / 'cp.db'}",
-                    sync_port=0, reload_interval=0.05, **overrides)
+                    sync_port=0, reload_interval=0.05, tester_token_key=TESTER_KEY,
+                    **overrides)
 
 
 @pytest.fixture
@@ -152,9 +158,12 @@ def test_pinned_version_header_selects_that_version(http: httpx.Client) -> None:
     """x-canary-version pins a tester to a version; unknown versions get the default."""
     for version in ("v1", "v2", "v3"):
         response = http.get(f"/v1/decide/{PINNED_ROUTER}",
-                            headers={"x-canary-version": version, "x-user-id": "tester"})
+                            headers={"x-canary-version": version, "x-user-id": "tester",
+                                     **TESTER})
         assert response.headers["x-route-variant"] == version
-    unknown = http.get(f"/v1/decide/{PINNED_ROUTER}", headers={"x-canary-version": "v9"})
+        assert response.headers["x-route-tester"] == "qa"
+    unknown = http.get(f"/v1/decide/{PINNED_ROUTER}",
+                       headers={"x-canary-version": "v9", **TESTER})
     assert unknown.headers["x-route-variant"] == "v1"
 
 

@@ -19,13 +19,16 @@ from openfeature import api as openfeature_api
 from control_plane.flagstore import BUCKETING_GENERATION, FlagStore
 from control_plane.routing.context import ContextMapper
 from control_plane.routing.decisions import Decider
+from control_plane.routing.tester_tokens import TesterTokens
 from control_plane.settings import DEFAULT_HEADER_RULES
 from flags import AB_TEST_ROUTER, CANARY_ROUTER, FLAGS_DIR, PINNED_ROUTER, REGION_ROUTER
 from providers import source_fed_provider
 
 GOLDEN = Path(__file__).parent / "golden" / "assignments.json"
 USERS = [f"user-{index:05d}" for index in range(10_000)]
-MAPPER = ContextMapper(DEFAULT_HEADER_RULES)
+TESTERS = TesterTokens("tester-token-key-for-strategy-tests!")
+MAPPER = ContextMapper(DEFAULT_HEADER_RULES, tester_tokens=TESTERS)
+TESTER = {"x-tester-token": TESTERS.issue("qa", ttl_seconds=3600)[0]}
 
 
 def make_decider(domain: str, directory: Path = FLAGS_DIR) -> Decider:
@@ -41,8 +44,8 @@ def decider() -> Decider:
 
 
 def decide(decider: Decider, flag: str, headers: dict[str, str]) -> str:
-    targeting_key, attributes = MAPPER.from_headers(headers)
-    return decider.decide(flag, targeting_key, attributes).variant
+    context = MAPPER.from_headers(headers, flag)
+    return decider.decide(flag, context.targeting_key, context.attributes).variant
 
 
 def split(decider: Decider, flag: str, extra: dict[str, str] | None = None) -> dict[str, float]:
@@ -85,11 +88,12 @@ def test_canary_without_header_uses_the_configured_weight(decider: Decider) -> N
 
 
 def test_pinned_version(decider: Decider) -> None:
-    """Pinned: x-canary-version picks that version for anyone; otherwise the default v1."""
+    """Pinned: x-canary-version picks that version for a tester; otherwise the default v1."""
     for version in ("v1", "v2", "v3"):
-        assert decide(decider, PINNED_ROUTER, {"x-canary-version": version}) == version
+        assert decide(decider, PINNED_ROUTER, {"x-canary-version": version, **TESTER}) == version
+        assert decide(decider, PINNED_ROUTER, {"x-canary-version": version}) == "v1"
     assert decide(decider, PINNED_ROUTER, {"x-user-id": "x"}) == "v1"
-    assert decide(decider, PINNED_ROUTER, {"x-canary-version": "v2; drop"}) == "v1"
+    assert decide(decider, PINNED_ROUTER, {"x-canary-version": "v2; drop", **TESTER}) == "v1"
 
 
 def test_flag_set_reports_its_bucketing_generation(decider: Decider) -> None:

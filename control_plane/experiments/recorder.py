@@ -39,6 +39,8 @@ class ExperimentRecorder:
         self._offer: Callable[[Any], bool] = _not_attached
         #: Flags whose backend calls are recorded although they are not experiments (canaries).
         self.tracked_flags: frozenset[str] = frozenset()
+        #: Decisions on experiment flags without a targeting key, per flag, since start.
+        self.anonymous: dict[str, int] = {}
 
     def attach(self, writer: BatchWriter) -> None:
         """Send records to `writer` (its `prepare` should be this recorder's)."""
@@ -49,7 +51,13 @@ class ExperimentRecorder:
 
     def on_decision(self, decision: Decision, seconds: float) -> None:
         if decision.metadata.get("experiment") is True:
-            self._offer((EXPOSURES, decision, time.time()))
+            if decision.targeting_key is None:
+                # Not an experiment unit: no one to bucket, and counting these in the control
+                # variant (the default they are served) broke sample-ratio checks. Reported
+                # apart, as `anonymous` in the experiment's results.
+                self.anonymous[decision.flag_key] = self.anonymous.get(decision.flag_key, 0) + 1
+            else:
+                self._offer((EXPOSURES, decision, time.time()))
 
     def on_dispatch(self, outcome: DispatchOutcome) -> None:
         decision = outcome.decision

@@ -21,20 +21,22 @@ from control_plane.errors import FlagValidationError
 from control_plane.experiments.wiring import install_experiments
 from control_plane.flagstore import FlagStore
 from control_plane.flagstore.db_recorder import DatabaseRecorder
-from control_plane.http import flags_status, health, ofrep, routing_api
+from control_plane.http import flags_status, health, ofrep, routing_api, tester_api
 from control_plane.http.admin_api import install_admin_api, require_gateway_token, require_role
 from control_plane.http.components import Components
 from control_plane.http.fastpath import DecideFastPath
 from control_plane.http.metrics import RouterMetrics
-from control_plane.http.problems import install_problem_handlers
+from control_plane.http.problems import install_problem_handlers, send_problem
+from control_plane.http.request_target import unsafe_target
 from control_plane.observability.request_log import log_decision, log_dispatch
 from control_plane.observability.tracing import tracing_from_settings
 from control_plane.routing.context import ContextMapper
 from control_plane.routing.decisions import Decider
+from control_plane.routing.tester_tokens import TesterTokens
 from control_plane.routing.dispatch import Dispatcher
 from control_plane.routing.forwarding import ForwardPolicy
 from control_plane.settings import Settings
-from providers import source_fed_provider
+from providers import quiet_anonymous_fractional, source_fed_provider
 
 __all__ = ["build_components", "create_app"]
 
@@ -55,9 +57,13 @@ def build_components(settings: Settings) -> Components:
     client.add_hooks(tracing.openfeature_hooks())
     metrics = RouterMetrics()
     components = Components(
+    tester_tokens = (TesterTokens(settings.tester_token_key.get_secret_value())
+                     if settings.tester_token_key else None)
         settings=settings, store=store, openfeature_domain=domain,
         openfeature_client=client,
-        mapper=ContextMapper(settings.header_rules, max_header_bytes=settings.max_header_bytes),
+        mapper=ContextMapper(settings.header_rules, max_header_bytes=settings.max_header_bytes,
+                             tester_tokens=tester_tokens),
+        tester_tokens=tester_tokens,
         decider=Decider(client, store, tracer=tracing.tracer), metrics=metrics, database=database,
         gateway=GatewayTokenChecker.from_settings(settings), tracing=tracing,
     )
@@ -88,6 +94,7 @@ async def _start(components: Components) -> None:
         log.error("flags in %s are invalid; not ready until fixed: %s", store.directory,
                   exc.detail)
     components.provider = source_fed_provider(store)
+    quiet_anonymous_fractional()  # requests without a user id are traffic, not errors
     openfeature_api.set_provider_and_wait(components.provider,
                                           domain=components.openfeature_domain)
     store.start()
@@ -164,6 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 class ControlPlaneApp(FastAPI):
     """FastAPI, with the decide fast path in front of its whole middleware stack.
+    app.include_router(tester_api.router)  # operators issue tester tokens (pins)
 
     Installed as a Starlette middleware, the fast path would still pay for the error,
     telemetry and body-limit middleware on every gateway request; here it pays for nothing.
@@ -176,3 +184,6 @@ class ControlPlaneApp(FastAPI):
             await self.fast_path(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
+        if scope["type"] == "http" and (refused := unsafe_target(scope)) is not None:
+            await send_problem(send, refused)  # a NUL in the path never reaches a route
+            return

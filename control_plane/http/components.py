@@ -16,6 +16,7 @@ from control_plane.observability.tracing import Tracing
 from control_plane.routing.context import ContextMapper
 from control_plane.routing.decisions import Decider, Decision
 from control_plane.routing.dispatch import Dispatcher, DispatchOutcome
+from control_plane.routing.tester_tokens import TesterTokens
 from control_plane.settings import Settings
 
 __all__ = ["Components"]
@@ -32,6 +33,8 @@ class Components:
     metrics: RouterMetrics
     database: Database
     gateway: GatewayTokenChecker
+    #: Issues and verifies tester tokens (pins); None when no tester token key is set.
+    tester_tokens: TesterTokens | None = None
     provider: FeatureProvider | None = None
     dispatcher: Dispatcher | None = None
     #: OpenTelemetry tracing of decisions and dispatches (off: no tracer).
@@ -51,6 +54,8 @@ class Components:
             self._decision_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+        if decision.targeting_key is None:
+            self.metrics.anonymous_decisions.labels(decision.flag_key).inc()
 
     def observe_dispatch(self, outcome: DispatchOutcome) -> None:
         flag = outcome.decision.flag_key

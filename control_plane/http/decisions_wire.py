@@ -9,7 +9,7 @@ __all__ = ["decision_headers"]
 
 def decision_headers(decision: Decision) -> list[tuple[str, str]]:
     """Headers for nginx `auth_request_set` / Envoy ext_authz `allowed_upstream_headers`."""
-    return [
+    headers = [
         ("x-route-variant", decision.variant),
         ("x-route-backend", decision.backend),
         ("x-route-upstream", decision.url),
@@ -18,3 +18,8 @@ def decision_headers(decision: Decision) -> list[tuple[str, str]]:
         ("x-route-flag-set-version", str(decision.flag_set_version)),
         ("cache-control", "no-store"),
     ]
+    if decision.ignored:
+        headers.append(("x-route-ignored", "; ".join(decision.ignored)))
+    if decision.tester:
+        headers.append(("x-route-tester", decision.tester))
+    return headers

@@ -81,4 +81,11 @@ async def experiment_results(flag_key: str, principal: ViewerDep,
             return report
 
     result: dict[str, Any] = await run_in_threadpool(work)
+    # Requests without a targeting key are not units (nothing to bucket); shown apart.
+    recorder = experiments.recorder
+    result["anonymous"] = {
+        "decisions": recorder.anonymous.get(flag_key, 0) if recorder is not None else 0,
+        "note": "decisions without a targeting key served by this process since it started; "
+                "not counted as units or exposures",
+    }
     return result

@@ -21,6 +21,7 @@ from control_plane.observability.tracing import remote_parent
 __all__ = ["DecideFastPath"]
 
 _PREFIX = "/v1/decide/"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: One encoder for all requests: json.dumps with options builds a new encoder per call.
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -31,27 +32,32 @@ class DecideFastPath:
         self.components = components
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or scope["method"] not in ("GET", "HEAD")
-                or not scope["path"].startswith(_PREFIX)):
+        if scope["type"] != "http" or not scope["path"].startswith(_PREFIX):
             await self.app(scope, receive, send)
             return
         # scope["path"] is percent-decoded once by the server, as FastAPI's router sees it;
-        # decoding again would turn `%2525` into `%` where the router sees `%25`.
-        flag_key = scope["path"][len(_PREFIX):]
-        if not flag_key or "/" in flag_key:
-            await self.app(scope, receive, send)  # let the router answer its 404
+        # decoding again would turn `%2525` into `%` where the router sees `%25`. Any method
+        # and anything after the flag key: Envoy's ext_authz keeps the client's method and
+        # appends the client's path (`POST /v1/decide/<flag>/v1/chat`).
+        flag_key = scope["path"][len(_PREFIX):].partition("/")[0]
+        if not flag_key or scope["method"] not in _METHODS:
+            await self.app(scope, receive, send)  # let the router answer its 404/405
             return
         components = self.components
         try:
             if components.gateway.enabled:
                 components.gateway(_header(scope, b"authorization"))
-            targeting_key, attributes = components.mapper.from_raw_headers(scope["headers"])
+            context = components.mapper.from_raw_headers(scope["headers"], flag_key)
             if components.tracing.enabled:
                 # No FastAPI server span here: hang the decision span on the caller's trace.
                 with remote_parent(scope["headers"]):
-                    decision = components.decider.decide(flag_key, targeting_key, attributes)
+                    decision = components.decider.decide(
+                        flag_key, context.targeting_key, context.attributes,
+                        ignored=context.ignored, tester=context.tester)
             else:
-                decision = components.decider.decide(flag_key, targeting_key, attributes)
+                decision = components.decider.decide(
+                    flag_key, context.targeting_key, context.attributes,
+                    ignored=context.ignored, tester=context.tester)
         except ControlPlaneError as exc:
             if isinstance(exc, BadRequestInput):
                 components.metrics.bad_requests.labels(exc.metric_source).inc()

@@ -29,6 +29,10 @@ class RouterMetrics:
         self.dispatch_latency = Histogram(
             "control_plane_dispatch_seconds", "Backend response time of proxied requests.",
             ["flag", "variant"], registry=self.registry)
+        self.anonymous_decisions = Counter(
+            "control_plane_anonymous_decisions",
+            "Decisions for requests without a targeting key (served the flag's default for "
+            "bucketing rules; never experiment units).", ["flag"], registry=self.registry)
         self.bad_requests = Counter(
             "control_plane_bad_requests", "Routing requests refused for a malformed input.",
             ["source"], registry=self.registry)

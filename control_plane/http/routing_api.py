@@ -25,12 +25,13 @@ _MAX_ROUTE_BODY = 64 * 1024
 def _decide(components: ComponentsDep, flag_key: str, request: Request,
             body: Any = None) -> Decision:
     try:
-        targeting_key, attributes = components.mapper.from_raw_headers(request.headers.raw)
-        targeting_key = components.mapper.merge_body_context(targeting_key, attributes, body)
+        context = components.mapper.from_raw_headers(request.headers.raw, flag_key)
+        components.mapper.merge_body_context(context, body)
     except BadRequestInput as exc:
-        components.metrics.bad_requests.labels(exc.source).inc()
+        components.metrics.bad_requests.labels(exc.metric_source).inc()
         raise
-    return components.decider.decide(flag_key, targeting_key, attributes)
+    return components.decider.decide(flag_key, context.targeting_key, context.attributes,
+                                     ignored=context.ignored, tester=context.tester)
 
 
 @router.post("/v1/route/{flag_key}", summary="Decide which backend serves a request (JSON)")
@@ -41,10 +42,25 @@ async def route(flag_key: str, request: Request, components: ComponentsDep) -> J
     return JSONResponse(decision.as_json(), headers=dict(decision_headers(decision)))
 
 
-@router.get("/v1/decide/{flag_key}",
-            summary="Decide which backend serves a request (answer in headers, for gateways)")
+#: Envoy's HTTP ext_authz service forwards the client's own method.
+_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+@router.api_route("/v1/decide/{flag_key}", methods=_ANY_METHOD,
+                  summary="Decide which backend serves a request (answer in headers, for gateways)")
 async def decide(flag_key: str, request: Request, components: ComponentsDep) -> Response:
     """For nginx `auth_request` and Envoy `ext_authz`: 200 with X-Route-* headers."""
+    decision = _decide(components, flag_key, request)
+    return JSONResponse(decision.as_json(), headers=dict(decision_headers(decision)))
+
+
+@router.api_route("/v1/decide/{flag_key}/{original_path:path}", methods=_ANY_METHOD,
+                  summary="The same decision, as Envoy's ext_authz asks for it",
+                  description="Envoy's HTTP ext_authz filter appends the original request path "
+                              "to `path_prefix` (`/v1/decide/<flag>`) and keeps its method; the "
+                              "original path does not change the decision.")
+async def decide_for_envoy(flag_key: str, original_path: str, request: Request,
+                           components: ComponentsDep) -> Response:
     decision = _decide(components, flag_key, request)
     return JSONResponse(decision.as_json(), headers=dict(decision_headers(decision)))
 

@@ -14,13 +14,18 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from control_plane.errors import BadRequestInput
 from control_plane.json_input import unsafe_character
+from control_plane.routing.tester_tokens import InvalidTesterToken, TesterTokens
 from control_plane.settings import HeaderRule
 
-__all__ = ["RESERVED_ATTRIBUTES", "ContextMapper"]
+__all__ = ["RESERVED_ATTRIBUTES", "TESTER_TOKEN_HEADER", "ContextMapper", "RequestContext"]
+
+#: The header carrying a tester token (see control_plane.routing.tester_tokens).
+TESTER_TOKEN_HEADER = "x-tester-token"  # noqa: S105 - a header name, not a secret
 
 #: Attributes flagd sets itself; a request may not supply them.
 RESERVED_ATTRIBUTES = frozenset({"$flagd"})
@@ -29,67 +34,108 @@ _FALSE = {"false", "0", "no", "off"}
 _MAX_BODY_ATTRIBUTES = 64
 
 
-class ContextMapper:
-    """Compiled header rules; `from_headers` is on the hot path, so it does little work."""
+@dataclass(slots=True)
+class RequestContext:
+    """What one request says about itself, by the header rules (and its body's `context`)."""
 
-    def __init__(self, rules: Iterable[HeaderRule], *, max_header_bytes: int = 4096) -> None:
+    targeting_key: str | None
+    attributes: dict[str, Any]
+    #: Subject of a valid tester token, when the request carried one.
+    tester: str | None = None
+    #: Attributes dropped, each with why (a pin sent without a valid tester token).
+    ignored: list[str] | None = None
+    #: Why the tester token was refused (kept for pins found later, in the body).
+    token_problem: str | None = None
+
+    def ignore(self, what: str, why: str) -> None:
+        if self.ignored is None:
+            self.ignored = []
+        self.ignored.append(f"{what} ({why})")
+
+
+class ContextMapper:
+    """Compiled header rules; `from_raw_headers` is on the hot path, so it does little work.
+
+    Rules marked `tester_only` (pins) take effect only with a valid `x-tester-token`, checked
+    by `tester_tokens`; without one (or with no tester token key configured) they are ignored
+    and the request context says why.
+    """
+
+    def __init__(self, rules: Iterable[HeaderRule], *, max_header_bytes: int = 4096,
+                 tester_tokens: TesterTokens | None = None) -> None:
         self.rules = tuple(rules)
         self.max_header_bytes = max_header_bytes
+        self.tester_tokens = tester_tokens
         self._patterns = {
             rule.header: re.compile(rule.pattern) for rule in self.rules if rule.pattern
         }
-        self._by_header_bytes = {rule.header.encode(): rule for rule in self.rules}
+        self._by_header_bytes: dict[bytes, HeaderRule | None] = {
+            rule.header.encode(): rule for rule in self.rules}
+        self._by_header_bytes[TESTER_TOKEN_HEADER.encode()] = None  # the token itself
         self._by_attribute = {rule.attribute: rule for rule in self.rules}
 
-    def from_headers(self, headers: Mapping[str, str]) -> tuple[str | None, dict[str, Any]]:
-        """(targeting key, attributes) from a case-insensitive header mapping."""
-        return self._collect(
-            (rule, raw) for rule in self.rules
-            if (raw := headers.get(rule.header)) is not None
-        )
+    def from_headers(self, headers: Mapping[str, str],
+                     flag_key: str | None = None) -> RequestContext:
+        """The request context from a case-insensitive header mapping of text values."""
+        pairs = [(rule, raw) for rule in self.rules
+                 if (raw := headers.get(rule.header)) is not None]
+        return self._collect(pairs, headers.get(TESTER_TOKEN_HEADER), flag_key)
 
-    def from_raw_headers(
-        self, raw_headers: Iterable[tuple[bytes, bytes]]
-    ) -> tuple[str | None, dict[str, Any]]:
+    def from_raw_headers(self, raw_headers: Iterable[tuple[bytes, bytes]],
+                         flag_key: str | None = None) -> RequestContext:
         """The same as `from_headers`, straight from ASGI's (lower-cased) header pairs."""
         by_header = self._by_header_bytes
-        return self._collect(
-            (rule, _utf8(rule, raw))
-            for name, raw in raw_headers
-            if (rule := by_header.get(name)) is not None
-        )
+        pairs: list[tuple[HeaderRule, str]] = []
+        token: str | None = None
+        for name, raw in raw_headers:
+            if name in by_header:
+                rule = by_header[name]
+                if rule is None:
+                    token = raw.decode("latin-1")  # base64url and dots: ASCII when valid
+                else:
+                    pairs.append((rule, _utf8(rule, raw)))
+        return self._collect(pairs, token, flag_key)
 
-    def _collect(
-        self, values: Iterable[tuple[HeaderRule, str]]
-    ) -> tuple[str | None, dict[str, Any]]:
+    def _collect(self, values: Iterable[tuple[HeaderRule, str]], token: str | None,
+                 flag_key: str | None) -> RequestContext:
         """Convert each (rule, header text) and file it as targeting key or attribute."""
-        targeting_key: str | None = None
-        attributes: dict[str, Any] = {}
+        context = RequestContext(None, {})
+        if token is not None:
+            self._check_token(context, token.strip(), flag_key)
         for rule, text in values:
             value = self._convert(rule, text)
-            if rule.attribute == "targetingKey":
-                targeting_key = value
+            if rule.tester_only and context.tester is None:
+                context.ignore(rule.header, context.token_problem or "no tester token")
+            elif rule.attribute == "targetingKey":
+                context.targeting_key = value
             else:
-                attributes[rule.attribute] = value
-        return targeting_key, attributes
+                context.attributes[rule.attribute] = value
+        return context
 
-    def merge_body_context(
-        self, targeting_key: str | None, attributes: dict[str, Any], body: Any
-    ) -> str | None:
+    def _check_token(self, context: RequestContext, token: str, flag_key: str | None) -> None:
+        if self.tester_tokens is None:
+            context.token_problem = "tester tokens are not enabled"  # noqa: S105 - a reason
+            return
+        try:
+            context.tester = self.tester_tokens.verify(token, flag_key).subject
+        except InvalidTesterToken as exc:
+            context.token_problem = f"tester token {exc.reason}"
+
+    def merge_body_context(self, context: RequestContext, body: Any) -> None:
         """Add attributes from a JSON body's `context` object; header values win on conflict."""
         if body is None:
-            return targeting_key
+            return
         if not isinstance(body, Mapping):
             raise BadRequestInput("the body must be a JSON object", source="body")
-        context = body.get("context", {})
-        if not isinstance(context, Mapping):
+        given = body.get("context", {})
+        if not isinstance(given, Mapping):
             raise BadRequestInput("body.context must be a JSON object", source="body.context")
-        if len(context) > _MAX_BODY_ATTRIBUTES:
+        if len(given) > _MAX_BODY_ATTRIBUTES:
             raise BadRequestInput(
-                f"body.context has {len(context)} attributes; at most {_MAX_BODY_ATTRIBUTES}",
+                f"body.context has {len(given)} attributes; at most {_MAX_BODY_ATTRIBUTES}",
                 source="body.context",
             )
-        for key, value in context.items():
+        for key, value in given.items():
             where = f"body.context.{key}"
             if key in RESERVED_ATTRIBUTES:
                 raise BadRequestInput(f"{where} is reserved for flagd", source=where)
@@ -101,13 +147,20 @@ class ContextMapper:
             if key == "targetingKey":
                 if not isinstance(value, str):
                     raise BadRequestInput(f"{where} must be a string", source=where)
-                targeting_key = targeting_key or value
-            elif key not in attributes:
+                context.targeting_key = context.targeting_key or value
+            elif key not in context.attributes:
                 rule = self._by_attribute.get(key)
+                if rule is None:
+                    context.attributes[key] = value
+                    continue
                 # A body attribute that a header rule also fills obeys that rule's type and
-                # bounds: `canary-weight: 12.5` is refused here just as the header is.
-                attributes[key] = value if rule is None else self._check_body(rule, where, value)
-        return targeting_key
+                # bounds (`canary-weight: 12.5` is refused here just as the header is), and a
+                # pin needs a tester token here too.
+                checked = self._check_body(rule, where, value)
+                if rule.tester_only and context.tester is None:
+                    context.ignore(where, context.token_problem or "no tester token")
+                else:
+                    context.attributes[key] = checked
 
     def _check_body(self, rule: HeaderRule, where: str, value: Any) -> Any:
         if rule.type == "string":

@@ -41,6 +41,10 @@ class Decision:
     #: Flag metadata as evaluated (flag set metadata merged with the flag's own).
     metadata: dict[str, Any] = field(default_factory=dict)
     default_variant: str = ""
+    #: Request attributes that were dropped, with why (a pin without a valid tester token).
+    ignored: list[str] | None = None
+    #: Subject of the tester token that allowed a pin.
+    tester: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -54,6 +58,10 @@ class Decision:
         }
         if self.error_code:
             body["errorCode"] = self.error_code
+        if self.ignored:
+            body["ignored"] = self.ignored
+        if self.tester:
+            body["tester"] = self.tester
         return body
 
 
@@ -87,19 +95,20 @@ class Decider:
         self._id_prefix = os.urandom(6).hex()
         self._id_counter = itertools.count(1)
 
-    def decide(self, flag_key: str, targeting_key: str | None,
-               attributes: dict[str, Any]) -> Decision:
+    def decide(self, flag_key: str, targeting_key: str | None, attributes: dict[str, Any],
+               *, ignored: list[str] | None = None, tester: str | None = None) -> Decision:
+        """Decide `flag_key`; `ignored` and `tester` (from the request context) are reported."""
         if self.tracer is None:
-            return self._decide(flag_key, targeting_key, attributes)
+            return self._decide(flag_key, targeting_key, attributes, ignored, tester)
         with self.tracer.start_as_current_span(DECIDE_SPAN,
                                                attributes={FLAG_KEY: flag_key}) as span:
-            decision = self._decide(flag_key, targeting_key, attributes)
+            decision = self._decide(flag_key, targeting_key, attributes, ignored, tester)
             if span.is_recording():  # not when sampled out: then the span records nothing
                 span.set_attributes(decision_attributes(decision))
             return decision
 
-    def _decide(self, flag_key: str, targeting_key: str | None,
-                attributes: dict[str, Any]) -> Decision:
+    def _decide(self, flag_key: str, targeting_key: str | None, attributes: dict[str, Any],
+                ignored: list[str] | None, tester: str | None) -> Decision:
         started = time.perf_counter()
         flag_set = self._store.current
         routing = self._routing_for(flag_set, flag_key)
@@ -135,6 +144,8 @@ class Decider:
             error_code=error_code,
             metadata=metadata,
             default_variant=routing.default_variant,
+            ignored=ignored,
+            tester=tester,
         )
         elapsed = time.perf_counter() - started
         for listener in self.listeners:
