@@ -1,18 +1,25 @@
-"""Gateway integration: the documented nginx configuration, rendered for a deployment."""
+"""Gateway integration: the shipped nginx configuration and the outcomes nginx reports back.
+
+- `nginx`: render the config for one routing flag (`control-plane gateway nginx`).
+- `trusted`: which routing headers the gateway sets and which the client may send.
+- `syslog_listener`: nginx's JSON access log over UDP syslog, turned into backend-call
+  outcomes for canaries, experiments and metrics (CP_GATEWAY_LOG_PORT).
+"""
 
 from __future__ import annotations
 
-from importlib.resources import files
-from pathlib import Path
-from string import Template
+from control_plane.gateway.nginx import (
+    NGINX_TEMPLATE,
+    GatewayConfigError,
+    NginxGateway,
+    render_nginx_config,
+    stable_route,
+)
 
-__all__ = ["NGINX_TEMPLATE", "render_nginx_config"]
-
-NGINX_TEMPLATE = "nginx.conf.template"
-
-
-def render_nginx_config(*, prefix: Path, listen: str, control_plane: str, flag: str) -> str:
-    """The shipped nginx example with its fields filled in (nginx's own $vars are kept)."""
-    template = files(__package__).joinpath(NGINX_TEMPLATE).read_text(encoding="utf-8")
-    return Template(template).safe_substitute(
-        prefix=str(prefix), listen=listen, control_plane=control_plane, flag=flag)
+__all__ = [
+    "NGINX_TEMPLATE",
+    "GatewayConfigError",
+    "NginxGateway",
+    "render_nginx_config",
+    "stable_route",
+]
