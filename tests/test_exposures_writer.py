@@ -275,10 +275,11 @@ def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
     assert len(stored) == 100
 
 
-def test_a_record_the_database_refuses_does_not_block_the_others(tmp_path: Path) -> None:
+def test_a_record_the_database_refuses_does_not_block_the_others(
+        database_url: str, tmp_path: Path) -> None:
     """A record the (working) database refuses is dropped and counted; the rest of its batch is
     stored and the writer does not treat the database as down."""
-    database = Database.from_url(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    database = Database.from_url(database_url)
     database.migrate()
     writer, recorder = _writer(database, tmp_path / "spill", journal_interval=0.5)
     for index in range(10):
