@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from control_plane.cli_init import add_init
 from control_plane.cli_tester import add_tester_token
 from control_plane.experiments.cli_commands import add_canary, add_experiments
 
@@ -48,8 +49,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = _settings_from(args)
     if not settings.flags_dir.is_dir():
-        print(f"control-plane serve: flag directory {settings.flags_dir} does not exist",
-              file=sys.stderr)
+        print(f"control-plane serve: flag directory {settings.flags_dir} does not exist "
+              "(`control-plane init` writes the shipped examples there; --flags or "
+              "CP_FLAGS_DIR names another)", file=sys.stderr)
         return 2
     for label, host, port in (("port", settings.host, settings.port),
                               ("sync port", settings.sync_host, settings.sync_port)):
@@ -98,7 +100,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     "OTLP/HTTP when "
                     "CP_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT is set.")
     serve.add_argument("--flags", dest="flags_dir", type=Path,
-                       help="flag directory (default: the shipped flags/)")
+                       help="flag directory (default: CP_FLAGS_DIR or ./flags)")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8080)")
     serve.add_argument("--sync-port", dest="sync_port", type=int,
@@ -138,8 +140,7 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:  # type: ignore
                     "flag file. Prints each issue as file:line:col: path: message; exit status "
                     "1 on any error, 2 if PATH does not exist, 0 when valid.")
     validate.add_argument("path", nargs="?", type=Path, metavar="PATH",
-                          help="flag directory or file (default: CP_FLAGS_DIR or the shipped "
-                               "flags/)")
+                          help="flag directory or file (default: CP_FLAGS_DIR or ./flags)")
     validate.set_defaults(command=_validate)
 
 
@@ -189,10 +190,55 @@ def _add_simulate(commands: argparse._SubParsersAction) -> None:  # type: ignore
                           help="a request header every user sends (repeatable), e.g. "
                                "--header x-region=cn")
     simulate.add_argument("--flags", dest="flags_dir", type=Path,
-                          help="flag directory (default: CP_FLAGS_DIR or the shipped flags/)")
+                          help="flag directory (default: CP_FLAGS_DIR or ./flags)")
     simulate.add_argument("--key-prefix", default="user-",
                           help="prefix of the synthetic targeting keys (default user-)")
     simulate.set_defaults(command=_simulate)
+
+
+def _gateway_nginx(args: argparse.Namespace) -> int:
+    from control_plane.gateway.command import run_gateway_nginx
+
+    return run_gateway_nginx(_settings_from(args), flag=args.flag, listen=args.listen,
+                             control_plane=args.control_plane, prefix=args.prefix,
+                             log_port=args.log_port, log_host=args.log_host,
+                             decision_timeout_ms=args.decision_timeout_ms)
+
+
+def _add_gateway(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    gateway = commands.add_parser(
+        "gateway", help="print a gateway configuration that routes by a flag",
+        description="Print a complete gateway configuration for one routing flag.")
+    kinds = gateway.add_subparsers(dest="gateway", required=True)
+    nginx = kinds.add_parser(
+        "nginx", help="nginx config: auth_request decisions, stable fallback, outcome log",
+        description="Print a complete nginx config (nginx -p PREFIX -c FILE) that asks the "
+                    "control plane for each request's backend, sets routing headers only from "
+                    "trusted sources, falls back to the flag's default variant when no "
+                    "decision can be had (X-Route-Fallback), and sends one outcome line per "
+                    "request to the control plane's syslog listener. Re-run after changing "
+                    "the flag's default variant. The gateway token is the first of "
+                    "CP_GATEWAY_TOKENS. Exit status 2 (one line on stderr) for an unknown or "
+                    "non-routing flag or an unusable value.")
+    nginx.add_argument("--flag", required=True, help="the routing flag to route by")
+    nginx.add_argument("--listen", required=True, metavar="ADDR",
+                       help="address nginx listens on, e.g. 0.0.0.0:8000")
+    nginx.add_argument("--control-plane", dest="control_plane", required=True, metavar="ADDR",
+                       help="HOST:PORT of the control plane, e.g. 127.0.0.1:8080")
+    nginx.add_argument("--prefix", type=Path, metavar="DIR",
+                       help="nginx prefix for pid, logs and temp files (default ./nginx)")
+    nginx.add_argument("--flags", dest="flags_dir", type=Path,
+                       help="flag directory (default: CP_FLAGS_DIR or ./flags)")
+    nginx.add_argument("--log-port", dest="log_port", type=int, metavar="N",
+                       help="UDP port of the control plane's outcome listener "
+                            "(default CP_GATEWAY_LOG_PORT; 0: no outcome log)")
+    nginx.add_argument("--log-host", dest="log_host", metavar="HOST",
+                       help="host of the outcome listener (default CP_GATEWAY_LOG_HOST)")
+    nginx.add_argument("--decision-timeout-ms", dest="decision_timeout_ms", type=int,
+                       default=250, metavar="N",
+                       help="how long a decision may take before the fallback serves "
+                            "(default 250)")
+    nginx.set_defaults(command=_gateway_nginx)
 
 
 def _positive_int(text: str) -> int:
@@ -214,9 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(commands)
     _add_history(commands)
     _add_simulate(commands)
+    _add_gateway(commands)
     add_experiments(commands)
     add_canary(commands)
     add_tester_token(commands)
+    add_init(commands)
     return parser
 
 

@@ -121,7 +121,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CP_", extra="ignore", populate_by_name=True,
                                       hide_input_in_errors=True)
 
-    flags_dir: Path = Field(default=FLAGS_DIR)
+    #: The flag directory ops edit (CP_FLAGS_DIR): `./flags` under the working directory.
+    #: Never the installed package's own copy (a reinstall would wipe ops' edits);
+    #: `control-plane init` writes the shipped examples to start from.
+    flags_dir: Path = Field(default=Path("flags"))
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     #: SQLAlchemy URL; defaults to a SQLite file in the working directory.
