@@ -45,13 +45,19 @@ class _SourceConnector:
             self._unsubscribe = None
 
     def _update(self, document: dict[str, Any]) -> None:
-        resolver = self._provider.resolver
-        assert isinstance(resolver, InProcessResolver)
+        resolver = _in_process(self._provider)
         changed = resolver.evaluator.set_flags_and_get_changed_keys(json.dumps(document))
         self._provider.emit_provider_configuration_changed(
             ProviderEventDetails(flags_changed=changed,
                                  metadata=dict(resolver.evaluator.get_flag_set_metadata()))
         )
+
+
+def _in_process(provider: FlagdProvider) -> InProcessResolver:
+    resolver = provider.resolver
+    if not isinstance(resolver, InProcessResolver):  # the provider changed its internals
+        raise TypeError(f"expected the flagd in-process resolver, got {type(resolver).__name__}")
+    return resolver
 
 
 def source_fed_provider(source: FlagDocumentSource) -> FlagdProvider:
@@ -60,8 +66,7 @@ def source_fed_provider(source: FlagDocumentSource) -> FlagdProvider:
     # sync server; the connector that would poll it is replaced before initialize() runs.
     provider = FlagdProvider(resolver_type=ResolverType.IN_PROCESS,
                              offline_flag_source_path="unused-fed-by-source")
-    resolver = provider.resolver
-    assert isinstance(resolver, InProcessResolver)
+    resolver = _in_process(provider)
     resolver.connector = _SourceConnector(provider, source)
     # The provider's only hook (SyncMetadataHook) copies context that a flagd sync server sends
     # along with flags; a source-fed provider never receives any, and the hook costs about 5 us

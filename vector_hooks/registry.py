@@ -196,24 +196,20 @@ class HookRegistry:
 
     def names(self) -> list[str]:
         """Every name a lookup can resolve."""
-        self._load()
-        assert self._builtins is not None
-        assert self._entry_points is not None
-        return sorted(set(self._registered) | set(self._builtins) | set(self._entry_points))
+        builtins, entry_points = self._load()
+        return sorted(set(self._registered) | set(builtins) | set(entry_points))
 
     def factory(self, name: str) -> HookFactory:
         """The factory for `name`; raises `HookNotFound`."""
-        self._load()
-        assert self._builtins is not None
-        assert self._entry_points is not None
+        builtins, entry_points = self._load()
         with self._lock:
             if name in self._registered:
                 return self._registered[name]
-            if name in self._builtins:
-                return self._builtins[name]
+            if name in builtins:
+                return builtins[name]
             if name in self._loaded_entry_points:
                 return self._loaded_entry_points[name]
-            entry_point = self._entry_points.get(name)
+            entry_point = entry_points.get(name)
         if entry_point is None:
             raise HookNotFound(name, self.names())
         try:
@@ -232,7 +228,8 @@ class HookRegistry:
         """Build a configured hook; raises `HookNotFound` or `HookConfigError`."""
         return self.factory(name)(config or {})
 
-    def _load(self) -> None:
+    def _load(self) -> tuple[dict[str, HookFactory], dict[str, importlib.metadata.EntryPoint]]:
+        """(built-in factories, entry points), discovered on first use."""
         with self._lock:
             if self._builtins is None:
                 self._builtin_objects = _builtin_objects()
@@ -241,6 +238,7 @@ class HookRegistry:
                 }
             if self._entry_points is None:
                 self._entry_points = self._discover()
+            return self._builtins, self._entry_points
 
     def _discover(self) -> dict[str, importlib.metadata.EntryPoint]:
         if self._group is None:

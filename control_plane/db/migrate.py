@@ -42,5 +42,6 @@ def current_revision(engine: Engine) -> str | None:
 
 def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
+    if head is None:  # only a broken install ships no migrations
+        raise RuntimeError("no Alembic migrations found in control_plane/migrations")
     return head

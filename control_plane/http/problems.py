@@ -104,12 +104,14 @@ def domain_problem(exc: errors.ControlPlaneError) -> Response:
 def install_problem_handlers(app: FastAPI) -> None:
     """Every error leaves the app as problem+json: domain errors, validation, 404/405, crashes."""
 
-    async def on_domain(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, errors.ControlPlaneError)
+    async def on_domain(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, errors.ControlPlaneError):  # registered for that class only
+            return await on_crash(request, exc)
         return domain_problem(exc)
 
-    async def on_validation(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, RequestValidationError):  # registered for that class only
+            return await on_crash(request, exc)
         problems = [
             {"location": ".".join(str(part) for part in err.get("loc", ())),
              "message": err.get("msg", "")}
@@ -121,8 +123,9 @@ def install_problem_handlers(app: FastAPI) -> None:
             errors=problems,
         )
 
-    async def on_http(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
+    async def on_http(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, StarletteHTTPException):  # registered for that class only
+            return await on_crash(request, exc)
         title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
         return problem_response(exc.status_code, title, str(exc.detail),
                                 headers=dict(exc.headers or {}))
