@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     #: Port of the flagd sync gRPC service (flagd.sync.v1); 0 disables it.
     sync_port: int = Field(default=8015, ge=0, le=65535)
     #: How often the flag directory is checked for edits, in seconds.
+    #: Seconds a flag file must stay deleted before its flags are unpublished: an editor that
+    #: deletes and re-creates a file on save must not be a rollout. Until then the file's last
+    #: contents keep serving and /v1/flags/status lists it under pendingDeletions; 0 applies
+    #: a deletion at the next poll. Deletions made by the admin API (rollback) are immediate.
+    deletion_settle: float = Field(default=2.0, ge=0, le=300)
     reload_interval: float = Field(default=0.2, gt=0, le=10)
     header_rules: tuple[HeaderRule, ...] = DEFAULT_HEADER_RULES
     #: Largest header value accepted for any mapped header, whatever its rule says.

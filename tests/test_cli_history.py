@@ -255,7 +255,7 @@ def test_simulate_rule_without_a_split(capsys: pytest.CaptureFixture[str]) -> No
 
 @pytest.mark.parametrize(("header", "message"), [
     ("x-canary-weight=300", "header x-canary-weight must be at most 100, got 300"),
-    ("x-canary-weight=lots", "header x-canary-weight must be a number"),
+    ("x-canary-weight=lots", "header x-canary-weight must be an integer"),
     ("nonsense", "--header 'nonsense' must look like NAME=VALUE"),
     ("x-unknown=1", "header x-unknown is not mapped"),
     ("x-user-id=bob", "header x-user-id sets the targeting key"),

@@ -22,6 +22,7 @@ from vector_hooks.errors import (
     RequestRefused,
     SecurityHookFailed,
     TenantIsolationError,
+    TenantOwnershipError,
     UnsafeArgument,
     VectorHooksError,
 )
@@ -36,6 +37,8 @@ from vector_hooks.tenancy import (
     TENANT_ID_ALPHABET,
     TENANT_ID_MAX_LENGTH,
     TENANT_ID_PATTERN,
+    is_tenant_key,
+    tenant_key,
     validate_tenant_id,
 )
 
@@ -72,10 +75,13 @@ __all__ = [
     "TenantFilterHook",
     "TenantIsolation",
     "TenantIsolationError",
+    "TenantOwnershipError",
     "UnsafeArgument",
     "VectorHooksError",
     "build_pipeline",
     "default_registry",
+    "is_tenant_key",
     "register",
+    "tenant_key",
     "validate_tenant_id",
 ]

@@ -49,7 +49,8 @@ def build_components(settings: Settings) -> Components:
     database = Database.from_url(settings.database_url,
                                  timeouts=DatabaseTimeouts.from_settings(settings))
     store = FlagStore(settings.flags_dir, reload_interval=settings.reload_interval,
-                      recorder=DatabaseRecorder(database))
+                      recorder=DatabaseRecorder(database),
+                      deletion_settle=settings.deletion_settle)
     # One OpenFeature domain per app instance, so several apps (tests) never share a provider.
     domain = f"control-plane-{next(_app_ids)}"
     client = openfeature_api.get_client(domain)
