@@ -268,6 +268,13 @@ class Settings(BaseSettings):
     exposure_retry_interval: float = Field(default=1.0, gt=0, le=300)
     #: Seconds between two passes of the canary controller over running canaries.
     canary_tick_interval: float = Field(default=1.0, gt=0, le=60)
+    # -- canary metric analysis --
+    #: Prometheus server that canary `metrics` are queried on unless they name a
+    #: `provider.address` (CP_PROMETHEUS_URL, an http(s) base URL, e.g. http://127.0.0.1:9090).
+    prometheus_url: str | None = Field(default=None,
+                                       pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    #: Seconds one Prometheus query may take (the controller waits for it each interval).
+    prometheus_timeout: float = Field(default=3.0, gt=0, le=60)
     # Exposure journal and database time limits (issue 9: a crash loses no answered exposure).
     # Every record is appended (fsynced) to a journal in `exposure_spill_dir` before the
     # database is tried, and deleted from it once committed; `exposure_buffer_limit` is now

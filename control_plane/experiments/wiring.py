@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from control_plane.db.engine import Database
 from control_plane.experiments import repository
 from control_plane.experiments.canary.controller import CanaryController
+from control_plane.experiments.canary.intervals import IntervalAnalysis
 from control_plane.experiments.canary.service import CanaryService
 from control_plane.experiments.events import EventParser
 from control_plane.experiments.hashing import UnitHasher
@@ -101,7 +102,9 @@ class Experiments:
             recorder.tracked_flags = flags
 
         service = CanaryService(database=self.database, store=self.components.store,
-                                editor=editor, metrics=self.metrics, on_tracked=track)
+                                editor=editor, metrics=self.metrics, on_tracked=track,
+                                analysis=IntervalAnalysis.from_settings(
+                                    settings, self.components.metrics.registry))
         controller = CanaryController(service, tick_interval=settings.canary_tick_interval)
         self.hasher, self.recorder, self.writer = hasher, recorder, writer
         # UnitKeys hashes like a UnitHasher once the key is known, and refuses (503) before.

@@ -26,6 +26,7 @@ from control_plane.db.models import utc_now
 from control_plane.errors import CanaryNotFound, Conflict
 from control_plane.experiments import repository
 from control_plane.experiments.canary.analysis import Verdict, judge
+from control_plane.experiments.canary.intervals import IntervalAnalysis, IntervalCheck, Tick
 from control_plane.experiments.canary.spec import CanarySpec
 from control_plane.experiments.canary.weights import check_flag, promoted, with_weight
 from control_plane.experiments.metrics import ExperimentMetrics
@@ -41,17 +42,28 @@ CONTROLLER_ACTOR = "canary-controller"
 FLAG_SOURCE = "canary"
 #: Latency samples read per variant when judging a step (the newest ones).
 _JUDGE_SAMPLE_CAP = 10_000
+#: The event of one failed metric check (a run rolls back at `failureThreshold` of them).
+CHECK_FAILED = "check_failed"
 
 
 class CanaryService:
-    def __init__(self, *, database: Database, store: FlagStore, editor: FlagEditor,
-                 metrics: ExperimentMetrics | None = None,
-                 on_tracked: Callable[[frozenset[str]], None] | None = None,
-                 clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        store: FlagStore,
+        editor: FlagEditor,
+        metrics: ExperimentMetrics | None = None,
+        on_tracked: Callable[[frozenset[str]], None] | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        analysis: IntervalAnalysis | None = None,
+    ) -> None:
         self.database = database
         self.store = store
         self.editor = editor
         self.metrics = metrics
+        #: PromQL metric checks and no-traffic detection, interval by interval.
+        self.analysis = analysis or IntervalAnalysis(watching_since=clock())
         self._on_tracked = on_tracked
         self._clock = clock
         self._lock = threading.RLock()
@@ -60,38 +72,63 @@ class CanaryService:
 
     def start(self, flag_key: str, spec: CanarySpec, actor: str) -> dict[str, Any]:
         with self._lock:
+            self.analysis.check_spec(spec)
             flag = self._flag(flag_key)
             check_flag(flag_key, flag, spec.stable_variant, spec.canary_variant)
             assert flag is not None
             weight = spec.steps[0]
             try:
                 with self.database.session() as session:
-                    run_id = repository.add_run(session=session, flag=flag_key,
-                                                spec=spec.to_json(), weight=weight,
-                                                actor=actor, now=self._clock()).id
+                    run_id = repository.add_run(
+                        session=session,
+                        flag=flag_key,
+                        spec=spec.to_json(),
+                        weight=weight,
+                        actor=actor,
+                        now=self._clock(),
+                    ).id
             except IntegrityError:
                 with self.database.session() as session:
                     existing = repository.active_run(session=session, flag=flag_key)
                     which = f"run {existing.id}, {existing.state}" if existing else "just started"
-                raise Conflict(f"flag {flag_key!r} already has an active canary ({which}); "
-                               "abort it before starting another") from None
+                raise Conflict(
+                    f"flag {flag_key!r} already has an active canary ({which}); "
+                    "abort it before starting another"
+                ) from None
             try:
                 version = self._write_flag(
-                    flag_key, with_weight(flag, spec.stable_variant, spec.canary_variant, weight),
+                    flag_key,
+                    with_weight(flag, spec.stable_variant, spec.canary_variant, weight),
                     f"canary run {run_id} started by {actor}: {spec.canary_variant} at "
-                    f"{weight}% (step 1 of {len(spec.steps)})")
+                    f"{weight}% (step 1 of {len(spec.steps)})",
+                )
             except Exception as exc:
                 with self.database.session() as session:
                     run = session.get(CanaryRun, run_id)
                     assert run is not None
-                    repository.update_run(session=session, run_id=run_id, revision=run.revision,
-                                          values={"state": "aborted", "active_flag": None,
-                                                  "finished_at": self._clock(),
-                                                  "reason": f"the first flag write failed: {exc}"})
+                    repository.update_run(
+                        session=session,
+                        run_id=run_id,
+                        revision=run.revision,
+                        values={
+                            "state": "aborted",
+                            "active_flag": None,
+                            "finished_at": self._clock(),
+                            "reason": f"the first flag write failed: {exc}",
+                        },
+                    )
                 raise
             with self.database.session() as session:
-                self._record(session, run_id, flag_key, "started", actor, weight, version,
-                             {"spec": spec.to_json(), "step": 1, "steps": len(spec.steps)})
+                self._record(
+                    session,
+                    run_id,
+                    flag_key,
+                    "started",
+                    actor,
+                    weight,
+                    version,
+                    {"spec": spec.to_json(), "step": 1, "steps": len(spec.steps)},
+                )
             self._count(flag_key, "started", weight)
             self.publish_tracked()
             return self.status(flag_key)
@@ -110,8 +147,13 @@ class CanaryService:
             if run.state != "paused":
                 raise Conflict(f"the canary of {flag_key!r} is {run.state}, not paused")
             # The step starts over: calls made while paused do not count towards it.
-            self._change(run, "resumed", actor,
-                         {"state": "running", "step_started_at": self._clock()}, message)
+            self._change(
+                run,
+                "resumed",
+                actor,
+                {"state": "running", "step_started_at": self._clock()},
+                message,
+            )
             return self.status(flag_key)
 
     def abort(self, flag_key: str, actor: str, message: str = "") -> dict[str, Any]:
@@ -119,8 +161,16 @@ class CanaryService:
             run = self._active(flag_key)
             spec = CanarySpec.model_validate(run.spec)
             reason = f"aborted by {actor}" + (f": {message}" if message else "")
-            self._finish(run, spec, state="aborted", action="aborted", actor=actor, weight=0,
-                         reason=reason, observed={})
+            self._finish(
+                run,
+                spec,
+                state="aborted",
+                action="aborted",
+                actor=actor,
+                weight=0,
+                reason=reason,
+                observed={},
+            )
             return self.status(flag_key)
 
     # -- reading ---------------------------------------------------------------------------
@@ -129,8 +179,9 @@ class CanaryService:
         """The flag's active run (else its latest) with its events and, while it runs, the
         current step's numbers."""
         with self.database.session() as session:
-            run = (repository.active_run(session=session, flag=flag_key)
-                   or repository.latest_run(session=session, flag=flag_key))
+            run = repository.active_run(session=session, flag=flag_key) or repository.latest_run(
+                session=session, flag=flag_key
+            )
             if run is None:
                 raise CanaryNotFound(f"flag {flag_key!r} has never had a canary")
             events = repository.canary_events(session=session, run_id=run.id, after=after_event)
@@ -138,14 +189,22 @@ class CanaryService:
             body["events"] = [event_json(event) for event in events]
             if run.state in repository.ACTIVE_STATES:
                 verdict = self._verdict(session, run)
-                body["current"] = {"verdict": verdict.outcome, "reason": verdict.reason,
-                                   **verdict.observed}
+                body["current"] = {
+                    "verdict": verdict.outcome,
+                    "reason": verdict.reason,
+                    **verdict.observed,
+                }
+                body["analysis"], body["warnings"] = self._analysis_json(session, run)
         return body
 
     def list_runs(self, *, active_only: bool, limit: int) -> list[dict[str, Any]]:
         with self.database.session() as session:
-            return [run_json(run) for run in repository.list_runs(
-                session=session, limit=limit, active_only=active_only)]
+            return [
+                run_json(run)
+                for run in repository.list_runs(
+                    session=session, limit=limit, active_only=active_only
+                )
+            ]
 
     # -- the controller ----------------------------------------------------------------------
 
@@ -160,12 +219,18 @@ class CanaryService:
         if self.metrics is not None:
             for flag, weight in running:
                 self.metrics.canary_weight.labels(flag).set(weight)
+        if self.analysis.metrics is not None:
+            for run in runs:
+                self.analysis.metrics.idle_intervals.labels(run.flag).set(
+                    self.analysis.current(run.id)[0]
+                )
         return flags
 
     def running_ids(self) -> list[int]:
         with self.database.session() as session:
-            return [run.id for run in repository.active_runs(session=session)
-                    if run.state == "running"]
+            return [
+                run.id for run in repository.active_runs(session=session) if run.state == "running"
+            ]
 
     def step(self, run_id: int) -> str:
         """Judge the run's current step and act on it; returns what was done."""
@@ -178,18 +243,52 @@ class CanaryService:
                 verdict = self._verdict(session, run)
             spec = CanarySpec.model_validate(run.spec)
             if verdict.outcome == "fail":
-                self._finish(run, spec, state="rolled_back", action="rolled_back",
-                             actor=CONTROLLER_ACTOR, weight=0, reason=verdict.reason,
-                             observed=verdict.observed)
+                self._finish(
+                    run,
+                    spec,
+                    state="rolled_back",
+                    action="rolled_back",
+                    actor=CONTROLLER_ACTOR,
+                    weight=0,
+                    reason=verdict.reason,
+                    observed=verdict.observed,
+                )
                 return "rolled_back"
+            tick = self.analysis.tick(
+                run_id=run.id,
+                flag=run.flag,
+                step_index=run.step_index,
+                step_started_at=run.step_started_at,
+                spec=spec,
+                now=now,
+                recorded_calls=lambda since: self._recorded_calls(run.flag, spec, since),
+            )
+            if tick.newly_idle:
+                self._report_idle(run, spec, tick)
+            if tick.check is not None and tick.check.outcome == "fail":
+                return self._failed_check(run, spec, tick.check, verdict)
             elapsed = (now - run.step_started_at).total_seconds()
-            if verdict.outcome != "pass" or elapsed < spec.interval_seconds:
+            if verdict.outcome != "pass" or elapsed < spec.interval_seconds or not tick.may_advance:
                 return "wait"
+            latest = self.analysis.current(run.id)[1]
+            if latest is not None:
+                verdict = Verdict(
+                    verdict.outcome,
+                    f"{verdict.reason}; {latest.reason}",
+                    {**verdict.observed, "metrics": latest.to_json()["metrics"]},
+                )
             if run.step_index + 1 >= len(spec.steps):
-                self._finish(run, spec, state="promoted", action="promoted",
-                             actor=CONTROLLER_ACTOR, weight=100,
-                             reason=f"all {len(spec.steps)} steps passed; {spec.canary_variant} "
-                                    "is the default variant now", observed=verdict.observed)
+                self._finish(
+                    run,
+                    spec,
+                    state="promoted",
+                    action="promoted",
+                    actor=CONTROLLER_ACTOR,
+                    weight=100,
+                    reason=f"all {len(spec.steps)} steps passed; {spec.canary_variant} "
+                    "is the default variant now",
+                    observed=verdict.observed,
+                )
                 return "promoted"
             self._advance(run, spec, verdict, now)
             return "step"
@@ -198,92 +297,280 @@ class CanaryService:
 
     def _verdict(self, session: Any, run: CanaryRun) -> Verdict:
         spec = CanarySpec.model_validate(run.spec)
-        canary = repository.call_window(session=session, flag=run.flag,
-                                        variant=spec.canary_variant, since=run.step_started_at,
-                                        cap=_JUDGE_SAMPLE_CAP)
-        stable = repository.call_window(session=session, flag=run.flag,
-                                        variant=spec.stable_variant, since=run.started_at,
-                                        cap=_JUDGE_SAMPLE_CAP)
+        if not spec.builtin_checks:
+            return Verdict("pass", "built-in checks off (builtinChecks: false)")
+        canary = repository.call_window(
+            session=session,
+            flag=run.flag,
+            variant=spec.canary_variant,
+            since=run.step_started_at,
+            cap=_JUDGE_SAMPLE_CAP,
+        )
+        stable = repository.call_window(
+            session=session,
+            flag=run.flag,
+            variant=spec.stable_variant,
+            since=run.started_at,
+            cap=_JUDGE_SAMPLE_CAP,
+        )
         return judge(spec, canary, stable)
 
-    def _advance(self, run: CanaryRun, spec: CanarySpec, verdict: Verdict,
-                 now: datetime) -> None:
+    def _recorded_calls(self, flag: str, spec: CanarySpec, since: datetime) -> int:
+        with self.database.session() as session:
+            return repository.call_window(
+                session=session, flag=flag, variant=spec.canary_variant, since=since, cap=0
+            ).calls
+
+    def _failed_checks(self, session: Any, run_id: int) -> int:
+        count, after = 0, 0
+        while events := repository.canary_events(session=session, run_id=run_id, after=after):
+            count += sum(1 for event in events if event.action == CHECK_FAILED)
+            after = events[-1].id
+        return count
+
+    def _failed_check(
+        self, run: CanaryRun, spec: CanarySpec, check: IntervalCheck, verdict: Verdict
+    ) -> str:
+        """Count one failed metric check; roll back at `failureThreshold` of them."""
+        with self.database.session() as session:
+            failed = self._failed_checks(session, run.id) + 1
+        observed = {
+            **verdict.observed,
+            "metrics": check.to_json()["metrics"],
+            "failedChecks": failed,
+            "failureThreshold": spec.failure_threshold,
+        }
+        if failed >= spec.failure_threshold:
+            self._finish(
+                run,
+                spec,
+                state="rolled_back",
+                action="rolled_back",
+                actor=CONTROLLER_ACTOR,
+                weight=0,
+                reason=f"{failed} failed metric checks (failureThreshold "
+                f"{spec.failure_threshold}); the last: {check.reason}",
+                observed=observed,
+            )
+            return "rolled_back"
+        with self.database.session() as session:
+            self._record(
+                session,
+                run.id,
+                run.flag,
+                CHECK_FAILED,
+                CONTROLLER_ACTOR,
+                run.weight,
+                None,
+                {
+                    "reason": f"failed check {failed} (rollback at "
+                    f"{spec.failure_threshold}): {check.reason}",
+                    "observed": observed,
+                },
+            )
+        self._count(run.flag, CHECK_FAILED, run.weight)
+        log.warning(
+            "canary of %s: failed metric check %d (rollback at %d): %s",
+            run.flag,
+            failed,
+            spec.failure_threshold,
+            check.reason,
+        )
+        return CHECK_FAILED
+
+    def _report_idle(self, run: CanaryRun, spec: CanarySpec, tick: Tick) -> None:
+        reason = _idle_reason(spec, tick.idle_intervals)
+        with self.database.session() as session:
+            self._record(
+                session,
+                run.id,
+                run.flag,
+                "idle",
+                CONTROLLER_ACTOR,
+                run.weight,
+                None,
+                {"reason": reason, "idleIntervals": tick.idle_intervals},
+            )
+        log.warning("canary of %s: %s", run.flag, reason)
+
+    def _analysis_json(self, session: Any, run: CanaryRun) -> tuple[dict[str, Any], list[str]]:
+        spec = CanarySpec.model_validate(run.spec)
+        idle, latest = self.analysis.current(run.id)
+        body = {
+            "idleIntervals": idle,
+            "idleThreshold": spec.idle_intervals,
+            "failedChecks": self._failed_checks(session, run.id),
+            "failureThreshold": spec.failure_threshold,
+            "lastCheck": latest.to_json() if latest is not None else None,
+        }
+        warnings = [_idle_reason(spec, idle)] if idle >= spec.idle_intervals else []
+        return body, warnings
+
+    def _advance(self, run: CanaryRun, spec: CanarySpec, verdict: Verdict, now: datetime) -> None:
         index = run.step_index + 1
         weight = spec.steps[index]
         flag = self._flag(run.flag)
         if flag is None:
-            self._finish(run, spec, state="aborted", action="aborted", actor=CONTROLLER_ACTOR,
-                         weight=0, reason=f"flag {run.flag!r} is no longer served",
-                         observed=verdict.observed, write=False)
+            self._finish(
+                run,
+                spec,
+                state="aborted",
+                action="aborted",
+                actor=CONTROLLER_ACTOR,
+                weight=0,
+                reason=f"flag {run.flag!r} is no longer served",
+                observed=verdict.observed,
+                write=False,
+            )
             return
         version = self._write_flag(
-            run.flag, with_weight(flag, spec.stable_variant, spec.canary_variant, weight),
+            run.flag,
+            with_weight(flag, spec.stable_variant, spec.canary_variant, weight),
             f"canary run {run.id}: step {index + 1} of {len(spec.steps)}, "
             f"{spec.canary_variant} {run.weight}% -> {weight}% (step {index} passed: "
-            f"{verdict.reason})")
+            f"{verdict.reason})",
+        )
         with self.database.session() as session:
-            if not repository.update_run(session=session, run_id=run.id, revision=run.revision,
-                                         values={"step_index": index, "weight": weight,
-                                                 "step_started_at": now}):
-                log.warning("canary run %d changed while stepping; the next tick re-reads it",
-                            run.id)
+            if not repository.update_run(
+                session=session,
+                run_id=run.id,
+                revision=run.revision,
+                values={"step_index": index, "weight": weight, "step_started_at": now},
+            ):
+                log.warning(
+                    "canary run %d changed while stepping; the next tick re-reads it", run.id
+                )
                 return
-            self._record(session, run.id, run.flag, "step", CONTROLLER_ACTOR, weight, version,
-                         {"step": index + 1, "steps": len(spec.steps), "from": run.weight,
-                          "to": weight, "reason": verdict.reason,
-                          "observed": verdict.observed})
+            self._record(
+                session,
+                run.id,
+                run.flag,
+                "step",
+                CONTROLLER_ACTOR,
+                weight,
+                version,
+                {
+                    "step": index + 1,
+                    "steps": len(spec.steps),
+                    "from": run.weight,
+                    "to": weight,
+                    "reason": verdict.reason,
+                    "observed": verdict.observed,
+                },
+            )
         self._count(run.flag, "step", weight)
 
-    def _finish(self, run: CanaryRun, spec: CanarySpec, *, state: str, action: str,
-                actor: str, weight: int, reason: str, observed: dict[str, Any],
-                write: bool = True) -> None:
+    def _finish(
+        self,
+        run: CanaryRun,
+        spec: CanarySpec,
+        *,
+        state: str,
+        action: str,
+        actor: str,
+        weight: int,
+        reason: str,
+        observed: dict[str, Any],
+        write: bool = True,
+    ) -> None:
         version = None
         if write:
             flag = self._flag(run.flag)
             if flag is None:
                 reason += f" (flag {run.flag!r} is no longer served; nothing to rewrite)"
             else:
-                definition = (promoted(flag, spec.stable_variant, spec.canary_variant)
-                              if state == "promoted"
-                              else with_weight(flag, spec.stable_variant, spec.canary_variant,
-                                               weight))
+                definition = (
+                    promoted(flag, spec.stable_variant, spec.canary_variant)
+                    if state == "promoted"
+                    else with_weight(flag, spec.stable_variant, spec.canary_variant, weight)
+                )
                 version = self._write_flag(
-                    run.flag, definition,
+                    run.flag,
+                    definition,
                     f"canary run {run.id} {action.replace('_', ' ')}: {spec.canary_variant} "
-                    f"at {weight}%: {reason}")
+                    f"at {weight}%: {reason}",
+                )
         with self.database.session() as session:
-            if not repository.update_run(session=session, run_id=run.id, revision=run.revision,
-                                         values={"state": state, "active_flag": None,
-                                                 "weight": weight, "reason": reason,
-                                                 "finished_at": self._clock()}):
+            if not repository.update_run(
+                session=session,
+                run_id=run.id,
+                revision=run.revision,
+                values={
+                    "state": state,
+                    "active_flag": None,
+                    "weight": weight,
+                    "reason": reason,
+                    "finished_at": self._clock(),
+                },
+            ):
                 raise Conflict(f"canary run {run.id} changed meanwhile; try again")
-            self._record(session, run.id, run.flag, action, actor, weight, version,
-                         {"reason": reason, "observed": observed})
+            self._record(
+                session,
+                run.id,
+                run.flag,
+                action,
+                actor,
+                weight,
+                version,
+                {"reason": reason, "observed": observed},
+            )
         self._count(run.flag, action, weight)
+        self.analysis.forget(run.id, run.flag)
         self.publish_tracked()
         log.warning("canary of %s %s: %s", run.flag, action.replace("_", " "), reason)
 
-    def _change(self, run: CanaryRun, action: str, actor: str, values: dict[str, Any],
-                message: str) -> None:
+    def _change(
+        self, run: CanaryRun, action: str, actor: str, values: dict[str, Any], message: str
+    ) -> None:
         with self.database.session() as session:
-            if not repository.update_run(session=session, run_id=run.id, revision=run.revision,
-                                         values=values):
+            if not repository.update_run(
+                session=session, run_id=run.id, revision=run.revision, values=values
+            ):
                 raise Conflict(f"canary run {run.id} changed meanwhile; try again")
-            self._record(session, run.id, run.flag, action, actor, run.weight, None,
-                         {"message": message} if message else {})
+            self._record(
+                session,
+                run.id,
+                run.flag,
+                action,
+                actor,
+                run.weight,
+                None,
+                {"message": message} if message else {},
+            )
         self._count(run.flag, action, run.weight)
 
-    def _record(self, session: Any, run_id: int, flag_key: str, action: str, actor: str,
-                weight: int | None, version: int | None, detail: dict[str, Any]) -> None:
-        repository.add_canary_event(session=session, run_id=run_id, action=action, actor=actor,
-                                    weight=weight, flag_set_version=version, detail=detail)
+    def _record(
+        self,
+        session: Any,
+        run_id: int,
+        flag_key: str,
+        action: str,
+        actor: str,
+        weight: int | None,
+        version: int | None,
+        detail: dict[str, Any],
+    ) -> None:
+        repository.add_canary_event(
+            session=session,
+            run_id=run_id,
+            action=action,
+            actor=actor,
+            weight=weight,
+            flag_set_version=version,
+            detail=detail,
+        )
         db_repository.add_audit_event(
-            session=session, actor=actor, action=f"canary.{action}", target=flag_key,
-            detail={"run": run_id, "weight": weight, "flagSetVersion": version, **detail})
+            session=session,
+            actor=actor,
+            action=f"canary.{action}",
+            target=flag_key,
+            detail={"run": run_id, "weight": weight, "flagSetVersion": version, **detail},
+        )
 
     def _write_flag(self, flag_key: str, definition: dict[str, Any], message: str) -> int:
-        result = self.editor.put_flag(flag_key, definition, actor=CONTROLLER_ACTOR,
-                                      message=message, source=FLAG_SOURCE)
+        result = self.editor.put_flag(
+            flag_key, definition, actor=CONTROLLER_ACTOR, message=message, source=FLAG_SOURCE
+        )
         return result.flag_set.version
 
     def _flag(self, flag_key: str) -> Any:
@@ -303,19 +590,41 @@ class CanaryService:
         self.metrics.canary_weight.labels(flag_key).set(weight)
 
 
+def _idle_reason(spec: CanarySpec, intervals: int) -> str:
+    source = "its trafficQuery" if spec.traffic_query else "the calls the control plane recorded"
+    return (
+        f"no canary traffic: {spec.canary_variant!r} got no request in {intervals} "
+        f"consecutive intervals of {spec.interval_seconds:g}s (by {source}); the step waits "
+        "until it does. Is traffic reaching this flag and its canary weight above 0?"
+    )
+
+
 def run_json(run: CanaryRun) -> dict[str, Any]:
     spec = run.spec
     return {
-        "id": run.id, "flag": run.flag, "state": run.state, "weight": run.weight,
-        "step": run.step_index + 1, "steps": list(spec.get("steps", [])),
-        "spec": spec, "startedAt": run.started_at.isoformat(),
-        "stepStartedAt": run.step_started_at.isoformat(), "updatedAt": run.updated_at.isoformat(),
+        "id": run.id,
+        "flag": run.flag,
+        "state": run.state,
+        "weight": run.weight,
+        "step": run.step_index + 1,
+        "steps": list(spec.get("steps", [])),
+        "spec": spec,
+        "startedAt": run.started_at.isoformat(),
+        "stepStartedAt": run.step_started_at.isoformat(),
+        "updatedAt": run.updated_at.isoformat(),
         "finishedAt": run.finished_at.isoformat() if run.finished_at else None,
-        "reason": run.reason, "createdBy": run.created_by,
+        "reason": run.reason,
+        "createdBy": run.created_by,
     }
 
 
 def event_json(event: CanaryEvent) -> dict[str, Any]:
-    return {"id": event.id, "at": event.at.isoformat(), "action": event.action,
-            "actor": event.actor, "weight": event.weight,
-            "flagSetVersion": event.flag_set_version, "detail": event.detail}
+    return {
+        "id": event.id,
+        "at": event.at.isoformat(),
+        "action": event.action,
+        "actor": event.actor,
+        "weight": event.weight,
+        "flagSetVersion": event.flag_set_version,
+        "detail": event.detail,
+    }

@@ -4,39 +4,145 @@ JSON form (what `POST /v1/canaries/{flag}` takes; every field has a default):
 
     {"stableVariant": "stable", "canaryVariant": "canary", "steps": [5, 10, 25, 50, 100],
      "intervalSeconds": 60, "minRequests": 100, "maxErrorRate": 0.05,
-     "maxP99LatencyRatio": 1.5}
+     "maxP99LatencyRatio": 1.5, "builtinChecks": true,
+     "metrics": [{"name": "error-rate", "query": "<PromQL>", "thresholdRange": {"max": 0.05},
+                  "provider": {"address": "http://prometheus:9090"}}],
+     "trafficQuery": null, "failureThreshold": 2, "idleIntervals": 3}
 
 A step passes when it has lasted `intervalSeconds` and the canary answered at least
 `minRequests` calls in it with an error rate (5xx or no answer) of at most `maxErrorRate` and a
-p99 latency of at most `maxP99LatencyRatio` times the stable variant's.
+p99 latency of at most `maxP99LatencyRatio` times the stable variant's (the built-in checks, on
+the calls the control plane records; `builtinChecks: false` turns them off), and every metric
+in `metrics` (PromQL instant queries, Flagger's `thresholdRange` shape) was inside its range at
+the end of the interval. `failureThreshold` failed metric checks roll the canary back;
+`idleIntervals` intervals without canary traffic are reported (control_plane.experiments.canary
+.intervals has the semantics).
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any
+import math
+import re
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from control_plane.errors import InvalidCanary
+from control_plane.experiments.canary.templating import VARIABLES, unknown_variables
 
-__all__ = ["CanarySpec", "parse_spec"]
+__all__ = ["CanarySpec", "MetricCheck", "Provider", "ThresholdRange", "check_address", "parse_spec"]
+
+#: An http(s) base URL of a Prometheus server (a path prefix is allowed, a query is not); the
+#: prometheus_url setting uses the same pattern.
+PROMETHEUS_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+_MAX_QUERY = 10_000
+
+
+def check_address(address: str) -> str:
+    """`address` if it is an http(s) base URL, ValueError saying what is expected otherwise."""
+    if len(address) > 2000 or not PROMETHEUS_URL.match(address):
+        raise ValueError(
+            "must be an http:// or https:// base URL of a Prometheus server, "
+            "such as http://127.0.0.1:9090"
+        )
+    return address.rstrip("/")
+
+
+def _check_query(query: str) -> str:
+    unknown = unknown_variables(query)
+    if unknown:
+        raise ValueError(
+            f"unknown template variable {{{{ {unknown[0]} }}}}; the variables "
+            f"are {', '.join(VARIABLES)}"
+        )
+    return query
+
+
+class Provider(BaseModel):
+    """Where a metric is queried: a Prometheus server (default: the prometheus_url setting)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["prometheus"] = "prometheus"
+    address: str
+
+    _address = field_validator("address")(check_address)
+
+
+class ThresholdRange(BaseModel):
+    """The accepted values of a metric, bounds included (Flagger's `thresholdRange`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _a_finite_range(self) -> ThresholdRange:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        for bound in (self.min, self.max):
+            if bound is not None and not math.isfinite(bound):
+                raise ValueError("bounds must be finite numbers")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        return self
+
+    def holds(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def describe(self) -> str:
+        if self.min is not None and self.max is not None:
+            return f"from {self.min:g} to {self.max:g}"
+        return f"at least {self.min:g}" if self.min is not None else f"at most {self.max:g}"
+
+
+class MetricCheck(BaseModel):
+    """One PromQL instant query judged at the end of each interval."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    query: str = Field(min_length=1, max_length=_MAX_QUERY)
+    threshold_range: ThresholdRange = Field(alias="thresholdRange")
+    provider: Provider | None = None
+
+    _query = field_validator("query")(_check_query)
 
 
 class CanarySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
-    stable_variant: str = Field(default="stable", alias="stableVariant", min_length=1,
-                                max_length=256)
-    canary_variant: str = Field(default="canary", alias="canaryVariant", min_length=1,
-                                max_length=256)
+    stable_variant: str = Field(
+        default="stable", alias="stableVariant", min_length=1, max_length=256
+    )
+    canary_variant: str = Field(
+        default="canary", alias="canaryVariant", min_length=1, max_length=256
+    )
     #: Canary weights in percent, strictly increasing; after the last one passes, promote.
     steps: tuple[int, ...] = Field(default=(5, 10, 25, 50, 100), min_length=1, max_length=100)
     interval_seconds: float = Field(default=60.0, alias="intervalSeconds", gt=0, le=7 * 86400)
     min_requests: int = Field(default=100, alias="minRequests", ge=1, le=10_000_000)
     max_error_rate: float = Field(default=0.05, alias="maxErrorRate", ge=0, le=1)
-    max_p99_latency_ratio: float = Field(default=1.5, alias="maxP99LatencyRatio", gt=0,
-                                         le=1000)
+    max_p99_latency_ratio: float = Field(default=1.5, alias="maxP99LatencyRatio", gt=0, le=1000)
+    #: Judge the calls the control plane records (minRequests, maxErrorRate, the p99 ratio);
+    #: false when the traffic is only measured by `metrics` (e.g. a gateway it cannot see).
+    builtin_checks: bool = Field(default=True, alias="builtinChecks")
+    metrics: tuple[MetricCheck, ...] = Field(default=(), max_length=20)
+    #: PromQL for the canary's requests in the interval; when set, it (not the recorded calls)
+    #: says whether the canary saw traffic.
+    traffic_query: str | None = Field(
+        default=None, alias="trafficQuery", min_length=1, max_length=_MAX_QUERY
+    )
+    #: Failed metric checks (out of range, query failed, no data) in a run before rollback.
+    failure_threshold: int = Field(default=2, alias="failureThreshold", ge=1, le=1000)
+    #: Consecutive intervals with no canary request before the run reports itself idle.
+    idle_intervals: int = Field(default=3, alias="idleIntervals", ge=1, le=1000)
+
+    _traffic_query = field_validator("traffic_query")(
+        lambda value: None if value is None else _check_query(value)
+    )
 
     @field_validator("steps")
     @classmethod
@@ -55,6 +161,18 @@ class CanarySpec(BaseModel):
             raise ValueError("stableVariant and canaryVariant must differ")
         return self
 
+    @model_validator(mode="after")
+    def _something_judges(self) -> CanarySpec:
+        if not self.builtin_checks and not self.metrics:
+            raise ValueError(
+                "builtinChecks is false and there are no metrics: nothing would judge the canary"
+            )
+        names = [metric.name for metric in self.metrics]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"two metrics are named {name!r}; names must be unique")
+        return self
+
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
 
@@ -64,13 +182,21 @@ def parse_spec(body: Any) -> CanarySpec:
     if body is None:
         body = {}
     if not isinstance(body, dict):
-        raise InvalidCanary("the canary spec must be a JSON object", errors=[
-            {"field": "", "message": "expected an object such as {\"steps\": [5, 25, 100]}"}])
+        raise InvalidCanary(
+            "the canary spec must be a JSON object",
+            errors=[{"field": "", "message": 'expected an object such as {"steps": [5, 25, 100]}'}],
+        )
     try:
         return CanarySpec.model_validate(body)
     except ValidationError as exc:
-        errors = [{"field": ".".join(str(part) for part in error["loc"]) or "spec",
-                   "message": error["msg"]} for error in exc.errors()]
+        errors = [
+            {
+                "field": ".".join(str(part) for part in error["loc"]) or "spec",
+                "message": error["msg"],
+            }
+            for error in exc.errors()
+        ]
         first = errors[0]
-        raise InvalidCanary(f"invalid canary spec: {first['field']}: {first['message']}",
-                            errors=errors) from None
+        raise InvalidCanary(
+            f"invalid canary spec: {first['field']}: {first['message']}", errors=errors
+        ) from None
