@@ -29,7 +29,7 @@ from openfeature.evaluation_context import EvaluationContext
 
 from control_plane.cli_progress import Progress
 from control_plane.errors import BadRequestInput, FlagNotFound, FlagValidationError
-from control_plane.experiments.distributions import chi2_sf
+from control_plane.experiments.stats import goodness_of_fit
 from control_plane.flagstore.issues import ValidationIssue
 from control_plane.flagstore.store import FlagStore
 from control_plane.routing.backends import routing_table
@@ -56,23 +56,10 @@ _domains = itertools.count(1)
 
 def chi_square_test(observed: Mapping[str, int], expected_shares: Mapping[str, float]
                     ) -> tuple[float, int, float]:
-    """(statistic, degrees of freedom, p-value) of observed counts against expected shares.
-
-    Categories with a zero expected share are left out of the sum; an observation in one of
-    them makes the fit impossible (p = 0).
-    """
-    total = sum(observed.values())
-    categories = [name for name, share in expected_shares.items() if share > 0]
-    if len(categories) < 2 or total == 0:
-        raise ValueError("a goodness-of-fit test needs at least two expected categories")
-    statistic = 0.0
-    for name in categories:
-        expected = total * expected_shares[name]
-        statistic += (observed.get(name, 0) - expected) ** 2 / expected
-    dof = len(categories) - 1
-    impossible = any(count and expected_shares.get(name, 0) <= 0
-                     for name, count in observed.items())
-    return statistic, dof, 0.0 if impossible else chi2_sf(statistic, dof)
+    """(statistic, degrees of freedom, p-value) of observed counts against expected shares:
+    experiments.stats.goodness_of_fit (ValueError with fewer than two expected categories)."""
+    fit = goodness_of_fit(observed, expected_shares)
+    return fit.statistic, fit.dof, fit.p_value
 
 
 # -- configured weights ----------------------------------------------------------------------

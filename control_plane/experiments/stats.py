@@ -4,7 +4,8 @@ Binary metrics (conversion): the rate with a Wilson score interval, the two-prop
 (pooled variance under the null) and an unpooled Wald interval for the difference. Continuous
 metrics (latency, revenue): the mean with a Student-t interval, Welch's t-test (unequal
 variances, Welch-Satterthwaite degrees of freedom) and its interval for the difference.
-Sample ratio mismatch: Pearson's chi-square of units per variant against configured shares.
+Sample ratio mismatch: Pearson's chi-square of units per variant against configured shares;
+`goodness_of_fit` is the one chi-square of the project (`control-plane simulate` uses it too).
 Everything is computed from sufficient statistics (n, sum, sum of squares), so the report never
 has to hold raw data twice.
 """
@@ -27,14 +28,17 @@ __all__ = [
     "CONFIDENCE",
     "SRM_THRESHOLD",
     "Comparison",
+    "GoodnessOfFit",
     "SampleRatioCheck",
     "Summary",
     "compare_means",
     "compare_proportions",
+    "goodness_of_fit",
     "nearest_rank",
     "proportion_summary",
     "sample_ratio_check",
     "summarize",
+    "summary_from_sums",
 ]
 
 CONFIDENCE = 0.95
@@ -69,6 +73,16 @@ class Comparison:
 
 
 @dataclass(frozen=True, slots=True)
+class GoodnessOfFit:
+    """Pearson's chi-square of observed counts against expected shares."""
+
+    statistic: float
+    dof: int
+    p_value: float
+    expected: dict[str, float]  # expected count per category with a positive share
+
+
+@dataclass(frozen=True, slots=True)
 class SampleRatioCheck:
     statistic: float
     dof: int
@@ -87,6 +101,18 @@ def summarize(values: Iterable[float]) -> Summary:
     if n == 1:
         return Summary(1, mean, None, None, None)
     variance = math.fsum((value - mean) ** 2 for value in data) / (n - 1)
+    half = student_t_ppf(0.5 + CONFIDENCE / 2, n - 1) * math.sqrt(variance / n)
+    return Summary(n, mean, variance, mean - half, mean + half)
+
+
+def summary_from_sums(n: int, total: float, total_squares: float) -> Summary:
+    """Summary of n values from their sum and sum of squares (for streams and simulations)."""
+    if n == 0:
+        return Summary(0, None, None, None, None)
+    mean = total / n
+    if n == 1:
+        return Summary(1, mean, None, None, None)
+    variance = max(0.0, (total_squares - n * mean * mean) / (n - 1))
     half = student_t_ppf(0.5 + CONFIDENCE / 2, n - 1) * math.sqrt(variance / n)
     return Summary(n, mean, variance, mean - half, mean + half)
 
@@ -150,6 +176,29 @@ def compare_means(control: Summary, treatment: Summary) -> Comparison:
                       student_t_two_sided_p(statistic, dof), test, dof)
 
 
+def goodness_of_fit(observed: Mapping[str, int], shares: Mapping[str, float]
+                    ) -> GoodnessOfFit:
+    """Chi-square goodness of fit of `observed` counts to `shares` (normalised to sum to 1).
+
+    Categories with a zero share are left out of the sum; a count in one of them (or in a
+    category without a share) makes the fit impossible (p = 0). ValueError when fewer than two
+    categories have a positive share or nothing was observed.
+    """
+    positive = [name for name, share in shares.items() if share > 0]
+    total = sum(observed.values())
+    if len(positive) < 2 or total == 0:
+        raise ValueError("a goodness-of-fit test needs at least two expected categories "
+                         "and one observation")
+    total_share = math.fsum(shares[name] for name in positive)
+    expected = {name: total * shares[name] / total_share for name in positive}
+    statistic = math.fsum((observed.get(name, 0) - count) ** 2 / count
+                          for name, count in expected.items())
+    dof = len(positive) - 1
+    impossible = any(count and name not in expected for name, count in observed.items())
+    return GoodnessOfFit(statistic, dof, 0.0 if impossible else chi2_sf(statistic, dof),
+                         expected)
+
+
 def sample_ratio_check(observed: Mapping[str, int], shares: Mapping[str, float],
                        threshold: float = SRM_THRESHOLD) -> SampleRatioCheck | None:
     """Chi-square goodness of fit of units per variant to the configured shares.
@@ -157,18 +206,12 @@ def sample_ratio_check(observed: Mapping[str, int], shares: Mapping[str, float],
     Variants with a share of 0 that still got units make the split impossible (p = 0).
     None when there are fewer than two variants with a positive share or no units at all.
     """
-    total_share = sum(share for share in shares.values() if share > 0)
-    total = sum(observed.values())
-    positive = [name for name, share in shares.items() if share > 0]
-    if len(positive) < 2 or total == 0 or total_share <= 0:
+    try:
+        fit = goodness_of_fit(observed, shares)
+    except ValueError:
         return None
-    expected = {name: total * shares[name] / total_share for name in positive}
-    statistic = math.fsum((observed.get(name, 0) - count) ** 2 / count
-                          for name, count in expected.items())
-    dof = len(positive) - 1
-    unexpected = sum(count for name, count in observed.items() if name not in expected)
-    p_value = 0.0 if unexpected else chi2_sf(statistic, dof)
-    return SampleRatioCheck(statistic, dof, p_value, expected, p_value < threshold)
+    return SampleRatioCheck(fit.statistic, fit.dof, fit.p_value, fit.expected,
+                            fit.p_value < threshold)
 
 
 def nearest_rank(values: Iterable[float], quantile: float) -> float | None:
