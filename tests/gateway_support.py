@@ -12,6 +12,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from servers import free_port
 
 from control_plane.gateway import render_nginx_config
 
-__all__ = ["NGINX", "Nginx", "free_udp_port", "gateway_user_id", "needs_nginx"]
+__all__ = ["NGINX", "GatewayTraffic", "Nginx", "free_udp_port", "gateway_user_id", "needs_nginx"]
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 needs_nginx = [
@@ -100,3 +101,79 @@ class Nginx:
     def error_log(self) -> str:
         path = self.prefix / "error.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+class GatewayTraffic:
+    """Closed-loop requests through nginx from background threads, a new user each time.
+
+    Each request drops the client's cookies, so the gateway issues a new `cp_uid` and the
+    flag's split applies per request. Counts statuses, transport failures and responses that
+    carried X-Route-Fallback; `limit` bounds the total number of requests.
+    """
+
+    def __init__(
+        self, url: str, path: str = "/v1/chat", *, threads: int = 3, limit: int = 20_000
+    ) -> None:
+        self.url = url
+        self.path = path
+        self.threads = threads
+        self.limit = limit
+        self.statuses: dict[int, int] = {}
+        self.failures: list[str] = []
+        self.fallbacks = 0
+        self.fallback_seconds: list[float] = []
+        self.routed_seconds: list[float] = []
+        self.sent = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
+
+    def __enter__(self) -> GatewayTraffic:
+        for _ in range(self.threads):
+            worker = threading.Thread(target=self._loop, daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=15)
+
+    def snapshot(self) -> tuple[int, int]:
+        """(requests answered so far, of which fallbacks)."""
+        with self._lock:
+            return self.sent, self.fallbacks
+
+    def _loop(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            while not self._stop.is_set():
+                with self._lock:
+                    if self.sent >= self.limit:
+                        return
+                client.cookies.clear()
+                started = time.perf_counter()
+                try:
+                    response = client.get(self.path)
+                except httpx.HTTPError as exc:
+                    with self._lock:
+                        self.failures.append(f"{type(exc).__name__}: {exc}")
+                        self.sent += 1
+                    continue
+                seconds = time.perf_counter() - started
+                fallback = "x-route-fallback" in response.headers
+                with self._lock:
+                    self.sent += 1
+                    self.statuses[response.status_code] = (
+                        self.statuses.get(response.status_code, 0) + 1
+                    )
+                    if response.status_code != 200:
+                        self.failures.append(f"status {response.status_code}")
+                    if fallback:
+                        self.fallbacks += 1
+                        self.fallback_seconds.append(seconds)
+                    else:
+                        self.routed_seconds.append(seconds)
