@@ -23,7 +23,6 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from flags import FLAGS_DIR
 
 __all__ = ["DEFAULT_HEADER_RULES", "HeaderRule", "Settings", "TokenSpec"]
 
@@ -135,20 +134,15 @@ class Settings(BaseSettings):
     #: Port of the flagd sync gRPC service (flagd.sync.v1); 0 disables it.
     sync_port: int = Field(default=8015, ge=0, le=65535)
     #: How often the flag directory is checked for edits, in seconds.
+    reload_interval: float = Field(default=0.2, gt=0, le=10)
     #: Seconds a flag file must stay deleted before its flags are unpublished: an editor that
     #: deletes and re-creates a file on save must not be a rollout. Until then the file's last
     #: contents keep serving and /v1/flags/status lists it under pendingDeletions; 0 applies
     #: a deletion at the next poll. Deletions made by the admin API (rollback) are immediate.
     deletion_settle: float = Field(default=2.0, ge=0, le=300)
-    reload_interval: float = Field(default=0.2, gt=0, le=10)
     header_rules: tuple[HeaderRule, ...] = DEFAULT_HEADER_RULES
     #: Largest header value accepted for any mapped header, whatever its rule says.
     max_header_bytes: int = Field(default=4096, ge=64, le=65536)
-    #: Timeout for one proxied backend call (connect + first byte), seconds.
-    dispatch_timeout: float = Field(default=10.0, gt=0, le=600)
-    dispatch_max_connections: int = Field(default=200, ge=1, le=10000)
-
-    # -- trust boundaries: what the dispatch proxy forwards, the sync port, /metrics --
     #: Request heads (request line plus all headers) over this many bytes are answered 431 and
     #: the connection closed, before the head is buffered any further.
     max_request_head_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
@@ -156,6 +150,11 @@ class Settings(BaseSettings):
     max_header_value_bytes: int = Field(default=8 * 1024, ge=256, le=1024 * 1024)
     #: Requests with more header fields than this: 431.
     max_request_headers: int = Field(default=100, ge=8, le=10_000)
+    #: Timeout for one proxied backend call (connect + first byte), seconds.
+    dispatch_timeout: float = Field(default=10.0, gt=0, le=600)
+    dispatch_max_connections: int = Field(default=200, ge=1, le=10000)
+
+    # -- trust boundaries: what the dispatch proxy forwards, the sync port, /metrics --
     #: Request headers the dispatch proxy never forwards to a backend (CP_DISPATCH_STRIP_HEADERS,
     #: comma-separated; replaces the default; "x-forwarded-*" is a prefix). A deny-list, not an
     #: allow-list: backends are arbitrary model APIs whose own headers (content-type, accept,
@@ -245,16 +244,16 @@ class Settings(BaseSettings):
     #: When non-empty, the routing API requires `Authorization: Bearer <one of these>`
     #: (CP_GATEWAY_TOKENS, comma-separated; two during a rotation).
     gateway_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
-
-    # -- experiments and canaries (control_plane.experiments) --
-    #: HMAC key for targeting keys stored with exposures (CP_EXPOSURE_SALT, 16+ characters);
-    #: unset: a random key made once and kept in the database.
-    exposure_salt: SecretStr | None = None
     #: HMAC key of tester tokens (CP_TESTER_TOKEN_KEY, 32+ characters), which let a tester pin
     #: a version through the gateway (`x-tester-token`; `control-plane tester-token` or
     #: POST /v1/tester-tokens issues them). Unset: no pin is ever honoured. Rotating the key
     #: revokes every token issued with the old one.
     tester_token_key: SecretStr | None = None
+
+    # -- experiments and canaries (control_plane.experiments) --
+    #: HMAC key for targeting keys stored with exposures (CP_EXPOSURE_SALT, 16+ characters);
+    #: unset: a random key made once and kept in the database.
+    exposure_salt: SecretStr | None = None
     #: Exposure writer: records queued in memory before new ones are dropped (and counted).
     exposure_queue_size: int = Field(default=100_000, ge=100, le=10_000_000)
     #: Records per insert transaction (bigger batches: fewer commits; see bench/exposures.py).
@@ -302,6 +301,13 @@ class Settings(BaseSettings):
     #: Log lines as JSON objects, plain text, or auto: text on a terminal, JSON otherwise.
     log_format: Literal["auto", "json", "text"] = "auto"
 
+    @field_validator("tester_token_key")
+    @classmethod
+    def _tester_key_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("the tester token key must be at least 32 characters long")
+        return value
+
     @field_validator("exposure_salt")
     @classmethod
     def _salt_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
@@ -313,13 +319,6 @@ class Settings(BaseSettings):
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
         return _comma_list(value)
-
-    @field_validator("tester_token_key")
-    @classmethod
-    def _tester_key_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 32:
-            raise ValueError("the tester token key must be at least 32 characters long")
-        return value
 
     @field_validator("admin_tokens")
     @classmethod

@@ -57,9 +57,9 @@ def build_components(settings: Settings) -> Components:
     tracing = tracing_from_settings(settings)  # no tracer (and no hook) unless configured
     client.add_hooks(tracing.openfeature_hooks())
     metrics = RouterMetrics()
-    components = Components(
     tester_tokens = (TesterTokens(settings.tester_token_key.get_secret_value())
                      if settings.tester_token_key else None)
+    components = Components(
         settings=settings, store=store, openfeature_domain=domain,
         openfeature_client=client,
         mapper=ContextMapper(settings.header_rules, max_header_bytes=settings.max_header_bytes,
@@ -94,8 +94,8 @@ async def _start(components: Components) -> None:
     except FlagValidationError as exc:
         log.error("flags in %s are invalid; not ready until fixed: %s", store.directory,
                   exc.detail)
-    components.provider = source_fed_provider(store)
     quiet_anonymous_fractional()  # requests without a user id are traffic, not errors
+    components.provider = source_fed_provider(store)
     openfeature_api.set_provider_and_wait(components.provider,
                                           domain=components.openfeature_domain)
     store.start()
@@ -162,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(flags_status.router, dependencies=[Depends(require_role(Role.VIEWER))])
     install_admin_api(app, settings=settings, store=components.store,
                       database=components.database)
+    app.include_router(tester_api.router)  # operators issue tester tokens (pins)
     # /v1/events, /v1/experiments, /v1/canaries; starts (writer, controller) after _start.
     install_experiments(app, components, database=components.database)
     install_console(app, components)  # /console, /v1/traffic, canary timelines
@@ -172,7 +173,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 class ControlPlaneApp(FastAPI):
     """FastAPI, with the decide fast path in front of its whole middleware stack.
-    app.include_router(tester_api.router)  # operators issue tester tokens (pins)
 
     Installed as a Starlette middleware, the fast path would still pay for the error,
     telemetry and body-limit middleware on every gateway request; here it pays for nothing.
@@ -181,10 +181,10 @@ class ControlPlaneApp(FastAPI):
     fast_path: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (refused := unsafe_target(scope)) is not None:
+            await send_problem(send, refused)  # a NUL in the path never reaches a route
+            return
         if self.fast_path is not None:
             await self.fast_path(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
-        if scope["type"] == "http" and (refused := unsafe_target(scope)) is not None:
-            await send_problem(send, refused)  # a NUL in the path never reaches a route
-            return
