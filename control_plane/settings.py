@@ -349,3 +349,30 @@ class Settings(BaseSettings):
                 raise ValueError(f"header {rule.header!r} is mapped twice")
             seen.add(rule.header)
         return self
+
+    # -- gateway (control_plane.gateway) --
+    #: UDP port on which the gateway's outcome log arrives (CP_GATEWAY_LOG_PORT): nginx's JSON
+    #: access log over syslog (`control-plane gateway nginx --log-port N`), one backend call
+    #: per line, counted for canaries, experiments and metrics like dispatch calls. 0: off.
+    gateway_log_port: int = Field(default=0, ge=0, le=65535)
+    #: Address the outcome listener binds (CP_GATEWAY_LOG_HOST).
+    gateway_log_host: str = "127.0.0.1"
+    #: Networks outcome datagrams are accepted from (CP_GATEWAY_LOG_SOURCES, comma-separated
+    #: CIDRs). Syslog over UDP has no authentication: whoever can send lines here can move a
+    #: canary, so widen this to the gateways' own addresses only.
+    gateway_log_sources: Annotated[tuple[str, ...], NoDecode] = ("127.0.0.0/8", "::1/128")
+
+    @field_validator("gateway_log_sources", mode="before")
+    @classmethod
+    def _split_gateway_sources(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("gateway_log_sources")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"not a network (CIDR) or address: {network!r}") from None
+        return value

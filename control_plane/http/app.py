@@ -111,6 +111,15 @@ async def _start(components: Components) -> None:
                                        policy=ForwardPolicy.from_settings(settings))
     components.dispatcher.listeners.append(components.observe_dispatch)
     components.dispatcher.listeners.append(log_dispatch)
+    # -- gateway outcomes (control_plane.gateway): nginx's JSON access log over UDP syslog,
+    # one backend call per line, fed to the dispatcher's listeners (metrics, canaries,
+    # experiments) as if the dispatch proxy had made the call. Off unless CP_GATEWAY_LOG_PORT.
+    if settings.gateway_log_port:
+        from control_plane.gateway.syslog_listener import start_gateway_log
+
+        closer = await start_gateway_log(components)
+        if closer is not None:
+            components.closers.append(closer)
 
 
 async def _stop(components: Components) -> None:
