@@ -105,14 +105,18 @@ def summarize(values: Iterable[float]) -> Summary:
     return Summary(n, mean, variance, mean - half, mean + half)
 
 
-def summary_from_sums(n: int, total: float, total_squares: float) -> Summary:
-    """Summary of n values from their sum and sum of squares (for streams and simulations)."""
+def summary_from_sums(n: int, total: float, total_squares: float, *,
+                      interval: bool = True) -> Summary:
+    """Summary of n values from their sum and sum of squares (for streams and simulations);
+    `interval=False` skips the mean's interval (a t quantile: the costly part)."""
     if n == 0:
         return Summary(0, None, None, None, None)
     mean = total / n
     if n == 1:
         return Summary(1, mean, None, None, None)
     variance = max(0.0, (total_squares - n * mean * mean) / (n - 1))
+    if not interval:
+        return Summary(n, mean, variance, None, None)
     half = student_t_ppf(0.5 + CONFIDENCE / 2, n - 1) * math.sqrt(variance / n)
     return Summary(n, mean, variance, mean - half, mean + half)
 
