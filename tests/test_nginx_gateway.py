@@ -21,6 +21,7 @@ from gateway_support import Nginx, gateway_user_id, needs_nginx
 from servers import BackendApp, ServerThread
 
 from control_plane.http.app import create_app
+from control_plane.routing.tester_tokens import TesterTokens
 from control_plane.settings import Settings
 
 pytestmark = needs_nginx
@@ -206,6 +207,7 @@ def test_clients_cannot_steer_themselves_to_the_canary(gateway: Gateway) -> None
     assert landed == expected
     canary = sum(1 for variants in landed.values() if variants == {"canary"})
     assert canary < 30, f"{canary} of 100 forging users reached the canary (split: 10%)"
+    print(f"\n{canary} of 100 users forging x-canary-weight: 100 (and pins) reached the canary")
 
 
 class DecisionSpy:
@@ -238,7 +240,7 @@ class DecisionSpy:
 
 def test_the_decision_sees_only_the_headers_the_gateway_sets(tmp_path: Path) -> None:
     """The decision subrequest carries the gateway's values (its own token, its user id),
-    the tester token unchanged, and nothing else the client sent."""
+    the tester token and pin unchanged, and nothing else the client sent."""
     token = "gateway-token-0123456789abcdef"
     backend = BackendApp("model-a")
     with ServerThread(backend) as a:
@@ -272,7 +274,53 @@ def test_the_decision_sees_only_the_headers_the_gateway_sets(tmp_path: Path) -> 
     assert decision.pop("authorization") == f"Bearer {token}"
     assert decision.pop("x-user-id") == user
     assert decision.pop("x-tester-token") == "tester.token.value"
+    # A pin goes to the decision as sent: the control plane honours it only with a valid token.
+    assert decision.pop("x-canary-version") == "canary"
     assert decision.pop("traceparent").startswith("00-0af7651916cd43dd")
     assert set(decision) == {"host"}  # nothing else the client sent reaches the decision
     assert backend.requests[-1]["headers"]["x-user-id"] == user
     assert "x-tester-token" not in backend.requests[-1]["headers"]
+    assert "x-canary-version" not in backend.requests[-1]["headers"]
+
+
+def test_a_tester_pins_a_version_through_nginx_only_with_a_valid_token(
+    tmp_path: Path, flags_dir: Path
+) -> None:
+    """x-canary-version reaches the decision with the tester's x-tester-token: with a token
+    the control plane signed, every request is pinned to the canary; with a forged one, or
+    none, the pin is ignored and users land by the split."""
+    key = "tester-token-key-0123456789abcdef0123"
+    token, _ = TesterTokens(key).issue("alice", ttl_seconds=600)
+    stable, canary = BackendApp("model-a"), BackendApp("model-b")
+    with ServerThread(stable) as a, ServerThread(canary) as b:
+        write_flags(flags_dir, "gateway.flagd.json", _flags(a.url, b.url))
+        settings = Settings(
+            flags_dir=flags_dir,
+            database_url=f"sqlite:///{tmp_path / 'cp.db'}",
+            sync_port=0,
+            exposure_spill_dir=tmp_path / "spill",
+            tester_token_key=key,
+        )
+        with (
+            ServerThread(create_app(settings)) as plane,
+            Nginx(
+                tmp_path / "nginx",
+                control_plane=f"127.0.0.1:{plane.port}",
+                flag=STEER,
+                stable_variant="stable",
+                stable_url=a.url,
+            ) as nginx,
+            httpx.Client(base_url=nginx.url, timeout=10) as client,
+        ):
+            variants: dict[str, list[str]] = {"valid": [], "forged": []}
+            for _ in range(40):
+                for kind, value in (("valid", token), ("forged", token[:-2] + "xx")):
+                    client.cookies.clear()
+                    response = client.get(
+                        "/v1/chat", headers={"x-canary-version": "canary", "x-tester-token": value}
+                    )
+                    assert response.status_code == 200, response.text
+                    assert "x-canary-version" not in response.json()["headers"]
+                    variants[kind].append(response.headers["x-route-variant"])
+    assert set(variants["valid"]) == {"canary"}
+    assert variants["forged"].count("canary") < 20  # the 10% split, not the pin

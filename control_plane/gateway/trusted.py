@@ -3,8 +3,10 @@
 A header rule with `set_by="gateway"` is never taken from the client: the rendered config sets
 it from a trusted nginx variable (defined in the template's map/geo section) or clears it
 (`proxy_set_header <name> "";`, which sends no header). A rule with `set_by="client"` passes the
-client's value through. The decision subrequest sends nothing else but the tester token, the
-gateway's own Authorization and the W3C trace context.
+client's value through, and so does a `tester_only` rule (a pin): the control plane honours it
+only with a valid signed `x-tester-token`, and backends never see it. The decision subrequest
+sends nothing else but the tester token, the gateway's own Authorization and the W3C trace
+context.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def who_sets(rule: HeaderRule) -> tuple[str, str]:
     """(who, the nginx value) for one header rule in the shipped config."""
     if rule.set_by == "client":
         return "client", _client_value(rule.header)
+    if rule.tester_only:
+        return "tester", _client_value(rule.header)
     source = TRUSTED_SOURCES.get(rule.header)
     return ("gateway", source) if source else ("gateway (cleared)", '""')
 
@@ -51,10 +55,14 @@ def _rule_lines(rules: Iterable[HeaderRule], *, gateway_only: bool) -> list[str]
         who, value = who_sets(rule)
         if gateway_only and who == "client":
             continue
+        if gateway_only and who == "tester":
+            lines.append(f'proxy_set_header {rule.header} "";  # a pin is for the decision only')
+            continue
         note = {
             "client": "set_by client: passed through as the client sent it",
             "gateway": "set_by gateway: from a trusted source, never the client",
             "gateway (cleared)": "set_by gateway: no trusted source configured, cleared",
+            "tester": "tester_only: honoured only with a valid x-tester-token",
         }[who]
         lines.append(f"proxy_set_header {rule.header} {value};  # {note}")
     return lines
