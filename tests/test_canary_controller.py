@@ -49,19 +49,23 @@ class Env:
 
 
 def chat_flag(stable_url: str, canary_url: str, targeting: Any = None) -> dict[str, Any]:
-    return {FLAG: {
-        "state": "ENABLED",
-        "variants": {"stable": {"backend": "chat-v1", "url": stable_url},
-                     "canary": {"backend": "chat-v2", "url": canary_url}},
-        "defaultVariant": "stable",
-        "targeting": targeting if targeting is not None
-        else {"fractional": [["canary", 0], ["stable", 100]]},
-    }}
+    return {
+        FLAG: {
+            "state": "ENABLED",
+            "variants": {
+                "stable": {"backend": "chat-v1", "url": stable_url},
+                "canary": {"backend": "chat-v2", "url": canary_url},
+            },
+            "defaultVariant": "stable",
+            "targeting": targeting
+            if targeting is not None
+            else {"fractional": [["canary", 0], ["stable", 100]]},
+        }
+    }
 
 
 @pytest.fixture
-def env(database: Database, database_url: str, flags_dir: Path,
-        tmp_path: Path) -> Iterator[Env]:
+def env(database: Database, database_url: str, flags_dir: Path, tmp_path: Path) -> Iterator[Env]:
     """Two model backends on loopback and a flag that routes between them (canary at 0%)."""
     stable, canary = BackendApp("stable"), BackendApp("canary")
     with ServerThread(stable) as stable_server, ServerThread(canary) as canary_server:
@@ -104,19 +108,27 @@ def _audit(plane: ControlPlane) -> list[dict[str, Any]]:
         return list(client.get("/v1/audit", params={"limit": 200}).json()["items"])
 
 
-@pytest.mark.parametrize(("behaviour", "reason"), [
-    ("error", "canary error rate 100.0%"),
-    ("slow", "canary p99 latency"),
-])
-def test_bad_canary_is_rolled_back_in_its_first_step(env: Env, behaviour: str,
-                                                     reason: str) -> None:
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [
+        ("error", "canary error rate 100.0%"),
+        ("slow", "canary p99 latency"),
+    ],
+)
+def test_bad_canary_is_rolled_back_in_its_first_step(env: Env, behaviour: str, reason: str) -> None:
     """A canary that fails (503) or is slow is set to 0% before its first step ends, with the
     reason in the run, the audit log and the flag history; then no traffic reaches it."""
     env.canary.behaviour, env.canary.delay = behaviour, 0.5
     with running(env.settings, env.database) as plane:
         # A first step far longer than the test: only the thresholds can end it.
-        _start(plane, steps=[20, 50, 100], intervalSeconds=600, minRequests=5,
-               maxErrorRate=0.1, maxP99LatencyRatio=5)
+        _start(
+            plane,
+            steps=[20, 50, 100],
+            intervalSeconds=600,
+            minRequests=5,
+            maxErrorRate=0.1,
+            maxP99LatencyRatio=5,
+        )
         with Traffic(plane.url, PATH, threads=4):
             status = wait_for(lambda: _finished(plane), what="the canary to be rolled back")
         assert status["state"] == "rolled_back"
@@ -146,22 +158,42 @@ def test_bad_canary_is_rolled_back_in_its_first_step(env: Env, behaviour: str,
         seen = len(env.canary.requests)
         with httpx.Client(base_url=plane.url) as client:
             for index in range(40):
-                assert client.get(PATH, headers={"x-user-id": f"after-{index}"}
-                                  ).status_code == 200
+                assert client.get(PATH, headers={"x-user-id": f"after-{index}"}).status_code == 200
         assert len(env.canary.requests) == seen
 
 
-def test_good_canary_is_promoted_after_all_steps(env: Env,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_good_canary_is_promoted_after_all_steps(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A healthy canary goes through every step and becomes the default variant; each weight
     change is a flag set version by the canary controller; `canary watch` follows it to the
     end and exits 0."""
     with running(env.settings, env.database) as plane:
-        _start(plane, steps=[25, 50, 100], intervalSeconds=0.3, minRequests=5,
-               maxErrorRate=0.05, maxP99LatencyRatio=200)
+        _start(
+            plane,
+            steps=[25, 50, 100],
+            intervalSeconds=0.3,
+            minRequests=5,
+            maxErrorRate=0.05,
+            maxP99LatencyRatio=200,
+        )
         with Traffic(plane.url, PATH, threads=3):
-            assert main(["canary", "watch", FLAG, "--url", plane.url, "--token", VIEWER,
-                         "--every", "0.1"]) == 0
+            assert (
+                main(
+                    [
+                        "canary",
+                        "watch",
+                        FLAG,
+                        "--url",
+                        plane.url,
+                        "--token",
+                        VIEWER,
+                        "--every",
+                        "0.1",
+                    ]
+                )
+                == 0
+            )
         status = _status(plane)
         assert status["state"] == "promoted"
         assert status["weight"] == 100
@@ -195,8 +227,14 @@ def test_restart_in_the_middle_resumes_where_it_was(env: Env) -> None:
     """A control plane stopped in the middle of a canary and started again continues from the
     step it had reached (state is in the database), never repeating a step, then promotes."""
     with running(env.settings, env.database) as plane:
-        run_id = _start(plane, steps=[20, 40, 60, 100], intervalSeconds=0.8, minRequests=5,
-                        maxErrorRate=0.05, maxP99LatencyRatio=200)["id"]
+        run_id = _start(
+            plane,
+            steps=[20, 40, 60, 100],
+            intervalSeconds=0.8,
+            minRequests=5,
+            maxErrorRate=0.05,
+            maxP99LatencyRatio=200,
+        )["id"]
         with Traffic(plane.url, PATH, threads=3):
             wait_for(lambda: _status(plane)["step"] >= 2, what="the canary to reach step 2")
     # Stopped: where it was is in the database and in the flag file, nowhere else.
@@ -220,7 +258,8 @@ def test_restart_in_the_middle_resumes_where_it_was(env: Env) -> None:
     assert [step for action, step in actions if action == "step"] == [2, 3, 4]
     # After the restart: only the steps after the one reached, then the promotion.
     assert actions[events_before:] == [("step", step) for step in range(reached + 1, 5)] + [
-        ("promoted", None)]
+        ("promoted", None)
+    ]
 
 
 def test_pause_resume_abort_from_the_cli(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
@@ -229,8 +268,25 @@ def test_pause_resume_abort_from_the_cli(env: Env, capsys: pytest.CaptureFixture
     client = ["--url", "", "--token", OPERATOR]
     with running(env.settings, env.database) as plane:
         client[1] = plane.url
-        assert main(["canary", "start", FLAG, "--steps", "10,50,100", "--interval", "0.2",
-                     "--min-requests", "3", "--max-latency-ratio", "200", *client]) == 0
+        assert (
+            main(
+                [
+                    "canary",
+                    "start",
+                    FLAG,
+                    "--steps",
+                    "10,50,100",
+                    "--interval",
+                    "0.2",
+                    "--min-requests",
+                    "3",
+                    "--max-latency-ratio",
+                    "200",
+                    *client,
+                ]
+            )
+            == 0
+        )
         assert "canary weight 10%" in capsys.readouterr().out
         assert main(["canary", "pause", FLAG, "-m", "looking at dashboards", *client]) == 0
         with Traffic(plane.url, PATH, threads=3) as traffic:
@@ -247,13 +303,21 @@ def test_pause_resume_abort_from_the_cli(env: Env, capsys: pytest.CaptureFixture
         assert status["reason"] == "aborted by ops: latency budget"
         assert _flag(plane)["targeting"] == {"fractional": [["canary", 0], ["stable", 100]]}
         actions = [(e["action"], e["actor"]) for e in status["events"]]
-        assert actions == [("started", "ops"), ("paused", "ops"), ("resumed", "ops"),
-                           ("aborted", "ops")]
+        assert actions == [
+            ("started", "ops"),
+            ("paused", "ops"),
+            ("resumed", "ops"),
+            ("aborted", "ops"),
+        ]
         audit = [e for e in _audit(plane) if e["target"] == FLAG]
         assert audit[0]["action"] == "canary.aborted"
         assert audit[0]["detail"]["reason"] == "aborted by ops: latency budget"
-        assert any(e["action"] == "canary.paused" and e["actor"] == "ops"
-                   and e["detail"]["message"] == "looking at dashboards" for e in audit)
+        assert any(
+            e["action"] == "canary.paused"
+            and e["actor"] == "ops"
+            and e["detail"]["message"] == "looking at dashboards"
+            for e in audit
+        )
         capsys.readouterr()
         assert main(["canary", "watch", FLAG, *client]) == 3  # finished, not promoted
         assert "aborted" in capsys.readouterr().out
@@ -261,16 +325,18 @@ def test_pause_resume_abort_from_the_cli(env: Env, capsys: pytest.CaptureFixture
         assert "aborted" in capsys.readouterr().out
 
 
-def test_refusals_are_clear_problems(env: Env, flags_dir: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_refusals_are_clear_problems(
+    env: Env, flags_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Bad requests get a problem naming what is wrong and change nothing: a viewer may not
     start (403), a bad spec or flag is 422, a second canary on a flag is 409, no canary is 404."""
     with running(env.settings, env.database) as plane:
         with plane.client(VIEWER) as viewer:
             assert viewer.post(f"/v1/canaries/{FLAG}", json={}).status_code == 403
         with plane.client(OPERATOR) as operator:
-            bad = operator.post(f"/v1/canaries/{FLAG}", json={"steps": [50, 10], "minRequests": 0,
-                                                              "bogus": 1})
+            bad = operator.post(
+                f"/v1/canaries/{FLAG}", json={"steps": [50, 10], "minRequests": 0, "bogus": 1}
+            )
             assert bad.status_code == 422, bad.text
             fields = {error["field"] for error in bad.json()["errors"]}
             assert fields == {"steps", "minRequests", "bogus"}
@@ -279,28 +345,88 @@ def test_refusals_are_clear_problems(env: Env, flags_dir: Path,
             assert "no flag named 'no-such-flag'" in missing.json()["detail"]
             variant = operator.post(f"/v1/canaries/{FLAG}", json={"canaryVariant": "v9"})
             assert "has no variant 'v9'" in variant.json()["detail"]
+            no_prometheus = operator.post(
+                f"/v1/canaries/{FLAG}",
+                json={
+                    "metrics": [
+                        {"name": "errors", "query": "vector(0)", "thresholdRange": {"max": 0.1}}
+                    ]
+                },
+            )
+            assert no_prometheus.status_code == 422
+            assert no_prometheus.headers["content-type"] == "application/problem+json"
+            assert [e["field"] for e in no_prometheus.json()["errors"]] == [
+                "metrics.0.provider.address"
+            ]
             assert operator.post(f"/v1/canaries/{FLAG}/pause").status_code == 404
-            assert operator.post(f"/v1/canaries/{FLAG}", json={"intervalSeconds": 600}
-                                 ).status_code == 201
+            assert (
+                operator.post(f"/v1/canaries/{FLAG}", json={"intervalSeconds": 600}).status_code
+                == 201
+            )
             again = operator.post(f"/v1/canaries/{FLAG}", json={})
             assert again.status_code == 409
             assert "already has an active canary" in again.json()["detail"]
             assert operator.post(f"/v1/canaries/{FLAG}/resume").status_code == 409
-            assert operator.post(f"/v1/canaries/{FLAG}/abort",
-                                 content=b"not json").status_code == 400
-        assert main(["canary", "start", "region-router", "--url", plane.url, "--token",
-                     OPERATOR]) == 1
+            assert (
+                operator.post(f"/v1/canaries/{FLAG}/abort", content=b"not json").status_code == 400
+            )
+        assert (
+            main(["canary", "start", "region-router", "--url", plane.url, "--token", OPERATOR]) == 1
+        )
         err = capsys.readouterr().err
         assert err.startswith("control-plane canary start: 422 Invalid canary:")
         assert "flag 'region-router' has no variant 'stable'" in err
+
+
+def test_canary_without_traffic_reports_itself_idle(env: Env) -> None:
+    """A canary that gets no request for idleIntervals intervals keeps waiting but says so:
+    a warning in its status, one `idle` event, the idle gauge in /metrics; once traffic
+    comes, the warning goes and the canary is promoted."""
+    with running(env.settings, env.database) as plane:
+        _start(
+            plane,
+            steps=[100],
+            intervalSeconds=0.2,
+            idleIntervals=2,
+            minRequests=5,
+            maxP99LatencyRatio=200,
+        )
+        status = wait_for(lambda: (s := _status(plane))["warnings"] and s, what="the idle warning")
+        assert status["state"] == "running"
+        assert (
+            "no canary traffic: 'canary' got no request in 2 consecutive intervals"
+            in status["warnings"][0]
+        )
+        assert "the calls the control plane recorded" in status["warnings"][0]
+        assert status["analysis"]["idleIntervals"] >= 2
+        assert [event["action"] for event in status["events"]] == ["started", "idle"]
+        with plane.client() as client:
+            metrics = client.get("/metrics").text
+        gauge = next(
+            line
+            for line in metrics.splitlines()
+            if line.startswith(f'control_plane_canary_idle_intervals{{flag="{FLAG}"}}')
+        )
+        assert float(gauge.split()[-1]) >= 2
+        with Traffic(plane.url, PATH, threads=3):
+            status = wait_for(lambda: _finished(plane), what="the promotion")
+        assert status["state"] == "promoted"
+        assert [event["action"] for event in status["events"]] == ["started", "idle", "promoted"]
 
 
 def test_flag_without_a_controllable_split_is_refused(env: Env, flags_dir: Path) -> None:
     """A flag whose targeting has no fixed-weight split of the two variants cannot be driven:
     the start is refused with an example of the rule to add."""
     stable_url = "http://127.0.0.1:9"
-    write_flags(flags_dir, "chat.flagd.json", chat_flag(stable_url, stable_url, targeting={
-        "if": [{"==": [{"var": "tier"}, "beta"]}, "canary", "stable"]}))
+    write_flags(
+        flags_dir,
+        "chat.flagd.json",
+        chat_flag(
+            stable_url,
+            stable_url,
+            targeting={"if": [{"==": [{"var": "tier"}, "beta"]}, "canary", "stable"]},
+        ),
+    )
     with running(env.settings, env.database) as plane, plane.client(OPERATOR) as operator:
         response = operator.post(f"/v1/canaries/{FLAG}", json={})
     assert response.status_code == 422
