@@ -24,6 +24,7 @@ from servers import BackendApp, ServerThread
 
 from control_plane.cli_progress import Progress, format_duration
 from control_plane.db import Database
+from flags import FLAGS_DIR
 
 CLI = [str(Path(sys.executable).with_name("control-plane"))]
 CONTROL = ("\r", "\x1b")
@@ -35,6 +36,10 @@ class _Terminal(io.StringIO):
         return True
 
 
+#: The commands run in a temp directory, which has no ./flags: point them at the shipped set.
+_FLAGS = {"CP_FLAGS_DIR": str(FLAGS_DIR)}
+
+
 def run_in_terminal(args: list[str], cwd: Path, timeout: float = 60,
                     on_output: Callable[[str], None] | None = None) -> tuple[int, str]:
     """Run the CLI with stdin, stdout and stderr on a new pseudo-terminal; (status, output).
@@ -43,7 +48,8 @@ def run_in_terminal(args: list[str], cwd: Path, timeout: float = 60,
     """
     controller, terminal = pty.openpty()
     process = subprocess.Popen([*CLI, *args], stdin=terminal, stdout=terminal, stderr=terminal,
-                               cwd=cwd, env={**os.environ, "TERM": "xterm"}, close_fds=True)
+                               cwd=cwd, env={**os.environ, "TERM": "xterm", **_FLAGS},
+                               close_fds=True)
     os.close(terminal)
     output = b""
     deadline = time.monotonic() + timeout
@@ -73,7 +79,7 @@ def run_in_terminal(args: list[str], cwd: Path, timeout: float = 60,
 
 def run_piped(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, check=False, cwd=cwd,
-                          timeout=60)
+                          env={**os.environ, **_FLAGS}, timeout=60)
 
 
 def test_progress_redraws_one_line_on_a_terminal() -> None:
