@@ -21,13 +21,21 @@ from sqlalchemy.exc import IntegrityError
 
 from control_plane.db import repository as db_repository
 from control_plane.db.engine import Database
-from control_plane.db.experiment_models import CanaryEvent, CanaryRun
+from control_plane.db.experiment_models import CanaryRun
 from control_plane.db.models import utc_now
 from control_plane.errors import CanaryNotFound, Conflict
 from control_plane.experiments import repository
 from control_plane.experiments.canary.analysis import Verdict, judge
 from control_plane.experiments.canary.intervals import IntervalAnalysis, IntervalCheck, Tick
 from control_plane.experiments.canary.spec import CanarySpec
+from control_plane.experiments.canary.status_json import (
+    CHECK_FAILED,
+    analysis_json,
+    event_json,
+    failed_checks,
+    idle_reason,
+    run_json,
+)
 from control_plane.experiments.canary.weights import check_flag, promoted, with_weight
 from control_plane.experiments.metrics import ExperimentMetrics
 from control_plane.flagstore.editor import FlagEditor
@@ -42,8 +50,6 @@ CONTROLLER_ACTOR = "canary-controller"
 FLAG_SOURCE = "canary"
 #: Latency samples read per variant when judging a step (the newest ones).
 _JUDGE_SAMPLE_CAP = 10_000
-#: The event of one failed metric check (a run rolls back at `failureThreshold` of them).
-CHECK_FAILED = "check_failed"
 
 
 class CanaryService:
@@ -194,7 +200,11 @@ class CanaryService:
                     "reason": verdict.reason,
                     **verdict.observed,
                 }
-                body["analysis"], body["warnings"] = self._analysis_json(session, run)
+                spec = CanarySpec.model_validate(run.spec)
+                idle, latest = self.analysis.current(run.id)
+                body["analysis"], body["warnings"] = analysis_json(
+                    session, run.id, spec, idle, latest
+                )
         return body
 
     def list_runs(self, *, active_only: bool, limit: int) -> list[dict[str, Any]]:
@@ -321,19 +331,12 @@ class CanaryService:
                 session=session, flag=flag, variant=spec.canary_variant, since=since, cap=0
             ).calls
 
-    def _failed_checks(self, session: Any, run_id: int) -> int:
-        count, after = 0, 0
-        while events := repository.canary_events(session=session, run_id=run_id, after=after):
-            count += sum(1 for event in events if event.action == CHECK_FAILED)
-            after = events[-1].id
-        return count
-
     def _failed_check(
         self, run: CanaryRun, spec: CanarySpec, check: IntervalCheck, verdict: Verdict
     ) -> str:
         """Count one failed metric check; roll back at `failureThreshold` of them."""
         with self.database.session() as session:
-            failed = self._failed_checks(session, run.id) + 1
+            failed = failed_checks(session, run.id) + 1
         observed = {
             **verdict.observed,
             "metrics": check.to_json()["metrics"],
@@ -379,7 +382,7 @@ class CanaryService:
         return CHECK_FAILED
 
     def _report_idle(self, run: CanaryRun, spec: CanarySpec, tick: Tick) -> None:
-        reason = _idle_reason(spec, tick.idle_intervals)
+        reason = idle_reason(spec, tick.idle_intervals)
         with self.database.session() as session:
             self._record(
                 session,
@@ -392,19 +395,6 @@ class CanaryService:
                 {"reason": reason, "idleIntervals": tick.idle_intervals},
             )
         log.warning("canary of %s: %s", run.flag, reason)
-
-    def _analysis_json(self, session: Any, run: CanaryRun) -> tuple[dict[str, Any], list[str]]:
-        spec = CanarySpec.model_validate(run.spec)
-        idle, latest = self.analysis.current(run.id)
-        body = {
-            "idleIntervals": idle,
-            "idleThreshold": spec.idle_intervals,
-            "failedChecks": self._failed_checks(session, run.id),
-            "failureThreshold": spec.failure_threshold,
-            "lastCheck": latest.to_json() if latest is not None else None,
-        }
-        warnings = [_idle_reason(spec, idle)] if idle >= spec.idle_intervals else []
-        return body, warnings
 
     def _advance(self, run: CanaryRun, spec: CanarySpec, verdict: Verdict, now: datetime) -> None:
         index = run.step_index + 1
@@ -588,43 +578,3 @@ class CanaryService:
             return
         self.metrics.canary_actions.labels(flag_key, action).inc()
         self.metrics.canary_weight.labels(flag_key).set(weight)
-
-
-def _idle_reason(spec: CanarySpec, intervals: int) -> str:
-    source = "its trafficQuery" if spec.traffic_query else "the calls the control plane recorded"
-    return (
-        f"no canary traffic: {spec.canary_variant!r} got no request in {intervals} "
-        f"consecutive intervals of {spec.interval_seconds:g}s (by {source}); the step waits "
-        "until it does. Is traffic reaching this flag and its canary weight above 0?"
-    )
-
-
-def run_json(run: CanaryRun) -> dict[str, Any]:
-    spec = run.spec
-    return {
-        "id": run.id,
-        "flag": run.flag,
-        "state": run.state,
-        "weight": run.weight,
-        "step": run.step_index + 1,
-        "steps": list(spec.get("steps", [])),
-        "spec": spec,
-        "startedAt": run.started_at.isoformat(),
-        "stepStartedAt": run.step_started_at.isoformat(),
-        "updatedAt": run.updated_at.isoformat(),
-        "finishedAt": run.finished_at.isoformat() if run.finished_at else None,
-        "reason": run.reason,
-        "createdBy": run.created_by,
-    }
-
-
-def event_json(event: CanaryEvent) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "at": event.at.isoformat(),
-        "action": event.action,
-        "actor": event.actor,
-        "weight": event.weight,
-        "flagSetVersion": event.flag_set_version,
-        "detail": event.detail,
-    }
