@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 from servers import free_port
 
+from flags import FLAGS_DIR
+
 # The installed console script, as an operator runs it (python -m would put the working
 # directory, which holds a `flags/` folder here, in front of the installed `flags` package).
 CLI = [str(Path(sys.executable).with_name("control-plane"))]
@@ -63,7 +65,8 @@ def test_serve_refuses_bad_settings_with_a_message(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        busy = subprocess.run([*CLI, "serve", "--sync-port", str(port), "--port", "0"],
+        busy = subprocess.run([*CLI, "serve", "--sync-port", str(port), "--port", "0",
+                               "--flags", str(FLAGS_DIR)],
                               capture_output=True, text=True, check=False, cwd=tmp_path)
     assert busy.returncode == 2
     assert f"sync port 127.0.0.1:{port} cannot be used" in busy.stderr
