@@ -1,0 +1,150 @@
+"""Read a flagd flag-configuration document the way openfeature-flagd-core 1.0.0 reads it.
+
+The same acceptance rules (a document flagd-core refuses is refused here, whole), the same
+`$ref` substitution (flagd-core rewrites the JSON text of the flags with one regular expression
+per evaluator, so its quirks are kept: only `{"$ref": "name"}` objects are replaced, in the
+order the evaluators are declared), plus the bucketing generation the flag set declares.
+
+Each flag comes out as its own private copy (parsed back from its JSON text) with that text, so
+a compiled flag can be reused by any later version whose text for the flag is the same.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from providers.compiled.bucketing import Generation, parse_generation
+
+__all__ = ["FlagDefinition", "FlagDocument", "InvalidFlagSet", "read_document"]
+
+_FIELDS = frozenset({"state", "variants", "default_variant", "targeting", "metadata"})
+
+
+class InvalidFlagSet(ValueError):
+    """The document is not one flagd-core would load; the previous flag set keeps serving."""
+
+
+@dataclass(frozen=True)
+class FlagDefinition:
+    """One flag as flagd-core's Flag model holds it ($refs already substituted)."""
+
+    key: str
+    #: The flag's JSON text after $ref substitution: equal texts compile to equal rules.
+    text: str
+    state: str
+    variants: Mapping[str, Any]
+    default_variant: str | bool | None
+    targeting: Any
+    metadata: Any
+
+
+@dataclass(frozen=True)
+class FlagDocument:
+    flags: dict[str, FlagDefinition]
+    metadata: dict[str, Any]
+    generation: Generation
+
+
+def _check_metadata(key: Any, value: Any) -> None:
+    if key is None or not isinstance(key, str) or not key:
+        raise InvalidFlagSet(f"metadata key {key!r} must be a non-empty string")
+    if value is None or not isinstance(value, float | int | str | bool):
+        raise InvalidFlagSet(f"metadata value for key {key} must be a float, int, str or bool")
+
+
+def _substitutions(evaluators: Any) -> list[tuple[re.Pattern[str], str]]:
+    if not evaluators:
+        return []
+    if not isinstance(evaluators, dict):
+        raise InvalidFlagSet("`$evaluators` must be an object")
+    substitutions = []
+    for name, rule in evaluators.items():
+        pattern = re.compile(rf"{{\s*\"\$ref\":\s*\"{re.escape(name)}\"\s*}}")
+        replacement = json.dumps(rule)
+        try:
+            pattern.sub(replacement, "")  # flagd-core fails on a bad replacement, used or not
+        except re.error as exc:
+            raise InvalidFlagSet(f"evaluator {name!r} cannot be substituted: {exc}") from exc
+        substitutions.append((pattern, replacement))
+    return substitutions
+
+
+def _flag(key: str, text: str) -> FlagDefinition:
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise InvalidFlagSet(f"flag {key}: $ref substitution made invalid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidFlagSet(f"flag {key} must be an object")
+    data = dict(raw)
+    if "defaultVariant" in data:
+        default = data.pop("defaultVariant")
+        data["default_variant"] = None if default == "" else default
+    data.pop("source", None)
+    data.pop("selector", None)
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown or "state" not in data or "variants" not in data:
+        raise InvalidFlagSet(f"flag {key}: unexpected fields {unknown} or no state/variants")
+    state, variants = data["state"], data["variants"]
+    default_variant = data.get("default_variant")
+    metadata = data.get("metadata")
+    if not state or not (state == "ENABLED" or state == "DISABLED"):
+        raise InvalidFlagSet(f"flag {key}: incorrect 'state' value")
+    if not variants or not isinstance(variants, dict):
+        raise InvalidFlagSet(f"flag {key}: incorrect 'variants' value")
+    if default_variant and not isinstance(default_variant, str | bool):
+        raise InvalidFlagSet(f"flag {key}: incorrect 'defaultVariant' value")
+    if metadata:
+        if not isinstance(metadata, dict):
+            raise InvalidFlagSet(f"flag {key}: metadata is not an object")
+        for name, value in metadata.items():
+            _check_metadata(name, value)
+    return FlagDefinition(
+        key=key,
+        text=text,
+        state=state,
+        variants=variants,
+        default_variant=default_variant,
+        targeting=data.get("targeting"),
+        metadata=metadata,
+    )
+
+
+def read_document(
+    document: Mapping[str, Any], known: Mapping[str, FlagDefinition] | None = None
+) -> FlagDocument:
+    """Parse `document`; flags whose text equals their entry in `known` reuse that entry."""
+    if not isinstance(document, Mapping):
+        raise InvalidFlagSet("a flag configuration must be an object")
+    flags = document.get("flags", {})
+    metadata = document.get("metadata", {})
+    substitutions = _substitutions(document.get("$evaluators"))
+    if not isinstance(flags, dict):
+        raise InvalidFlagSet("`flags` key of configuration must be a dictionary")
+    if not isinstance(metadata, dict):
+        raise InvalidFlagSet("`metadata` key of configuration must be a dictionary")
+    for name, value in metadata.items():
+        _check_metadata(name, value)
+    try:
+        generation = parse_generation(metadata.get("bucketing"))
+    except ValueError as exc:
+        raise InvalidFlagSet(str(exc)) from exc
+    known = known or {}
+    parsed: dict[str, FlagDefinition] = {}
+    for key, raw in flags.items():
+        try:
+            text = json.dumps(raw)
+        except (TypeError, ValueError) as exc:
+            raise InvalidFlagSet(f"flag {key} is not JSON: {exc}") from exc
+        if substitutions and '"$ref"' in text:
+            for pattern, replacement in substitutions:
+                text = pattern.sub(replacement, text)
+        previous = known.get(key)
+        parsed[key] = (
+            previous if previous is not None and previous.text == text else _flag(key, text)
+        )
+    return FlagDocument(flags=parsed, metadata=dict(metadata), generation=generation)

@@ -1,0 +1,255 @@
+"""A flag set compiled for evaluation: `CompiledFlagSet.evaluate(flag, targeting key, attributes)`.
+
+Built once per flag-set version from a flagd document. Every answer that does not depend on the
+caller is prebuilt (one Resolution per flag and variant, with the merged metadata), so an
+evaluation runs the compiled targeting and returns a shared object. Flags whose definition
+(after $ref substitution) and bucketing generation are unchanged keep their compiled targeting
+from the previous version.
+
+Answers equal openfeature-flagd-core 1.0.0's (as the OpenFeature SDK reports them): reasons
+STATIC, TARGETING_MATCH, DEFAULT, DISABLED, ERROR; FLAG_NOT_FOUND, PARSE_ERROR (an unknown
+operator), GENERAL (a variant that is not in `variants`, an operator that failed); flag metadata
+is the flag set's metadata overlaid with the flag's; errors carry no metadata.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from providers.compiled.bucketing import Generation
+from providers.compiled.compiler import CompiledRule, compile_rule
+from providers.compiled.document import FlagDefinition, InvalidFlagSet, read_document
+from providers.compiled.resolution import (
+    DEFAULT,
+    DISABLED,
+    EMPTY_METADATA,
+    ERROR,
+    FLAG_NOT_FOUND,
+    GENERAL,
+    PARSE_ERROR,
+    STATIC,
+    TARGETING_MATCH,
+    Resolution,
+)
+
+__all__ = ["CompiledFlagSet", "InvalidFlagSet"]
+
+_NO_ATTRIBUTES: Mapping[str, Any] = EMPTY_METADATA
+
+
+def _error(code: str, message: str) -> Resolution:
+    return Resolution(None, None, ERROR, code, message, EMPTY_METADATA)
+
+
+def _not_in_variants(variant: Any) -> Resolution:
+    return _error(GENERAL, f"Resolved variant {variant} not in variants config.")
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """What survives a version change: the definition and its compiled targeting."""
+
+    definition: FlagDefinition
+    generation: Generation
+    rule: CompiledRule | None
+    #: Set when the targeting is something flagd-core refuses at evaluation (not an object).
+    targeting_error: Resolution | None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One flag at one version: the compiled rule plus every prebuilt answer."""
+
+    key: str
+    rule: CompiledRule | None
+    #: The answer when there is no rule to run (disabled, static, broken).
+    fixed: Resolution
+    #: The answer when the targeting returns null.
+    on_null: Resolution
+    #: Answers by the variant name the targeting returns.
+    matches: Mapping[str, Resolution]
+    #: Names in `variants` flagd-core still refuses (empty, or a null value), with its message.
+    refused: Mapping[str, Resolution]
+    parse_error: Resolution
+
+
+def _compile(definition: FlagDefinition, generation: Generation) -> _Compiled:
+    targeting = definition.targeting
+    if not targeting:
+        return _Compiled(definition, generation, None, None)
+    if not isinstance(targeting, dict):
+        return _Compiled(
+            definition,
+            generation,
+            None,
+            _error(PARSE_ERROR, f"Invalid 'targeting' value in flag: {targeting}"),
+        )
+    return _Compiled(
+        definition, generation, compile_rule(definition.key, targeting, generation), None
+    )
+
+
+def _default_answer(
+    definition: FlagDefinition, metadata: Mapping[str, Any], reason: str
+) -> Resolution:
+    default = definition.default_variant
+    if isinstance(default, bool):
+        default = str(default).lower()
+    if not default:
+        return Resolution(None, None, DEFAULT, None, None, metadata)
+    if default not in definition.variants:
+        return _not_in_variants(default)
+    return Resolution(definition.variants.get(default), default, reason, None, None, metadata)
+
+
+def _entry(compiled: _Compiled, set_metadata: Mapping[str, Any]) -> _Entry:
+    definition = compiled.definition
+    parse_error = _error(PARSE_ERROR, f"Invalid targeting {definition.targeting}")
+    try:
+        metadata: Mapping[str, Any] = dict(set_metadata)
+        if definition.metadata is not None:
+            for name, value in definition.metadata.items():
+                metadata[name] = value  # type: ignore[index]
+    except Exception as exc:  # flagd-core fails every evaluation of such a flag the same way
+        broken = _error(GENERAL, str(exc))
+        return _Entry(definition.key, None, broken, broken, {}, {}, parse_error)
+    if definition.state == "DISABLED":
+        fixed: Resolution | None = Resolution(None, None, DISABLED, None, None, metadata)
+    elif compiled.targeting_error is not None:
+        fixed = compiled.targeting_error
+    elif compiled.rule is None:
+        fixed = _default_answer(definition, metadata, STATIC)
+    else:
+        fixed = None
+    matches, refused = {}, {}
+    for name, value in definition.variants.items():
+        if name and value is not None:
+            matches[name] = Resolution(value, name, TARGETING_MATCH, None, None, metadata)
+        else:
+            refused[name] = _not_in_variants(name or None)
+    on_null = _default_answer(definition, metadata, DEFAULT)
+    return _Entry(
+        definition.key,
+        compiled.rule if fixed is None else None,
+        on_null if fixed is None else fixed,
+        on_null,
+        matches,
+        refused,
+        parse_error,
+    )
+
+
+class CompiledFlagSet:
+    """The flags of one flagd document, compiled; `evaluate` never raises."""
+
+    def __init__(
+        self,
+        entries: dict[str, _Entry],
+        compiled: dict[str, _Compiled],
+        metadata: dict[str, Any],
+        generation: Generation,
+        reused: int,
+    ) -> None:
+        self._entries = entries
+        self._compiled = compiled
+        self.metadata: Mapping[str, Any] = metadata
+        #: The fractional bucketing generation the flag set declares (`metadata.bucketing`).
+        self.generation: Generation = generation
+        #: How many flags kept their compiled targeting from the previous version.
+        self.reused = reused
+
+    @classmethod
+    def from_document(
+        cls, document: Mapping[str, Any], previous: CompiledFlagSet | None = None
+    ) -> CompiledFlagSet:
+        """Compile `document`, reusing `previous`'s compiled flags whose definition is unchanged.
+
+        Raises InvalidFlagSet for a document flagd-core would refuse.
+        """
+        known = previous._compiled if previous is not None else {}
+        parsed = read_document(document, {key: item.definition for key, item in known.items()})
+        compiled: dict[str, _Compiled] = {}
+        reused = 0
+        for key, definition in parsed.flags.items():
+            old = known.get(key)
+            if (
+                old is not None
+                and old.definition is definition
+                and old.generation == parsed.generation
+            ):
+                compiled[key] = old
+                reused += 1
+            else:
+                compiled[key] = _compile(definition, parsed.generation)
+        entries = {key: _entry(item, parsed.metadata) for key, item in compiled.items()}
+        return cls(entries, compiled, parsed.metadata, parsed.generation, reused)
+
+    @property
+    def flag_keys(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+    def definition(self, flag_key: str) -> FlagDefinition | None:
+        """The flag as loaded ($refs substituted), or None."""
+        compiled = self._compiled.get(flag_key)
+        return compiled.definition if compiled is not None else None
+
+    def changed_keys(self, previous: CompiledFlagSet | None) -> list[str]:
+        """Flags added, removed or changed since `previous` (for configuration-change events)."""
+        before = previous._compiled if previous is not None else {}
+        changed = list(self._compiled.keys() ^ before.keys())
+        changed.extend(
+            key
+            for key, item in self._compiled.items()
+            if key in before and before[key].definition.text != item.definition.text
+        )
+        return changed
+
+    def evaluate(
+        self,
+        flag_key: str,
+        targeting_key: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        default: Any = None,
+    ) -> Resolution:
+        """Evaluate one flag for one context; `default` is the value when no variant applies."""
+        entry = self._entries.get(flag_key)
+        if entry is None:
+            return Resolution(
+                default,
+                None,
+                ERROR,
+                FLAG_NOT_FOUND,
+                f"Flag with key {flag_key} not present in flag store.",
+            )
+        rule = entry.rule
+        if rule is None:
+            answer = entry.fixed
+        else:
+            try:
+                if rule.needs_data:
+                    data = dict(attributes) if attributes else {}
+                    data["$flagd"] = {"flagKey": flag_key, "timestamp": int(time.time())}
+                    data["targetingKey"] = targeting_key
+                    result = rule.fn(data, targeting_key)
+                else:
+                    result = rule.fn(attributes or _NO_ATTRIBUTES, targeting_key)
+            except ReferenceError:
+                answer = entry.parse_error
+            except Exception as exc:  # an operator failed: flagd-core raises, the SDK says GENERAL
+                answer = _error(GENERAL, getattr(exc, "error_message", str(exc)))
+            else:
+                if result is None:
+                    answer = entry.on_null
+                else:
+                    if type(result) is not str:
+                        result = str(result).lower() if isinstance(result, bool) else str(result)
+                    found = entry.matches.get(result)
+                    if found is None:
+                        found = entry.refused.get(result) or _not_in_variants(result)
+                    answer = found
+        if answer.variant is None and default is not None:
+            return answer._replace(value=default)
+        return answer
