@@ -79,7 +79,10 @@ def _report(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     # The server reads the whole exposure log: on a terminal, a clock runs meanwhile.
     with Progress(f"computing the report of {args.flag} on {args.url}", tick=True):
-        report = _call(args, "GET", f"/v1/experiments/{args.flag}")
+        params: dict[str, Any] = {"correction": args.correction}
+        if args.phase is not None:
+            params["phase"] = args.phase
+        report = _call(args, "GET", f"/v1/experiments/{args.flag}", params=params)
     if args.json:
         print(json.dumps(report, indent=2), file=out)
     else:
@@ -93,13 +96,19 @@ def add_experiments(commands: argparse._SubParsersAction) -> None:  # type: igno
         description="Read experiment results from a running control plane.")
     sub = experiments.add_subparsers(dest="experiments_command", required=True)
     report = sub.add_parser(
-        "report", help="per-variant units, metrics with 95%% intervals, lift, p-values, SRM",
-        description="Print the results of the experiment on FLAG: units exposed per variant, "
-                    "each metric's rate or mean with a 95% interval, lift and difference "
-                    "against the control variant with p-values (two-proportion z-test for "
-                    "binary metrics, Welch's t-test for continuous ones), the sample ratio "
-                    "check, and backend calls per variant. Needs a viewer token.")
+        "report", help="per-variant units, metrics with 95%% intervals, lift, p-values, "
+                       "verdicts, SRM",
+        description="Print the results of the experiment on FLAG (its current phase): units "
+                    "exposed per variant, each metric's rate or mean with a 95% interval, lift "
+                    "and difference against the control variant with fixed-horizon p-values "
+                    "(two-proportion z-test, Welch's t-test), always-valid p-values and "
+                    "confidence sequences (mSPRT), CUPED with a <metric>.pre covariate, "
+                    "p-values adjusted for multiple comparisons, a verdict per metric, the "
+                    "sample ratio check, and backend calls per variant. Needs a viewer token.")
     report.add_argument("flag", metavar="FLAG")
+    report.add_argument("--correction", choices=("holm", "bh"), default="holm",
+                        help="multiple-comparison adjustment: holm (default) or bh")
+    report.add_argument("--phase", type=int, help="an earlier phase (default: the current)")
     report.add_argument("--json", action="store_true", help="print the JSON report")
     _client_options(report)
     report.set_defaults(command=lambda args: _run("experiments report", _report, args))

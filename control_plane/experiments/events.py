@@ -3,8 +3,16 @@
 An event names what it measures about (a `decisionId`, or a `flag` and the `targetingKey` the
 decision was made for), a `metric` name and a `value`: `true`/`false` (or 1/0 with
 `"kind": "binary"`) for a conversion, any finite number for a continuous metric. A metric keeps
-the kind of its first event. Every problem is reported with the item's index and field, and a
-batch with any bad item stores nothing, so a client can fix and resend the whole batch.
+the kind of its first event.
+
+A pre-exposure covariate for CUPED is the metric `<metric>.pre`: what the unit did before the
+experiment (the same metric over the previous weeks, say), sent once per unit with `flag` and
+`targetingKey` (or a `decisionId`) at any time, e.g. `{"flag": "ab-test-router",
+"targetingKey": "jane", "metric": "revenue.pre", "value": 41.5}`. It is numeric (a number, or
+true/false), `<metric>.pre.pre` is refused, and the report uses it for `<metric>` only
+(control_plane.experiments.metric_results). Every problem is reported with the item's index
+and field, and a batch with any bad item stores nothing, so a client can fix and resend the
+whole batch.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any
 
 from control_plane.errors import BadRequestInput, InvalidEvents
 from control_plane.experiments.hashing import UnitHasher
+from control_plane.experiments.metric_results import COVARIATE_SUFFIX
 from control_plane.flagstore.store import FlagStore
 
 __all__ = ["MAX_BATCH", "EventParser"]
@@ -45,6 +54,12 @@ class EventParser:
         self._lock = threading.Lock()
         #: metric -> the kind of its first event (from the database at start, then learned).
         self._kinds = {metric: sorted(kinds)[0] for metric, kinds in (known_kinds or {}).items()}
+
+    def learn_kinds(self, known_kinds: Mapping[str, set[str]]) -> None:
+        """Add the kinds already stored (read at start); a kind learned meanwhile stays."""
+        with self._lock:
+            for metric, kinds in known_kinds.items():
+                self._kinds.setdefault(metric, sorted(kinds)[0])
 
     def parse(self, body: Any) -> list[dict[str, Any]]:
         items = _items(body)
@@ -109,6 +124,10 @@ class EventParser:
         if not isinstance(metric, str) or not _METRIC.fullmatch(metric):
             fail("metric", "must be a name of 1-128 characters: a letter, then letters, "
                            "digits, '_', '.', ':' or '-'")
+            metric = None
+        elif metric.endswith(COVARIATE_SUFFIX * 2):
+            fail("metric", f"{metric!r} would be the covariate of a covariate; a covariate is "
+                           f"'<metric>{COVARIATE_SUFFIX}' for a metric that is not one itself")
             metric = None
         kind, value = self._value(item, fail)
         if metric is not None and kind is not None:

@@ -38,10 +38,16 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     lines = [
         f"Experiment {report['flag']} (flag set version {report['flagSetVersion']}), control "
         f"variant {report['controlVariant']}, {confidence} intervals",
+        *_phase_lines(report),
         f"units: {report['units']}  crossovers: {report['crossoverUnits']}  "
         f"error exposures (not analysed): {report['errorExposures']}",
-        "",
     ]
+    correction = report.get("correction")
+    if correction:
+        lines.append(f"p-values adjusted by {correction['name']} over "
+                     f"{correction['comparisons']} comparisons; guardrails "
+                     f"({', '.join(report.get('guardrails') or []) or 'none'}) unadjusted")
+    lines.append("")
     rows = [(v["variant"], str(v["units"]), str(v["exposures"]),
              _pct(v["configuredShare"], 1) if v["configuredShare"] is not None else "-")
             for v in report["variants"]]
@@ -55,7 +61,8 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     else:
         lines.append(f"sample ratio: not checked ({srm['note']})")
     for metric in report["metrics"]:
-        lines += ["", f"metric {metric['metric']} ({metric['kind']})"]
+        guardrail = ", guardrail" if metric.get("guardrail") else ""
+        lines += ["", f"metric {metric['metric']} ({metric['kind']}){guardrail}"]
         if "error" in metric:
             lines.append(f"  {metric['error']}")
             continue
@@ -68,16 +75,20 @@ def report_lines(report: dict[str, Any]) -> list[str]:
                      f"[{fmt(interval[0])}, {fmt(interval[1])}]" if interval else "-"]
             comparison = entry.get("comparison")
             if comparison is None:
-                cells += ["control", "", ""]
+                cells += ["control", "", "", "", ""]
             else:
                 diff = comparison["differenceCi95"]
+                always = comparison.get("alwaysValid") or {}
                 cells += [_pct(comparison["lift"], 1) if comparison["lift"] is not None else "-",
                           f"{fmt(comparison['difference'])} [{fmt(diff[0])}, {fmt(diff[1])}]"
                           if diff else fmt(comparison["difference"]),
-                          _p(comparison["pValue"])]
+                          _p(comparison["pValue"]), _p(comparison.get("pValueAdjusted")),
+                          _p(always.get("pValueAdjusted"))]
             rows.append(tuple(cells))
         lines += _table(("variant", "units", label, f"{confidence} CI", "lift",
-                         f"difference [{confidence} CI]", "p-value"), rows)
+                         f"difference [{confidence} CI]", "p-value", "adjusted",
+                         "always-valid adj."), rows)
+        lines += _sequential_lines(metric, fmt)
         if metric["unattributedEvents"]:
             lines.append(f"  ({metric['unattributedEvents']} events from units never exposed)")
     if report.get("unmatchedDecisionEvents"):
@@ -89,6 +100,48 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         lines += _table(("variant", "calls", "errors", "error rate", "p50 ms", "p99 ms"), [
             (c["variant"], str(c["calls"]), str(c["errors"]), _pct(c["errorRate"]),
              _num(c["latencyMs"]["p50"]), _num(c["latencyMs"]["p99"])) for c in calls])
+    return lines
+
+
+def _phase_lines(report: dict[str, Any]) -> list[str]:
+    phase = report.get("phase")
+    if not phase:
+        return []
+    phases = report.get("phases") or []
+    text = (f"phase {phase['number']}{' (current)' if phase['current'] else ''} of "
+            f"{len(phases)}: flag set versions "
+            f"{', '.join(map(str, phase['flagSetVersions'])) or '-'}, since "
+            f"{phase['startedAt'] or '-'}")
+    if len(phases) > 1:
+        text += ("; the split or targeting changed, so units and the sample ratio are per "
+                 "phase (--phase N for another)")
+    return [text]
+
+
+def _sequential_lines(metric: dict[str, Any], fmt: Any) -> list[str]:
+    """Per treatment: confidence sequence, CUPED, and the verdict, one indented line each."""
+    lines = []
+    for entry in metric["variants"]:
+        comparison = entry.get("comparison")
+        if comparison is None:
+            continue
+        name = entry["variant"]
+        always = comparison.get("alwaysValid") or {}
+        sequence = always.get("confidenceSequence95")
+        if sequence:
+            lines.append(f"  {name}: always-valid 95% confidence sequence of the difference "
+                         f"[{fmt(sequence[0])}, {fmt(sequence[1])}], p = {_p(always['pValue'])}")
+        cuped = comparison.get("cuped")
+        if cuped:
+            interval = cuped["differenceCi95"]
+            lines.append(f"  {name}: CUPED ({metric['covariate']['metric']}) difference "
+                         f"{fmt(cuped['difference'])} [{fmt(interval[0])}, {fmt(interval[1])}]"
+                         f", variance -{_pct(cuped['varianceReduction'], 0)}, p = "
+                         f"{_p(cuped['pValue'])}, always-valid adj. p = "
+                         f"{_p(cuped['alwaysValid'].get('pValueAdjusted'))}")
+        verdict = entry.get("verdict")
+        if verdict:
+            lines.append(f"  {name} verdict: {verdict['text']}")
     return lines
 
 

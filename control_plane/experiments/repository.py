@@ -6,12 +6,12 @@ control_plane.db.repository; these functions read, add, update and flush.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -23,7 +23,8 @@ from control_plane.db.experiment_models import (
     Exposure,
     OutcomeEvent,
 )
-from control_plane.db.models import utc_now
+from control_plane.db.models import FlagSetVersion, utc_now
+from control_plane.experiments.phases import Definition, VersionSpan
 
 __all__ = [
     "ACTIVE_STATES",
@@ -38,6 +39,8 @@ __all__ = [
     "call_window",
     "canary_events",
     "count_error_exposures",
+    "exposure_versions",
+    "flag_definitions",
     "get_or_create_key",
     "latest_run",
     "list_runs",
@@ -90,20 +93,54 @@ class UnitMetric:
     events: int
 
 
-def unit_exposures(*, session: Session, flag: str) -> list[UnitExposure]:
+def unit_exposures(*, session: Session, flag: str,
+                   versions: Collection[int] | None = None) -> list[UnitExposure]:
     """Per (unit, variant): first exposure time and count. A decision without a targeting key
-    is its own unit. Exposures served after an evaluation error are left out (not random)."""
+    is its own unit. Exposures served after an evaluation error are left out (not random).
+    `versions`: only exposures decided with these flag set versions (one phase)."""
     unit = func.coalesce(Exposure.unit, Exposure.decision_id).label("unit_key")
     statement = (select(unit, Exposure.variant, func.min(Exposure.at), func.count())
                  .where(Exposure.flag == flag, Exposure.reason != "ERROR")
                  .group_by(unit, Exposure.variant))
+    if versions is not None:
+        statement = statement.where(Exposure.flag_set_version.in_(list(versions)))
     return [UnitExposure(row[0], row[1], row[2], int(row[3]))
             for row in session.execute(statement)]
 
 
-def count_error_exposures(*, session: Session, flag: str) -> int:
+def count_error_exposures(*, session: Session, flag: str,
+                          versions: Collection[int] | None = None) -> int:
     statement = select(func.count()).where(Exposure.flag == flag, Exposure.reason == "ERROR")
+    if versions is not None:
+        statement = statement.where(Exposure.flag_set_version.in_(list(versions)))
     return int(session.scalar(statement) or 0)
+
+
+def exposure_versions(*, session: Session, flag: str) -> list[VersionSpan]:
+    """Per flag set version the flag's analysed exposures were decided with: first and last
+    exposure time and how many (the raw material of phases)."""
+    statement = (select(Exposure.flag_set_version, func.min(Exposure.at), func.max(Exposure.at),
+                        func.count())
+                 .where(Exposure.flag == flag, Exposure.reason != "ERROR")
+                 .group_by(Exposure.flag_set_version))
+    return [VersionSpan(int(row[0]), row[1], row[2], int(row[3]))
+            for row in session.execute(statement)]
+
+
+def flag_definitions(*, session: Session, flag: str,
+                     versions: Collection[int]) -> dict[int, Definition]:
+    """The flag's definition in each stored flag set version of `versions`."""
+    if not versions:
+        return {}
+    statement = (select(FlagSetVersion.version, FlagSetVersion.document,
+                        FlagSetVersion.bucketing)
+                 .where(FlagSetVersion.version.in_(list(versions))))
+    definitions = {}
+    for version, document, bucketing in session.execute(statement):
+        document = document or {}
+        definitions[int(version)] = Definition((document.get("flags") or {}).get(flag),
+                                               document.get("$evaluators") or {}, bucketing)
+    return definitions
 
 
 def _events_of(flag: str) -> tuple[Any, Any]:
@@ -113,11 +150,15 @@ def _events_of(flag: str) -> tuple[Any, Any]:
     return exposure, condition
 
 
-def unit_metrics(*, session: Session, flag: str) -> list[UnitMetric]:
+def unit_metrics(*, session: Session, flag: str, versions: Collection[int] | None = None,
+                 since: datetime | None = None, until: datetime | None = None
+                 ) -> list[UnitMetric]:
     """Per (metric, unit): max, mean and count of the unit's events for this flag's units.
 
     Events name a decision (joined to its exposure's unit) or a flag and a hashed targeting
-    key (the unit directly).
+    key (the unit directly). For one phase: events naming a decision count when the decision
+    was made with one of `versions`; the others when they happened in [since, until), except
+    covariates (`<metric>.pre`), which describe the unit before it was exposed.
     """
     exposure, condition = _events_of(flag)
     unit = func.coalesce(OutcomeEvent.unit, exposure.unit, exposure.decision_id).label("u")
@@ -129,6 +170,13 @@ def unit_metrics(*, session: Session, flag: str) -> list[UnitMetric]:
         .where(condition)
         .group_by(OutcomeEvent.metric, OutcomeEvent.kind, unit)
     )
+    if versions is not None:
+        window = [OutcomeEvent.at >= since] if since is not None else []
+        if until is not None:
+            window.append(OutcomeEvent.at < until)
+        keyed = and_(OutcomeEvent.decision_id.is_(None),
+                     or_(OutcomeEvent.metric.like("%.pre"), and_(true(), *window)))
+        statement = statement.where(or_(exposure.flag_set_version.in_(list(versions)), keyed))
     return [UnitMetric(row[0], row[1], row[2], float(row[3]), float(row[4]), int(row[5]))
             for row in session.execute(statement)]
 

@@ -1,6 +1,9 @@
 """Experiment endpoints: outcome events in (`POST /v1/events`), results out
 (`GET /v1/experiments/{flag}`).
 
+Results take `?correction=holm|bh` (multiple-comparison adjustment, Holm by default) and
+`?phase=N` (an earlier phase; the current one by default).
+
 Events are validated in the request (problem+json 400 for a body that is not events, 422 with
 one entry per bad item) and then queued for the experiment writer: the answer (202) never waits
 for the database. Sending events needs the gateway token when one is configured (the services
@@ -12,11 +15,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
-from control_plane.errors import EventQueueFull, ExperimentNotFound
+from control_plane.errors import BadRequestInput, EventQueueFull, ExperimentNotFound
+from control_plane.experiments.corrections import DEFAULT_CORRECTION
 from control_plane.experiments.results import build_report
 from control_plane.experiments.wiring import Experiments
 from control_plane.http.admin_api import ViewerDep, require_gateway_token
@@ -55,10 +59,26 @@ async def post_events(request: Request, experiments: ExperimentsDep) -> JSONResp
                         status_code=202)
 
 
+def _phase_number(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or not 0 < len(value) <= 9 or int(value) < 1:
+        raise BadRequestInput(f"phase must be a phase number (1, 2, ...), not {value[:40]!r}",
+                              source="phase")
+    return int(value)
+
+
 @router.get("/v1/experiments/{flag_key}",
-            summary="Per-variant units, metrics with 95% intervals, tests and SRM check")
+            summary="Per-variant units, metrics with fixed-horizon and always-valid results, "
+                    "CUPED, corrected p-values, verdicts, SRM check, per phase")
 async def experiment_results(flag_key: str, principal: ViewerDep,
-                             experiments: ExperimentsDep) -> dict[str, Any]:
+                             experiments: ExperimentsDep,
+                             correction: Annotated[str, Query(
+                                 description="holm (default) or bh")] = DEFAULT_CORRECTION,
+                             phase: Annotated[str | None, Query(
+                                 description="phase number (default: the current phase)")]
+                             = None) -> dict[str, Any]:
+    phase_number = _phase_number(phase)
     store = experiments.components.store
     flag_set = store.current if store.loaded else None
     flag = flag_set.flags.get(flag_key) if flag_set is not None else None
@@ -69,7 +89,8 @@ async def experiment_results(flag_key: str, principal: ViewerDep,
             report = build_report(session=session, flag_key=flag_key, flag=flag,
                                   evaluators=evaluators,
                                   flag_set_version=flag_set.version if flag_set else None,
-                                  now=datetime.now(UTC))
+                                  now=datetime.now(UTC), correction=correction,
+                                  phase=phase_number)
             if flag is None and report["units"] == 0:
                 raise ExperimentNotFound(f"no flag named {flag_key!r} is serving and no "
                                          "exposures of it are stored")
