@@ -118,6 +118,8 @@ def test_the_flag_set_declares_its_generation() -> None:
     store = FlagStore(FLAGS_DIR)
     store.reload()
     assert CompiledFlagSet.from_document(store.current.to_flagd()).generation == "v2"
+    declared = {"flags": {}, "controlPlane": {"bucketing": "flagd-fractional-v3"}}
+    assert CompiledFlagSet.from_document(declared).generation == "v3"
 
 
 def test_v3_flag_set_differs_from_the_official_v2_provider() -> None:

@@ -3,7 +3,9 @@
 The same acceptance rules (a document flagd-core refuses is refused here, whole), the same
 `$ref` substitution (flagd-core rewrites the JSON text of the flags with one regular expression
 per evaluator, so its quirks are kept: only `{"$ref": "name"}` objects are replaced, in the
-order the evaluators are declared), plus the bucketing generation the flag set declares.
+order the evaluators are declared), plus the bucketing generation the flag set declares
+(`metadata.bucketing`, or `bucketing` in the `controlPlane` facts member the project's flag
+store writes; v2 when neither says).
 
 Each flag comes out as its own private copy (parsed back from its JSON text) with that text, so
 a compiled flag can be reused by any later version whose text for the flag is the same.
@@ -114,6 +116,14 @@ def _flag(key: str, text: str) -> FlagDefinition:
     )
 
 
+def _declared_generation(document: Mapping[str, Any], metadata: Mapping[str, Any]) -> Any:
+    """`metadata.bucketing`, else the control plane's own facts member (`controlPlane`)."""
+    if "bucketing" in metadata:
+        return metadata["bucketing"]
+    facts = document.get("controlPlane")
+    return facts.get("bucketing") if isinstance(facts, Mapping) else None
+
+
 def read_document(
     document: Mapping[str, Any], known: Mapping[str, FlagDefinition] | None = None
 ) -> FlagDocument:
@@ -130,7 +140,7 @@ def read_document(
     for name, value in metadata.items():
         _check_metadata(name, value)
     try:
-        generation = parse_generation(metadata.get("bucketing"))
+        generation = parse_generation(_declared_generation(document, metadata))
     except ValueError as exc:
         raise InvalidFlagSet(str(exc)) from exc
     known = known or {}
