@@ -108,6 +108,8 @@ def _type_name(annotation: Any) -> str:
         return "one of " + ", ".join(f"`{arg}`" for arg in args)
     if origin is tuple:
         return f"list of {_type_name(args[0])}"
+    if origin is dict:
+        return "JSON object"
     if isinstance(annotation, type):
         if issubclass(annotation, bool):
             return "boolean"
@@ -159,6 +161,8 @@ def render_default(name: str, field: FieldInfo) -> str:
         return "unset"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
+    if isinstance(value, dict) and not value:
+        return "empty"
     if isinstance(value, tuple):
         if not value:
             return "empty"
