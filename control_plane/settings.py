@@ -376,3 +376,22 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"not a network (CIDR) or address: {network!r}") from None
         return value
+
+    # -- shadow traffic --
+    #: Copies waiting to be sent to shadow backends (CP_SHADOW_QUEUE_SIZE); a copy that finds
+    #: the queue full is dropped and counted (control_plane_shadow_dropped{reason="queue-full"}).
+    shadow_queue_size: int = Field(default=1000, ge=1, le=1_000_000)
+    #: Worker tasks sending copies, so at most this many mirrored requests are in flight
+    #: (CP_SHADOW_WORKERS); each may call a few backends at once (its shadows, a noise call).
+    shadow_workers: int = Field(default=8, ge=1, le=1000)
+    #: Timeout of one shadow call, and how long a comparison waits for the primary's answer
+    #: to finish streaming to the client (CP_SHADOW_TIMEOUT).
+    shadow_timeout: float = Field(default=10.0, gt=0, le=600)
+    #: Largest request or response body mirrored and compared (CP_SHADOW_MAX_BODY); a larger
+    #: request is not mirrored, a larger answer is compared on status and latency only.
+    shadow_max_body: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: Latency pairs kept per shadow for the report's quantiles and tests (CP_SHADOW_WINDOW).
+    shadow_window: int = Field(default=10_000, ge=10, le=1_000_000)
+    #: Diff examples kept per shadow, newest first, sensitive fields already redacted
+    #: (CP_SHADOW_EXAMPLES).
+    shadow_examples: int = Field(default=20, ge=0, le=1000)

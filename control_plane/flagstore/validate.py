@@ -19,6 +19,7 @@ from control_plane.flagstore.documents import parse_flag_file
 from control_plane.flagstore.issues import Location, ValidationIssue, locate
 from control_plane.flagstore.schema import check_document, check_flag_structure
 from control_plane.flagstore.semantics import check_evaluator_refs, check_flag_semantics
+from control_plane.flagstore.shadow_rules import check_shadow_rules
 from control_plane.flagstore.text_check import check_text_values
 
 __all__ = [
@@ -44,6 +45,7 @@ def validate_flag(key: str, definition: Any, evaluators: Mapping[str, Any] | Non
         issues.append(ValidationIssue.at(where, "a flag key must be a non-empty string"))
     check_flag_structure(definition, where, issues)
     check_flag_semantics(definition, where, issues, evaluators=evaluators)
+    check_shadow_rules(definition, where, issues)  # control_plane.shadow: mirrored traffic
     return issues
 
 

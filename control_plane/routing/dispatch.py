@@ -53,6 +53,8 @@ class DispatchOutcome:
 
 
 OutcomeListener = Callable[[DispatchOutcome], None]
+#: (decision, method, resolved path, query, forwarded headers, body) -> a watch or None.
+MirrorHook = Callable[[Decision, str, str, str, list[tuple[str, str]], bytes], Any]
 
 
 @dataclass
@@ -89,6 +91,8 @@ class Dispatcher:
         self.policy = policy or ForwardPolicy()
         self.tracer = tracer
         self.listeners: list[OutcomeListener] = []
+        #: Shadow traffic hook (`ShadowMirror.on_dispatch`): None, or a watch of the primary.
+        self.mirror: MirrorHook | None = None
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_connections,
@@ -117,6 +121,24 @@ class Dispatcher:
         forward.append(("x-route-variant", decision.variant))
 
         content, replayable = await _buffer(body, self.buffer_limit)
+        # Shadow copies (control_plane.shadow): queued here, compared with what the client gets.
+        watch = (self.mirror(decision, method, path, query, forward, content)
+                 if self.mirror is not None and isinstance(content, bytes) else None)
+        try:
+            result = await self._choose(decision, fallback, method, path, query, forward,
+                                        content, replayable)
+        except BaseException:
+            if watch is not None:
+                watch.failed()
+            raise
+        if watch is not None:
+            watch.watch(result)
+        return result
+
+    async def _choose(self, decision: Decision, fallback: Backend | None, method: str,
+                      path: str, query: str, forward: list[tuple[str, str]],
+                      content: bytes | AsyncIterator[bytes], replayable: bool,
+                      ) -> DispatchResult:
         target = Backend(decision.backend, decision.url)
         if (fallback is None or not replayable
                 or decision.variant == decision.default_variant):

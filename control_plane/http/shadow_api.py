@@ -1,0 +1,240 @@
+"""Shadow traffic endpoints, and the wiring of the mirror into one app.
+
+    GET  /v1/shadows                       flags declaring shadows, with summaries (viewer)
+    GET  /v1/shadows/{flag}                the report per shadow backend (viewer)
+    POST /v1/shadows/{flag}/promote        {"backend": B, "variant"?: V, "canary"?: {spec}}
+                                           (operator): the shadow becomes a canary
+    ANY  /v1/shadow/{flag}/{path}          the gateway's mirrored copy (gateway token): nginx
+                                           `mirror` sends it with X-Route-Variant and
+                                           X-Route-Decision-Id; answered 202/204 at once
+
+`install_shadow(app, components)` builds the mirror, hooks it into the dispatcher, includes
+the routes and starts/stops its workers with the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from control_plane.errors import BadRequestInput, FlagNotFound
+from control_plane.experiments.canary.spec import parse_spec
+from control_plane.http.bodies import read_body, read_json_body
+from control_plane.http.components import Components
+from control_plane.http.deps import ComponentsDep, OperatorDep, ViewerDep, require_gateway_token
+from control_plane.routing.forwarding import ForwardPolicy, resolve_path
+from control_plane.shadow.metrics import ShadowMetrics
+from control_plane.shadow.mirror import ShadowMirror
+from control_plane.shadow.promote import promote_shadow
+from control_plane.shadow.results import ShadowResults
+from control_plane.shadow.sender import ShadowSender
+
+__all__ = ["build_mirror", "install_shadow", "router"]
+
+router = APIRouter(tags=["shadow traffic"])
+_MAX_PROMOTE_BODY = 64 * 1024
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+#: Headers of the gateway's subrequest that describe the decision, not the client's request.
+_DECISION_HEADERS = frozenset(
+    {
+        "x-route-variant",
+        "x-route-decision-id",
+        "authorization",
+        "content-length",
+        "host",
+        "connection",
+    }
+)
+
+
+def build_mirror(components: Components) -> ShadowMirror:
+    settings = components.settings
+    return ShadowMirror(
+        components.store,
+        ShadowResults(latency_window=settings.shadow_window, examples=settings.shadow_examples),
+        ShadowMetrics(components.metrics.registry),
+        lambda: ShadowSender(
+            timeout=settings.shadow_timeout,
+            max_connections=settings.shadow_workers * 4,
+            max_body=settings.shadow_max_body,
+        ),
+        queue_size=settings.shadow_queue_size,
+        workers=settings.shadow_workers,
+        max_body=settings.shadow_max_body,
+        primary_wait=settings.shadow_timeout,
+    )
+
+
+def install_shadow(app: FastAPI, components: Components) -> ShadowMirror:
+    """Mirror hooked into the dispatcher, routes included, workers run with the app."""
+    mirror = build_mirror(components)
+    app.state.shadow = mirror
+    components.dispatcher.mirror = mirror.on_dispatch
+    app.include_router(router)
+    app.include_router(gateway_router, dependencies=[Depends(require_gateway_token)])
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(application: Any) -> AsyncIterator[Any]:
+        async with inner(application) as state:
+            await mirror.start()
+            try:
+                yield state
+            finally:
+                await mirror.aclose()
+
+    app.router.lifespan_context = lifespan
+    return mirror
+
+
+def _mirror(request: Request) -> ShadowMirror:
+    mirror: ShadowMirror = request.app.state.shadow
+    return mirror
+
+
+MirrorDep = Annotated[ShadowMirror, Depends(_mirror)]
+
+
+def _report(flag_key: str, mirror: ShadowMirror, components: Components) -> dict[str, Any]:
+    store = components.store
+    serving = store.loaded and flag_key in store.current.flags
+    if not serving and flag_key not in mirror.results.flags():
+        raise FlagNotFound(f"no flag named {flag_key!r} is serving")
+    return {
+        "flag": flag_key,
+        "storage": "memory (this process, since it started)",
+        "queued": mirror.queued,
+        "shadows": mirror.results.report(flag_key, mirror.declared(flag_key)),
+    }
+
+
+@router.get("/v1/shadows", summary="Flags that declare shadows, with their numbers")
+def list_shadows(
+    principal: ViewerDep, mirror: MirrorDep, components: ComponentsDep
+) -> dict[str, Any]:
+    store = components.store
+    declared = {key for key in store.current.flags if mirror.plans(key)} if store.loaded else set()
+    items = []
+    for key in sorted(declared | set(mirror.results.flags())):
+        rows = mirror.results.report(key, mirror.declared(key))
+        items.append(
+            {
+                "flag": key,
+                "declared": key in declared,
+                "shadows": [
+                    {
+                        name: row[name]
+                        for name in (
+                            "variant",
+                            "backend",
+                            "sample",
+                            "mirrored",
+                            "compared",
+                            "diffRate",
+                            "statusMismatches",
+                            "droppedTotal",
+                        )
+                    }
+                    for row in rows
+                ],
+            }
+        )
+    return {"items": items}
+
+
+@router.get("/v1/shadows/{flag_key}", summary="Shadow report of a flag, per shadow backend")
+def shadow_report(
+    flag_key: str, principal: ViewerDep, mirror: MirrorDep, components: ComponentsDep
+) -> dict[str, Any]:
+    return _report(flag_key, mirror, components)
+
+
+@router.post(
+    "/v1/shadows/{flag_key}/promote",
+    status_code=201,
+    summary="Turn a shadow into a canary: new variant, shadow removed, canary started",
+)
+async def promote(
+    flag_key: str, request: Request, principal: OperatorDep, components: ComponentsDep
+) -> dict[str, Any]:
+    body = await read_json_body(request, required=True, limit=_MAX_PROMOTE_BODY)
+    if not isinstance(body, dict) or set(body) - {"backend", "variant", "canary"}:
+        raise BadRequestInput(
+            'the body must be {"backend": NAME, "variant"?: NAME, "canary"?: {canary spec}}',
+            source="body",
+        )
+    backend = body.get("backend")
+    variant = body.get("variant")
+    if not isinstance(backend, str) or not backend:
+        raise BadRequestInput("body.backend must name the shadow backend", source="body.backend")
+    if variant is not None and not isinstance(variant, str):
+        raise BadRequestInput("body.variant must be a string", source="body.variant")
+    spec = parse_spec(body.get("canary"))
+    store = components.store
+    flags = store.current.flags if store.loaded else {}
+    result: dict[str, Any] = await run_in_threadpool(
+        lambda: promote_shadow(
+            flag_key,
+            backend,
+            flags=flags,
+            editor=components.editor,
+            canaries=components.experiments.service,
+            actor=principal.name,
+            spec=spec,
+            variant_name=variant,
+        )
+    )
+    return result
+
+
+gateway_router = APIRouter(tags=["shadow traffic"])
+
+
+async def _gateway_copy(
+    flag_key: str, path: str, request: Request, mirror: ShadowMirror, components: Components
+) -> Response:
+    variant = request.headers.get("x-route-variant", "")
+    decision_id = request.headers.get("x-route-decision-id", "")
+    if not variant or not decision_id:
+        # The gateway had no decision (it fell back): nothing to compare against.
+        return Response(status_code=204, headers={"x-shadow": "no-decision"})
+    resolved = resolve_path(path)  # a path leaving the backend prefix is a 400, never sent
+    body = await read_body(request, limit=components.settings.shadow_max_body)
+    policy: ForwardPolicy = components.dispatcher.policy
+    headers = [
+        (k, v)
+        for k, v in policy.filter(request.headers.items())
+        if k.lower() not in _DECISION_HEADERS
+    ]
+    headers += [("x-route-decision-id", decision_id), ("x-route-variant", variant)]
+    outcome = mirror.on_mirror(
+        flag_key, variant, decision_id, request.method, resolved, request.url.query, headers, body
+    )
+    return Response(status_code=202 if outcome == "queued" else 204, headers={"x-shadow": outcome})
+
+
+@gateway_router.api_route(
+    "/v1/shadow/{flag_key}/{path:path}",
+    methods=_METHODS,
+    summary="A request copy mirrored by the gateway (nginx `mirror`)",
+)
+async def gateway_copy(
+    flag_key: str, path: str, request: Request, mirror: MirrorDep, components: ComponentsDep
+) -> Response:
+    return await _gateway_copy(flag_key, path, request, mirror, components)
+
+
+@gateway_router.api_route(
+    "/v1/shadow/{flag_key}",
+    methods=_METHODS,
+    summary="A mirrored copy of a request to the backend's root",
+)
+async def gateway_copy_root(
+    flag_key: str, request: Request, mirror: MirrorDep, components: ComponentsDep
+) -> Response:
+    return await _gateway_copy(flag_key, "", request, mirror, components)
