@@ -88,6 +88,8 @@ class _Node(NamedTuple):
     const: Any = _DYNAMIC
     #: The value's Python truthiness is JSONLogic's (never a float or a dict): bool, None...
     plain: bool = False
+    #: For a two-item list `[literal, expression]`: the literal and the expression's rule.
+    shape: tuple[Any, Rule] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,10 @@ class _Compiler:
             if all(_is_const(item) for item in items):
                 return _const(logic)
             fns = tuple(item.fn for item in items)
-            return _Node(lambda a, t: [fn(a, t) for fn in fns], plain=True)
+            shape = None
+            if len(items) == 2 and _is_const(items[0]) and not _is_const(items[1]):
+                shape = (items[0].const, items[1].fn)
+            return _Node(lambda a, t: [fn(a, t) for fn in fns], plain=True, shape=shape)
         if not isinstance(logic, dict) or len(logic) != 1:
             return _const(logic)
         op, args = next(iter(logic.items()))
@@ -173,6 +178,8 @@ class _Compiler:
         builder = _BUILDERS.get(op)
         if builder is not None:
             return builder(self, [self.node(arg) for arg in args])
+        if op == "-" and len(args) == 2:
+            return self.minus([self.node(arg) for arg in args])
         if op in BUILTINS and op not in _DATA_OPERATIONS:
             return self.call(BUILTINS[op], [self.node(arg) for arg in args])
         return self.interpreted(logic)
@@ -303,7 +310,13 @@ class _Compiler:
         return _Node(with_default)
 
     def missing(self, args: list[_Node]) -> _Node:
-        return self.call(BUILTINS["missing"], args, data=True, plain=True)
+        keys = _plain_keys(args)
+        if keys is None or self.data_mode:
+            return self.call(BUILTINS["missing"], args, data=True, plain=True)
+        # Plain attribute names (no dots, not targetingKey/$flagd): op_var is one lookup.
+        return _Node(
+            lambda a, t: [key for key in keys if (v := a.get(key)) is None or v == ""], plain=True
+        )
 
     def missing_some(self, args: list[_Node]) -> _Node:
         return self.call(BUILTINS["missing_some"], args, data=True, plain=True)
@@ -440,6 +453,63 @@ class _Compiler:
 
         return _Node(compare, plain=True)
 
+    def minus(self, args: list[_Node]) -> _Node:
+        """`{"-": [number, x]}` (the "rest of the weight" idiom): native when x is a number."""
+        left, right = args
+        operation = BUILTINS["-"]
+        if not (_is_const(left) and type(left.const) in _NUMBER_TYPES) or _is_const(right):
+            return self.call(operation, args)
+        number, fn = left.const, right.fn
+
+        def subtract(a: Any, t: Any) -> Any:
+            value = fn(a, t)
+            if type(value) is int or type(value) is float:
+                return number - value
+            return operation(None, number, value)
+
+        return _Node(subtract)
+
+    def dynamic_shorthand(self, variants: list[Any], weights: list[Rule]) -> _Node:
+        """Shorthand fractional whose weights are computed (`["canary", {"var": "w"}]`)."""
+        generation, flag_key = self.generation, self.flag_key
+        count = len(variants)
+        pairs = tuple(zip(variants, weights, strict=True))
+
+        def shorthand(a: Any, t: Any) -> Any:
+            values = [weight(a, t) for weight in weights]
+            if generation == "v2":
+                if not t:
+                    return None
+                hash_value = hash_v2(flag_key + t)
+            else:
+                if not isinstance(t, str) or not t:
+                    return None
+                return fractional(
+                    generation,
+                    flag_key,
+                    t,
+                    [[v, w] for (v, _), w in zip(pairs, values, strict=True)],
+                )
+            total = 0
+            for index in range(count):
+                value = values[index]
+                if isinstance(value, bool) or not isinstance(value, int):
+                    return None
+                if value < 0:
+                    values[index] = value = 0
+                total += value
+            if total > MAX_WEIGHT_SUM:
+                return None
+            bucket = (hash_value * total) >> 32
+            end = 0
+            for index in range(count):
+                end += values[index]
+                if bucket < end:
+                    return variants[index]
+            return None
+
+        return _Node(shorthand)
+
     def fractional(self, args: list[_Node]) -> _Node:
         generation, flag_key = self.generation, self.flag_key
         fns = tuple(arg.fn for arg in args)
@@ -456,7 +526,10 @@ class _Compiler:
         )
         fractions = args[1:] if bucket_by else args
         if not all(_is_const(fraction) for fraction in fractions):
-            return generic
+            dynamic = _dynamic_weights(fractions) if not bucket_by else None
+            if dynamic is None:
+                return generic
+            return self.dynamic_shorthand(*dynamic)
         select = _static_selector([fraction.const for fraction in fractions], generation)
         if bucket_by:
             # A constant key: the hash is constant too (still raised lazily when unencodable).
@@ -488,6 +561,32 @@ class _Compiler:
             return select(mmh3.hash(prefix + head(3, len(key)) + key, 0, signed=False))
 
         return _Node(shorthand_v3)
+
+
+def _plain_keys(args: list[_Node]) -> tuple[str, ...] | None:
+    """`missing`'s keys when they are literal attribute names a single lookup finds."""
+    raw: Any = [arg.const for arg in args]
+    if len(args) == 1 and isinstance(raw[0], list):
+        raw = raw[0]
+    if not args or any(not _is_const(arg) for arg in args):
+        return None
+    for key in raw:
+        if type(key) is not str or not key or "." in key or key in ("targetingKey", "$flagd"):
+            return None
+    return tuple(raw)
+
+
+def _dynamic_weights(fractions: list[_Node]) -> tuple[list[Any], list[Rule]] | None:
+    """(variants, weight rules) when every fraction is `[literal variant, weight expression]`."""
+    variants: list[Any] = []
+    weights: list[Rule] = []
+    for fraction in fractions:
+        if _is_const(fraction) or fraction.shape is None:
+            return None
+        variant, weight = fraction.shape
+        variants.append(variant)
+        weights.append(weight)
+    return variants, weights
 
 
 def _cbor_pair_head(flag_key: str) -> bytes:
