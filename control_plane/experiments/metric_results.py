@@ -331,8 +331,8 @@ def _verdict(
         fixed = basis.get("pValueAdjusted")
         if fixed is not None and fixed < ALPHA:
             text += (
-                f" (the fixed-horizon p = {fixed:.3f} is not yet significant when the "
-                "report is read repeatedly)"
+                f" (the fixed-horizon {'CUPED ' if cuped is not None else ''}p = {fixed:.3f} "
+                "is not yet significant when the report is read repeatedly)"
             )
         return {"outcome": "no difference yet", "confidence": None, "basis": method, "text": text}
     higher = difference > 0

@@ -386,13 +386,24 @@ def test_operator_edits_weights_and_admin_rolls_back(console: Console, page: Pag
 
 def test_experiment_results_show_rates_with_intervals(console: Console, page: Page) -> None:
     """After real exposures and conversions, the experiments view charts each variant's rate
-    with its 95% interval and shows the lift, p-value and sample ratio check of the report."""
+    with its 95% interval and shows the lift, p-value, always-valid p-value, verdict, CUPED and
+    sample ratio check of the report."""
     with httpx.Client(base_url=console.url, timeout=15) as client:
         decisions = decide(client, AB, range(500))
         events = [{"decisionId": body["decisionId"], "metric": "converted",
                    "value": index % (5 if body["variant"] == "model-a" else 3) == 0}
                   for index, body in enumerate(decisions)]
-        assert client.post("/v1/events", json={"events": events}).status_code == 202
+        # Revenue with a pre-exposure covariate (revenue.pre): the report adds CUPED.
+        for index, body in enumerate(decisions):
+            before = 20.0 + (index * 37 % 41)
+            events += [{"decisionId": body["decisionId"], "metric": "revenue.pre",
+                        "value": before},
+                       {"decisionId": body["decisionId"], "metric": "revenue",
+                        "value": 0.8 * before + (index * 13 % 17) + (1.5 if body["variant"]
+                                                                     == "model-b" else 0.0)}]
+        for start in range(0, len(events), 1000):
+            batch = {"events": events[start:start + 1000]}
+            assert client.post("/v1/events", json=batch).status_code == 202
     console.plane.flush()
     with console.client(VIEWER) as client:
         report = client.get(f"/v1/experiments/{AB}").json()
@@ -401,17 +412,28 @@ def test_experiment_results_show_rates_with_intervals(console: Console, page: Pa
     page.click("a[data-view=experiments]")
     card = page.locator(f"#experiment-{AB}")
     for row in converted:
-        label = card.locator(f".label-estimate[data-variant={row['variant']}]")
+        label = card.locator(
+            f"[data-metric=converted] .label-estimate[data-variant={row['variant']}]")
         expect(label).to_be_visible()
         assert_shows(text_of(label), row["rate"], *row["ci95"])
     treatment = converted[1]["comparison"]
     p_value = treatment["pValue"]
     shown = "< 0.0001" if p_value < 0.0001 else f"{p_value:.4f}"
-    expect(card.locator("tr[data-variant=model-b] .p-value")).to_contain_text(shown)
-    assert_shows(text_of(card.locator("tr[data-variant=model-b] .lift")), treatment["lift"])
+    row_b = card.locator("[data-metric=converted] tr[data-variant=model-b]")
+    expect(row_b.locator(".p-value")).to_contain_text(shown)
+    assert_shows(text_of(row_b.locator(".lift")), treatment["lift"])
     srm = report["sampleRatio"]
     expect(card.locator("[data-srm]")).to_have_attribute(
         "data-srm", "mismatch" if srm["mismatch"] else "ok")
+    # The verdict per treatment, from the always-valid adjusted p-value, in plain words.
+    verdict = converted[1]["verdict"]
+    shown_verdict = card.locator("[data-metric=converted] .verdict[data-variant=model-b]")
+    expect(shown_verdict).to_contain_text(verdict["text"])
+    always = treatment["alwaysValid"]["pValueAdjusted"]
+    expect(card.locator("[data-metric=converted] tr[data-variant=model-b] .always-valid")
+           ).to_contain_text("< 0.0001" if always < 0.0001 else f"{always:.4f}")
+    expect(card.locator("[data-metric=revenue] [data-cuped=shown]")).to_contain_text(
+        "CUPED with revenue.pre")
     shoot(page, "experiment", full_page=True, readme=True)
 
 

@@ -1,6 +1,8 @@
-// Experiments: for every flag marked `"experiment": true`, its results: units per variant and
-// the sample ratio check, and per metric each variant's rate (or mean) with its 95% interval
-// as a chart, the lift against the control variant and the p-value.
+// Experiments: for every flag marked `"experiment": true`, its results for the current phase:
+// units per variant and the sample ratio check, and per metric each variant's rate (or mean)
+// with its 95% interval as a chart, the lift against the control variant, the fixed-horizon,
+// adjusted and always-valid p-values, CUPED when a covariate is sent, and a plain-language
+// verdict per variant (from the always-valid, adjusted p-value).
 
 import { api } from "./api.js";
 import { colourFor, intervalChart, swatch } from "./charts.js";
@@ -46,7 +48,9 @@ function metricBlock(metric, report, colour) {
   });
   const body = metric.variants.map((row) => {
     const comparison = row.comparison;
-    const significant = comparison && comparison.pValue !== null && comparison.pValue < ALPHA;
+    const always = comparison ? comparison.alwaysValid || {} : {};
+    const basis = always;
+    const significant = comparison && basis.pValueAdjusted !== null && basis.pValueAdjusted !== undefined && basis.pValueAdjusted < ALPHA;
     return h("tr", { dataset: { variant: row.variant } },
       h("td", {}, h("strong", {}, row.variant), row.variant === report.controlVariant ? h("span", { class: "hint" }, " control") : null),
       h("td", { class: "num" }, int(row.units)),
@@ -55,16 +59,42 @@ function metricBlock(metric, report, colour) {
       h("td", { class: "num" }, row.ci95 ? `${format(row.ci95[0])} – ${format(row.ci95[1])}` : "–"),
       h("td", { class: "num lift" }, comparison && comparison.lift !== null ? `${comparison.lift >= 0 ? "+" : ""}${pct(comparison.lift, 1)}` : "–"),
       h("td", { class: "num" }, comparison && comparison.differenceCi95 ? `${format(comparison.differenceCi95[0])} – ${format(comparison.differenceCi95[1])}` : "–"),
-      h("td", { class: "num p-value" }, comparison ? pValue(comparison.pValue) : "–",
-        comparison ? " " : null, comparison ? (significant ? badge("significant", "ok") : badge("not significant", "muted")) : null));
+      h("td", { class: "num p-value" }, comparison ? pValue(comparison.pValue) : "–"),
+      h("td", { class: "num p-adjusted" }, comparison ? pValue(comparison.pValueAdjusted) : "–"),
+      h("td", { class: "num always-valid" }, comparison ? pValue(basis.pValueAdjusted) : "–",
+        comparison ? " " : null, comparison ? (significant ? badge("significant", "ok") : badge("not yet", "muted")) : null),
+      h("td", { class: "num sequence" }, always.confidenceSequence95 ? `${format(always.confidenceSequence95[0])} – ${format(always.confidenceSequence95[1])}` : "–"));
   });
-  const headers = ["Variant", "Units#", ...(binary ? ["Converted#"] : []), binary ? "Rate#" : "Mean#", "95% CI#", "Lift vs control#", "Difference 95% CI#", "p-value#"];
+  const headers = ["Variant", "Units#", ...(binary ? ["Converted#"] : []), binary ? "Rate#" : "Mean#", "95% CI#", "Lift vs control#", "Difference 95% CI#", "p-value#", "Adjusted p#", "Always-valid p#", "Confidence sequence#"];
+  const badges = [badge(metric.kind, "muted")];
+  if (metric.guardrail) badges.push(" ", badge("guardrail", "warn"));
+  if (metric.covariate) badges.push(" ", badge(`CUPED: ${metric.covariate.metric}`, "info"));
   return h("div", { class: "metric", dataset: { metric: metric.metric } },
-    h("h3", {}, metric.metric, " ", badge(metric.kind, "muted")),
+    h("h3", {}, metric.metric, " ", ...badges),
+    verdicts(metric),
     h("div", { class: "chart-box interval-chart" }, chart),
     table(headers, body, { cls: "table-compact" }),
-    h("p", { class: "hint" }, `${comparisonTest(metric)}; significant means p < ${ALPHA}.`,
+    cupedNote(metric, format),
+    h("p", { class: "hint" }, `${comparisonTest(metric)}. Adjusted: ${report.correction ? report.correction.name : "Holm"}${metric.guardrail ? " (not applied to guardrails)" : ""}. Always-valid (mSPRT) p-values and confidence sequences stay valid however often you look; the verdict uses them.`,
       metric.unattributedEvents ? ` ${int(metric.unattributedEvents)} events could not be attributed to an exposed unit.` : ""));
+}
+
+function verdicts(metric) {
+  const items = metric.variants.filter((row) => row.verdict).map((row) => {
+    const verdict = row.verdict;
+    const tone = verdict.alarm ? "bad" : verdict.outcome === "better" ? "ok" : verdict.outcome === "worse" ? "bad" : "muted";
+    return h("div", { class: `verdict callout callout-${tone === "ok" ? "ok" : tone === "bad" ? "bad" : "muted"}`, dataset: { verdict: verdict.outcome, variant: row.variant } },
+      h("strong", {}, `${row.variant}: `), verdict.text);
+  });
+  return items.length ? h("div", { class: "verdicts" }, ...items) : null;
+}
+
+function cupedNote(metric, format) {
+  const parts = metric.variants.filter((row) => row.comparison && row.comparison.cuped).map((row) => {
+    const cuped = row.comparison.cuped;
+    return `${row.variant}: difference ${format(cuped.difference)} (95% CI ${format(cuped.differenceCi95[0])} – ${format(cuped.differenceCi95[1])}), variance −${pct(cuped.varianceReduction, 0)}, always-valid p ${pValue(cuped.alwaysValid.pValueAdjusted)}`;
+  });
+  return parts.length ? h("p", { class: "hint cuped", dataset: { cuped: "shown" } }, `CUPED with ${metric.covariate.metric} (${int(metric.covariate.unitsWithCovariate)} units with a covariate): `, parts.join("; "), ".") : null;
 }
 
 function comparisonTest(metric) {
@@ -90,10 +120,16 @@ function experimentCard(key, report) {
   const units = table(["Variant", "Configured share#", "Units#", "Exposures#"], report.variants.map((row) => h("tr", {},
     h("td", {}, h("strong", {}, row.variant)), h("td", { class: "num" }, row.configuredShare === null ? "–" : pct(row.configuredShare)),
     h("td", { class: "num" }, int(row.units)), h("td", { class: "num" }, int(row.exposures)))), { cls: "table-compact" });
+  const phase = report.phase || { number: 1 };
+  const phases = report.phases || [phase];
+  badges.push(badge(`phase ${phase.number} of ${phases.length}`, phases.length > 1 ? "warn" : "muted"));
   return card(key, {
     id: `experiment-${key}`, badges,
     subtitle: `Flag set v${report.flagSetVersion ?? "–"} · exposures from ${time(report.firstExposureAt)} to ${time(report.lastExposureAt)} · computed ${time(report.generatedAt)}`,
   },
+  phases.length > 1 ? h("p", { class: "hint", dataset: { phases: phases.length } },
+    `The split or targeting changed ${phases.length - 1} time(s); units, the sample ratio and results below are of phase ${phase.number} (since ${time(phase.startedAt)}). Earlier phases: `,
+    phases.filter((item) => item.number !== phase.number).map((item) => `phase ${item.number} (${int(item.exposures)} exposures, flag set v${item.flagSetVersions.join(", v")})`).join("; "), ".") : null,
   h("div", { class: "stats" }, stat("units", int(report.units)), stat("crossover units", int(report.crossoverUnits)),
     stat("error exposures", int(report.errorExposures)), stat("unmatched events", int(report.unmatchedDecisionEvents))),
   srmBlock(report), units,
