@@ -172,8 +172,10 @@ def _simulate(args: argparse.Namespace) -> int:
     from control_plane.simulate import run_simulate
 
     settings = _settings_from(args)
+    compare = tuple(args.compare_bucketing) if args.compare_bucketing else None
     return run_simulate(settings.flags_dir, args.flag, args.users, args.header or [],
-                        settings.header_rules, key_prefix=args.key_prefix)
+                        settings.header_rules, key_prefix=args.key_prefix,
+                        compare_bucketing=compare)
 
 
 def _add_simulate(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -193,6 +195,11 @@ def _add_simulate(commands: argparse._SubParsersAction) -> None:  # type: ignore
                           help="flag directory (default: CP_FLAGS_DIR or ./flags)")
     simulate.add_argument("--key-prefix", default="user-",
                           help="prefix of the synthetic targeting keys (default user-)")
+    simulate.add_argument("--compare-bucketing", nargs=2, metavar=("FROM", "TO"),
+                          choices=["v2", "v3"],
+                          help="instead, list who would move from one fractional bucketing "
+                               "generation to the other (counts per from->to variant, sample "
+                               "targeting keys), e.g. --compare-bucketing v2 v3")
     simulate.set_defaults(command=_simulate)
 
 

@@ -27,6 +27,7 @@ from openfeature import api as openfeature_api
 from openfeature.contrib.tools.flagd.core.targeting.targeting import OPERATORS
 from openfeature.evaluation_context import EvaluationContext
 
+from control_plane import bucketing_compare
 from control_plane.cli_progress import Progress
 from control_plane.errors import BadRequestInput, FlagNotFound, FlagValidationError
 from control_plane.experiments.stats import goodness_of_fit
@@ -37,6 +38,7 @@ from control_plane.routing.context import ContextMapper
 from control_plane.routing.decisions import Decider
 from control_plane.settings import HeaderRule
 from providers import source_fed_provider
+from providers.compiled import Generation
 
 __all__ = [
     "ConfiguredSplit",
@@ -336,8 +338,13 @@ def format_result(result: SimulationResult) -> str:
 
 def run_simulate(flags_dir: Path, flag_key: str, users: int, header_pairs: list[str],
                  rules: tuple[HeaderRule, ...], *, key_prefix: str = "user-",
-                 out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """`control-plane simulate`: print the report; return the exit status (1 flags, 2 usage)."""
+                 out: TextIO | None = None, err: TextIO | None = None,
+                 compare_bucketing: tuple[Generation, Generation] | None = None) -> int:
+    """`control-plane simulate`: print the report; return the exit status (1 flags, 2 usage).
+
+    With `compare_bucketing` (FROM, TO) it reports who would move between those fractional
+    bucketing generations instead (control_plane.bucketing_compare).
+    """
     out = out or sys.stdout
     err = err or sys.stderr
     if users < 1:
@@ -361,6 +368,16 @@ def run_simulate(flags_dir: Path, flag_key: str, users: int, header_pairs: list[
                 if isinstance(issue, ValidationIssue) else str(issue)
             print(f"  {formatted}", file=err)
         return 1
+    if compare_bucketing is not None:
+        try:
+            comparison = bucketing_compare.compare_bucketing(
+                store.current, flag_key, users, attributes, *compare_bucketing,
+                key_prefix=key_prefix)
+        except FlagNotFound as exc:
+            print(f"control-plane simulate: {exc.detail}", file=err)
+            return 1
+        print(bucketing_compare.format_comparison(comparison), file=out)
+        return 0
     progress = Progress(f"evaluating {flag_key}", users, unit="users", stream=err)
     started = time.monotonic()
     try:
