@@ -2,7 +2,8 @@
 
 The config is the shipped template (the one the end-to-end tests run), filled in from the
 flag set (the flag's default variant is the fallback upstream) and the settings (header rules,
-gateway token). Re-run it after changing the flag's default variant or URL. Anything that
+gateway token). Re-run it after changing the flag's default variant or URL, or after adding
+or removing its shadows (which render nginx's `mirror` to the control plane). Anything that
 makes the config impossible is one line on stderr and exit status 2; nothing is printed then.
 """
 
@@ -17,6 +18,7 @@ from control_plane.errors import FlagNotFound, FlagValidationError, NotARoutingF
 from control_plane.flagstore import FlagStore
 from control_plane.gateway.nginx import GatewayConfigError, NginxGateway, stable_route
 from control_plane.settings import Settings
+from control_plane.shadow.spec import flag_shadows
 
 __all__ = ["run_gateway_nginx"]
 
@@ -69,6 +71,8 @@ def run_gateway_nginx(
             log_host=log_host or settings.gateway_log_host,
             decision_timeout_ms=decision_timeout_ms,
             gateway_token=tokens[0].get_secret_value() if tokens else None,
+            # Shadow traffic: mirror to the control plane when the flag declares shadows.
+            shadow=bool(flag_shadows(flag, flag_set.flags[flag])),
         ).render()
     except FlagNotFound as exc:
         routing = sorted(key for key in flag_set.flags if _routes(flag_set.flags, key))

@@ -65,6 +65,8 @@ class NginxGateway:
     decision_timeout_ms: int = DEFAULT_DECISION_TIMEOUT_MS
     #: Sent as `Authorization: Bearer <token>` with every decision (CP_GATEWAY_TOKENS).
     gateway_token: str | None = field(default=None, repr=False)
+    #: Mirror decided requests to the control plane's shadow endpoint (the flag has shadows).
+    shadow: bool = False
 
     def check(self) -> None:
         """GatewayConfigError naming the first field nginx could not read as meant."""
@@ -124,7 +126,44 @@ class NginxGateway:
             outcome_log=outcome_log.rstrip("\n"),
             decision_headers=_indent(decision_header_lines(self.header_rules, authorization)),
             backend_headers=_indent(backend_header_lines(self.header_rules)),
+            **self._shadow_fields(authorization),
         )
+
+    def _shadow_fields(self, authorization: str) -> dict[str, str]:
+        """The mirror lines (control_plane.shadow): empty unless `shadow`."""
+        if not self.shadow:
+            return {
+                "shadow_mirror": "            # No shadows declared: no mirror.",
+                "shadow_location": "",
+            }
+        # The copy goes to the control plane, which answers at once (202/204) and sends it on
+        # from its own queue: nginx holds the client connection until mirror subrequests end.
+        location = [
+            "location = /_shadow {",
+            "    internal;",
+            f"    proxy_pass http://control_plane/v1/shadow/{quote(self.flag, safe='')}"
+            "$request_uri;",
+            "    proxy_set_header X-Route-Variant $route_variant;",
+            "    proxy_set_header X-Route-Decision-Id $route_decision;",
+            f"    proxy_set_header Authorization {authorization};",
+            *("    " + line for line in backend_header_lines(self.header_rules)),
+            f"    proxy_connect_timeout {self.decision_timeout_ms}ms;",
+            f"    proxy_send_timeout {self.decision_timeout_ms}ms;",
+            f"    proxy_read_timeout {self.decision_timeout_ms}ms;",
+            "    proxy_http_version 1.1;",
+            '    proxy_set_header Connection "";',
+            "}",
+        ]
+        return {
+            "shadow_mirror": _indent(
+                [
+                    "# Shadow traffic: a copy of each decided request.",
+                    "mirror /_shadow;",
+                    "mirror_request_body on;",
+                ]
+            ),
+            "shadow_location": "\n" + _indent(location, 8),
+        }
 
 
 def render_nginx_config(**fields: Any) -> str:
