@@ -140,6 +140,20 @@ class Settings(BaseSettings):
     #: contents keep serving and /v1/flags/status lists it under pendingDeletions; 0 applies
     #: a deletion at the next poll. Deletions made by the admin API (rollback) are immediate.
     deletion_settle: float = Field(default=2.0, ge=0, le=300)
+
+    # -- flagd compatibility --
+    #: All-or-nothing reloads (CP_FLAGS_STRICT=true): any invalid flag refuses the whole edit
+    #: and the last good flag set keeps serving. Off (default): an invalid flag (or a file
+    #: that cannot be read) is refused on its own, keeping its last good definition, and
+    #: every other flag of the edit goes live (as flagd loads the flags it can).
+    flags_strict: bool = False
+    #: Static evaluation context (CP_SYNC_CONTEXT, a JSON object) sent to in-process providers
+    #: in GetMetadata and the SyncFlags stream's sync_context, like flagd's --context-value.
+    sync_context: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    #: OFREP requests per second allowed per client (token bucket, burst `ofrep_rate_burst`);
+    #: 0 (default) disables the limit. Over it: 429 with Retry-After.
+    ofrep_rate_limit: float = Field(default=0.0, ge=0, le=1_000_000)
+    ofrep_rate_burst: int = Field(default=20, ge=1, le=1_000_000)
     header_rules: tuple[HeaderRule, ...] = DEFAULT_HEADER_RULES
     #: Largest header value accepted for any mapped header, whatever its rule says.
     max_header_bytes: int = Field(default=4096, ge=64, le=65536)

@@ -52,7 +52,7 @@ def document(generation: int, *, broken: str | None = None) -> dict[str, Any]:
     if broken == "weight":
         flags["router-a"]["targeting"]["fractional"][0][1] = -5
     elif broken == "variant":
-        flags["router-b"]["targeting"]["fractional"][2][0] = "v4"
+        flags["router-b"]["defaultVariant"] = "v4"
     elif broken == "url":
         flags["router-a"]["variants"]["v2"]["url"] = "127.0.0.1:9101"
     return {"$schema": "https://flagd.dev/schema/v0/flags.json", "flags": flags}
@@ -152,9 +152,10 @@ def flag_file(tmp_path: Path) -> Path:
 
 
 def test_reloads_under_concurrent_decisions_never_fail_or_mix(flag_file: Path) -> None:
-    """Threads deciding through the flagd provider see only whole, valid flag sets."""
+    """In strict mode, threads deciding through the flagd provider see only whole, valid flag
+    sets."""
     interval = 0.02
-    store = FlagStore(flag_file.parent, reload_interval=interval)
+    store = FlagStore(flag_file.parent, reload_interval=interval, strict=True)  # atomic sets
     observations = Observations()
     store.subscribe(observations.publish)
     store.reload()
@@ -203,7 +204,7 @@ def test_reloads_under_concurrent_decisions_never_fail_or_mix(flag_file: Path) -
 @pytest.fixture
 def app_settings(tmp_path: Path, flag_file: Path) -> Settings:
     return Settings(flags_dir=flag_file.parent, database_url=f"sqlite:///{tmp_path / 'cp.db'}",
-                   sync_port=0, reload_interval=0.02)
+                   sync_port=0, reload_interval=0.02, flags_strict=True)
 
 
 def test_reloads_under_concurrent_http_requests_never_fail_or_mix(
@@ -213,7 +214,7 @@ def test_reloads_under_concurrent_http_requests_never_fail_or_mix(
     observations = Observations()
     stop = threading.Event()
     with ServerThread(app) as server:
-        store: FlagStore = app.state.store
+        store: FlagStore = app.state.components.store
         store.subscribe(observations.publish)
 
         def request_forever(worker: int) -> None:

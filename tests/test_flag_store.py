@@ -95,7 +95,7 @@ def test_a_formatting_only_edit_keeps_the_version(directory: Path) -> None:
 def test_invalid_edit_is_refused_counted_and_the_last_good_set_keeps_serving(
         directory: Path) -> None:
     """A bad edit raises with issues, bumps reloads_failed, shows in status; a fix recovers."""
-    store = FlagStore(directory)
+    store = FlagStore(directory, strict=True)
     outcomes: list[ReloadOutcome] = []
     store.subscribe_reloads(outcomes.append)
     good = store.reload()
@@ -123,7 +123,7 @@ def test_invalid_edit_is_refused_counted_and_the_last_good_set_keeps_serving(
 
 def test_subscribers_get_the_current_set_then_every_new_one_in_order(directory: Path) -> None:
     """subscribe() delivers now and on change; a failing listener does not stop the others."""
-    store = FlagStore(directory)
+    store = FlagStore(directory, strict=True)
     seen: list[int] = []
     documents: list[dict[str, Any]] = []
 
@@ -141,13 +141,13 @@ def test_subscribers_get_the_current_set_then_every_new_one_in_order(directory: 
     write_flags(directory, "a.flagd.json", {"alpha": boolean_flag("off")})
     store.reload()
     assert seen == [1, 2]
-    assert [doc["metadata"]["flagSetVersion"] for doc in documents] == [1, 2, 3]
+    assert [doc["controlPlane"]["flagSetVersion"] for doc in documents] == [1, 2, 3]
     assert documents[-1]["flags"]["alpha"]["defaultVariant"] == "off"
 
 
 def test_half_written_file_is_refused_then_accepted_once_complete(directory: Path) -> None:
     """A file caught mid-write is an invalid edit; when the write completes it goes live."""
-    store = FlagStore(directory)
+    store = FlagStore(directory, strict=True)
     store.reload()
     text = json.dumps({"flags": {"alpha": boolean_flag("on")}}, indent=2)
     path = directory / "a.flagd.json"
@@ -276,7 +276,7 @@ def test_a_recorder_outage_refuses_the_edit_and_the_watcher_retries(directory: P
 
 def test_watcher_thread_applies_valid_edits_and_refuses_invalid_ones(directory: Path) -> None:
     """With start(), edits go live without a restart; a bad one is refused and counted."""
-    store = FlagStore(directory, reload_interval=0.02)
+    store = FlagStore(directory, reload_interval=0.02, strict=True)
     store.reload()
     store.start()
     try:
@@ -299,7 +299,7 @@ def test_status_endpoint_reports_the_refused_edit_over_http(tmp_path: Path) -> N
     shutil.copytree(FIXTURES / "good_flags", flags)
     token = "viewer-token-0123456789"
     settings = Settings(flags_dir=flags, database_url=f"sqlite:///{tmp_path / 'cp.db'}",
-                        sync_port=0, reload_interval=0.02,
+                        sync_port=0, reload_interval=0.02, flags_strict=True,
                         admin_tokens=f"ops-viewer:viewer:{token}")
     app = create_app(settings)
     with ServerThread(app) as server, httpx.Client(

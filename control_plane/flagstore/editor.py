@@ -36,6 +36,7 @@ from control_plane.flagstore.issues import ValidationIssue
 from control_plane.flagstore.loader import (
     FLAG_FILE_PATTERNS,
     FlagFiles,
+    check_files,
     load_directory,
     load_files,
 )
@@ -43,6 +44,7 @@ from control_plane.flagstore.preconditions import Precondition, flag_etag, flag_
 from control_plane.flagstore.schema import check_document
 from control_plane.flagstore.store import FlagStore
 from control_plane.flagstore.text_check import find_unsafe_text, unsafe_character
+from control_plane.flagstore.validate import describe
 
 __all__ = ["API_FILE", "RESERVED_KEYS", "FlagEditor", "WriteResult", "current_definition"]
 
@@ -201,7 +203,16 @@ class FlagEditor:
                     if content is not None}
         # Unreadable files still count; "the directory has no flag files" no longer applies.
         problems = tuple(problem for problem in files.problems if problem.file != files.source)
-        load_files(FlagFiles(files.source, contents, problems))
+        checked = FlagFiles(files.source, contents, problems)
+        if self.store.strict:
+            load_files(checked)  # all or nothing: any error anywhere refuses the write
+            return
+        # Partial acceptance is for file edits of many flags: an API write is refused (4xx)
+        # when any file it writes has an error; invalid flags elsewhere do not block it.
+        result = check_files(checked)
+        own = [issue for issue in result.errors if issue.file in changes or not issue.file]
+        if own:
+            raise FlagValidationError(describe(own), issues=tuple(own))
 
     # -- reading the current files -------------------------------------------------------
 
@@ -253,9 +264,9 @@ def current_definition(key: str, snapshot: Mapping[str, bytes]) -> Any:
         parsed = parse_flag_file(name, snapshot[name])
         if parsed.data is None:
             continue
-        found = check_document(parsed.data, []).flags.get(key)
-        if found is not None:
-            return found[0]
+        for found_key, definition, _where in check_document(parsed.data, []).flags:
+            if found_key == key:
+                return definition
     return None
 
 

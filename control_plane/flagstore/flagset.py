@@ -1,4 +1,17 @@
-"""An immutable, merged flag set: what every evaluator, replica and API serves at one version."""
+"""An immutable, merged flag set: what every evaluator, replica and API serves at one version.
+
+Flag sets as flagd has them: a flag belongs to the set its own metadata names (`flagSetId`),
+else the set its file's metadata names, else the default set (`""`). Keys are scoped per set,
+so two sets may both define `checkout`. `flags` is the default view that `/v1/decide`, OFREP
+without a selector and the admin API serve: every flag of the default set, plus every flag of
+a named set whose key no other set uses (a key defined only in several named sets is served
+only to a `flagSetId` selector).
+
+Metadata as flagd has it: an evaluation reports the flag's file-level metadata overlaid with
+the flag's own (`flag_metadata`). The project's own facts (version, content hash, bucketing
+generation) are not flag metadata: they travel in `facts` (response headers, OFREP's ETag,
+the `controlPlane` member of sync documents, which flagd evaluators ignore).
+"""
 
 from __future__ import annotations
 
@@ -9,65 +22,255 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["BUCKETING_GENERATION", "FlagSet", "content_hash"]
+__all__ = [
+    "BUCKETING_GENERATION",
+    "DEFAULT_SET",
+    "FACTS_MEMBER",
+    "VERSION_KEY",
+    "FlagSet",
+    "content_hash",
+    "default_view",
+    "flag_set_id",
+]
 
 #: The fractional bucketing generation our pinned evaluator (openfeature-flagd-core 1.0.0) uses:
 #: murmur3_x86_32(utf8(flagKey + targetingKey), seed 0) * totalWeight >> 32. Reported with every
 #: flag set so a consumer can tell whether its SDK assigns users the same way (see README).
 BUCKETING_GENERATION = "flagd-fractional-v2"
 
+#: The default flag set: flags whose metadata (and whose file's metadata) name no flagSetId.
+DEFAULT_SET = ""
 
-def content_hash(flags: Mapping[str, Any], evaluators: Mapping[str, Any] | None = None) -> str:
-    """Stable SHA-256 of the flag definitions (key order does not matter)."""
-    canonical = json.dumps(
-        {"flags": flags, "$evaluators": evaluators or {}},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+#: Top-level member of the documents we publish that carries `facts` (flagd ignores it).
+FACTS_MEMBER = "controlPlane"
+
+#: Flag metadata key stamped only into the documents fed to the control plane's own evaluator
+#: (`to_flagd(stamped=True)`), so each evaluation says which version answered it even while a
+#: reload swaps sets; the decide path and OFREP remove it before anyone sees the metadata.
+VERSION_KEY = "$flagSetVersion"
+
+_Flags = Mapping[str, Mapping[str, Any]]
+
+
+def flag_set_id(definition: Mapping[str, Any], file_metadata: Mapping[str, Any] | None) -> str:
+    """The set a flag belongs to: its own `flagSetId`, else its file's, else the default."""
+    own = definition.get("metadata")
+    if isinstance(own, Mapping) and isinstance(own.get("flagSetId"), str):
+        return str(own["flagSetId"])
+    if file_metadata and isinstance(file_metadata.get("flagSetId"), str):
+        return str(file_metadata["flagSetId"])
+    return DEFAULT_SET
+
+
+def default_view(
+    sets: Mapping[str, _Flags], set_sources: Mapping[str, Mapping[str, str]]
+) -> tuple[dict[str, Mapping[str, Any]], dict[str, str]]:
+    """(flags, sources) of the default view of `sets` (see the module docstring)."""
+    flags: dict[str, Mapping[str, Any]] = dict(sets.get(DEFAULT_SET, {}))
+    sources: dict[str, str] = dict(set_sources.get(DEFAULT_SET, {}))
+    named: dict[str, list[str]] = {}
+    for set_id in sorted(sets):
+        if set_id != DEFAULT_SET:
+            for key in sets[set_id]:
+                named.setdefault(key, []).append(set_id)
+    for key, owners in named.items():
+        if key not in flags and len(owners) == 1:
+            flags[key] = sets[owners[0]][key]
+            source = set_sources.get(owners[0], {}).get(key)
+            if source is not None:
+                sources[key] = source
+    return flags, sources
+
+
+def content_hash(
+    flags: Mapping[str, Any],
+    evaluators: Mapping[str, Any] | None = None,
+    *,
+    sets: Mapping[str, Any] | None = None,
+    file_metadata: Mapping[str, Any] | None = None,
+) -> str:
+    """Stable SHA-256 of the flag definitions (key order does not matter).
+
+    Named sets and file-level metadata count only when present, so a directory without them
+    hashes as it always did (a restart after an upgrade keeps its recorded version).
+    """
+    canonical: dict[str, Any] = {"flags": flags, "$evaluators": evaluators or {}}
+    named = {set_id: flags for set_id, flags in (sets or {}).items() if set_id != DEFAULT_SET}
+    if named:
+        canonical["sets"] = named
+    if file_metadata:
+        canonical["fileMetadata"] = {name: meta for name, meta in file_metadata.items() if meta}
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _frozen(mapping: Mapping[str, Any]) -> MappingProxyType[str, Any]:
+    return MappingProxyType(dict(mapping))
 
 
 @dataclass(frozen=True)
 class FlagSet:
     """The merged flags of one accepted version.
 
-    `flags` maps key -> flagd flag definition (as in a flagd file), `evaluators` holds shared
-    `$evaluators`, `sources` maps key -> the file (or "api") the flag came from.
+    `flags` is the default view (key -> flagd flag definition, as in its file), `evaluators`
+    the shared `$evaluators`, `sources` key -> the file the default view's flag came from.
+    `sets` (flagSetId -> key -> definition) and `set_sources` hold every flag set; when left
+    empty they are the default set made of `flags`. `file_metadata` is each file's top-level
+    `metadata`, `evaluator_sources` the file each evaluator came from.
     """
 
     version: int
-    flags: Mapping[str, Mapping[str, Any]]
+    flags: _Flags
     evaluators: Mapping[str, Any] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
     content_hash: str = ""
+    sets: Mapping[str, _Flags] = field(default_factory=dict)
+    set_sources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    file_metadata: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    evaluator_sources: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "flags", MappingProxyType(dict(self.flags)))
-        object.__setattr__(self, "evaluators", MappingProxyType(dict(self.evaluators)))
-        object.__setattr__(self, "sources", MappingProxyType(dict(self.sources)))
+        sets = {set_id: _frozen(flags) for set_id, flags in self.sets.items()}
+        if not sets:
+            sets = {DEFAULT_SET: _frozen(self.flags)} if self.flags else {}
+            set_sources = {DEFAULT_SET: dict(self.sources)} if self.flags else {}
+        else:
+            set_sources = {set_id: dict(found) for set_id, found in self.set_sources.items()}
+        object.__setattr__(self, "sets", MappingProxyType(sets))
+        object.__setattr__(
+            self,
+            "set_sources",
+            MappingProxyType({set_id: _frozen(found) for set_id, found in set_sources.items()}),
+        )
+        object.__setattr__(self, "flags", _frozen(self.flags))
+        object.__setattr__(self, "evaluators", _frozen(self.evaluators))
+        object.__setattr__(self, "sources", _frozen(self.sources))
+        object.__setattr__(
+            self,
+            "file_metadata",
+            MappingProxyType({name: _frozen(meta) for name, meta in self.file_metadata.items()}),
+        )
+        object.__setattr__(self, "evaluator_sources", _frozen(self.evaluator_sources))
         if not self.content_hash:
-            object.__setattr__(self, "content_hash", content_hash(self.flags, self.evaluators))
+            object.__setattr__(
+                self,
+                "content_hash",
+                content_hash(
+                    self.flags, self.evaluators, sets=self.sets, file_metadata=self.file_metadata
+                ),
+            )
+
+    @classmethod
+    def from_sets(
+        cls,
+        *,
+        version: int,
+        sets: Mapping[str, _Flags],
+        set_sources: Mapping[str, Mapping[str, str]],
+        evaluators: Mapping[str, Any],
+        file_metadata: Mapping[str, Mapping[str, Any]],
+        evaluator_sources: Mapping[str, str],
+        digest: str = "",
+    ) -> FlagSet:
+        """A flag set from its sets; the default view is derived."""
+        flags, sources = default_view(sets, set_sources)
+        return cls(
+            version=version,
+            flags=flags,
+            evaluators=evaluators,
+            sources=sources,
+            content_hash=digest,
+            sets={k: v for k, v in sets.items() if v},
+            set_sources=set_sources,
+            file_metadata=file_metadata,
+            evaluator_sources=evaluator_sources,
+        )
+
+    # -- the project's facts (not evaluation metadata) -----------------------------------
 
     @property
-    def metadata(self) -> dict[str, str | int]:
-        """Flag set metadata; flagd merges it into every evaluation's flag metadata."""
+    def facts(self) -> dict[str, str | int]:
+        """Version, short content hash and bucketing generation of this flag set."""
         return {
             "flagSetVersion": self.version,
             "flagSetHash": self.content_hash[:12],
             "bucketing": BUCKETING_GENERATION,
         }
 
-    def to_flagd(self) -> dict[str, Any]:
-        """The flag set as one flagd flag-configuration document."""
+    @property
+    def metadata(self) -> dict[str, str | int]:
+        """Deprecated name of `facts` (callers outside the flag store still read it)."""
+        return self.facts
+
+    # -- flagd views ---------------------------------------------------------------------
+
+    def source_of(self, set_id: str, key: str) -> str | None:
+        return self.set_sources.get(set_id, {}).get(key)
+
+    def flag_metadata(self, key: str, set_id: str | None = None) -> dict[str, Any]:
+        """Metadata an evaluation of `key` reports: its file's metadata, then its own."""
+        if set_id is None:
+            definition = self.flags.get(key)
+            source = self.sources.get(key)
+        else:
+            definition = self.sets.get(set_id, {}).get(key)
+            source = self.source_of(set_id, key)
+        merged: dict[str, Any] = dict(self.file_metadata.get(source or "", {}))
+        own = definition.get("metadata") if definition else None
+        if isinstance(own, Mapping):
+            merged.update(own)
+        return merged
+
+    def to_flagd(self, set_id: str | None = None, *, stamped: bool = False) -> dict[str, Any]:
+        """One flagd document: the default view (None) or one flag set, metadata merged.
+
+        As flagd's sync service sends it: each flag carries its merged metadata and there is
+        no top-level `metadata`, so an evaluator reports exactly what the files say.
+        `stamped` adds VERSION_KEY to every flag's metadata (for our own evaluator only).
+        """
+        if set_id is None:
+            chosen = {
+                key: (definition, self.sources.get(key)) for key, definition in self.flags.items()
+            }
+        else:
+            chosen = {
+                key: (definition, self.source_of(set_id, key))
+                for key, definition in self.sets.get(set_id, {}).items()
+            }
+        flags = {
+            key: self._merged(definition, source) for key, (definition, source) in chosen.items()
+        }
+        if stamped:
+            for flag in flags.values():
+                own = flag.get("metadata")
+                flag["metadata"] = {
+                    **(own if isinstance(own, Mapping) else {}),
+                    VERSION_KEY: self.version,
+                }
+        return self.document(flags)
+
+    def document(self, flags: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """A flagd document of `flags` (already merged) with this set's evaluators and facts."""
         document: dict[str, Any] = {
             "$schema": "https://flagd.dev/schema/v0/flags.json",
-            "flags": {key: dict(value) for key, value in self.flags.items()},
-            "metadata": self.metadata,
+            "flags": {key: dict(value) for key, value in flags.items()},
+            FACTS_MEMBER: self.facts,
         }
         if self.evaluators:
             document["$evaluators"] = dict(self.evaluators)
         return document
+
+    def merged(self, set_id: str, key: str) -> dict[str, Any]:
+        """The definition of `key` in `set_id` with its file's metadata merged in."""
+        return self._merged(self.sets[set_id][key], self.source_of(set_id, key))
+
+    def _merged(self, definition: Mapping[str, Any], source: str | None) -> dict[str, Any]:
+        flag = dict(definition)
+        inherited = self.file_metadata.get(source or "")
+        if inherited:
+            own = flag.get("metadata")
+            flag["metadata"] = {**inherited, **(own if isinstance(own, Mapping) else {})}
+        return flag
 
     def to_json(self) -> str:
         return json.dumps(self.to_flagd(), sort_keys=True)

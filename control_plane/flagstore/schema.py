@@ -25,9 +25,10 @@ _STATES = ("ENABLED", "DISABLED")
 
 @dataclass
 class DocumentParts:
-    """A document's flags (key -> (definition, where it is)), evaluators and metadata."""
+    """A document's flags ((key, definition, where it is), in file order), evaluators and
+    metadata. A key may repeat in the array form: keys are unique per flag set, not per file."""
 
-    flags: dict[str, tuple[Any, Location]] = field(default_factory=dict)
+    flags: list[tuple[str, Any, Location]] = field(default_factory=list)
     evaluators: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -116,7 +117,7 @@ def _collect_flags(flags: Any, daemon_schema: bool, parts: DocumentParts,
         for key, definition in flags.items():
             if not key:
                 _error(issues, ("flags", key), "a flag key must not be empty")
-            parts.flags[key] = (definition, ("flags", key))
+            parts.flags.append((key, definition, ("flags", key)))
         return
     if isinstance(flags, list) and daemon_schema:
         for index, definition in enumerate(flags):
@@ -126,11 +127,8 @@ def _collect_flags(flags: Any, daemon_schema: bool, parts: DocumentParts,
                 _error(issues, where, "in the array form every flag needs a non-empty "
                                       "\"key\" string")
                 continue
-            if key in parts.flags:
-                _error(issues, (*where, "key"), f"flag key {key!r} appears twice in this file")
-                continue
             body = {name: value for name, value in definition.items() if name != "key"}
-            parts.flags[key] = (body, where)
+            parts.flags.append((key, body, where))
         return
     if isinstance(flags, list):
         _error(issues, ("flags",), "\"flags\" must be an object keyed by flag key; the array "

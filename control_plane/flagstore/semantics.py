@@ -1,9 +1,10 @@
 """What a flag's parts mean together: checks the schema cannot express.
 
 - `defaultVariant` must name one of the variants (or be null / absent: the caller's default);
-- a targeting rule must not return a variant name that does not exist, where that is known
-  without a request: string or boolean literals in `if` branches, `fractional` bucket names,
-  operators that always return true/false, also through `$ref` evaluators;
+- a targeting rule that returns a variant name that does not exist, where that is known
+  without a request (string or boolean literals in `if` branches, `fractional` bucket names,
+  operators that always return true/false, also through `$ref` evaluators), is a warning, not
+  an error: the branch may be unreachable, and flagd answers an error only when it is taken;
 - every `$ref` must name an evaluator, and an evaluator may not `$ref` another (flagd expands
   `$ref` one level only, in an order that differs between SDKs);
 - a routing flag (an object variant with a `backend` or `url`, or `"routing": true` in the flag
@@ -16,7 +17,7 @@ import difflib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from control_plane.flagstore.issues import Location, ValidationIssue
+from control_plane.flagstore.issues import WARNING, Location, ValidationIssue
 from control_plane.flagstore.targeting_rules import BOOLEAN_OPERATORS
 from control_plane.routing.backends import backend_problem
 
@@ -121,7 +122,10 @@ def _check_results(targeting: dict[str, Any], location: Location, variants: Mapp
             continue
         if (where, message) not in reported:
             reported.add((where, message))
-            _error(issues, where, message)
+            # A warning: the branch may never be taken (flagd answers an error only if it is).
+            issues.append(ValidationIssue.at(
+                where, message + "; flagd answers an error if this branch is reached",
+                severity=WARNING))
 
 
 def _results(node: Any, location: Location, evaluators: Mapping[str, Any], via: str | None,

@@ -1,9 +1,13 @@
 """The flag store: holds the serving flag set, reloads the directory, and tells subscribers.
 
 Readers take `store.current` (one attribute read, so a swap is atomic for them); writers go
-through `reload()`, which validates first and swaps only a complete, valid flag set. An invalid
-edit is refused, logged and counted, its issues kept for `status()`, and the last good flag set
-keeps serving. A watcher thread polls the directory every `reload_interval` seconds.
+through `reload()`, which validates first. An invalid flag never blocks unrelated valid ones
+(see `partial`): it is refused on its own and keeps its last good definition (or stays absent
+if new), a file that cannot be parsed keeps all of its last good flags, everything else goes
+live, and `status()` lists what was refused and why (`refused`). With `strict=True`
+(setting `flags_strict`) any error refuses the whole edit and the last good flag set keeps
+serving, as does an edit where nothing at all is valid. A watcher thread polls the directory
+every `reload_interval` seconds.
 
 How the watcher copes with editors: a half-written file is a syntax error, so it is refused
 like any invalid edit and retried once the bytes change again. Changes are detected from
@@ -36,10 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from control_plane.errors import FlagsNotLoaded, FlagValidationError
-from control_plane.flagstore.flagset import FlagSet, content_hash
+from control_plane.flagstore.flagset import FlagSet, content_hash, default_view
 from control_plane.flagstore.history import InMemoryRecorder, RecordRequest, VersionRecorder
 from control_plane.flagstore.issues import ValidationIssue
-from control_plane.flagstore.loader import FlagFiles, flag_files, load_files, read_flag_files
+from control_plane.flagstore.loader import FlagFiles, check_files, flag_files, read_flag_files
+from control_plane.flagstore.partial import Composed, RefusedPart, compose
+from control_plane.flagstore.validate import describe
 
 __all__ = ["FlagStore", "Listener", "PendingDeletion", "ReloadListener", "ReloadOutcome",
            "ReloadStats"]
@@ -83,6 +89,8 @@ class ReloadOutcome:
     at: float  # wall-clock time of the attempt (time.time())
     seconds: float  # read + validate + record + swap
     trigger: str  # "watch" (the directory watcher) or "call" (reload() was called)
+    #: Flags (or files) refused while the rest of the edit went live (ok is True then).
+    refused: tuple[RefusedPart, ...] = ()
 
 
 ReloadListener = Callable[[ReloadOutcome], None]
@@ -109,12 +117,15 @@ class FlagStore:
 
     def __init__(self, directory: Path, *, reload_interval: float = 0.2,
                  recorder: VersionRecorder | None = None,
-                 deletion_settle: float = 2.0) -> None:
+                 deletion_settle: float = 2.0, strict: bool = False) -> None:
         self.directory = directory
         self.recorder: VersionRecorder = recorder or InMemoryRecorder()
         self.reload_interval = reload_interval
         #: Seconds a vanished flag file must stay gone before its flags are unpublished.
         self.deletion_settle = deletion_settle
+        #: All-or-nothing reloads (setting `flags_strict`); else invalid flags are refused alone.
+        self.strict = strict
+        self._refusals: tuple[RefusedPart, ...] = ()
         self.last_error: FlagValidationError | None = None
         self._current: FlagSet | None = None
         self._files: tuple[str, ...] = ()
@@ -163,6 +174,11 @@ class FlagStore:
         return self._warnings
 
     @property
+    def refused(self) -> tuple[RefusedPart, ...]:
+        """Flags (or files) of the last edit refused while the rest went live."""
+        return self._refusals
+
+    @property
     def pending_deletions(self) -> tuple[PendingDeletion, ...]:
         """Vanished flag files still served until their settle window has passed."""
         return tuple(sorted(self._pending.values(), key=lambda item: item.file))
@@ -179,6 +195,14 @@ class FlagStore:
             serving = f"version {current.version} keeps serving" if current else \
                 "no flag set is serving"
             message = f"the last edit was refused ({serving}): {error.detail}"
+        elif current is not None and self._refusals:
+            state = "partial"
+            issues = [issue for item in self._refusals for issue in item.issues]
+            issues.extend(self._warnings)
+            names = ", ".join(item.key or item.file for item in self._refusals[:5])
+            more = f" and {len(self._refusals) - 5} more" if len(self._refusals) > 5 else ""
+            message = (f"version {current.version} is serving; {len(self._refusals)} "
+                       f"refused ({names}{more}): see refused")
         elif current is not None:
             state = "ok"
             issues = list(self._warnings)
@@ -201,6 +225,9 @@ class FlagStore:
             "reloads": {"ok": stats.reloads_ok, "failed": stats.reloads_failed},
             "issues": [issue.to_dict() for issue in issues],
             "pendingDeletions": [item.to_dict() for item in pending],
+            "strict": self.strict,
+            "refused": [item.to_dict(current.version if current else None)
+                        for item in self._refusals],
         }
 
     # -- subscribing ---------------------------------------------------------------------
@@ -216,8 +243,9 @@ class FlagStore:
     def subscribe_documents(
         self, listener: Callable[[dict[str, Any]], None]
     ) -> Callable[[], None]:
-        """FlagDocumentSource: the same notifications, as flagd documents."""
-        return self.subscribe(lambda flag_set: listener(flag_set.to_flagd()))
+        """FlagDocumentSource: the same notifications, as flagd documents for our own evaluator
+        (each flag's metadata stamped with the version, see flagset.VERSION_KEY)."""
+        return self.subscribe(lambda flag_set: listener(flag_set.to_flagd(stamped=True)))
 
     def subscribe_reloads(self, listener: ReloadListener) -> Callable[[], None]:
         """Call `listener` with the outcome of every reload attempt (for metrics and logs)."""
@@ -318,21 +346,24 @@ class FlagStore:
         at = time.time()
         self._attempt_digest = files.digest
         self._attempt_contents = dict(files.contents)
-        try:
-            loaded = load_files(files)
-        except FlagValidationError as exc:
-            self._refused(exc, at, started, trigger)
-            raise
-        digest = content_hash(loaded.flags, loaded.evaluators)
         current = self._current
+        result = check_files(files)
+        composed = compose(result, current)
+        if result.blocking or (not result.ok and (self.strict or (
+                current is None and composed.flag_count == 0))):
+            exc = FlagValidationError(describe(list(result.issues)), issues=result.issues)
+            self._refused(exc, at, started, trigger)
+            raise exc
+        digest = content_hash(*_default_view(composed), sets=composed.sets,
+                              file_metadata=composed.file_metadata)
         changed = current is None or current.content_hash != digest
         if current is not None and not changed:
             # Same definitions (whitespace, order or a flag moved between files): same version.
-            flag_set = dataclasses.replace(current, sources=loaded.sources)
+            flag_set = _flag_set(composed, current.version, digest)
         else:
             try:
-                flag_set = self._versioned(loaded.flags, loaded.evaluators, loaded.sources,
-                                           digest, source=source, actor=actor, message=message)
+                flag_set = self._versioned(composed, digest, source=source, actor=actor,
+                                           message=message)
             except Exception as exc:
                 self._attempt_digest = None  # retry the same bytes once the recorder is back
                 self._retry_after = time.monotonic() + _RECORDER_RETRY_SECONDS
@@ -344,29 +375,32 @@ class FlagStore:
                 self._refused(refusal, at, started, trigger)
                 raise
         self._current = flag_set
-        self._files = loaded.files
-        self._warnings = tuple(loaded.warnings)
+        self._files = result.files
+        self._warnings = tuple(result.warnings)
+        self._refusals = composed.refused
         self.last_error = None
         self._retry_after = 0.0
         seconds = time.perf_counter() - started
         self._stats = dataclasses.replace(
             self._stats, reloads_ok=self._stats.reloads_ok + 1, last_reload_at=at,
             last_success_at=at, last_reload_seconds=seconds)
+        for item in composed.refused:
+            log.warning("flag %s refused (%s); the rest of the edit is live: %s",
+                        item.key or f"file {item.file}", item.serving,
+                        "; ".join(issue.format() for issue in item.issues[:3]))
         if changed:
             log.info("flag set version %d is live (%s, %d flags from %s)", flag_set.version,
-                     flag_set.content_hash[:12], len(flag_set.flags), ", ".join(loaded.files))
+                     flag_set.content_hash[:12], len(flag_set.flags), ", ".join(result.files))
             for listener in list(self._listeners):
                 _call(listener, flag_set)
         self._announce(ReloadOutcome(ok=True, changed=changed, version=flag_set.version,
-                                     issues=tuple(loaded.warnings), at=at, seconds=seconds,
-                                     trigger=trigger))
+                                     issues=tuple(result.issues), at=at, seconds=seconds,
+                                     trigger=trigger, refused=composed.refused))
         return flag_set
 
-    def _versioned(self, flags: dict[str, dict[str, Any]], evaluators: dict[str, Any],
-                   sources: dict[str, str], digest: str, *, source: str, actor: str,
+    def _versioned(self, composed: Composed, digest: str, *, source: str, actor: str,
                    message: str) -> FlagSet:
-        candidate = FlagSet(version=0, flags=flags, evaluators=evaluators, sources=sources,
-                            content_hash=digest)
+        candidate = _flag_set(composed, 0, digest)
         if self._current is None:
             # A restart over unchanged flags keeps the recorded version instead of bumping it.
             latest = self.recorder.latest()
@@ -379,6 +413,7 @@ class FlagStore:
     def _refused(self, exc: FlagValidationError, at: float, started: float,
                  trigger: str) -> None:
         self.last_error = exc
+        self._refusals = ()
         seconds = time.perf_counter() - started
         self._stats = dataclasses.replace(
             self._stats, reloads_failed=self._stats.reloads_failed + 1, last_reload_at=at,
@@ -452,6 +487,18 @@ class FlagStore:
                 continue
             signature.append((path.name, stat.st_mtime_ns, stat.st_size, stat.st_ino))
         return tuple(signature)
+
+
+def _default_view(composed: Composed) -> tuple[dict[str, Any], dict[str, Any]]:
+    flags, _ = default_view(composed.sets, composed.set_sources)
+    return dict(flags), composed.evaluators
+
+
+def _flag_set(composed: Composed, version: int, digest: str) -> FlagSet:
+    return FlagSet.from_sets(version=version, sets=composed.sets,
+                             set_sources=composed.set_sources, evaluators=composed.evaluators,
+                             file_metadata=composed.file_metadata,
+                             evaluator_sources=composed.evaluator_sources, digest=digest)
 
 
 def _as_issue(item: Any) -> ValidationIssue:

@@ -81,8 +81,12 @@ def check_targeting(rule: Any, location: Location, issues: list[ValidationIssue]
 def check_argument(value: Any, location: Location, issues: list[ValidationIssue]) -> None:
     """Any operand: a rule, a $ref, or a JSON value (objects inside arrays are rules too)."""
     if isinstance(value, dict):
-        if value:  # JSONLogic passes an empty object through as data
+        if value:
             _check_rule(value, location, issues)
+        else:  # the official schema refuses it, and the evaluators disagree on what it means
+            _error(issues, location, "an empty object {} is not a rule (flagd's schema refuses "
+                                     "it; the Python evaluator reads it as true, Node's as "
+                                     "false); write the condition, or true/false")
     elif isinstance(value, list):
         for index, item in enumerate(value):
             check_argument(item, (*location, index), issues)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane.flagstore.documents import parse_flag_file
+from control_plane.flagstore.flagset import DEFAULT_SET, default_view, flag_set_id
 from control_plane.flagstore.issues import Location, ValidationIssue, locate
 from control_plane.flagstore.schema import check_document, check_flag_structure
 from control_plane.flagstore.semantics import check_evaluator_refs, check_flag_semantics
@@ -23,6 +24,7 @@ from control_plane.flagstore.shadow_rules import check_shadow_rules
 from control_plane.flagstore.text_check import check_text_values
 
 __all__ = [
+    "Refusal",
     "ValidationResult",
     "describe",
     "validate_contents",
@@ -63,17 +65,40 @@ def validate_document(document: Any, *, file: str = "") -> list[ValidationIssue]
     if issues:  # unsafe text is refused before anything else looks at (or hashes) it
         return locate(issues, file=file)
     parts = check_document(document, issues)
-    for key, (definition, where) in parts.flags.items():
+    seen: dict[tuple[str, str], Location] = {}
+    for key, definition, where in parts.flags:
+        set_id = flag_set_id(definition, parts.metadata) if isinstance(definition, dict) \
+            else DEFAULT_SET
+        if (set_id, key) in seen:
+            issues.append(ValidationIssue.at(where, f"flag {key!r} is defined twice in flag set "
+                                                    f"{set_id!r}; a key is unique per flag set"))
+        seen[(set_id, key)] = where
         issues.extend(validate_flag(key, definition, parts.evaluators, location=where))
     issues.extend(validate_evaluators(parts.evaluators))
     return locate(issues, file=file)
 
 
 @dataclass(frozen=True)
-class ValidationResult:
-    """Flag files merged into one flag set, with every issue found on the way.
+class Refusal:
+    """Part of an edit that is refused: one flag (`key`), or a whole file (`key` None)."""
 
-    `flags`, `evaluators` and `sources` (flag key -> file) are meaningful only when `ok`.
+    file: str
+    key: str | None
+    flag_set_id: str
+    issues: tuple[ValidationIssue, ...]
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(issue.format() for issue in self.issues[:3])
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Flag files merged into flag sets, with every issue found on the way.
+
+    `sets` (flagSetId -> key -> definition), `set_sources`, `file_metadata` and `evaluators`
+    hold what was accepted: every flag and file that has no error of its own; `refused` lists
+    the rest with its issues. `flags` and `sources` are the default view of `sets`.
     """
 
     flags: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -81,6 +106,11 @@ class ValidationResult:
     sources: dict[str, str] = field(default_factory=dict)
     files: tuple[str, ...] = ()
     issues: tuple[ValidationIssue, ...] = ()
+    sets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    set_sources: dict[str, dict[str, str]] = field(default_factory=dict)
+    file_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evaluator_sources: dict[str, str] = field(default_factory=dict)
+    refused: tuple[Refusal, ...] = ()
 
     @property
     def errors(self) -> list[ValidationIssue]:
@@ -94,6 +124,11 @@ class ValidationResult:
     def ok(self) -> bool:
         return not self.errors
 
+    @property
+    def blocking(self) -> list[ValidationIssue]:
+        """Errors that belong to no file or flag (no flag files at all): nothing can load."""
+        return [issue for issue in self.errors if not issue.file]
+
 
 def validate_contents(contents: Mapping[str, bytes]) -> ValidationResult:
     """Parse, check and merge flag files given as name -> bytes (names sorted for the merge)."""
@@ -103,15 +138,22 @@ def validate_contents(contents: Mapping[str, bytes]) -> ValidationResult:
     return merge.finish(tuple(sorted(contents)))
 
 
+_FlagId = tuple[str, str]  # (flagSetId, key)
+
+
 class _Merge:
-    """Accumulates files; a flag key or evaluator name defined twice is an error."""
+    """Accumulates files; a flag key defined twice in one flag set is an error, as is an
+    evaluator name defined twice differently."""
 
     def __init__(self) -> None:
         self.issues: list[ValidationIssue] = []
-        self.flags: dict[str, Any] = {}
-        self.flag_where: dict[str, tuple[str, Location]] = {}
+        self.flags: dict[_FlagId, Any] = {}
+        self.flag_where: dict[_FlagId, tuple[str, Location]] = {}
+        #: file -> where a flag sits in it (("flags", key) or ("flags", index)) -> its id
+        self.owners: dict[str, dict[Location, _FlagId]] = {}
         self.evaluators: dict[str, Any] = {}
         self.evaluator_file: dict[str, str] = {}
+        self.file_metadata: dict[str, dict[str, Any]] = {}
         self.positions: dict[str, dict[Location, tuple[int, int]]] = {}
 
     def _line(self, file: str, location: Location) -> str:
@@ -130,16 +172,25 @@ class _Merge:
             self.issues.extend(locate(found, file=name, positions=parsed.positions))
             return
         parts = check_document(parsed.data, found)
-        for key, (definition, where) in parts.flags.items():
-            if key in self.flags:
-                first_file, first_where = self.flag_where[key]
+        if parts.metadata:
+            self.file_metadata[name] = parts.metadata
+        owners = self.owners.setdefault(name, {})
+        for key, definition, where in parts.flags:
+            set_id = flag_set_id(definition, parts.metadata) if isinstance(definition, dict) \
+                else DEFAULT_SET
+            flag_id = (set_id, key)
+            owners[where[:2]] = flag_id
+            if flag_id in self.flags:
+                first_file, first_where = self.flag_where[flag_id]
+                in_set = f" in flag set {set_id!r}" if set_id else ""
                 found.append(ValidationIssue.at(
-                    where, f"flag {key!r} is also defined in {self._line(first_file, first_where)}"
-                           f"; a flag key may be defined in one file only, so remove or rename "
-                           f"one of them"))
+                    where, f"flag {key!r}{in_set} is also defined in "
+                           f"{self._line(first_file, first_where)}; a flag key may be defined "
+                           f"once per flag set, so remove or rename one of them (or give "
+                           f"one a different flagSetId)"))
                 continue
-            self.flags[key] = definition
-            self.flag_where[key] = (name, where)
+            self.flags[flag_id] = definition
+            self.flag_where[flag_id] = (name, where)
         for evaluator, rule in parts.evaluators.items():
             if evaluator in self.evaluators:
                 if self.evaluators[evaluator] != rule:
@@ -154,9 +205,9 @@ class _Merge:
         self.issues.extend(locate(found, file=name, positions=parsed.positions))
 
     def finish(self, files: tuple[str, ...]) -> ValidationResult:
-        for key, definition in self.flags.items():
-            file, where = self.flag_where[key]
-            self.issues.extend(locate(validate_flag(key, definition, self.evaluators,
+        for flag_id, definition in self.flags.items():
+            file, where = self.flag_where[flag_id]
+            self.issues.extend(locate(validate_flag(flag_id[1], definition, self.evaluators,
                                                     location=where),
                                       file=file, positions=self.positions.get(file)))
         for issue in validate_evaluators(self.evaluators):
@@ -166,14 +217,53 @@ class _Merge:
         ordered = sorted(self.issues, key=lambda issue: (
             files.index(issue.file) if issue.file in files else -1, issue.line or 0,
             issue.column or 0, issue.path))
+        refused = self._refusals(ordered)
+        refused_files = {item.file for item in refused if item.key is None}
+        refused_flags = {(item.file, item.flag_set_id, item.key) for item in refused if item.key}
+        sets: dict[str, dict[str, dict[str, Any]]] = {}
+        set_sources: dict[str, dict[str, str]] = {}
+        for flag_id, definition in self.flags.items():
+            file = self.flag_where[flag_id][0]
+            if file in refused_files or (file, *flag_id) in refused_flags or \
+                    not isinstance(definition, dict):
+                continue
+            sets.setdefault(flag_id[0], {})[flag_id[1]] = dict(definition)
+            set_sources.setdefault(flag_id[0], {})[flag_id[1]] = file
+        flags, sources = default_view(sets, set_sources)
         return ValidationResult(
-            flags={key: dict(value) for key, value in self.flags.items()
-                   if isinstance(value, dict)},
-            evaluators=dict(self.evaluators),
-            sources={key: where[0] for key, where in self.flag_where.items()},
+            flags={key: dict(value) for key, value in flags.items()},
+            evaluators={name: rule for name, rule in self.evaluators.items()
+                        if self.evaluator_file[name] not in refused_files},
+            sources=sources,
             files=files,
             issues=tuple(ordered),
+            sets=sets,
+            set_sources=set_sources,
+            file_metadata={name: meta for name, meta in self.file_metadata.items()
+                           if name not in refused_files},
+            evaluator_sources={name: file for name, file in self.evaluator_file.items()
+                               if file not in refused_files},
+            refused=refused,
         )
+
+    def _refusals(self, issues: list[ValidationIssue]) -> tuple[Refusal, ...]:
+        """Errors grouped by what they refuse: the flag they sit in, else their whole file."""
+        by_flag: dict[tuple[str, _FlagId], list[ValidationIssue]] = {}
+        by_file: dict[str, list[ValidationIssue]] = {}
+        for issue in issues:
+            if not issue.is_error or not issue.file:
+                continue
+            owner = self.owners.get(issue.file, {}).get(issue.location[:2])
+            if owner is not None:
+                by_flag.setdefault((issue.file, owner), []).append(issue)
+            else:
+                by_file.setdefault(issue.file, []).append(issue)
+        refused = [Refusal(file=file, key=None, flag_set_id=DEFAULT_SET, issues=tuple(found))
+                   for file, found in by_file.items()]
+        refused.extend(
+            Refusal(file=file, key=flag_id[1], flag_set_id=flag_id[0], issues=tuple(found))
+            for (file, flag_id), found in by_flag.items() if file not in by_file)
+        return tuple(refused)
 
 
 def describe(issues: list[ValidationIssue], *, limit: int = 3) -> str:

@@ -116,7 +116,7 @@ class Decider:
             flag_key, {}, EvaluationContext(targeting_key, attributes)
         )
         metadata = dict(details.flag_metadata)
-        version = metadata.get("flagSetVersion", flag_set.version)
+        version = metadata.pop("$flagSetVersion", flag_set.version)  # flagset.VERSION_KEY
         variant = details.variant
         error_code = details.error_code.value if details.error_code else None
         if details.error_code is not None and error_code == "FLAG_NOT_FOUND":
