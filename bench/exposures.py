@@ -48,50 +48,18 @@ FLAG = "ab-test-router"
 # -- the servers (uvicorn --factory targets) -------------------------------------------------
 
 def _app(logging_on: bool) -> Any:
-    """The control plane (routing, admin API) on DATABASE_URL, with or without experiments."""
-    from control_plane.db import Database
-    from control_plane.experiments.wiring import install_experiments
-    from control_plane.flagstore.db_recorder import DatabaseRecorder
-    from control_plane.http.admin_api import install_admin_api
+    """The control plane (routing, admin API) on DATABASE_URL, with or without exposures."""
     from control_plane.http.app import create_app
     from control_plane.settings import Settings
 
     pid_file = os.environ.get("BENCH_PID_FILE")
     if pid_file:  # the benchmark reads this process's CPU time from /proc/<pid>/stat
         Path(pid_file).write_text(str(os.getpid()))
-    settings = Settings()
-    database = Database.from_url(settings.database_url)
-    database.migrate()
-    app = create_app(settings)
+    app = create_app(Settings())
     components = app.state.components
-    experiments = getattr(app.state, "experiments", None)
-    if experiments is None:  # the app factory does not wire them (yet): do it here
-        components.store.recorder = DatabaseRecorder(database)
-        if getattr(app.state, "admin", None) is None:
-            install_admin_api(app, settings=settings, store=components.store,
-                              database=database)
-        if logging_on:
-            install_experiments(app, components, database=database)
-    elif not logging_on:  # experiments wired by the factory: detach the exposure listener
-        _detach_after_start(app)
+    if not logging_on:  # the baseline: the same app without the exposure listener
+        components.decider.listeners.remove(components.experiments.recorder.on_decision)
     return app
-
-
-def _detach_after_start(app: Any) -> None:
-    from contextlib import asynccontextmanager
-
-    inner = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(application: Any) -> Any:
-        async with inner(application) as state:
-            recorder = app.state.experiments.recorder
-            listeners = app.state.components.decider.listeners
-            if recorder is not None and recorder.on_decision in listeners:
-                listeners.remove(recorder.on_decision)
-            yield state
-
-    app.router.lifespan_context = lifespan
 
 
 def logging_on() -> Any:

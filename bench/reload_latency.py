@@ -111,7 +111,7 @@ def http_decide(store_dir: Path, interval: float) -> tuple[Callable[[str], str],
         server.should_exit = True
         thread.join(timeout=10)
 
-    return decide, close, app.state.store
+    return decide, close, app.state.components.store
 
 
 def main() -> None:

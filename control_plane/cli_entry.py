@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (exc.name or "").split(".")[0] not in _SERVER_MODULES:
             raise
         print(f"control-plane: the server stack is not installed (no module {exc.name!r}); "
-              "install it with: pip install 'model-flag-control-plane[server]'",
+              "install the [server] extra (from a clone: pip install -e '.[server]')",
               file=sys.stderr)
         return 2
     return cli_main(argv)

@@ -10,6 +10,7 @@
     ├── VersionNotFound            no stored flag set version with that number
     ├── TokenNotFound              no stored API token with that name
     ├── Conflict                   the request clashes with existing state (a token name)
+    ├── PreconditionFailed         If-Match / If-None-Match does not hold (412, current ETag)
     ├── InvalidEvents              outcome events refused; carries one error per bad item
     ├── ExperimentNotFound         the flag is not an experiment and has no exposures
     ├── CanaryNotFound             no canary run for that flag
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidEvents",
     "NotARoutingFlag",
     "PayloadTooLarge",
+    "PreconditionFailed",
     "TokenNotFound",
     "Unauthenticated",
     "UpstreamError",
@@ -115,6 +117,12 @@ class TokenNotFound(ControlPlaneError):
 
 class Conflict(ControlPlaneError):
     title = "Conflict"
+
+
+class PreconditionFailed(ControlPlaneError):
+    """The write's If-Match / If-None-Match does not hold for the flag as it is now (412)."""
+
+    title = "Precondition failed"
 
 
 class InvalidEvents(ControlPlaneError):

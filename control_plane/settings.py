@@ -23,7 +23,6 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-
 __all__ = ["DEFAULT_HEADER_RULES", "HeaderRule", "Settings", "TokenSpec"]
 
 _HEADER_NAME = re.compile(r"^[a-z0-9-]+$")
@@ -274,8 +273,11 @@ class Settings(BaseSettings):
     exposure_batch_size: int = Field(default=2000, ge=1, le=50_000)
     #: Seconds between two writes of queued records.
     exposure_flush_interval: float = Field(default=0.2, gt=0, le=60)
-    #: Records kept in memory while the database is down; more go to the spill directory.
+    #: Journaled records also kept in memory while the database keeps up (the journal holds
+    #: them all either way; while the database is down they wait on disk only).
     exposure_buffer_limit: int = Field(default=50_000, ge=0, le=10_000_000)
+    #: Directory of the exposure journal (CP_EXPOSURE_SPILL_DIR): every record is fsynced
+    #: here before the database is tried and deleted once committed; replayed at start.
     exposure_spill_dir: Path = Path("control-plane-spill")
     #: Seconds between two write attempts while the database is down.
     exposure_retry_interval: float = Field(default=1.0, gt=0, le=300)
@@ -288,10 +290,7 @@ class Settings(BaseSettings):
                                        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
     #: Seconds one Prometheus query may take (the controller waits for it each interval).
     prometheus_timeout: float = Field(default=3.0, gt=0, le=60)
-    # Exposure journal and database time limits (issue 9: a crash loses no answered exposure).
-    # Every record is appended (fsynced) to a journal in `exposure_spill_dir` before the
-    # database is tried, and deleted from it once committed; `exposure_buffer_limit` is now
-    # how many journaled records are also kept in memory while the database keeps up.
+    # Exposure journal and database time limits: a crash loses no answered exposure.
     #: Seconds between two journal appends: a kill -9 loses at most about this much.
     exposure_journal_interval: float = Field(default=0.2, ge=0.01, le=0.5)
     #: Seconds one experiment write may take before it is interrupted and the database

@@ -18,8 +18,6 @@ from fastapi import FastAPI
 from servers import ServerThread
 
 from control_plane.db import Database
-from control_plane.flagstore.db_recorder import DatabaseRecorder
-from control_plane.http.admin_api import install_admin_api
 from control_plane.http.app import create_app
 from control_plane.settings import Settings
 
@@ -46,21 +44,8 @@ def make_settings(flags_dir: Path, database_url: str, tmp_path: Path, **extra: A
 
 
 def full_app(settings: Settings, database: Database) -> FastAPI:
-    """The control plane app with the admin API and experiments installed on `database`.
-
-    When the app factory wires them itself (app.state.experiments exists), it is used as is.
-    """
-    app = create_app(settings)
-    if getattr(app.state, "experiments", None) is not None:
-        return app
-    from control_plane.experiments.wiring import install_experiments
-
-    components = app.state.components
-    components.store.recorder = DatabaseRecorder(database)
-    if getattr(app.state, "admin", None) is None:
-        install_admin_api(app, settings=settings, store=components.store, database=database)
-    install_experiments(app, components, database=database)
-    return app
+    """The control plane app (`database` is the one `settings.database_url` names)."""
+    return create_app(settings)
 
 
 @dataclass
@@ -80,7 +65,7 @@ class ControlPlane:
 
     @property
     def experiments(self) -> Any:
-        return self.app.state.experiments
+        return self.app.state.components.experiments
 
     def flush(self) -> None:
         """Wait until every record queued so far is in the database."""

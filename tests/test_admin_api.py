@@ -16,16 +16,16 @@ from typing import Any
 import db_support
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import Depends
 from fastapi.routing import APIRoute
 from servers import ServerThread
 
 from control_plane.db import Database, repository
-from control_plane.flagstore.db_recorder import DatabaseRecorder
 from control_plane.flagstore.loader import load_directory
 from control_plane.flagstore.store import FlagStore
-from control_plane.http.admin_api import install_admin_api, require_gateway_token, router
-from control_plane.http.problems import install_problem_handlers
+from control_plane.http.admin_api import router
+from control_plane.http.app import create_app
+from control_plane.http.deps import require_gateway_token
 from control_plane.settings import Settings
 from flags import AB_TEST_ROUTER, CANARY_ROUTER
 
@@ -56,32 +56,21 @@ class Admin:
 
 
 @pytest.fixture
-def admin(database: Database, flags_dir: Path) -> Iterator[Admin]:
-    """The admin API over a copy of the shipped flags, a real database and a watching store."""
-    settings = Settings(flags_dir=flags_dir, admin_tokens=[
-        f"root:admin:{ADMIN}", f"ops:operator:{OPERATOR}", f"dash:viewer:{VIEWER}"],
-        gateway_tokens=[GATEWAY])
-    store = FlagStore(flags_dir, reload_interval=0.02, recorder=DatabaseRecorder(database))
-    store.reload()
-    store.start()
-    app = FastAPI()
-    install_problem_handlers(app)
-
-    @app.get("/v1/flags/status")  # stands in for the real status route, included before
-    def status() -> dict[str, Any]:
-        return store.status()
-
-    install_admin_api(app, settings=settings, store=store, database=database)
+def admin(database: Database, database_url: str, flags_dir: Path) -> Iterator[Admin]:
+    """The real app over a copy of the shipped flags and a real database."""
+    settings = Settings(flags_dir=flags_dir, database_url=database_url, sync_port=0,
+                        reload_interval=0.02,
+                        admin_tokens=[f"root:admin:{ADMIN}", f"ops:operator:{OPERATOR}",
+                                      f"dash:viewer:{VIEWER}"],
+                        gateway_tokens=[GATEWAY])
+    app = create_app(settings)
 
     @app.get("/gateway-only", dependencies=[Depends(require_gateway_token)])
     def gateway_only() -> dict[str, str]:
         return {"ok": "yes"}
 
-    try:
-        with ServerThread(app) as server:
-            yield Admin(server.url, store, database, flags_dir)
-    finally:
-        store.stop()
+    with ServerThread(app) as server:
+        yield Admin(server.url, app.state.components.store, database, flags_dir)
 
 
 def _problem(response: httpx.Response, status: int) -> dict[str, Any]:

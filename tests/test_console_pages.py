@@ -12,7 +12,7 @@ import httpx
 import pytest
 from experiments_support import ControlPlane, make_settings, running
 
-from control_plane.console.pages import load_assets
+from control_plane.console.assets import load_assets
 from control_plane.db import Database
 from flags import FLAGS_DIR
 

@@ -70,17 +70,20 @@ def test_shutdown_flushes_queued_exposures(database: Database, database_url: str
     assert len(_exposures(database, AB_TEST_ROUTER)) == 25
 
 
-def test_anonymous_decisions_are_units_of_their_own(database: Database, database_url: str,
-                                                    flags_dir: Path, tmp_path: Path) -> None:
-    """A decision without a targeting key is stored with no unit (not a shared empty one)."""
+def test_anonymous_decisions_are_not_exposures(database: Database, database_url: str,
+                                               flags_dir: Path, tmp_path: Path) -> None:
+    """A decision without a targeting key is no experiment unit: counted apart, not stored."""
     settings = make_settings(flags_dir, database_url, tmp_path)
     with running(settings, database) as plane, httpx.Client(base_url=plane.url) as client:
         for _ in range(3):
             assert client.get(f"/v1/decide/{AB_TEST_ROUTER}").status_code == 200
+        assert client.get(f"/v1/decide/{AB_TEST_ROUTER}",
+                          headers={"x-user-id": "known"}).status_code == 200
         plane.flush()
+        assert plane.experiments.recorder.anonymous == {AB_TEST_ROUTER: 3}
     rows = _exposures(database, AB_TEST_ROUTER)
-    assert len(rows) == 3
-    assert all(row.unit is None for row in rows)
+    assert len(rows) == 1
+    assert rows[0].unit is not None
 
 
 @pytest.mark.parametrize("experiment", [True, False])

@@ -109,7 +109,7 @@ def control_plane(tmp_path: Path, flags_with_types: Path) -> Iterator[tuple[str,
     """Our app (OFREP) on uvicorn and our sync server, over the same flag store."""
     app = ofrep_app(settings_for(tmp_path, flags_with_types))
     with ServerThread(app) as server:
-        store: FlagStore = app.state.store
+        store: FlagStore = app.state.components.store
         with start_sync_server(store, "127.0.0.1", 0) as sync:
             yield server.url, store, sync.port
 

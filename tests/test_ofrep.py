@@ -48,7 +48,7 @@ class OfrepServer:
 
     @property
     def store(self) -> FlagStore:
-        store: FlagStore = self.server.server.config.app.state.store
+        store: FlagStore = self.server.server.config.app.state.components.store
         return store
 
     def single(self, key: str, body: Any = None, **kwargs: Any) -> httpx.Response:

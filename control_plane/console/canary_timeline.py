@@ -14,18 +14,17 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from control_plane.db.engine import Database
 from control_plane.db.experiment_models import CallSample, CanaryRun
 from control_plane.db.models import utc_now
 from control_plane.errors import CanaryNotFound
 from control_plane.experiments import repository
 from control_plane.experiments.stats import nearest_rank
-from control_plane.http.admin_api import ViewerDep
+from control_plane.http.deps import ComponentsDep, ViewerDep
 
 __all__ = ["CallPoint", "call_points", "router", "timeline"]
 
@@ -129,19 +128,12 @@ def timeline(*, session: Session, run: CanaryRun, buckets: int, now: datetime
     }
 
 
-def _database(request: Request) -> Database:
-    experiments = getattr(request.app.state, "experiments", None)
-    database: Database = (experiments.database if experiments is not None
-                          else request.app.state.components.database)
-    return database
-
-
 @router.get("/v1/canaries/{flag_key}/timeline",
             summary="A flag's canary (active, else latest): calls, errors, p99 and weight over "
                     "time, with its thresholds")
-async def canary_timeline(flag_key: str, request: Request, principal: ViewerDep,
+async def canary_timeline(flag_key: str, principal: ViewerDep, components: ComponentsDep,
                           buckets: Annotated[int, Query(ge=1, le=200)] = 40) -> dict[str, Any]:
-    database = _database(request)
+    database = components.database
 
     def work() -> dict[str, Any]:
         with database.session() as session:

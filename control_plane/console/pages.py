@@ -10,15 +10,14 @@ origin only, no inline script, no framing.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
-from importlib import resources
-
 from fastapi import APIRouter, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-__all__ = ["SECURITY_HEADERS", "Asset", "load_assets", "router"]
+from control_plane.http.components import Components
+from control_plane.http.deps import ComponentsDep
+
+__all__ = ["SECURITY_HEADERS", "router"]
 
 router = APIRouter(tags=["console"], include_in_schema=False)
 
@@ -31,38 +30,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
-_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".svg": "image/svg+xml",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Asset:
-    body: bytes
-    media_type: str
-    etag: str
-
-
-def load_assets() -> dict[str, Asset]:
-    """Every file of `control_plane/console/static`, read once (they are small)."""
-    assets: dict[str, Asset] = {}
-    folder = resources.files("control_plane.console") / "static"
-    for entry in folder.iterdir():
-        suffix = "." + entry.name.rsplit(".", 1)[-1]
-        if not entry.is_file() or suffix not in _TYPES:
-            continue
-        body = entry.read_bytes()
-        assets[entry.name] = Asset(body, _TYPES[suffix],
-                                   '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
-    return assets
-
-
-def _serve(request: Request, name: str) -> Response:
-    assets: dict[str, Asset] = request.app.state.console_assets
-    asset = assets.get(name)
+def _serve(components: Components, request: Request, name: str) -> Response:
+    asset = components.console_assets.get(name)
     if asset is None:
         # An HTTP edge concern, not a domain error: the app's handler answers problem+json 404.
         raise HTTPException(404, f"the console has no file named {name!r}")
@@ -74,10 +43,10 @@ def _serve(request: Request, name: str) -> Response:
 
 @router.get("/console")
 @router.get("/console/")
-def console_page(request: Request) -> Response:
-    return _serve(request, "index.html")
+def console_page(request: Request, components: ComponentsDep) -> Response:
+    return _serve(components, request, "index.html")
 
 
 @router.get("/console/static/{name}")
-def console_asset(name: str, request: Request) -> Response:
-    return _serve(request, name)
+def console_asset(name: str, request: Request, components: ComponentsDep) -> Response:
+    return _serve(components, request, name)

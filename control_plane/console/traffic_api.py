@@ -10,14 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 
-from control_plane.console.traffic import TrafficTracker, TrafficWindow
+from control_plane.console.traffic import TrafficWindow
 from control_plane.errors import FlagNotFound, FlagsNotLoaded, NotARoutingFlag
 from control_plane.flagstore import FlagSet
-from control_plane.http.admin_api import ViewerDep
 from control_plane.http.components import Components
-from control_plane.http.deps import ComponentsDep
+from control_plane.http.deps import ComponentsDep, TrackerDep, ViewerDep
 from control_plane.routing.backends import routing_table
 from control_plane.simulate import configured_split
 
@@ -29,12 +28,6 @@ router = APIRouter(tags=["console"])
 _PROBE = "console-probe"
 
 
-def _tracker(request: Request) -> TrafficTracker:
-    tracker: TrafficTracker = request.app.state.traffic
-    return tracker
-
-
-TrackerDep = Annotated[TrafficTracker, Depends(_tracker)]
 Minutes = Annotated[int, Query(ge=1, le=15, description="window length in minutes")]
 Buckets = Annotated[int, Query(ge=1, le=120, description="buckets in the time series")]
 

@@ -23,17 +23,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.errors import BadRequestInput, ControlPlaneError
+from control_plane.errors import BadRequestInput, PreconditionFailed
 
 __all__ = ["Precondition", "PreconditionFailed", "flag_etag", "flag_set_etag"]
 
 _TAG = re.compile(r'\s*(\*|(?:W/)?"[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
 
 
-class PreconditionFailed(ControlPlaneError):
-    """The write's If-Match / If-None-Match does not hold for the flag as it is now (412)."""
-
-    title = "Precondition failed"
 
 
 def flag_etag(definition: Mapping[str, Any]) -> str:

@@ -3,143 +3,55 @@
 Every endpoint needs a bearer token whose role is high enough (viewer < operator < admin), and
 every write is attributed to the token's name in the flag set history or the audit log.
 Errors are domain exceptions; the app's problem+json handlers turn them into 401/403/404/409/422,
-and the handler installed here turns PreconditionFailed into 412.
+including PreconditionFailed as a 412 with the current ETag.
 
 Flag edits use optimistic concurrency: `GET /v1/flags/{key}` (and `GET /v1/flags`) answer an
 `ETag`; `PUT` and `DELETE /v1/flags/{key}` (and rollback, against the flag set's ETag) accept
 `If-Match` / `If-None-Match` and answer 412 when the flag changed since it was read. The headers
 are optional (no 428): scripts and the canary controller may still write blindly.
 
-Wire it with `install_admin_api(app, settings=..., store=..., database=...)` after any route that
-shares the `/v1/flags/` prefix (such as `/v1/flags/status`), because `/v1/flags/{key}` would
-otherwise capture it.
+Include `router` after any route that shares the `/v1/flags/` prefix (such as
+`/v1/flags/status`), because `/v1/flags/{key}` would otherwise capture it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
 from control_plane.auth import (
-    Authenticator,
-    GatewayTokenChecker,
     Principal,
     Role,
     hash_token,
     new_token,
 )
 from control_plane.db import repository
-from control_plane.db.engine import Database
 from control_plane.db.models import ApiToken, AuditEvent, FlagSetVersion
 from control_plane.db.repository import MAX_VERSION
 from control_plane.errors import BadRequestInput, Conflict, FlagNotFound
-from control_plane.flagstore.editor import FlagEditor, WriteResult
+from control_plane.flagstore.editor import WriteResult
 from control_plane.flagstore.issues import format_path
 from control_plane.flagstore.preconditions import (
     Precondition,
-    PreconditionFailed,
     flag_etag,
     flag_set_etag,
 )
-from control_plane.flagstore.store import FlagStore
 from control_plane.flagstore.text_check import find_unsafe_text, unsafe_character
 from control_plane.http.bodies import read_json_body
-from control_plane.http.problems import problem_response
-from control_plane.settings import Settings
+from control_plane.http.components import Components
+from control_plane.http.deps import AdminDep, ComponentsDep, OperatorDep, ViewerDep
 
-__all__ = [
-    "AdminComponents",
-    "AdminDep",
-    "GatewayTokenDep",
-    "OperatorDep",
-    "ViewerDep",
-    "install_admin_api",
-    "require_gateway_token",
-    "require_role",
-    "router",
-]
+__all__ = ["router"]
 
 router = APIRouter(tags=["admin"])
 
 _TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _MAX_BODY = 1024 * 1024
 _MAX_MESSAGE = 2000
-
-
-@dataclass
-class AdminComponents:
-    """What the admin endpoints use; kept on `app.state.admin`."""
-
-    store: FlagStore
-    database: Database
-    authenticator: Authenticator
-    editor: FlagEditor
-    gateway: GatewayTokenChecker
-
-
-def install_admin_api(app: FastAPI, *, settings: Settings, store: FlagStore,
-                      database: Database) -> AdminComponents:
-    """Put the admin components on `app.state` and include the admin routes."""
-    admin = AdminComponents(
-        store=store, database=database,
-        authenticator=Authenticator.from_settings(settings, database),
-        editor=FlagEditor(store), gateway=GatewayTokenChecker.from_settings(settings),
-    )
-    app.state.admin = admin
-    app.state.gateway_auth = admin.gateway
-    app.add_exception_handler(PreconditionFailed, _on_precondition_failed)
-    app.include_router(router)
-    return admin
-
-
-async def _on_precondition_failed(_: Request, exc: Exception) -> Response:
-    if not isinstance(exc, PreconditionFailed):  # pragma: no cover - registered for it only
-        raise exc
-    etag = exc.extra.get("etag")
-    return problem_response(412, exc.title, exc.detail,
-                            headers={"ETag": etag} if etag else None, **exc.extra)
-
-
-# -- dependencies ----------------------------------------------------------------------------
-
-def _admin(request: Request) -> AdminComponents:
-    admin: AdminComponents = request.app.state.admin
-    return admin
-
-
-AdminComponentsDep = Annotated[AdminComponents, Depends(_admin)]
-
-
-def require_role(role: Role) -> Callable[..., Principal]:
-    """A dependency: the request's Principal, if its token's role is at least `role`."""
-
-    def dependency(request: Request, admin: AdminComponentsDep) -> Principal:
-        principal = admin.authenticator.authenticate(request.headers.get("authorization"))
-        admin.authenticator.authorize(principal, role)
-        return principal
-
-    return dependency
-
-
-ViewerDep = Annotated[Principal, Depends(require_role(Role.VIEWER))]
-OperatorDep = Annotated[Principal, Depends(require_role(Role.OPERATOR))]
-AdminDep = Annotated[Principal, Depends(require_role(Role.ADMIN))]
-
-
-def require_gateway_token(request: Request) -> None:
-    """Routing API dependency: passes when no gateway token is configured or the right one
-    is presented; the raw-ASGI fast path calls `app.state.gateway_auth(header)` instead."""
-    checker: GatewayTokenChecker = request.app.state.gateway_auth
-    checker(request.headers.get("authorization"))
-
-
-GatewayTokenDep = Annotated[None, Depends(require_gateway_token)]
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -216,7 +128,7 @@ def _audit_json(row: AuditEvent) -> dict[str, Any]:
             "target": row.target, "detail": row.detail}
 
 
-def _audit(admin: AdminComponents, principal: Principal, action: str, target: str,
+def _audit(admin: Components, principal: Principal, action: str, target: str,
            detail: dict[str, Any]) -> None:
     with admin.database.session() as session:
         repository.add_audit_event(session=session, actor=principal.name, action=action,
@@ -233,7 +145,7 @@ def whoami(principal: ViewerDep) -> dict[str, str]:
 # -- endpoints: flags (fixed paths first: /v1/flags/{key} must not capture them) -------------
 
 @router.get("/v1/flags", summary="All serving flags with their source file and version")
-def list_flags(principal: ViewerDep, admin: AdminComponentsDep) -> JSONResponse:
+def list_flags(principal: ViewerDep, admin: ComponentsDep) -> JSONResponse:
     flag_set = admin.store.current
     etag = flag_set_etag(flag_set.content_hash)
     return JSONResponse({
@@ -251,7 +163,7 @@ def list_flags(principal: ViewerDep, admin: AdminComponentsDep) -> JSONResponse:
 
 @router.get("/v1/flags/history", summary="Flag set versions, newest first, with diffs")
 def history(
-    principal: ViewerDep, admin: AdminComponentsDep,
+    principal: ViewerDep, admin: ComponentsDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     before: Annotated[int | None, Query(ge=1, le=MAX_VERSION + 1,
                                         description="versions below this one")] = None,
@@ -273,7 +185,7 @@ def history(
 
 @router.get("/v1/flags/history/{version}", summary="One stored version with its full document")
 def history_version(version: VersionParam, principal: ViewerDep,
-                    admin: AdminComponentsDep) -> dict[str, Any]:
+                    admin: ComponentsDep) -> dict[str, Any]:
     with admin.database.session() as session:
         return _version_json(repository.get_version(session=session, version=version),
                              document=True)
@@ -282,7 +194,7 @@ def history_version(version: VersionParam, principal: ViewerDep,
 @router.post("/v1/flags/rollback/{version}",
              summary="Rewrite the flag files to a stored version (recorded as a rollback)")
 async def rollback(version: VersionParam, request: Request, principal: AdminDep,
-                   admin: AdminComponentsDep, if_match: IfMatch = None) -> dict[str, Any]:
+                   admin: ComponentsDep, if_match: IfMatch = None) -> dict[str, Any]:
     """`If-Match` takes the flag set's ETag (from `GET /v1/flags`): 412 if it changed since."""
     precondition = Precondition.parse(if_match=if_match)
     body = await read_json_body(request, required=False, limit=_MAX_BODY)
@@ -308,7 +220,7 @@ async def rollback(version: VersionParam, request: Request, principal: AdminDep,
 
 
 @router.get("/v1/flags/{key}", summary="One serving flag's definition, source file and version")
-def get_flag(key: str, principal: ViewerDep, admin: AdminComponentsDep) -> JSONResponse:
+def get_flag(key: str, principal: ViewerDep, admin: ComponentsDep) -> JSONResponse:
     """The `ETag` (also in the body as `etag`) is what PUT and DELETE take as `If-Match`."""
     flag_set = admin.store.current
     definition = flag_set.flags.get(key)
@@ -327,7 +239,7 @@ MessageQuery = Annotated[str | None, Query(max_length=_MAX_MESSAGE,
 
 @router.put("/v1/flags/{key}", summary="Create or replace a flag (validated, versioned)")
 async def put_flag(
-    key: str, request: Request, principal: OperatorDep, admin: AdminComponentsDep,
+    key: str, request: Request, principal: OperatorDep, admin: ComponentsDep,
     message: MessageQuery = None, if_match: IfMatch = None, if_none_match: IfNoneMatch = None,
 ) -> Response:
     """`If-Match: <ETag>` makes a read-modify-write safe: 412 if the flag changed meanwhile."""
@@ -354,7 +266,7 @@ async def put_flag(
 
 @router.delete("/v1/flags/{key}", summary="Remove a flag from its file (validated, versioned)")
 async def delete_flag(
-    key: str, principal: OperatorDep, admin: AdminComponentsDep,
+    key: str, principal: OperatorDep, admin: ComponentsDep,
     message: MessageQuery = None, if_match: IfMatch = None,
 ) -> dict[str, Any]:
     """`If-Match: <ETag>` refuses (412) to delete a flag that changed since it was read."""
@@ -378,7 +290,7 @@ async def delete_flag(
 @router.post("/v1/tokens", status_code=201,
              summary="Create a token; the secret is in this answer only")
 async def create_token(request: Request, principal: AdminDep,
-                       admin: AdminComponentsDep) -> JSONResponse:
+                       admin: ComponentsDep) -> JSONResponse:
     body = await read_json_body(request, required=True, limit=_MAX_BODY)
     if not isinstance(body, dict):
         raise BadRequestInput('the body must be {"name": "...", "role": "viewer"}', source="body")
@@ -410,7 +322,7 @@ async def create_token(request: Request, principal: AdminDep,
 
 
 @router.get("/v1/tokens", summary="Tokens (names, roles, state; never secrets)")
-def list_tokens(principal: AdminDep, admin: AdminComponentsDep) -> dict[str, Any]:
+def list_tokens(principal: AdminDep, admin: ComponentsDep) -> dict[str, Any]:
     configured = [{"name": spec.name, "role": spec.role, "source": "settings"}
                   for spec in admin.authenticator.settings_tokens]
     with admin.database.session() as session:
@@ -419,7 +331,7 @@ def list_tokens(principal: AdminDep, admin: AdminComponentsDep) -> dict[str, Any
 
 
 @router.delete("/v1/tokens/{name}", status_code=204, summary="Revoke a database token")
-def revoke_token(name: str, principal: AdminDep, admin: AdminComponentsDep) -> Response:
+def revoke_token(name: str, principal: AdminDep, admin: ComponentsDep) -> Response:
     if any(spec.name == name for spec in admin.authenticator.settings_tokens):
         raise Conflict(f"token {name!r} is defined in settings; remove it from CP_ADMIN_TOKENS "
                        "and restart to revoke it")
@@ -432,7 +344,7 @@ def revoke_token(name: str, principal: AdminDep, admin: AdminComponentsDep) -> R
 
 @router.get("/v1/audit", summary="Audit log of writes, newest first")
 def audit_log(
-    principal: AdminDep, admin: AdminComponentsDep,
+    principal: AdminDep, admin: ComponentsDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[int | None, Query(ge=1)] = None,
 ) -> dict[str, Any]:

@@ -22,9 +22,9 @@ from starlette.responses import JSONResponse
 from control_plane.errors import BadRequestInput, EventQueueFull
 from control_plane.experiments.canary.service import CanaryService
 from control_plane.experiments.canary.spec import parse_spec
-from control_plane.http.admin_api import OperatorDep, ViewerDep
 from control_plane.http.bodies import read_json_body
-from control_plane.http.experiments_api import MAX_BODY, ExperimentsDep
+from control_plane.http.deps import ExperimentsDep, OperatorDep, ViewerDep
+from control_plane.http.experiments_api import MAX_BODY
 
 __all__ = ["router"]
 

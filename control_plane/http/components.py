@@ -1,46 +1,81 @@
-"""The parts one app instance is wired from; created by `create_app`, kept on `app.state`."""
+"""The composition root: every component of one app instance, built complete by one function.
+
+`build_components(settings)` creates everything an app uses, unstarted (no thread, no socket,
+no file read beyond the console's static assets): nothing is None until startup and nothing is
+created inside a request. The decision and dispatch listeners are attached here, in one place.
+`control_plane.http.lifecycle` starts and stops what needs it; `create_app` keeps the container
+on `app.state.components`, the only app state there is, and endpoints reach it through the
+dependency aliases in `control_plane.http.deps`.
+"""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from openfeature import api as openfeature_api
 from openfeature.client import OpenFeatureClient
 from openfeature.provider import FeatureProvider
 
-from control_plane.auth import GatewayTokenChecker
+from control_plane.auth import Authenticator, GatewayTokenChecker
+from control_plane.console.assets import Asset, load_assets
+from control_plane.console.traffic import TrafficTracker
 from control_plane.db import Database
+from control_plane.db.engine import DatabaseTimeouts
+from control_plane.distribution.ofrep_eval import OfrepEvaluator
+from control_plane.experiments.runtime import Experiments
 from control_plane.flagstore import FlagStore
+from control_plane.flagstore.db_recorder import DatabaseRecorder
+from control_plane.flagstore.editor import FlagEditor
 from control_plane.http.metrics import RouterMetrics
-from control_plane.observability.tracing import Tracing
+from control_plane.observability.request_log import log_decision, log_dispatch
+from control_plane.observability.tracing import Tracing, tracing_from_settings
 from control_plane.routing.context import ContextMapper
 from control_plane.routing.decisions import Decider, Decision
 from control_plane.routing.dispatch import Dispatcher, DispatchOutcome
+from control_plane.routing.forwarding import ForwardPolicy
 from control_plane.routing.tester_tokens import TesterTokens
 from control_plane.settings import Settings
+from providers import source_fed_provider
 
-__all__ = ["Components"]
+__all__ = ["Components", "build_components"]
+
+_app_ids = itertools.count(1)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Components:
+    """Everything one app instance is made of (the fields are set once, at build time)."""
+
     settings: Settings
+    database: Database
     store: FlagStore
+    #: One OpenFeature domain per app instance, so several apps (tests) never share a provider.
     openfeature_domain: str
     openfeature_client: OpenFeatureClient
+    #: The flagd in-process provider fed by `store`; registered for the domain at startup.
+    provider: FeatureProvider
+    tracing: Tracing
+    metrics: RouterMetrics
     mapper: ContextMapper
     decider: Decider
-    metrics: RouterMetrics
-    database: Database
+    dispatcher: Dispatcher
+    #: Admin API tokens (settings first, then the database).
+    authenticator: Authenticator
+    #: The routing API's gateway token check, shared by the FastAPI routes and the fast path.
     gateway: GatewayTokenChecker
+    #: The one flag editor: operators' and canaries' writes are serialised by it.
+    editor: FlagEditor
+    experiments: Experiments
+    ofrep: OfrepEvaluator
+    traffic: TrafficTracker
+    console_assets: Mapping[str, Asset]
     #: Issues and verifies tester tokens (pins); None when no tester token key is set.
     tester_tokens: TesterTokens | None = None
-    provider: FeatureProvider | None = None
-    dispatcher: Dispatcher | None = None
-    #: OpenTelemetry tracing of decisions and dispatches (off: no tracer).
-    tracing: Tracing = field(default_factory=Tracing)
-    #: Started services to stop on shutdown (sync server, background loops).
-    closers: list[Any] = field(default_factory=list)
+    #: Started services to stop on shutdown (sync server, listeners), filled at startup.
+    closers: list[Callable[[], Any]] = field(default_factory=list)
     _decision_children: dict[tuple[str, str, str], tuple[Any, Any]] = field(
         default_factory=dict)
 
@@ -62,3 +97,53 @@ class Components:
         status_class = f"{outcome.status // 100}xx" if outcome.status else outcome.error or "none"
         self.metrics.dispatches.labels(flag, outcome.variant, status_class).inc()
         self.metrics.dispatch_latency.labels(flag, outcome.variant).observe(outcome.seconds)
+
+
+def build_components(settings: Settings) -> Components:
+    """Every component for `settings`, unstarted."""
+    database = Database.from_url(settings.database_url,
+                                 timeouts=DatabaseTimeouts.from_settings(settings))
+    store = FlagStore(settings.flags_dir, reload_interval=settings.reload_interval,
+                      recorder=DatabaseRecorder(database),
+                      deletion_settle=settings.deletion_settle,
+                      strict=settings.flags_strict)  # issue 14: all-or-nothing if set
+    domain = f"control-plane-{next(_app_ids)}"
+    client = openfeature_api.get_client(domain)
+    tracing = tracing_from_settings(settings)  # no tracer (and no hook) unless configured
+    client.add_hooks(tracing.openfeature_hooks())
+    metrics = RouterMetrics()
+    tester_tokens = (TesterTokens(settings.tester_token_key.get_secret_value())
+                     if settings.tester_token_key else None)
+    editor = FlagEditor(store)
+    components = Components(
+        settings=settings, database=database, store=store, openfeature_domain=domain,
+        openfeature_client=client, provider=source_fed_provider(store), tracing=tracing,
+        metrics=metrics,
+        mapper=ContextMapper(settings.header_rules, max_header_bytes=settings.max_header_bytes,
+                             tester_tokens=tester_tokens),
+        decider=Decider(client, store, tracer=tracing.tracer),
+        dispatcher=Dispatcher(timeout=settings.dispatch_timeout,
+                              max_connections=settings.dispatch_max_connections,
+                              tracer=tracing.tracer,
+                              # which headers reach backends (dispatch_strip_headers)
+                              policy=ForwardPolicy.from_settings(settings)),
+        authenticator=Authenticator.from_settings(settings, database),
+        gateway=GatewayTokenChecker.from_settings(settings),
+        editor=editor,
+        experiments=Experiments.build(settings, database=database, store=store, editor=editor,
+                                      registry=metrics.registry),
+        ofrep=OfrepEvaluator(client, store),
+        traffic=TrafficTracker(),
+        console_assets=load_assets(),
+        tester_tokens=tester_tokens,
+    )
+    # Every listener, in one place. Decision listeners run on the request path: each only
+    # counts or queues (see their docstrings).
+    components.decider.listeners.extend([
+        components.observe_decision, log_decision, components.traffic.observe,
+        components.experiments.recorder.on_decision,
+    ])
+    components.dispatcher.listeners.extend([
+        components.observe_dispatch, log_dispatch, components.experiments.recorder.on_dispatch,
+    ])
+    return components

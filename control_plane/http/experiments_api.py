@@ -22,9 +22,8 @@ from starlette.responses import JSONResponse
 from control_plane.errors import BadRequestInput, EventQueueFull, ExperimentNotFound
 from control_plane.experiments.corrections import DEFAULT_CORRECTION
 from control_plane.experiments.results import build_report
-from control_plane.experiments.wiring import Experiments
-from control_plane.http.admin_api import ViewerDep, require_gateway_token
 from control_plane.http.bodies import read_json_body
+from control_plane.http.deps import ExperimentsDep, ViewerDep, require_gateway_token
 
 __all__ = ["MAX_BODY", "ExperimentsDep", "router"]
 
@@ -32,14 +31,6 @@ router = APIRouter(tags=["experiments"])
 
 #: Largest event batch body accepted (1000 events with room to spare).
 MAX_BODY = 4 * 1024 * 1024
-
-
-def _experiments(request: Request) -> Experiments:
-    experiments: Experiments = request.app.state.experiments
-    return experiments
-
-
-ExperimentsDep = Annotated[Experiments, Depends(_experiments)]
 
 
 @router.post("/v1/events", status_code=202, dependencies=[Depends(require_gateway_token)],
@@ -50,7 +41,7 @@ async def post_events(request: Request, experiments: ExperimentsDep) -> JSONResp
     if parser is None or recorder is None or writer is None:
         raise EventQueueFull("experiments are not started yet; retry shortly")
     rows = parser.parse(body)
-    if writer.buffered + len(rows) > experiments.components.settings.exposure_queue_size:
+    if writer.buffered + len(rows) > experiments.settings.exposure_queue_size:
         raise EventQueueFull(f"the experiment writer holds {writer.buffered} records (the "
                              "database is slow or down); nothing was stored, retry later")
     for row in rows:
@@ -79,7 +70,7 @@ async def experiment_results(flag_key: str, principal: ViewerDep,
                                  description="phase number (default: the current phase)")]
                              = None) -> dict[str, Any]:
     phase_number = _phase_number(phase)
-    store = experiments.components.store
+    store = experiments.store
     flag_set = store.current if store.loaded else None
     flag = flag_set.flags.get(flag_key) if flag_set is not None else None
     evaluators = flag_set.evaluators if flag_set is not None else {}

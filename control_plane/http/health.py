@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
-from control_plane.auth import Authenticator, Role
+from control_plane.auth import Role
 from control_plane.http.deps import ComponentsDep
 
 __all__ = ["router"]
@@ -43,7 +43,7 @@ def metrics_access(request: Request, components: ComponentsDep) -> None:
     """
     if not components.settings.metrics_require_auth:
         return
-    authenticator: Authenticator = request.app.state.admin.authenticator
+    authenticator = components.authenticator
     principal = authenticator.authenticate(request.headers.get("authorization"))
     authenticator.authorize(principal, Role.VIEWER)
 

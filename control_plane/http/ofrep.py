@@ -24,12 +24,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from control_plane.distribution.ofrep_eval import (
-    OfrepEvaluator,
     OfrepRequestError,
     parse_evaluation_request,
 )
 from control_plane.errors import FlagsNotLoaded, PayloadTooLarge
 from control_plane.http.bodies import read_body
+from control_plane.http.deps import ComponentsDep
 
 __all__ = ["MAX_BODY_BYTES", "etag_matches", "router"]
 
@@ -69,15 +69,6 @@ def _general(status: int, detail: str) -> Response:
     return _json(status, {"errorDetails": detail}, headers)
 
 
-def _evaluator(request: Request) -> OfrepEvaluator:
-    state = request.app.state
-    evaluator: OfrepEvaluator | None = getattr(state, "ofrep_evaluator", None)
-    if evaluator is None:
-        evaluator = OfrepEvaluator(state.openfeature_client, state.store)
-        state.ofrep_evaluator = evaluator
-    return evaluator
-
-
 def _split_etags(field: str) -> list[str]:
     """Entity tags of one If-None-Match field; commas inside quotes belong to the tag."""
     tags: list[str] = []
@@ -115,7 +106,7 @@ def etag_matches(if_none_match: list[str], etag: str) -> bool:
         503: {"description": "no flag set loaded yet", **_content(_GENERAL_SCHEMA)},
     },
 )
-async def evaluate_flag(key: str, request: Request) -> Response:
+async def evaluate_flag(key: str, request: Request, components: ComponentsDep) -> Response:
     """Evaluate one flag for the request's `context`."""
     try:
         context = parse_evaluation_request(await read_body(request, limit=MAX_BODY_BYTES))
@@ -125,7 +116,7 @@ async def evaluate_flag(key: str, request: Request) -> Response:
         return _json(400, {"key": key, "errorCode": str(exc.error_code),
                            "errorDetails": exc.detail})
     try:
-        evaluation = _evaluator(request).evaluate(key, context)
+        evaluation = components.ofrep.evaluate(key, context)
     except FlagsNotLoaded as exc:
         return _general(503, exc.detail)
     status = evaluation.status
@@ -146,7 +137,7 @@ async def evaluate_flag(key: str, request: Request) -> Response:
         503: {"description": "no flag set loaded yet", **_content(_GENERAL_SCHEMA)},
     },
 )
-async def evaluate_flags(request: Request) -> Response:
+async def evaluate_flags(request: Request, components: ComponentsDep) -> Response:
     """Evaluate every flag for the request's `context`; answers 304 when unchanged."""
     try:
         context = parse_evaluation_request(await read_body(request, limit=MAX_BODY_BYTES))
@@ -154,7 +145,7 @@ async def evaluate_flags(request: Request) -> Response:
         return _general(413, f"request body larger than {MAX_BODY_BYTES} bytes")
     except OfrepRequestError as exc:
         return _json(400, {"errorCode": str(exc.error_code), "errorDetails": exc.detail})
-    evaluator = _evaluator(request)
+    evaluator = components.ofrep
     try:
         # Off the event loop: a bulk answer evaluates every flag (about 25 us each).
         flag_set, evaluations = await run_in_threadpool(evaluator.evaluate_all, context)

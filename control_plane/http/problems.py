@@ -34,6 +34,7 @@ _STATUS: list[tuple[type[errors.ControlPlaneError], int]] = [
     (errors.VersionNotFound, 404),
     (errors.TokenNotFound, 404),
     (errors.Conflict, 409),
+    (errors.PreconditionFailed, 412),
     (errors.ExperimentNotFound, 404),
     (errors.CanaryNotFound, 404),
     (errors.InvalidEvents, 422),
@@ -95,6 +96,8 @@ async def send_problem(send: Send, exc: errors.ControlPlaneError) -> None:
 def domain_problem(exc: errors.ControlPlaneError) -> Response:
     status = status_for(exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 412 and exc.extra.get("etag"):
+        headers = {"ETag": str(exc.extra["etag"])}  # what the client should edit from now
     extra = dict(exc.extra)
     if isinstance(exc, errors.FlagValidationError):
         extra["issues"] = exc.issues

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from control_plane.errors import BadRequestInput, FlagsNotLoaded
+from control_plane.errors import BadRequestInput
 from control_plane.http.bodies import read_json_body
 from control_plane.http.decisions_wire import decision_headers
 from control_plane.http.deps import ComponentsDep
@@ -94,8 +94,6 @@ async def _dispatch(flag_key: str, path: str, request: Request,
         raise
     decision = _decide(components, flag_key, request)
     dispatcher = components.dispatcher
-    if dispatcher is None:  # only before the lifespan started: not serving yet
-        raise FlagsNotLoaded("the dispatch proxy is not started yet")
     fallback = components.decider.routing_table(flag_key).get(decision.default_variant)
     client = request.client
     result = await dispatcher.dispatch(

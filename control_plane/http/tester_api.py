@@ -14,9 +14,8 @@ from starlette.concurrency import run_in_threadpool
 
 from control_plane.db import repository
 from control_plane.errors import BadRequestInput, Conflict
-from control_plane.http.admin_api import OperatorDep
 from control_plane.http.bodies import read_json_body
-from control_plane.http.deps import ComponentsDep
+from control_plane.http.deps import ComponentsDep, OperatorDep
 from control_plane.routing.context import TESTER_TOKEN_HEADER
 from control_plane.routing.tester_tokens import MAX_TTL_SECONDS
 

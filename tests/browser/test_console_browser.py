@@ -209,7 +209,7 @@ def test_sign_in_with_a_token_shows_the_flag_set_and_its_flags(console: Console,
     expect(page.locator(f"#flag-{CHAT} tr[data-variant=canary]")).to_contain_text("chat-v2")
 
     # A refused edit: the panel turns to "error" and lists the issue with its file and line.
-    flags_dir = console.plane.app.state.settings.flags_dir
+    flags_dir = console.plane.app.state.components.settings.flags_dir
     (flags_dir / "broken.flagd.json").write_text(
         '{"flags": {\n  "broken": {"state": "ENABLED", "variants": {"on": true},\n'
         '             "defaultVariant": "missing"}}}\n')

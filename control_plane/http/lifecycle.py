@@ -1,0 +1,82 @@
+"""Starting and stopping one app's components, in the app's lifespan.
+
+Startup order matters: the database migrates (in the background when it does not answer:
+routing never waits for it), the flag set loads, the OpenFeature provider is registered with it,
+then the services that serve others start (flag watcher, sync port, gateway outcome listener,
+experiment writer and canary controller). Shutdown runs the closers in reverse, then releases
+the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from openfeature import api as openfeature_api
+
+from control_plane.db.migrator import BackgroundMigrator
+from control_plane.distribution.sync_server import serve_from_settings
+from control_plane.errors import FlagValidationError
+from control_plane.http.components import Components
+from providers import quiet_anonymous_fractional
+
+__all__ = ["start", "stop"]
+
+log = logging.getLogger(__name__)
+
+
+async def start(components: Components) -> None:
+    settings = components.settings
+    store = components.store
+    components.tracing.start()  # the OTLP exporter, when configured
+    # Migrate before the first reload records a version when the database answers within
+    # its connect timeout; else serve without it (DatabaseRecorder serves the first flag set
+    # unrecorded) and keep migrating in the background.
+    migrator = BackgroundMigrator(components.database)
+    migrator.start(wait=settings.database_connect_timeout + 1.0)
+    components.closers.append(migrator.stop)
+    reloads = components.metrics.flag_reloads
+    for result in ("ok", "refused"):
+        # Exported at 0 from the start, so that increase() in alerts sees the first refusal.
+        reloads.labels(result)
+    store.subscribe_reloads(lambda outcome: reloads.labels("ok" if outcome.ok else "refused").inc())
+    try:
+        store.reload()
+    except FlagValidationError as exc:
+        log.error("flags in %s are invalid; not ready until fixed: %s", store.directory,
+                  exc.detail)
+    quiet_anonymous_fractional()  # requests without a user id are traffic, not errors
+    openfeature_api.set_provider_and_wait(components.provider,
+                                          domain=components.openfeature_domain)
+    store.start()
+    components.closers.append(store.stop)
+    # Replicas (any flagd in-process provider) sync flags from here over flagd.sync.v1, on
+    # settings.sync_host (loopback by default), with TLS and tokens when configured.
+    sync = serve_from_settings(store, settings)
+    if sync is not None:
+        components.closers.append(sync.stop)
+    # Gateway outcomes (control_plane.gateway): nginx's JSON access log over UDP syslog, one
+    # backend call per line, fed to the dispatcher's listeners (metrics, canaries,
+    # experiments) as if the dispatch proxy had made the call. Off unless CP_GATEWAY_LOG_PORT.
+    if settings.gateway_log_port:
+        from control_plane.gateway.syslog_listener import start_gateway_log
+
+        closer = await start_gateway_log(components)
+        if closer is not None:
+            components.closers.append(closer)
+    components.experiments.start()
+    components.closers.append(components.experiments.stop)
+
+
+async def stop(components: Components) -> None:
+    for closer in reversed(components.closers):
+        try:
+            result = closer()
+            if hasattr(result, "__await__"):
+                await result
+        except Exception:  # one failing closer must not keep the others from running
+            log.exception("error while shutting down")
+    components.closers.clear()
+    components.database.dispose()
+    await components.dispatcher.aclose()
+    components.provider.shutdown()
+    components.tracing.shutdown()  # flushes spans still queued for export
