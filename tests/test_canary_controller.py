@@ -6,6 +6,8 @@ promoted after all its steps, and a restart in the middle resumes where it was."
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,7 +304,8 @@ def test_pause_resume_abort_from_the_cli(env: Env, capsys: pytest.CaptureFixture
         assert (status["state"], status["weight"]) == ("aborted", 0)
         assert status["reason"] == "aborted by ops: latency budget"
         assert _flag(plane)["targeting"] == {"fractional": [["canary", 0], ["stable", 100]]}
-        actions = [(e["action"], e["actor"]) for e in status["events"]]
+        # The controller may report the resumed canary idle (no traffic) before the abort.
+        actions = [(e["action"], e["actor"]) for e in status["events"] if e["action"] != "idle"]
         assert actions == [
             ("started", "ops"),
             ("paused", "ops"),
@@ -391,7 +394,10 @@ def test_canary_without_traffic_reports_itself_idle(env: Env) -> None:
             minRequests=5,
             maxP99LatencyRatio=200,
         )
-        status = wait_for(lambda: (s := _status(plane))["warnings"] and s, what="the idle warning")
+        status = wait_for(
+            lambda: (s := _status(plane))["warnings"] and len(s["events"]) == 2 and s,
+            what="the idle warning and event",
+        )
         assert status["state"] == "running"
         assert (
             "no canary traffic: 'canary' got no request in 2 consecutive intervals"
@@ -412,6 +418,63 @@ def test_canary_without_traffic_reports_itself_idle(env: Env) -> None:
             status = wait_for(lambda: _finished(plane), what="the promotion")
         assert status["state"] == "promoted"
         assert [event["action"] for event in status["events"]] == ["started", "idle", "promoted"]
+
+
+def _still_open(connection: socket.socket) -> bool:
+    """True while the peer has not closed `connection` (what it sent is read and dropped)."""
+    connection.setblocking(False)
+    while True:
+        try:
+            if connection.recv(65536) == b"":
+                return False
+        except BlockingIOError:
+            return True
+
+
+def test_abort_does_not_wait_for_a_hanging_prometheus(env: Env) -> None:
+    """While the controller waits on a Prometheus that accepted the connection and never
+    answers, an operator's abort goes through at once: the query is still open after it."""
+    accepted: list[socket.socket] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(0.1)
+
+        def accept() -> None:
+            while listener.fileno() != -1 and len(accepted) < 8:
+                try:
+                    accepted.append(listener.accept()[0])
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+
+        threading.Thread(target=accept, daemon=True).start()
+        silent = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        settings = env.settings.model_copy(update={"prometheus_timeout": 2.0})
+        with running(settings, env.database) as plane:
+            _start(
+                plane,
+                intervalSeconds=0.2,
+                builtinChecks=False,
+                trafficQuery="vector(1)",
+                metrics=[
+                    {
+                        "name": "errors",
+                        "query": "vector(0)",
+                        "thresholdRange": {"max": 0.1},
+                        "provider": {"address": silent},
+                    }
+                ],
+            )
+            wait_for(lambda: accepted, what="the controller's query to Prometheus")
+            with plane.client(OPERATOR) as client:
+                aborted = client.post(f"/v1/canaries/{FLAG}/abort")
+            assert aborted.status_code == 200, aborted.text
+            assert aborted.json()["state"] == "aborted"
+            assert _still_open(accepted[0])  # the query is still waiting for its answer
+        for connection in accepted:
+            connection.close()
 
 
 def test_flag_without_a_controllable_split_is_refused(env: Env, flags_dir: Path) -> None:

@@ -448,9 +448,9 @@ def test_canary_without_traffic_says_so(plane: ControlPlane, prometheus: Prometh
         metrics=[{"name": "error-rate", "query": ERROR_RATE, "thresholdRange": {"max": 0.05}}],
     )
     status = wait_for(
-        lambda: (s := _status(plane, "quiet-router"))["warnings"] and s,
+        lambda: (s := _status(plane, "quiet-router"))["warnings"] and len(s["events"]) == 2 and s,
         timeout=15,
-        what="the idle warning",
+        what="the idle warning and event",
     )
     assert status["state"] == "running"
     assert status["step"] == 1

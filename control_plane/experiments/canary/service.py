@@ -243,15 +243,35 @@ class CanaryService:
             ]
 
     def step(self, run_id: int) -> str:
-        """Judge the run's current step and act on it; returns what was done."""
+        """Judge the run's current step and act on it; returns what was done.
+
+        The interval's queries (on Prometheus, each up to its timeout) run before the lock is
+        taken, so an operator's pause or abort never waits for them; the run is read again
+        under the lock and left for the next tick if it changed meanwhile.
+        """
+        now = self._clock()
+        with self.database.session() as session:
+            seen = session.get(CanaryRun, run_id)
+        if seen is None or seen.state != "running":
+            return "idle"
+        spec = CanarySpec.model_validate(seen.spec)
+        tick = self.analysis.tick(
+            run_id=seen.id,
+            flag=seen.flag,
+            step_index=seen.step_index,
+            step_started_at=seen.step_started_at,
+            spec=spec,
+            now=now,
+            recorded_calls=lambda since: self._recorded_calls(seen.flag, spec, since),
+        )
         with self._lock:
-            now = self._clock()
             with self.database.session() as session:
                 run = session.get(CanaryRun, run_id)
                 if run is None or run.state != "running":
                     return "idle"
+                if run.revision != seen.revision:
+                    return "wait"
                 verdict = self._verdict(session, run)
-            spec = CanarySpec.model_validate(run.spec)
             if verdict.outcome == "fail":
                 self._finish(
                     run,
@@ -264,15 +284,6 @@ class CanaryService:
                     observed=verdict.observed,
                 )
                 return "rolled_back"
-            tick = self.analysis.tick(
-                run_id=run.id,
-                flag=run.flag,
-                step_index=run.step_index,
-                step_started_at=run.step_started_at,
-                spec=spec,
-                now=now,
-                recorded_calls=lambda since: self._recorded_calls(run.flag, spec, since),
-            )
             if tick.newly_idle:
                 self._report_idle(run, spec, tick)
             if tick.check is not None and tick.check.outcome == "fail":
