@@ -9,7 +9,7 @@ from control_plane.distribution.ofrep_eval import (
     OfrepRequestError,
     parse_evaluation_request,
 )
-from control_plane.distribution.selector import Selector, SelectorError
+from control_plane.distribution.selector import Selector, SelectorError, SelectorNotFound
 from control_plane.distribution.sync_server import (
     FlagSyncServicer,
     SyncServerError,
@@ -23,6 +23,7 @@ __all__ = [
     "OfrepRequestError",
     "Selector",
     "SelectorError",
+    "SelectorNotFound",
     "SyncServerError",
     "SyncServerHandle",
     "parse_evaluation_request",

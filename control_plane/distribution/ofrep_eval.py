@@ -21,10 +21,14 @@ one flag set version (every evaluation reports `flagSetVersion` in its metadata)
 re-evaluated otherwise, so no answer mixes two versions.
 
 A successful evaluation without a variant (flag disabled, or no default variant) means "use the
-code default" (OFREP ADR 0006): `value` is left out. `variant` is then sent as `null` rather than
-omitted, because openfeature-provider-ofrep (Python, 0.3.0) reads `data["variant"]`
-unconditionally and would turn the answer into a GENERAL error; Go and JS OFREP providers accept
-a null variant.
+code default" (OFREP ADR 0006): `value` and `variant` are left out (the schema's `variant` is a
+string, never null). openfeature-provider-ofrep (Python, 0.3.0) reads `data["variant"]`
+unconditionally, so it reports such an answer as a GENERAL error with the code default: the
+same value. Reasons keep to OFREP's list (STATIC, TARGETING_MATCH, SPLIT, DISABLED, UNKNOWN):
+flagd's DEFAULT (targeting matched nothing, the default variant serves) is sent as STATIC.
+
+Evaluation metadata is the flag's own merged with its file's, exactly as flagd reports it; the
+version stamp our evaluator adds (flagset.VERSION_KEY) is read and removed here.
 """
 
 from __future__ import annotations
@@ -42,9 +46,11 @@ from openfeature.flag_evaluation import FlagEvaluationDetails, FlagType, FlagVal
 
 from control_plane.errors import BadRequestInput, ControlPlaneError
 from control_plane.flagstore import FlagSet, FlagStore
+from control_plane.flagstore.flagset import VERSION_KEY
 from control_plane.json_input import loads_checked
 
 __all__ = [
+    "OFREP_REASONS",
     "Evaluation",
     "OfrepEvaluator",
     "OfrepRequestError",
@@ -60,6 +66,10 @@ _WIRE_ERROR_CODES = frozenset({
     ErrorCode.PARSE_ERROR, ErrorCode.TARGETING_KEY_MISSING, ErrorCode.INVALID_CONTEXT,
     ErrorCode.GENERAL, ErrorCode.FLAG_NOT_FOUND,
 })
+
+#: The reasons OFREP's evaluationSuccess lists; others are mapped (see the module docstring).
+OFREP_REASONS = ("STATIC", "TARGETING_MATCH", "SPLIT", "DISABLED", "UNKNOWN")
+_REASON_MAP = {"DEFAULT": "STATIC", "CACHED": "STATIC"}
 
 _PLACEHOLDER_DEFAULTS: dict[FlagType, FlagValueType] = {
     FlagType.BOOLEAN: False,
@@ -158,6 +168,18 @@ class Evaluation:
     details: FlagEvaluationDetails[Any]
 
     @property
+    def version(self) -> int | None:
+        """The flag set version that answered (our evaluator stamps it), if known."""
+        found = (self.details.flag_metadata or {}).get(VERSION_KEY)
+        return found if isinstance(found, int) else None
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The evaluation's metadata as flagd reports it (our version stamp removed)."""
+        return {key: value for key, value in (self.details.flag_metadata or {}).items()
+                if key != VERSION_KEY}
+
+    @property
     def error_code(self) -> ErrorCode | None:
         code = self.details.error_code
         if code is None:
@@ -176,7 +198,7 @@ class Evaluation:
         if code == ErrorCode.FLAG_NOT_FOUND:
             return 404
         if code == ErrorCode.PROVIDER_NOT_READY:
-            return 503
+            return 500
         if code == ErrorCode.PROVIDER_FATAL:
             return 500
         return 400
@@ -184,7 +206,7 @@ class Evaluation:
     def body(self) -> dict[str, Any]:
         """evaluationSuccess, evaluationFailure or flagNotFound, per the OFREP OpenAPI spec."""
         details = self.details
-        metadata = dict(details.flag_metadata or {})
+        metadata = self.metadata
         code = self.error_code
         if code is not None:
             wire_code = code if code in _WIRE_ERROR_CODES else ErrorCode.GENERAL
@@ -200,8 +222,11 @@ class Evaluation:
         if details.variant is not None:
             success["value"] = details.value
         # else: the code default (see the module docstring); the caller's default applies.
-        success["reason"] = str(details.reason or "UNKNOWN")
-        success["variant"] = details.variant
+        reason = str(details.reason or "UNKNOWN")
+        reason = _REASON_MAP.get(reason, reason)
+        success["reason"] = reason if reason in OFREP_REASONS else "UNKNOWN"
+        if details.variant is not None:
+            success["variant"] = details.variant
         success["metadata"] = metadata
         return success
 
@@ -215,10 +240,22 @@ class OfrepEvaluator:
 
     def evaluate(self, key: str, context: EvaluationContext) -> Evaluation:
         """One flag. Raises FlagsNotLoaded when the store has no flag set yet."""
-        details = self._evaluate(key, self._store.current, context)
+        return self.evaluate_at(key, context)[1]
+
+    def evaluate_at(self, key: str, context: EvaluationContext) -> tuple[FlagSet, Evaluation]:
+        """One flag, and the flag set that answered it (the store's, if the answer is not
+        stamped). Raises FlagsNotLoaded when the store has no flag set yet."""
+        flag_set = self._store.current
+        details = self._evaluate(key, flag_set, context)
         if details.error_code == ErrorCode.TYPE_MISMATCH:
-            details = self._evaluate(key, self._store.current, context)  # see module docstring
-        return Evaluation(key=key, details=details)
+            flag_set = self._store.current
+            details = self._evaluate(key, flag_set, context)  # see module docstring
+        evaluation = Evaluation(key=key, details=details)
+        if evaluation.version is not None and evaluation.version != flag_set.version:
+            latest = self._store.current
+            if latest.version == evaluation.version:
+                flag_set = latest
+        return flag_set, evaluation
 
     def evaluate_all(self, context: EvaluationContext) -> tuple[FlagSet, list[Evaluation]]:
         """Every flag of one flag set version, in key order (flags of no version are left out).
@@ -247,7 +284,7 @@ class OfrepEvaluator:
         code = evaluation.error_code
         if code in (ErrorCode.FLAG_NOT_FOUND, ErrorCode.TYPE_MISMATCH):
             return False  # the evaluator holds another version of this flag
-        reported = (evaluation.details.flag_metadata or {}).get("flagSetVersion")
+        reported = evaluation.version
         return reported is None or reported == flag_set.version
 
     def _evaluate(self, key: str, flag_set: FlagSet,

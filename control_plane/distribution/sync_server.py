@@ -36,7 +36,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 from pydantic import SecretStr
 
 from control_plane.auth import GatewayTokenChecker
-from control_plane.distribution.selector import Selector, SelectorError
+from control_plane.distribution.selector import Selector, SelectorError, SelectorNotFound
 from control_plane.errors import ControlPlaneError, Unauthenticated
 from control_plane.flagstore import FlagSet, FlagStore
 from control_plane.settings import Settings
@@ -111,8 +111,12 @@ class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
     With `tokens`, every RPC first checks `authorization: Bearer <token>` in its metadata.
     """
 
-    def __init__(self, tokens: Sequence[SecretStr | str] = ()) -> None:
+    def __init__(self, tokens: Sequence[SecretStr | str] = (),
+                 context: Mapping[str, Any] | None = None) -> None:
         self._tokens = GatewayTokenChecker(tokens)  # digests once; constant-time compare
+        #: Static evaluation context (setting `sync_context`), as flagd's --context-value.
+        self._context = struct_pb2.Struct()
+        self._context.update(dict(context or {}))
         self._latest: FlagSet | None = None
         self._documents: dict[str, str] = {}  # selector text -> JSON of _latest
         self._waiters: set[asyncio.Event] = set()
@@ -142,12 +146,24 @@ class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
     def _document(self, flag_set: FlagSet, selector: Selector) -> str:
         # Serialised once per flag set and selector, not once per replica.
         if flag_set is not self._latest:
-            return _dumps(selector.document(flag_set))
+            return _dumps(selector.document(flag_set, check=False))
         text = self._documents.get(selector.text)
         if text is None:
-            text = _dumps(selector.document(flag_set))
+            text = _dumps(selector.document(flag_set, check=False))
             self._documents[selector.text] = text
         return text
+
+    async def _check_exists(self, selector: Selector,
+                            context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """NOT_FOUND when the selector names a flag set or file the serving set lacks."""
+        flag_set = self._latest
+        if flag_set is None or selector.everything:
+            return
+        try:
+            selector.document(flag_set)
+        except SelectorNotFound as exc:
+            log.warning("sync call from %s refused: %s", context.peer(), exc.detail)
+            await context.abort(grpc.StatusCode.NOT_FOUND, exc.detail)
 
     # -- RPCs --------------------------------------------------------------------------------
 
@@ -156,6 +172,7 @@ class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
     ) -> AsyncIterator[sync_pb2.SyncFlagsResponse]:
         await self._authorize(context)
         selector = await self._selector(request.selector, context)
+        await self._check_exists(selector, context)
         waiter = asyncio.Event()
         self._waiters.add(waiter)
         self.streams += 1
@@ -169,8 +186,8 @@ class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
                 if flag_set is not None and flag_set is not sent:
                     sent = flag_set
                     yield sync_pb2.SyncFlagsResponse(
-                        flag_configuration=self._document(flag_set, selector)
-                    )
+                        flag_configuration=self._document(flag_set, selector),
+                        sync_context=self._context)
                     continue
                 await waiter.wait()
         finally:
@@ -183,6 +200,7 @@ class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
     ) -> sync_pb2.FetchAllFlagsResponse:
         await self._authorize(context)
         selector = await self._selector(request.selector, context)
+        await self._check_exists(selector, context)
         flag_set = self._latest
         if flag_set is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
@@ -194,10 +212,10 @@ class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
         self, request: sync_pb2.GetMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> sync_pb2.GetMetadataResponse:
         await self._authorize(context)
-        # flagd answers with its static `--context-value`s, which providers merge into every
-        # evaluation context. We add none: the flag set's own metadata (version, bucketing)
-        # already reaches replicas inside the flag document, where it belongs.
-        return sync_pb2.GetMetadataResponse(metadata=struct_pb2.Struct())
+        # As flagd: the static context (its --context-value, our `sync_context`), which
+        # providers merge into every evaluation context. Not the version or bucketing: those
+        # would change evaluation results; they travel in the document's controlPlane member.
+        return sync_pb2.GetMetadataResponse(metadata=self._context)
 
     async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """UNAUTHENTICATED unless the call carries a configured token (no-op with none)."""
@@ -327,19 +345,21 @@ def serve_from_settings(store: FlagStore, settings: Settings) -> SyncServerHandl
                                  settings.sync_tls_client_ca_file)
     tokens = settings.sync_tokens or settings.gateway_tokens
     return start_sync_server(store, settings.sync_host, settings.sync_port, tokens=tokens,
-                             tls=tls)
+                             tls=tls, context=settings.sync_context)
 
 
 def start_sync_server(store: FlagStore, host: str = "127.0.0.1", port: int = 8015, *,
                       tokens: Sequence[SecretStr | str] = (),
-                      tls: SyncTLS | None = None) -> SyncServerHandle:
+                      tls: SyncTLS | None = None,
+                      context: Mapping[str, Any] | None = None) -> SyncServerHandle:
     """Serve flagd.sync.v1 for `store` on host:port (0 picks a free port); returns at once.
 
     With `tokens`, calls need `authorization: Bearer <token>` metadata; with `tls`, the port
-    speaks TLS only. Raises SyncServerError, naming the address, when it cannot be bound.
+    speaks TLS only; `context` is the static context sent to providers (GetMetadata,
+    sync_context). Raises SyncServerError, naming the address, when it cannot be bound.
     """
     address = _address(host, port)
-    servicer = FlagSyncServicer(tokens)
+    servicer = FlagSyncServicer(tokens, context)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=_run_loop, args=(loop,), name="flagd-sync-server",
                               daemon=True)

@@ -86,6 +86,8 @@ class Refusal:
     key: str | None
     flag_set_id: str
     issues: tuple[ValidationIssue, ...]
+    #: Where the refused flag sits in its file (("flags", key) or ("flags", index)).
+    location: Location = field(default=(), compare=False)
 
     @property
     def reason(self) -> str:
@@ -219,12 +221,13 @@ class _Merge:
             issue.column or 0, issue.path))
         refused = self._refusals(ordered)
         refused_files = {item.file for item in refused if item.key is None}
-        refused_flags = {(item.file, item.flag_set_id, item.key) for item in refused if item.key}
+        refused_flags = {(item.file, item.location) for item in refused if item.key}
         sets: dict[str, dict[str, dict[str, Any]]] = {}
         set_sources: dict[str, dict[str, str]] = {}
         for flag_id, definition in self.flags.items():
             file = self.flag_where[flag_id][0]
-            if file in refused_files or (file, *flag_id) in refused_flags or \
+            where = self.flag_where[flag_id][1][:2]
+            if file in refused_files or (file, where) in refused_flags or \
                     not isinstance(definition, dict):
                 continue
             sets.setdefault(flag_id[0], {})[flag_id[1]] = dict(definition)
@@ -248,21 +251,22 @@ class _Merge:
 
     def _refusals(self, issues: list[ValidationIssue]) -> tuple[Refusal, ...]:
         """Errors grouped by what they refuse: the flag they sit in, else their whole file."""
-        by_flag: dict[tuple[str, _FlagId], list[ValidationIssue]] = {}
+        by_flag: dict[tuple[str, _FlagId, Location], list[ValidationIssue]] = {}
         by_file: dict[str, list[ValidationIssue]] = {}
         for issue in issues:
             if not issue.is_error or not issue.file:
                 continue
             owner = self.owners.get(issue.file, {}).get(issue.location[:2])
             if owner is not None:
-                by_flag.setdefault((issue.file, owner), []).append(issue)
+                by_flag.setdefault((issue.file, owner, issue.location[:2]), []).append(issue)
             else:
                 by_file.setdefault(issue.file, []).append(issue)
         refused = [Refusal(file=file, key=None, flag_set_id=DEFAULT_SET, issues=tuple(found))
                    for file, found in by_file.items()]
         refused.extend(
-            Refusal(file=file, key=flag_id[1], flag_set_id=flag_id[0], issues=tuple(found))
-            for (file, flag_id), found in by_flag.items() if file not in by_file)
+            Refusal(file=file, key=flag_id[1], flag_set_id=flag_id[0], issues=tuple(found),
+                    location=where)
+            for (file, flag_id, where), found in by_flag.items() if file not in by_file)
         return tuple(refused)
 
 

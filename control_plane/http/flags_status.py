@@ -1,7 +1,8 @@
 """`GET /v1/flags/status`: which flag set serves, and why the last edit was refused, if it was.
 
 Ops look here after editing a flag file: `state` is "ok" when the last reload went live (or
-changed nothing), "error" when it was refused (its issues are listed with file, JSON path and
+changed nothing), "partial" when it went live without some invalid flags (listed under
+`refused`, each keeping its last good definition or absent), "error" when it was refused (its issues are listed with file, JSON path and
 line; the previous version keeps serving), "unloaded" before the first load. A flag file that
 vanished is listed under `pendingDeletions` until its settle window (setting `deletion_settle`)
 has passed; its flags keep serving meanwhile, and a file that comes back cancels the deletion.
@@ -35,6 +36,16 @@ class ReloadCounts(BaseModel):
     failed: int
 
 
+class RefusedBody(BaseModel):
+    file: str
+    flag: str | None = Field(description="The refused flag; null when the whole file was")
+    flagSetId: str
+    serving: Literal["previous", "absent"] = Field(
+        description="previous: its last good definition keeps serving; absent: nothing does")
+    message: str
+    issues: list[IssueBody]
+
+
 class PendingDeletionBody(BaseModel):
     file: str
     since: str = Field(description="When the watcher saw the file gone")
@@ -44,7 +55,7 @@ class PendingDeletionBody(BaseModel):
 class FlagStatus(BaseModel):
     """The status document; camelCase member names, like the rest of the API."""
 
-    state: Literal["ok", "error", "unloaded"]
+    state: Literal["ok", "partial", "error", "unloaded"]
     message: str
     version: int | None = Field(description="Version of the serving flag set")
     contentHash: str | None
@@ -60,6 +71,10 @@ class FlagStatus(BaseModel):
     pendingDeletions: list[PendingDeletionBody] = Field(
         default_factory=list,
         description="Deleted flag files still served until their settle window passes")
+    strict: bool = Field(default=False, description="All-or-nothing reloads (flags_strict)")
+    refused: list[RefusedBody] = Field(
+        default_factory=list,
+        description="Flags (or files) of the last edit refused while the rest went live")
 
 
 @router.get("/v1/flags/status", summary="Serving flag set and the outcome of the last reload",

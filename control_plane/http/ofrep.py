@@ -1,16 +1,23 @@
 """OFREP endpoints: remote flag evaluation for SDKs of any language (OpenFeature's OFREP).
 
-- `POST /ofrep/v1/evaluate/flags/{key}`: one flag. 200 evaluationSuccess; 400 evaluationFailure
-  (`PARSE_ERROR` for a body that is not JSON, `INVALID_CONTEXT` for a context that is not an
-  object, or the evaluator's PARSE_ERROR/GENERAL); 404 `FLAG_NOT_FOUND`; 503 before the first
-  valid flag set is loaded.
-- `POST /ofrep/v1/evaluate/flags`: every flag, with a strong `ETag` over the exact response
-  body (so it changes with the flag set and with the context, as flagd's does) and 304 Not
-  Modified when `If-None-Match` names it.
+Answers keep to the OFREP OpenAPI document (open-feature/protocol `service/openapi.yaml`),
+statuses and bodies included:
 
-Answers are OFREP JSON, not problem+json, because OFREP clients parse `errorCode`. The
-evaluation itself lives in `control_plane.distribution.ofrep_eval`. Authentication, when
-wanted, is added by the app with `include_router(router, dependencies=[...])` (401/403).
+- `POST /ofrep/v1/evaluate/flags/{key}`: one flag. 200 evaluationSuccess (reason from OFREP's
+  list: STATIC, TARGETING_MATCH, SPLIT, DISABLED, UNKNOWN; no `variant` key when there is
+  none); 400 evaluationFailure (`PARSE_ERROR` for a body that is not JSON or too large,
+  `INVALID_CONTEXT` for a context that is not an object, or the evaluator's code); 404
+  `FLAG_NOT_FOUND`; 500 generalErrorResponse before the first valid flag set is loaded.
+- `POST /ofrep/v1/evaluate/flags`: every flag, with a strong `ETag` over the flag set version
+  and the exact body (so it changes with the flag set and with the context, as flagd's does)
+  and 304 Not Modified when `If-None-Match` names it; 400 bulkEvaluationFailure.
+- 401 (generalErrorResponse) without a valid gateway token, which may come as
+  `Authorization: Bearer <token>` or as the spec's `X-API-Key: <token>`; 429 with
+  `Retry-After` (seconds) over the per-client rate (setting `ofrep_rate_limit`, off by default).
+
+The project's own facts travel in headers, never in evaluation metadata: `X-Flag-Set-Version`,
+`X-Flag-Set-Hash`, `X-Bucketing`. Answers are OFREP JSON, not problem+json, because OFREP
+clients parse `errorCode`. The evaluation itself lives in `control_plane.distribution.ofrep_eval`.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from control_plane.distribution.ofrep_eval import (
     OfrepRequestError,
     parse_evaluation_request,
 )
-from control_plane.errors import FlagsNotLoaded, PayloadTooLarge
+from control_plane.distribution.rate_limit import TokenBucketLimiter
+from control_plane.errors import FlagsNotLoaded, PayloadTooLarge, Unauthenticated
+from control_plane.flagstore import FlagSet
 from control_plane.http.bodies import read_body
 from control_plane.http.deps import ComponentsDep
 
@@ -65,8 +74,55 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 
 
 def _general(status: int, detail: str) -> Response:
-    headers = {"Retry-After": "1"} if status == 503 else None
+    headers = {"Retry-After": "1"} if status == 500 else None
     return _json(status, {"errorDetails": detail}, headers)
+
+
+def _facts(flag_set: FlagSet) -> dict[str, str]:
+    return {"X-Flag-Set-Version": str(flag_set.version),
+            "X-Flag-Set-Hash": flag_set.content_hash[:12],
+            "X-Bucketing": str(flag_set.facts["bucketing"])}
+
+
+def _limiter(request: Request, components: ComponentsDep) -> TokenBucketLimiter:
+    # Kept beside the components (one per app) until the container grows a slot for it.
+    state = request.app.state
+    limiter: TokenBucketLimiter | None = getattr(state, "ofrep_limiter", None)
+    if limiter is None:
+        settings = components.settings
+        limiter = TokenBucketLimiter(settings.ofrep_rate_limit, settings.ofrep_rate_burst)
+        state.ofrep_limiter = limiter
+    return limiter
+
+
+def _credential(request: Request) -> str | None:
+    """`Authorization: Bearer <token>`, or the spec's `X-API-Key: <token>` as a Bearer header."""
+    header = request.headers.get("authorization")
+    if header is None and (api_key := request.headers.get("x-api-key")) is not None:
+        header = f"Bearer {api_key.strip()}"
+    return header
+
+
+def _guard(request: Request, components: ComponentsDep) -> Response | None:
+    """401 without a valid token (when tokens are set), 429 over the rate; else None."""
+    checker = components.gateway
+    header = _credential(request)
+    try:
+        checker(header)
+    except Unauthenticated as exc:
+        return _general(401, exc.detail)
+    limiter = _limiter(request, components)
+    if not limiter.enabled:
+        return None
+    if checker.enabled and header is not None:
+        client = "token:" + hashlib.sha256(header.encode("utf-8", "replace")).hexdigest()[:16]
+    else:
+        client = "addr:" + (request.client.host if request.client else "unknown")
+    wait = limiter.acquire(client)
+    if wait > 0:
+        return _json(429, {"errorDetails": "rate limit reached; retry later"},
+                     {"Retry-After": TokenBucketLimiter.retry_after(wait)})
+    return None
 
 
 def _split_etags(field: str) -> list[str]:
@@ -102,27 +158,32 @@ def etag_matches(if_none_match: list[str], etag: str) -> bool:
         200: {"description": "evaluationSuccess"},
         400: {"description": "evaluationFailure", **_content(_FAILURE_SCHEMA)},
         404: {"description": "flagNotFound", **_content(_FAILURE_SCHEMA)},
-        413: {"description": "request body too large", **_content(_GENERAL_SCHEMA)},
-        503: {"description": "no flag set loaded yet", **_content(_GENERAL_SCHEMA)},
+        401: {"description": "no valid token", **_content(_GENERAL_SCHEMA)},
+        429: {"description": "rate limit reached (Retry-After)", **_content(_GENERAL_SCHEMA)},
+        500: {"description": "no flag set loaded yet", **_content(_GENERAL_SCHEMA)},
     },
 )
 async def evaluate_flag(key: str, request: Request, components: ComponentsDep) -> Response:
     """Evaluate one flag for the request's `context`."""
+    refused = _guard(request, components)
+    if refused is not None:
+        return refused
     try:
         context = parse_evaluation_request(await read_body(request, limit=MAX_BODY_BYTES))
     except PayloadTooLarge:
-        return _general(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+        return _json(400, {"key": key, "errorCode": "PARSE_ERROR",
+                           "errorDetails": f"request body larger than {MAX_BODY_BYTES} bytes"})
     except OfrepRequestError as exc:
         return _json(400, {"key": key, "errorCode": str(exc.error_code),
                            "errorDetails": exc.detail})
     try:
-        evaluation = components.ofrep.evaluate(key, context)
+        flag_set, evaluation = components.ofrep.evaluate_at(key, context)
     except FlagsNotLoaded as exc:
-        return _general(503, exc.detail)
+        return _general(500, exc.detail)
     status = evaluation.status
     if status >= 500:
         return _general(status, evaluation.details.error_message or str(evaluation.error_code))
-    return _json(status, evaluation.body())
+    return _json(status, evaluation.body(), _facts(flag_set))
 
 
 @router.post(
@@ -133,16 +194,21 @@ async def evaluate_flag(key: str, request: Request, components: ComponentsDep) -
             "description": "Digest of this exact answer", "schema": {"type": "string"}}}},
         304: {"description": "Not modified: If-None-Match names the current answer"},
         400: {"description": "bulkEvaluationFailure", **_content(_GENERAL_SCHEMA)},
-        413: {"description": "request body too large", **_content(_GENERAL_SCHEMA)},
-        503: {"description": "no flag set loaded yet", **_content(_GENERAL_SCHEMA)},
+        401: {"description": "no valid token", **_content(_GENERAL_SCHEMA)},
+        429: {"description": "rate limit reached (Retry-After)", **_content(_GENERAL_SCHEMA)},
+        500: {"description": "no flag set loaded yet", **_content(_GENERAL_SCHEMA)},
     },
 )
 async def evaluate_flags(request: Request, components: ComponentsDep) -> Response:
     """Evaluate every flag for the request's `context`; answers 304 when unchanged."""
+    refused = _guard(request, components)
+    if refused is not None:
+        return refused
     try:
         context = parse_evaluation_request(await read_body(request, limit=MAX_BODY_BYTES))
     except PayloadTooLarge:
-        return _general(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+        return _json(400, {"errorCode": "PARSE_ERROR",
+                           "errorDetails": f"request body larger than {MAX_BODY_BYTES} bytes"})
     except OfrepRequestError as exc:
         return _json(400, {"errorCode": str(exc.error_code), "errorDetails": exc.detail})
     evaluator = components.ofrep
@@ -150,14 +216,15 @@ async def evaluate_flags(request: Request, components: ComponentsDep) -> Respons
         # Off the event loop: a bulk answer evaluates every flag (about 25 us each).
         flag_set, evaluations = await run_in_threadpool(evaluator.evaluate_all, context)
     except FlagsNotLoaded as exc:
-        return _general(503, exc.detail)
+        return _general(500, exc.detail)
     for evaluation in evaluations:
         if evaluation.status >= 500:
             return _general(evaluation.status, evaluation.details.error_message
                             or str(evaluation.error_code))
-    payload = _dumps({"flags": [evaluation.body() for evaluation in evaluations],
-                      "metadata": flag_set.metadata})
-    etag = '"' + hashlib.sha256(payload).hexdigest() + '"'
+    payload = _dumps({"flags": [evaluation.body() for evaluation in evaluations]})
+    digest = hashlib.sha256(f"{flag_set.version}\0".encode() + payload).hexdigest()
+    etag = f'"{digest}"'
+    headers = {"ETag": etag, **_facts(flag_set)}
     if etag_matches(request.headers.getlist("if-none-match"), etag):
-        return Response(status_code=304, headers={"ETag": etag})
-    return Response(payload, status_code=200, media_type=_JSON, headers={"ETag": etag})
+        return Response(status_code=304, headers=headers)
+    return Response(payload, status_code=200, media_type=_JSON, headers=headers)
