@@ -365,6 +365,9 @@ def test_cli_validate_prints_file_line_col_path_message_and_exits_1(tmp_path: Pa
     assert status == 1
     lines = out.splitlines()
     assert lines == [
+        f"{tmp_path / 'flags' / 'a-team.flagd.json'}:3:17: $.flags.checkout: flag 'checkout' is "
+        "also defined in b-team.flagd.yaml; a flag key may be defined once per flag set, so "
+        "remove or rename one of them (or give one a different flagSetId)",
         f"{tmp_path / 'flags' / 'b-team.flagd.yaml'}:7:5: $.flags.checkout: flag 'checkout' is "
         "also defined in a-team.flagd.json:3; a flag key may be defined once per flag set, so "
         "remove or rename one of them (or give one a different flagSetId)",
@@ -372,7 +375,7 @@ def test_cli_validate_prints_file_line_col_path_message_and_exits_1(tmp_path: Pa
         "$.flags.canary-router.targeting.fractional[0][1]: weight -10 is negative; weights are "
         "whole numbers >= 0 (0 sends no traffic to this bucket)",
     ]
-    assert "2 errors" in err
+    assert "3 errors" in err
 
 
 def test_cli_validate_valid_directory_prints_a_summary_and_exits_0() -> None:

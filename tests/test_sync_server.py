@@ -19,7 +19,6 @@ from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
 from control_plane import cli
 from control_plane.distribution import SyncServerError, SyncServerHandle, start_sync_server
-from control_plane.errors import FlagValidationError
 from control_plane.flagstore import FlagStore
 from flags import PINNED_ROUTER
 from providers import sync_provider
@@ -91,21 +90,23 @@ def test_replica_sees_a_reloaded_flag_within_one_second(
         "the replica did not see the change within 1 s"
     details = replica.get_object_details(PINNED_ROUTER, {})
     assert details.value == {"backend": "model-v1", "url": "http://127.0.0.1:9199"}
-    assert details.flag_metadata["flagSetVersion"] == new.version
+    assert "flagSetVersion" not in details.flag_metadata  # flagd's metadata, not our facts
+    assert new.version == store.current.version
 
 
 def test_replica_keeps_the_last_good_flags_when_a_reload_is_refused(
     flags_dir: Path, store: FlagStore, replica: OpenFeatureClient,
     stub: sync_pb2_grpc.FlagSyncServiceStub,
 ) -> None:
-    """A refused edit sends nothing to replicas; the next valid one arrives as the next message."""
+    """A refused flag sends nothing to replicas (the set is unchanged); the next valid edit
+    arrives as the next message."""
     stream = stub.SyncFlags(sync_pb2.SyncFlagsRequest(), timeout=30)
     first = json.loads(next(stream).flag_configuration)
-    assert first["metadata"]["flagSetVersion"] == store.current.version
-    # The same key in a second file is refused by the store.
+    assert first["controlPlane"]["flagSetVersion"] == store.current.version
+    # The same key in a second file is refused by the store (alone: the rest is unchanged).
     write_document(flags_dir, "clash.flagd.json", {"flags": {PINNED_ROUTER: _extra_flag()}})
-    with pytest.raises(FlagValidationError):
-        store.reload()
+    store.reload()
+    assert {item.key for item in store.refused} == {PINNED_ROUTER}  # both definitions
     assert _pinned_url(replica) == "http://127.0.0.1:9131"
     # Fixed by rewriting the file, not deleting it (a deletion waits for the store's settle
     # window before it takes effect).
@@ -113,7 +114,7 @@ def test_replica_keeps_the_last_good_flags_when_a_reload_is_refused(
     _set_pinned_url(flags_dir, "http://127.0.0.1:9198")
     fixed = store.reload()
     second = json.loads(next(stream).flag_configuration)
-    assert second["metadata"]["flagSetVersion"] == fixed.version
+    assert second["controlPlane"]["flagSetVersion"] == fixed.version
     assert second["flags"][PINNED_ROUTER]["variants"]["v1"]["url"] == "http://127.0.0.1:9198"
     assert wait_for(lambda: _pinned_url(replica) == "http://127.0.0.1:9198", timeout=5.0)
     stream.cancel()
@@ -127,14 +128,14 @@ def test_every_connected_replica_receives_each_change(
     try:
         streams = [sync_pb2_grpc.FlagSyncServiceStub(channel).SyncFlags(
             sync_pb2.SyncFlagsRequest(), timeout=30) for channel in channels]
-        initial = {json.loads(next(s).flag_configuration)["metadata"]["flagSetVersion"]
+        initial = {json.loads(next(s).flag_configuration)["controlPlane"]["flagSetVersion"]
                    for s in streams}
         assert initial == {store.current.version}
         assert wait_for(lambda: server.streams == 20, timeout=5.0)
         _set_pinned_url(flags_dir, "http://127.0.0.1:9197")
         new = store.reload()
         updates = [json.loads(next(s).flag_configuration) for s in streams]
-        assert {u["metadata"]["flagSetVersion"] for u in updates} == {new.version}
+        assert {u["controlPlane"]["flagSetVersion"] for u in updates} == {new.version}
         assert {u["flags"][PINNED_ROUTER]["variants"]["v1"]["url"] for u in updates} == {
             "http://127.0.0.1:9197"}
         for s in streams:
@@ -183,7 +184,6 @@ def test_source_selector_syncs_one_file(
         ("source=teams.flagd.json", {"a", "b"}),
         ("flagSetId=payments", {"a"}),
         ("source=teams,flagSetId=search", {"b"}),
-        ("source=nothing-here.flagd.json", set()),
     ],
 )
 def test_selector_header_filters_flags(

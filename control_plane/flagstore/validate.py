@@ -183,13 +183,18 @@ class _Merge:
             flag_id = (set_id, key)
             owners[where[:2]] = flag_id
             if flag_id in self.flags:
+                # Both definitions are refused, so neither wins by file-name order; the last
+                # good one (if any) keeps serving until one of them is removed or renamed.
                 first_file, first_where = self.flag_where[flag_id]
                 in_set = f" in flag set {set_id!r}" if set_id else ""
+                advice = ("a flag key may be defined once per flag set, so remove or rename one "
+                          "of them (or give one a different flagSetId)")
                 found.append(ValidationIssue.at(
                     where, f"flag {key!r}{in_set} is also defined in "
-                           f"{self._line(first_file, first_where)}; a flag key may be defined "
-                           f"once per flag set, so remove or rename one of them (or give "
-                           f"one a different flagSetId)"))
+                           f"{self._line(first_file, first_where)}; {advice}"))
+                self.issues.extend(locate([ValidationIssue.at(
+                    first_where, f"flag {key!r}{in_set} is also defined in {name}; {advice}")],
+                    file=first_file, positions=self.positions.get(first_file)))
                 continue
             self.flags[flag_id] = definition
             self.flag_where[flag_id] = (name, where)

@@ -2,8 +2,9 @@
 
 Ops look here after editing a flag file: `state` is "ok" when the last reload went live (or
 changed nothing), "partial" when it went live without some invalid flags (listed under
-`refused`, each keeping its last good definition or absent), "error" when it was refused (its issues are listed with file, JSON path and
-line; the previous version keeps serving), "unloaded" before the first load. A flag file that
+`refused`, each keeping its last good definition or absent), "error" when it was refused
+(strict mode, or nothing valid at all: its issues are listed with file, JSON path and line;
+the previous version keeps serving), "unloaded" before the first load. A flag file that
 vanished is listed under `pendingDeletions` until its settle window (setting `deletion_settle`)
 has passed; its flags keep serving meanwhile, and a file that comes back cancels the deletion.
 """
