@@ -27,7 +27,7 @@ from control_plane.experiments.distributions import chi2_sf as chi_square_sf
 from control_plane.flagstore.db_recorder import DatabaseRecorder
 from control_plane.flagstore.editor import FlagEditor
 from control_plane.flagstore.store import FlagStore
-from control_plane.simulate import chi_square_test
+from control_plane.routing.simulation import chi_square_test
 from flags import AB_TEST_ROUTER, CANARY_ROUTER, REGION_ROUTER
 
 database_url = db_support.database_url

@@ -22,7 +22,7 @@ from conftest import write_flags
 from experiments_support import OPERATOR, VIEWER, Traffic, make_settings, running, wait_for
 from servers import BackendApp, ServerThread
 
-from control_plane.cli_progress import Progress, format_duration
+from control_plane.cli.progress import Progress, format_duration
 from control_plane.db import Database
 from flags import FLAGS_DIR
 

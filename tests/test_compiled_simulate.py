@@ -9,8 +9,8 @@ import pytest
 from bucketing_v2 import v2_variant
 
 from control_plane.cli import main
+from control_plane.cli.simulate import run_simulate
 from control_plane.settings import DEFAULT_HEADER_RULES
-from control_plane.simulate import run_simulate
 from flags import AB_TEST_ROUTER, FLAGS_DIR, REGION_ROUTER
 
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "docs" / "_tools"))
 
 import settings_reference  # noqa: E402 - the docs tool is not a package
 
-from control_plane.cli_init import write_examples  # noqa: E402
+from control_plane.cli.init import write_examples  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
 
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -41,7 +41,8 @@ class Loop:
         return self.sample("control_plane_gateway_log_lines_total", result=result)
 
     def calls(self) -> dict[str, repository.CallWindow]:
-        assert self.app.state.components.experiments.writer.flush(timeout=15), "the writer did not flush"
+        writer = self.app.state.components.experiments.writer
+        assert writer.flush(timeout=15), "the writer did not flush"
         with self.app.state.components.database.session() as session:
             return repository.call_summary(session=session, flag=FLAG)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from serve_process import CLI, ServeProcess
 
-from control_plane.cli_init import shipped_flag_files
+from control_plane.cli.init import shipped_flag_files
 from flags import FLAGS_DIR
 
 ADMIN = "admin-token-for-packaging-tests-0001"
@@ -96,7 +96,7 @@ def test_the_cli_names_the_server_extra_when_it_is_missing() -> None:
                 if name.split(".")[0] in {"fastapi", "pydantic_settings", "sqlalchemy"}:
                     raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         sys.meta_path.insert(0, Block())
-        from control_plane.cli_entry import main
+        from control_plane.cli.entry import main
         sys.exit(main(["serve"]))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -16,7 +16,6 @@ from control_plane.routing.tester_tokens import TesterTokens
 from control_plane.settings import Settings
 from flags import AB_TEST_ROUTER, CANARY_ROUTER, PINNED_ROUTER, REGION_ROUTER
 
-
 TESTER_KEY = "tester-token-key-for-routing-api-tests"
 TESTER = {"x-tester-token": TesterTokens(TESTER_KEY).issue("qa", ttl_seconds=3600)[0]}
 

@@ -220,4 +220,5 @@ def test_anonymous_requests_are_not_experiment_units_and_log_no_errors(
     assert report["units"] == 200
     new_log = server.stderr_path.read_text()[log_size:]
     assert "No targetingKey" not in new_log
-    assert "ERROR" not in new_log and "WARNING" not in new_log, new_log[-2000:]
+    assert "ERROR" not in new_log, new_log[-2000:]
+    assert "WARNING" not in new_log, new_log[-2000:]

@@ -15,10 +15,10 @@ from fastapi import APIRouter, Query
 from control_plane.console.traffic import TrafficWindow
 from control_plane.errors import FlagNotFound, FlagsNotLoaded, NotARoutingFlag
 from control_plane.flagstore import FlagSet
+from control_plane.flagstore.splits import configured_split
 from control_plane.http.components import Components
 from control_plane.http.deps import ComponentsDep, TrackerDep, ViewerDep
 from control_plane.routing.backends import routing_table
-from control_plane.simulate import configured_split
 
 __all__ = ["router", "routing_flag_traffic"]
 
@@ -100,7 +100,8 @@ def all_traffic(principal: ViewerDep, components: ComponentsDep, tracker: Tracke
 
 
 @router.get("/v1/traffic/{flag_key}",
-            summary="One routing flag: backends, configured and observed split")
+            summary="One routing flag: backends, configured and observed split",
+            response_model=FlagTraffic, responses=problems(400, 401, 404, 422, 503))
 def flag_traffic(flag_key: str, principal: ViewerDep, components: ComponentsDep,
                  tracker: TrackerDep, minutes: Minutes = 5,
                  buckets: Buckets = 30) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from control_plane.experiments.stats import (
     summarize,
 )
 from control_plane.flagstore.flagset import BUCKETING_GENERATION
-from control_plane.simulate import configured_split
+from control_plane.flagstore.splits import configured_split
 
 __all__ = ["build_report", "control_variant"]
 

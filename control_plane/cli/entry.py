@@ -19,7 +19,7 @@ _SERVER_MODULES = frozenset({"fastapi", "uvicorn", "sqlalchemy", "alembic", "pyd
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        from control_plane.cli import main as cli_main
+        from control_plane.cli.parser import main as cli_main
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in _SERVER_MODULES:
             raise

@@ -6,6 +6,7 @@ never migrated, or one at another schema revision is a one-line message and exit
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -14,13 +15,14 @@ from typing import Any, TextIO
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from control_plane.cli.common import positive_int, settings_from
 from control_plane.db import repository
 from control_plane.db.engine import Database
 from control_plane.db.migrate import current_revision, head_revision
 from control_plane.db.models import FlagSetVersion
 from control_plane.flagstore.version_diff import describe_diff
 
-__all__ = ["EXIT_NO_HISTORY", "run_history"]
+__all__ = ["EXIT_NO_HISTORY", "add_history", "run_history"]
 
 EXIT_NO_HISTORY = 1
 #: Diff lines shown per version before "... and N more".
@@ -116,3 +118,25 @@ def run_history(database_url: str, *, limit: int = 20, diffs: bool = True,
         return EXIT_NO_HISTORY
     finally:
         database.dispose()
+
+
+def _history(args: argparse.Namespace) -> int:
+    return run_history(settings_from(args).database_url, limit=args.limit,
+                       diffs=not args.no_diff, as_json=args.json)
+
+
+def add_history(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    history = commands.add_parser(
+        "history", help="list stored flag set versions with who changed what",
+        description="Print the flag set versions stored in the database, newest first: version, "
+                    "time, source (file/api/rollback), actor, flag count, content hash, "
+                    "message, and the changed JSON paths. Exit status 1 when there is no "
+                    "history to read.")
+    history.add_argument("--limit", type=positive_int, default=20,
+                         help="how many versions to show (default 20)")
+    history.add_argument("--database-url", dest="database_url",
+                         help="SQLAlchemy URL (default: DATABASE_URL or "
+                              "sqlite:///./control-plane.db)")
+    history.add_argument("--no-diff", action="store_true", help="leave out the changed paths")
+    history.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    history.set_defaults(command=_history)

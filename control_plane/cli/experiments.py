@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from control_plane.cli_progress import Progress
+from control_plane.cli.progress import Progress
 
 __all__ = ["add_canary", "add_experiments"]
 
