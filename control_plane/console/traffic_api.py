@@ -100,8 +100,7 @@ def all_traffic(principal: ViewerDep, components: ComponentsDep, tracker: Tracke
 
 
 @router.get("/v1/traffic/{flag_key}",
-            summary="One routing flag: backends, configured and observed split",
-            response_model=FlagTraffic, responses=problems(400, 401, 404, 422, 503))
+            summary="One routing flag: backends, configured and observed split")
 def flag_traffic(flag_key: str, principal: ViewerDep, components: ComponentsDep,
                  tracker: TrackerDep, minutes: Minutes = 5,
                  buckets: Buckets = 30) -> dict[str, Any]:
