@@ -32,8 +32,9 @@ from control_plane.flagstore.editor import FlagEditor
 from control_plane.http.metrics import RouterMetrics
 from control_plane.observability.request_log import log_decision, log_dispatch
 from control_plane.observability.tracing import Tracing, tracing_from_settings
+from control_plane.routing.compiled_decisions import CompiledDecider
 from control_plane.routing.context import ContextMapper
-from control_plane.routing.decisions import Decider, Decision
+from control_plane.routing.decisions import Decider, Decision, DecisionIds
 from control_plane.routing.dispatch import Dispatcher, DispatchOutcome
 from control_plane.routing.forwarding import ForwardPolicy
 from control_plane.routing.tester_tokens import TesterTokens
@@ -61,6 +62,8 @@ class Components:
     metrics: RouterMetrics
     mapper: ContextMapper
     decider: Decider
+    #: The lean /v1/decide path (compiled evaluator, prebuilt answers); same listeners.
+    compiled_decider: CompiledDecider
     dispatcher: Dispatcher
     #: Admin API tokens (settings first, then the database).
     authenticator: Authenticator
@@ -115,13 +118,16 @@ def build_components(settings: Settings) -> Components:
     tester_tokens = (TesterTokens(settings.tester_token_key.get_secret_value())
                      if settings.tester_token_key else None)
     editor = FlagEditor(store)
+    decider = Decider(client, store, tracer=tracing.tracer, ids=DecisionIds())
+    compiled_decider = CompiledDecider(store, ids=decider.ids, listeners=decider.listeners)
+    store.subscribe(compiled_decider.update)  # compiles each flag set the store loads
     components = Components(
         settings=settings, database=database, store=store, openfeature_domain=domain,
         openfeature_client=client, provider=source_fed_provider(store), tracing=tracing,
         metrics=metrics,
         mapper=ContextMapper(settings.header_rules, max_header_bytes=settings.max_header_bytes,
                              tester_tokens=tester_tokens),
-        decider=Decider(client, store, tracer=tracing.tracer),
+        decider=decider, compiled_decider=compiled_decider,
         dispatcher=Dispatcher(timeout=settings.dispatch_timeout,
                               max_connections=settings.dispatch_max_connections,
                               tracer=tracing.tracer,

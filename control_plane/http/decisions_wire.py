@@ -1,25 +1,12 @@
-"""The routing answer on the wire: headers and JSON shared by every decision endpoint."""
+"""The routing answer on the wire: headers and JSON shared by every decision endpoint.
+
+The header list itself lives in control_plane.routing.wire, where the lean decide path
+(control_plane.routing.compiled_decisions) prebuilds it per flag-set version.
+"""
 
 from __future__ import annotations
 
-from control_plane.routing.decisions import Decision
+from control_plane.routing.compiled_decisions import encode_headers, json_body
+from control_plane.routing.wire import decision_headers
 
-__all__ = ["decision_headers"]
-
-
-def decision_headers(decision: Decision) -> list[tuple[str, str]]:
-    """Headers for nginx `auth_request_set` / Envoy ext_authz `allowed_upstream_headers`."""
-    headers = [
-        ("x-route-variant", decision.variant),
-        ("x-route-backend", decision.backend),
-        ("x-route-upstream", decision.url),
-        ("x-route-decision-id", decision.decision_id),
-        ("x-route-reason", decision.reason),
-        ("x-route-flag-set-version", str(decision.flag_set_version)),
-        ("cache-control", "no-store"),
-    ]
-    if decision.ignored:
-        headers.append(("x-route-ignored", "; ".join(decision.ignored)))
-    if decision.tester:
-        headers.append(("x-route-tester", decision.tester))
-    return headers
+__all__ = ["decision_headers", "encode_headers", "json_body"]

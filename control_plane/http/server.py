@@ -6,16 +6,23 @@ memory until it ends, so one 256 MB header was accepted and stalled every other 
 431 (problem+json) and closes the connection as soon as the head passes `max_head_bytes`, one
 header value passes `max_header_value_bytes`, or the head has more than `max_header_count` fields.
 The defaults match what nginx accepts by default (`large_client_header_buffers 4 8k`).
+
+It also answers in one write where it can: uvicorn writes a response's head and its body in two
+`transport.write` calls (two syscalls, ~5 us of a ~24 us request). `_OneWriteCycle` holds the
+head of a response with a content length until its body comes and, when that body is the whole
+of it, writes both at once. Chunked and multi-part bodies (dispatch streams) stream as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application, ASGISendEvent
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from control_plane.http.problems import PROBLEM_JSON, problem_body
 from control_plane.settings import Settings
@@ -40,6 +47,75 @@ class HeadLimits:
 
 class _HeadRefused(Exception):
     """Raised inside a parser callback to stop parsing a head that breaks a limit."""
+
+
+class _Capture:
+    """Stands in for the transport while uvicorn builds a message: keeps what it writes."""
+
+    __slots__ = ("closed", "data", "real")
+
+    def __init__(self, real: asyncio.Transport) -> None:
+        self.real = real
+        self.data = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.real.is_closing()
+
+
+class _OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle, writing a head and a complete body in one write."""
+
+    _head: bytes | None = None
+
+    async def send(self, message: ASGISendEvent) -> None:
+        kind = message["type"]
+        if kind == "http.response.start" and not self.response_started:
+            capture = await self._captured(message)
+            if capture.data and self.chunked_encoding is False and not capture.closed:
+                self._head = capture.data  # wait for the body
+            else:
+                self._flush(capture)
+            return
+        head = self._head
+        if head is None:
+            await super().send(message)
+            return
+        self._head = None
+        if kind != "http.response.body" or message.get("more_body", False):
+            self.transport.write(head)  # a streamed body: the head goes now, chunks follow
+            await super().send(message)
+            return
+        try:
+            capture = await self._captured(message)
+        except BaseException:
+            self.transport.write(head)  # as uvicorn would have: the head, then the error
+            raise
+        capture.data = head + capture.data
+        self._flush(capture)
+
+    async def _captured(self, message: ASGISendEvent) -> _Capture:
+        """Let uvicorn handle `message` (state, checks, completion) with its writes kept."""
+        real = self.transport
+        capture = _Capture(real)
+        self.transport = capture  # type: ignore[assignment]  # write/close/is_closing only
+        try:
+            await super().send(message)
+        finally:
+            self.transport = real
+        return capture
+
+    def _flush(self, capture: _Capture) -> None:
+        if capture.data:
+            self.transport.write(capture.data)
+        if capture.closed:
+            self.transport.close()
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -108,6 +184,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._head_open = True
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        # Every cycle (pipelined ones included) starts here: make it answer in one write.
+        cycle.__class__ = _OneWriteCycle
+        super()._start_asgi_task(cycle, app)
 
     def send_400_response(self, msg: str) -> None:
         if self._refusal is not None:  # a limit of ours stopped the parser: say which

@@ -1,5 +1,9 @@
 """Decisions: evaluate a routing flag for one request, through the OpenFeature client.
 
+This is the OpenFeature path (hooks, tracing, any provider). `/v1/decide` without OpenFeature
+hooks takes the compiled path instead (control_plane.routing.compiled_decisions), which makes
+the same Decisions from the same routing lookups and decision ids defined here.
+
 The decider is on the hot path of every gateway request, so it keeps per-flag-set lookups
 (routing tables) computed once per flag set version and does no I/O. Evaluation never raises
 for a flag that exists: an evaluation error serves the flag's default variant with reason ERROR.
@@ -24,7 +28,15 @@ from control_plane.flagstore import FlagSet, FlagStore
 from control_plane.observability.attributes import DECIDE_SPAN, FLAG_KEY, decision_attributes
 from control_plane.routing.backends import Backend, routing_table
 
-__all__ = ["Decider", "Decision", "DecisionListener"]
+__all__ = [
+    "Decider",
+    "Decision",
+    "DecisionIds",
+    "DecisionListener",
+    "FlagRouting",
+    "RoutingLookup",
+    "shown_key",
+]
 
 
 @dataclass(slots=True)
@@ -70,9 +82,56 @@ DecisionListener = Callable[[Decision, float], None]
 
 
 @dataclass(frozen=True, slots=True)
-class _FlagRouting:
+class FlagRouting:
+    """What a routing flag serves: backend per variant, and the variant served on errors."""
+
     table: dict[str, Backend]
     default_variant: str
+
+
+class DecisionIds:
+    """Decision ids: a random per-process prefix and a counter, always 24 hex characters.
+
+    Unique across replicas and restarts, and ~40x cheaper than os.urandom per request (a
+    syscall on the hot path). The fixed length lets prebuilt responses keep their length.
+    """
+
+    LENGTH = 24
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+class RoutingLookup:
+    """Per-flag routing of the current flag set, computed once per flag-set version."""
+
+    def __init__(self) -> None:
+        self._version = -1
+        self._routing: dict[str, FlagRouting | None] = {}
+
+    def get(self, flag_set: FlagSet, flag_key: str) -> FlagRouting:
+        """The routing of `flag_key`; raises FlagNotFound or NotARoutingFlag."""
+        if flag_set.version != self._version:
+            self._routing = {}
+            self._version = flag_set.version
+        try:
+            routing = self._routing[flag_key]
+        except KeyError:
+            if flag_key not in flag_set.flags:
+                # Not cached: the cache holds only keys of the flag set, so a client asking for
+                # 20,000 made-up keys cannot grow it.
+                raise FlagNotFound(f"no flag named {shown_key(flag_key)}") from None
+            routing = self._routing[flag_key] = _compile(flag_set, flag_key)
+        if routing is None:
+            raise NotARoutingFlag(
+                f"flag {flag_key!r} is not a routing flag: each variant must be an object "
+                "with 'backend' and 'url'"
+            )
+        return routing
 
 
 class Decider:
@@ -83,17 +142,13 @@ class Decider:
     """
 
     def __init__(self, client: OpenFeatureClient, store: FlagStore,
-                 tracer: Tracer | None = None) -> None:
+                 tracer: Tracer | None = None, *, ids: DecisionIds | None = None) -> None:
         self._client = client
         self._store = store
         self.tracer = tracer
-        self._routing_version = -1
-        self._routing: dict[str, _FlagRouting | None] = {}
+        self._lookup = RoutingLookup()
         self.listeners: list[DecisionListener] = []
-        # Decision ids: a random per-process prefix and a counter. Unique across replicas and
-        # restarts, and ~40x cheaper than os.urandom per request (a syscall on the hot path).
-        self._id_prefix = os.urandom(6).hex()
-        self._id_counter = itertools.count(1)
+        self.ids = ids or DecisionIds()
 
     def decide(self, flag_key: str, targeting_key: str | None, attributes: dict[str, Any],
                *, ignored: list[str] | None = None, tester: str | None = None) -> Decision:
@@ -120,7 +175,7 @@ class Decider:
         variant = details.variant
         error_code = details.error_code.value if details.error_code else None
         if details.error_code is not None and error_code == "FLAG_NOT_FOUND":
-            raise FlagNotFound(f"no flag named {_shown(flag_key)}")
+            raise FlagNotFound(f"no flag named {shown_key(flag_key)}")
         reason = str(details.reason.value if isinstance(details.reason, Reason)
                      else details.reason or "UNKNOWN")
         # The backend comes from the evaluated value itself, so it always belongs to the same
@@ -139,7 +194,7 @@ class Decider:
             url=backend.url,
             reason=reason,
             flag_set_version=int(version),
-            decision_id=f"{self._id_prefix}{next(self._id_counter) & 0xFFFFFFFFFFFF:012x}",
+            decision_id=self.ids.next(),
             targeting_key=targeting_key,
             error_code=error_code,
             metadata=metadata,
@@ -155,32 +210,16 @@ class Decider:
     def routing_table(self, flag_key: str) -> dict[str, Backend]:
         return self._routing_for(self._store.current, flag_key).table
 
-    def _routing_for(self, flag_set: FlagSet, flag_key: str) -> _FlagRouting:
-        if flag_set.version != self._routing_version:
-            self._routing = {}
-            self._routing_version = flag_set.version
-        try:
-            routing = self._routing[flag_key]
-        except KeyError:
-            if flag_key not in flag_set.flags:
-                # Not cached: the cache holds only keys of the flag set, so a client asking for
-                # 20,000 made-up keys cannot grow it.
-                raise FlagNotFound(f"no flag named {_shown(flag_key)}") from None
-            routing = self._routing[flag_key] = _compile(flag_set, flag_key)
-        if routing is None:
-            raise NotARoutingFlag(
-                f"flag {flag_key!r} is not a routing flag: each variant must be an object "
-                "with 'backend' and 'url'"
-            )
-        return routing
+    def _routing_for(self, flag_set: FlagSet, flag_key: str) -> FlagRouting:
+        return self._lookup.get(flag_set, flag_key)
 
 
-def _shown(flag_key: str) -> str:
+def shown_key(flag_key: str) -> str:
     """A flag key for an error message: quoted, escaped and cut short (it is client input)."""
     return ascii(flag_key if len(flag_key) <= 80 else flag_key[:77] + "...")
 
 
-def _compile(flag_set: FlagSet, flag_key: str) -> _FlagRouting | None:
+def _compile(flag_set: FlagSet, flag_key: str) -> FlagRouting | None:
     flag = flag_set.flags.get(flag_key)
     if flag is None:
         return None
@@ -190,4 +229,4 @@ def _compile(flag_set: FlagSet, flag_key: str) -> _FlagRouting | None:
     default = flag.get("defaultVariant")
     if not isinstance(default, str) or default not in table:
         default = next(iter(table))  # flagd allows no default; the first variant stands in
-    return _FlagRouting(table=table, default_variant=default)
+    return FlagRouting(table=table, default_variant=default)
