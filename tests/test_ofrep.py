@@ -88,15 +88,17 @@ def test_single_flag_answers_value_variant_reason_and_metadata(ofrep: OfrepServe
     assert body["value"] == {"backend": "model-cn", "url": "http://127.0.0.1:9112"}
     assert body["variant"] == "cn"
     assert body["reason"] == "TARGETING_MATCH"
-    assert body["metadata"]["flagSetVersion"] == ofrep.store.current.version
-    assert body["metadata"]["bucketing"] == "flagd-fractional-v2"
-    assert "description" in body["metadata"]  # the flag's own metadata, merged
+    # Metadata as flagd has it; the project's facts travel in headers (issue 14).
+    assert not {"flagSetVersion", "flagSetHash", "bucketing"} & set(body["metadata"])
+    assert "description" in body["metadata"]  # the flag's own metadata
+    assert response.headers["x-flag-set-version"] == str(ofrep.store.current.version)
+    assert response.headers["x-bucketing"] == "flagd-fractional-v2"
 
 
 @pytest.mark.parametrize(
     ("key", "value", "variant", "reason"),
     [
-        ("bool-flag", True, "on", "DEFAULT"),
+        ("bool-flag", True, "on", "STATIC"),  # flagd's DEFAULT: not in OFREP's reasons
         ("string-flag", "hi", "hi", "STATIC"),
         ("int-flag", 10, "ten", "STATIC"),
         ("float-flag", 1.0, "whole", "STATIC"),
@@ -119,7 +121,7 @@ def test_float_flag_values_are_json_floats(ofrep: OfrepServer) -> None:
 
 
 @pytest.mark.parametrize(("key", "reason"), [("disabled-flag", "DISABLED"),
-                                             ("code-default-flag", "DEFAULT")])
+                                             ("code-default-flag", "STATIC")])
 def test_code_default_answers_leave_out_the_value(
     ofrep: OfrepServer, key: str, reason: str
 ) -> None:
@@ -129,7 +131,7 @@ def test_code_default_answers_leave_out_the_value(
     body = response.json()
     assert "value" not in body
     assert body["reason"] == reason
-    assert body["variant"] is None
+    assert "variant" not in body  # the schema's variant is a string: left out, never null
 
 
 def test_unknown_flag_is_404_flag_not_found(ofrep: OfrepServer) -> None:
@@ -185,16 +187,18 @@ def test_empty_body_evaluates_with_an_empty_context(ofrep: OfrepServer) -> None:
     assert response.json()["variant"] == "global"
 
 
-def test_oversized_body_is_413(ofrep: OfrepServer) -> None:
-    """A body over 1 MiB is refused before it is parsed."""
+def test_oversized_body_is_400_parse_error(ofrep: OfrepServer) -> None:
+    """A body over 1 MiB is refused before it is parsed: OFREP's 400 PARSE_ERROR."""
     huge = json.dumps({"context": {"blob": "x" * (1 << 20)}}).encode()
     response = ofrep.single(REGION_ROUTER, content=huge)
-    assert response.status_code == 413
+    assert response.status_code == 400
+    assert response.json()["errorCode"] == "PARSE_ERROR"
     assert "larger than" in response.json()["errorDetails"]
 
 
-def test_no_valid_flag_set_is_503(tmp_path: Path) -> None:
-    """Before a valid flag set is loaded, OFREP answers 503 with Retry-After, not a 500."""
+def test_no_valid_flag_set_is_500_with_retry_after(tmp_path: Path) -> None:
+    """Before a valid flag set is loaded, OFREP answers its 500 generalErrorResponse with
+    Retry-After (503 is not in OFREP's vocabulary)."""
     flags_dir = tmp_path / "flags"
     flags_dir.mkdir()
     (flags_dir / "broken.flagd.json").write_text("{ this is not json")
@@ -203,7 +207,7 @@ def test_no_valid_flag_set_is_503(tmp_path: Path) -> None:
         single = http.post(f"/ofrep/v1/evaluate/flags/{REGION_ROUTER}", json={})
         bulk = http.post("/ofrep/v1/evaluate/flags", json={})
     for response in (single, bulk):
-        assert response.status_code == 503
+        assert response.status_code == 500
         assert response.headers["retry-after"] == "1"
         assert response.json()["errorDetails"]
 
@@ -220,7 +224,8 @@ def test_bulk_answers_every_flag_as_single_evaluations_do(ofrep: OfrepServer) ->
     assert set(items) == set(ofrep.store.current.flags)
     for key, item in items.items():
         assert item == ofrep.single(key, body).json(), key
-    assert answer["metadata"]["flagSetVersion"] == ofrep.store.current.version
+    assert "metadata" not in answer
+    assert response.headers["x-flag-set-version"] == str(ofrep.store.current.version)
 
 
 def test_bulk_etag_and_if_none_match(ofrep: OfrepServer) -> None:
@@ -284,13 +289,14 @@ def test_bulk_answers_never_mix_flag_set_versions(ofrep: OfrepServer) -> None:
     seen_versions: set[int] = set()
     try:
         for _ in range(60):
-            answer = ofrep.bulk({"context": {}}).json()
-            version = answer["metadata"]["flagSetVersion"]
+            response = ofrep.bulk({"context": {}})
+            answer = response.json()
+            version = int(response.headers["x-flag-set-version"])
             seen_versions.add(version)
             mixed = [item for item in answer["flags"] if item["key"].startswith("mix-")]
             assert len(mixed) == 150
             assert len({item["value"] for item in mixed}) == 1, "values from two versions"
-            assert {item["metadata"]["flagSetVersion"] for item in answer["flags"]} == {version}
+            assert all("$flagSetVersion" not in item["metadata"] for item in answer["flags"])
     finally:
         stop.set()
         reloader.join(timeout=10)
