@@ -132,6 +132,21 @@ class Settings(BaseSettings):
     )
     #: Port of the flagd sync gRPC service (flagd.sync.v1); 0 disables it.
     sync_port: int = Field(default=8015, ge=0, le=65535)
+    # -- replica mode (control_plane.distribution.sync_client) --
+    #: HOST:PORT of a control plane's (or flagd's) flagd.sync.v1 port (CP_REPLICA_OF): run as
+    #: a routing replica that follows it (routing API, OFREP, health, metrics; no database,
+    #: no admin API, no experiments). Unset: a control plane.
+    replica_of: str | None = Field(
+        default=None, pattern=r"^(?:[A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):[0-9]{1,5}$")
+    #: Bearer token a replica sends to the primary's sync port (CP_REPLICA_TOKEN; one of the
+    #: primary's sync or gateway tokens).
+    replica_token: SecretStr | None = None
+    #: PEM certificates a replica trusts for the primary's TLS sync port (CP_REPLICA_CA_FILE);
+    #: unset: plaintext (loopback or a private network only).
+    replica_ca_file: Path | None = None
+    #: Where a replica keeps the last flag set it synced (CP_REPLICA_DIR), so a restart while
+    #: the primary is down still serves it.
+    replica_dir: Path = Path("control-plane-replica")
     #: How often the flag directory is checked for edits, in seconds.
     reload_interval: float = Field(default=0.2, gt=0, le=10)
     #: Seconds a flag file must stay deleted before its flags are unpublished: an editor that

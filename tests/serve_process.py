@@ -41,8 +41,11 @@ class ServeProcess:
         *,
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
+        port: int | None = None,
+        wait_ready: bool = True,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
+        self.ready_on_enter = wait_ready
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
         self.stderr_path = workdir / f"serve-{self.port}.stderr"
@@ -76,7 +79,10 @@ class ServeProcess:
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
             )
-        self.wait_ready()
+        if self.ready_on_enter:
+            self.wait_ready()
+        else:
+            self.wait_listening()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -113,6 +119,19 @@ class ServeProcess:
                 pass
             time.sleep(0.1)
         raise AssertionError("the server never became ready")
+
+    def wait_listening(self, timeout: float = 30) -> None:
+        """Until the HTTP port answers at all (ready or not)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise AssertionError(f"the server exited early: {self.exit_report()}")
+            try:
+                httpx.get(self.url + "/healthz", timeout=1)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise AssertionError("the server never listened")
 
     def client(self, **options: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=options.pop("timeout", 10), **options)

@@ -22,13 +22,15 @@ def _serve(args: argparse.Namespace) -> int:
     from control_plane.observability.tracing import TracingConfigError
 
     settings = settings_from(args)
-    if not settings.flags_dir.is_dir():
+    if settings.replica_of is None and not settings.flags_dir.is_dir():
         print(f"control-plane serve: flag directory {settings.flags_dir} does not exist "
               "(`control-plane init` writes the shipped examples there; --flags or "
               "CP_FLAGS_DIR names another)", file=sys.stderr)
         return 2
-    for label, host, port in (("port", settings.host, settings.port),
-                              ("sync port", settings.sync_host, settings.sync_port)):
+    ports = [("port", settings.host, settings.port)]
+    if settings.replica_of is None:  # a replica serves no sync port of its own
+        ports.append(("sync port", settings.sync_host, settings.sync_port))
+    for label, host, port in ports:
         problem = _port_problem(host, port)
         if problem:
             print(f"control-plane serve: {label} {host}:{port} {problem}", file=sys.stderr)
@@ -88,6 +90,11 @@ def add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[typ
                        help="PEM certificate chain: serve the sync service over TLS only")
     serve.add_argument("--sync-tls-key", dest="sync_tls_key_file", type=Path,
                        help="PEM private key of --sync-tls-cert")
+    serve.add_argument("--replica-of", dest="replica_of", metavar="HOST:PORT",
+                       help="run as a routing replica of the control plane (or flagd) whose "
+                            "flagd.sync.v1 port this is: routing API, OFREP, health and "
+                            "metrics from the synced flags; no database, no admin API "
+                            "(CP_REPLICA_OF; CP_REPLICA_TOKEN, CP_REPLICA_CA_FILE)")
     serve.add_argument("--database-url", dest="database_url",
                        help="SQLAlchemy URL (default: sqlite:///./control-plane.db)")
     serve.add_argument("--log-level", default=os.environ.get("CP_LOG_LEVEL", "info"),

@@ -28,7 +28,12 @@ from control_plane.http import (
     shadow_api,
     tester_api,
 )
-from control_plane.http.components import build_components
+from control_plane.http.components import (
+    Components,
+    RoutingComponents,
+    build_components,
+    build_replica_components,
+)
 from control_plane.http.deps import require_gateway_token, require_role
 from control_plane.http.fastpath import DecideFastPath
 from control_plane.http.problems import install_problem_handlers, send_problem
@@ -41,7 +46,9 @@ __all__ = ["ControlPlaneApp", "create_app"]
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The control plane's ASGI app for `settings` (environment and defaults when None)."""
     settings = settings or Settings()
-    components = build_components(settings)
+    # A replica (CP_REPLICA_OF) routes from flags it syncs; it has no database and no admin API.
+    components: RoutingComponents = (build_replica_components(settings) if settings.replica_of
+                                     else build_components(settings))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -63,18 +70,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     gateway_only = [Depends(require_gateway_token)]
     app.include_router(routing_api.router, dependencies=gateway_only)
     app.include_router(ofrep.router)  # issue 14: OFREP checks Bearer or X-API-Key itself
-    # The status route must precede the admin router's /v1/flags/{key}.
-    app.include_router(flags_status.router, dependencies=[Depends(require_role(Role.VIEWER))])
-    app.include_router(admin_api.router)
-    app.include_router(tester_api.router)  # operators issue tester tokens (pins)
-    app.include_router(experiments_api.router)  # /v1/events, /v1/experiments
-    app.include_router(canary_api.router)
-    app.include_router(traffic_api.router)  # the console's JSON: /v1/traffic, timelines
-    app.include_router(canary_timeline.router)
-    app.include_router(pages.router)  # /console
-    # -- shadow traffic (control_plane.shadow): the mirror hooks into the dispatcher, its
-    # routes (/v1/shadows, the gateway's /v1/shadow copies) and workers run with the app.
-    shadow_api.install_shadow(app, components)
+    if isinstance(components, Components):  # the control plane's own APIs (not on replicas)
+        # The status route must precede the admin router's /v1/flags/{key}.
+        app.include_router(flags_status.router,
+                           dependencies=[Depends(require_role(Role.VIEWER))])
+        app.include_router(admin_api.router)
+        app.include_router(tester_api.router)  # operators issue tester tokens (pins)
+        app.include_router(experiments_api.router)  # /v1/events, /v1/experiments
+        app.include_router(canary_api.router)
+        app.include_router(traffic_api.router)  # the console's JSON: /v1/traffic, timelines
+        app.include_router(canary_timeline.router)
+        app.include_router(pages.router)  # /console
+        # -- shadow traffic (control_plane.shadow): the mirror hooks into the dispatcher, its
+        # routes (/v1/shadows, the gateway's /v1/shadow copies) and workers run with the app.
+        shadow_api.install_shadow(app, components)
     if settings.fast_decide:
         app.fast_path = DecideFastPath(super(ControlPlaneApp, app).__call__, components)
     return app

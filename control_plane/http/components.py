@@ -25,6 +25,7 @@ from control_plane.console.traffic import TrafficTracker
 from control_plane.db import Database
 from control_plane.db.engine import DatabaseTimeouts
 from control_plane.distribution.ofrep_eval import OfrepEvaluator
+from control_plane.distribution.sync_client import PrimaryVersions, ReplicaSync, ReplicaTarget
 from control_plane.experiments.runtime import Experiments
 from control_plane.flagstore import FlagStore
 from control_plane.flagstore.db_recorder import DatabaseRecorder
@@ -41,17 +42,16 @@ from control_plane.routing.tester_tokens import TesterTokens
 from control_plane.settings import Settings
 from providers import source_fed_provider
 
-__all__ = ["Components", "build_components"]
+__all__ = ["Components", "RoutingComponents", "build_components", "build_replica_components"]
 
 _app_ids = itertools.count(1)
 
 
-@dataclass(frozen=True, eq=False)
-class Components:
-    """Everything one app instance is made of (the fields are set once, at build time)."""
+@dataclass(frozen=True, eq=False, kw_only=True)
+class RoutingComponents:
+    """What routes requests: all a replica has, and the part of a control plane it shares."""
 
     settings: Settings
-    database: Database
     store: FlagStore
     #: One OpenFeature domain per app instance, so several apps (tests) never share a provider.
     openfeature_domain: str
@@ -65,18 +65,16 @@ class Components:
     #: The lean /v1/decide path (compiled evaluator, prebuilt answers); same listeners.
     compiled_decider: CompiledDecider
     dispatcher: Dispatcher
-    #: Admin API tokens (settings first, then the database).
+    #: Admin API tokens (settings first, then the database when there is one).
     authenticator: Authenticator
     #: The routing API's gateway token check, shared by the FastAPI routes and the fast path.
     gateway: GatewayTokenChecker
-    #: The one flag editor: operators' and canaries' writes are serialised by it.
-    editor: FlagEditor
-    experiments: Experiments
     ofrep: OfrepEvaluator
     traffic: TrafficTracker
-    console_assets: Mapping[str, Asset]
     #: Issues and verifies tester tokens (pins); None when no tester token key is set.
     tester_tokens: TesterTokens | None = None
+    #: Replica mode: the stream that keeps `store` following the primary (None on a primary).
+    replica: ReplicaSync | None = None
     #: Started services to stop on shutdown (sync server, listeners), filled at startup.
     closers: list[Callable[[], Any]] = field(default_factory=list)
     _decision_children: dict[tuple[str, str, str], tuple[Any, Any]] = field(
@@ -100,6 +98,17 @@ class Components:
         status_class = f"{outcome.status // 100}xx" if outcome.status else outcome.error or "none"
         self.metrics.dispatches.labels(flag, outcome.variant, status_class).inc()
         self.metrics.dispatch_latency.labels(flag, outcome.variant).observe(outcome.seconds)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Components(RoutingComponents):
+    """A control plane: routing plus the flag store's history, edits, experiments, console."""
+
+    database: Database
+    #: The one flag editor: operators' and canaries' writes are serialised by it.
+    editor: FlagEditor
+    experiments: Experiments
+    console_assets: Mapping[str, Asset]
 
 
 def build_components(settings: Settings) -> Components:
@@ -152,4 +161,47 @@ def build_components(settings: Settings) -> Components:
     components.dispatcher.listeners.extend([
         components.observe_dispatch, log_dispatch, components.experiments.recorder.on_dispatch,
     ])
+    return components
+
+
+def build_replica_components(settings: Settings) -> RoutingComponents:
+    """A routing replica following `settings.replica_of`: no database, no admin API.
+
+    The synced flags live in `settings.replica_dir`; exposures are not recorded here (a
+    replica has no database), which the startup log says.
+    """
+    if settings.replica_of is None:
+        raise ValueError("build_replica_components needs settings.replica_of")
+    versions = PrimaryVersions()
+    store = FlagStore(settings.replica_dir, reload_interval=settings.reload_interval,
+                      recorder=versions, deletion_settle=0)
+    domain = f"control-plane-replica-{next(_app_ids)}"
+    client = openfeature_api.get_client(domain)
+    tracing = tracing_from_settings(settings)
+    client.add_hooks(tracing.openfeature_hooks())
+    tester_tokens = (TesterTokens(settings.tester_token_key.get_secret_value())
+                     if settings.tester_token_key else None)
+    decider = Decider(client, store, tracer=tracing.tracer, ids=DecisionIds())
+    compiled_decider = CompiledDecider(store, ids=decider.ids, listeners=decider.listeners)
+    store.subscribe(compiled_decider.update)
+    token = settings.replica_token.get_secret_value() if settings.replica_token else None
+    components = RoutingComponents(
+        settings=settings, store=store, openfeature_domain=domain, openfeature_client=client,
+        provider=source_fed_provider(store), tracing=tracing, metrics=RouterMetrics(),
+        mapper=ContextMapper(settings.header_rules, max_header_bytes=settings.max_header_bytes,
+                             tester_tokens=tester_tokens),
+        decider=decider, compiled_decider=compiled_decider,
+        dispatcher=Dispatcher(timeout=settings.dispatch_timeout,
+                              max_connections=settings.dispatch_max_connections,
+                              tracer=tracing.tracer, policy=ForwardPolicy.from_settings(settings)),
+        authenticator=Authenticator.from_settings(settings, None),
+        gateway=GatewayTokenChecker.from_settings(settings),
+        ofrep=OfrepEvaluator(client, store), traffic=TrafficTracker(),
+        tester_tokens=tester_tokens,
+        replica=ReplicaSync(store, versions, ReplicaTarget(
+            settings.replica_of, token=token, ca_file=settings.replica_ca_file)),
+    )
+    components.decider.listeners.extend(
+        [components.observe_decision, log_decision, components.traffic.observe])
+    components.dispatcher.listeners.extend([components.observe_dispatch, log_dispatch])
     return components

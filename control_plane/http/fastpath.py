@@ -16,7 +16,7 @@ from openfeature import api as openfeature_api
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control_plane.errors import BadRequestInput, ControlPlaneError
-from control_plane.http.components import Components
+from control_plane.http.components import RoutingComponents
 from control_plane.http.decisions_wire import decision_headers, encode_headers, json_body
 from control_plane.http.problems import send_problem
 from control_plane.observability.tracing import remote_parent
@@ -28,7 +28,7 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 
 class DecideFastPath:
-    def __init__(self, app: ASGIApp, components: Components) -> None:
+    def __init__(self, app: ASGIApp, components: RoutingComponents) -> None:
         self.app = app
         self.components = components
 

@@ -28,12 +28,17 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", summary="Ready once a valid flag set is loaded")
 async def readyz(components: ComponentsDep) -> Response:
     store = components.store
+    replica = components.replica
+    # A replica says where it syncs from and how stale it is (it keeps serving its last set).
+    extra = {"replica": replica.status()} if replica is not None else {}
     if not store.loaded:
         detail = store.last_error.detail if store.last_error else "flags are loading"
-        return JSONResponse({"status": "not ready", "detail": detail}, status_code=503)
+        if replica is not None and not replica.documents:
+            detail = f"waiting for the first flag set from {replica.target.address}"
+        return JSONResponse({"status": "not ready", "detail": detail, **extra}, status_code=503)
     flag_set = store.current
     return JSONResponse({"status": "ready", "flagSetVersion": flag_set.version,
-                         "flagSetHash": flag_set.content_hash})
+                         "flagSetHash": flag_set.content_hash, **extra})
 
 
 def metrics_access(request: Request, components: ComponentsDep) -> None:
@@ -52,6 +57,9 @@ def metrics_access(request: Request, components: ComponentsDep) -> None:
             dependencies=[Depends(metrics_access)])
 async def metrics(components: ComponentsDep) -> Response:
     registry = components.metrics.registry
+    if components.replica is not None:
+        components.metrics.replica_connected.set(1 if components.replica.connected else 0)
+        components.metrics.replica_stale.set(components.replica.stale_seconds())
     if components.store.loaded:
         components.metrics.flag_set_version.set(components.store.current.version)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

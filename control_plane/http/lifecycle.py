@@ -14,9 +14,10 @@ import logging
 from openfeature import api as openfeature_api
 
 from control_plane.db.migrator import BackgroundMigrator
+from control_plane.distribution.sync_client import ReplicaSync
 from control_plane.distribution.sync_server import serve_from_settings
 from control_plane.errors import FlagValidationError
-from control_plane.http.components import Components
+from control_plane.http.components import Components, RoutingComponents
 from providers import quiet_anonymous_fractional
 
 __all__ = ["start", "stop"]
@@ -24,27 +25,32 @@ __all__ = ["start", "stop"]
 log = logging.getLogger(__name__)
 
 
-async def start(components: Components) -> None:
+async def start(components: RoutingComponents) -> None:
     settings = components.settings
     store = components.store
     components.tracing.start()  # the OTLP exporter, when configured
+    reloads = components.metrics.flag_reloads
+    for result in ("ok", "refused"):
+        # Exported at 0 from the start, so that increase() in alerts sees the first refusal.
+        reloads.labels(result)
+    store.subscribe_reloads(lambda outcome: reloads.labels("ok" if outcome.ok else "refused").inc())
+    quiet_anonymous_fractional()  # requests without a user id are traffic, not errors
+    if components.replica is not None:
+        await _start_replica(components, components.replica)
+        return
+    if not isinstance(components, Components):  # pragma: no cover - built by build_components
+        raise TypeError("a control plane needs the full Components")
     # Migrate before the first reload records a version when the database answers within
     # its connect timeout; else serve without it (DatabaseRecorder serves the first flag set
     # unrecorded) and keep migrating in the background.
     migrator = BackgroundMigrator(components.database)
     migrator.start(wait=settings.database_connect_timeout + 1.0)
     components.closers.append(migrator.stop)
-    reloads = components.metrics.flag_reloads
-    for result in ("ok", "refused"):
-        # Exported at 0 from the start, so that increase() in alerts sees the first refusal.
-        reloads.labels(result)
-    store.subscribe_reloads(lambda outcome: reloads.labels("ok" if outcome.ok else "refused").inc())
     try:
         store.reload()
     except FlagValidationError as exc:
         log.error("flags in %s are invalid; not ready until fixed: %s", store.directory,
                   exc.detail)
-    quiet_anonymous_fractional()  # requests without a user id are traffic, not errors
     openfeature_api.set_provider_and_wait(components.provider,
                                           domain=components.openfeature_domain)
     store.start()
@@ -67,7 +73,17 @@ async def start(components: Components) -> None:
     components.closers.append(components.experiments.stop)
 
 
-async def stop(components: Components) -> None:
+async def _start_replica(components: RoutingComponents, replica: ReplicaSync) -> None:
+    """Serve what the replica kept from its last sync, then follow the primary."""
+    replica.start()
+    components.closers.append(replica.stop)
+    openfeature_api.set_provider_and_wait(components.provider,
+                                          domain=components.openfeature_domain)
+    log.info("routing replica of %s: flags in %s; exposures are not recorded on a replica",
+             replica.target.address, components.store.directory)
+
+
+async def stop(components: RoutingComponents) -> None:
     for closer in reversed(components.closers):
         try:
             result = closer()
@@ -76,7 +92,8 @@ async def stop(components: Components) -> None:
         except Exception:  # one failing closer must not keep the others from running
             log.exception("error while shutting down")
     components.closers.clear()
-    components.database.dispose()
+    if isinstance(components, Components):
+        components.database.dispose()
     await components.dispatcher.aclose()
     components.provider.shutdown()
     components.tracing.shutdown()  # flushes spans still queued for export

@@ -39,6 +39,14 @@ class RouterMetrics:
         self.flag_set_version = Gauge(
             "control_plane_flag_set_version", "Version of the serving flag set.",
             registry=self.registry)
+        self.replica_connected = Gauge(
+            "control_plane_replica_connected",
+            "Replica mode: 1 while the sync stream from the primary is open.",
+            registry=self.registry)
+        self.replica_stale = Gauge(
+            "control_plane_replica_stale_seconds",
+            "Replica mode: seconds since the sync stream from the primary broke (0 while open; "
+            "the replica serves its last flag set meanwhile).", registry=self.registry)
         self.flag_reloads = Counter(
             "control_plane_flag_reloads", "Flag set reload attempts, by result.",
             ["result"], registry=self.registry)
