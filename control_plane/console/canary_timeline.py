@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +26,7 @@ from control_plane.errors import CanaryNotFound
 from control_plane.experiments import repository
 from control_plane.experiments.stats import nearest_rank
 from control_plane.http.deps import ComponentsDep, ViewerDep
+from control_plane.http.schemas import WireModel, problems
 
 __all__ = ["CallPoint", "call_points", "router", "timeline"]
 
@@ -37,6 +39,51 @@ _LATENCY_FLOOR = 0.001
 _MIN_BUCKET_SECONDS = 0.5
 
 CallPoint = tuple[str, datetime, int | None, float]
+
+
+class TimelineBucket(WireModel):
+    offset_seconds: float
+    end_offset_seconds: float
+    weight: int | float | None = Field(description="Canary weight in force at the bucket's end")
+    canary_calls: int
+    canary_errors: int
+    canary_error_rate: float | None
+    canary_p99_ms: float | None
+    stable_calls: int
+    stable_p99_ms: float | None
+    p99_latency_ratio: float | None
+
+
+class TimelineThresholds(WireModel):
+    max_error_rate: float | None
+    max_p99_latency_ratio: float | None
+    min_requests: int | None
+
+
+class TimelineEvent(WireModel):
+    id: int
+    offset_seconds: float
+    at: str
+    action: str
+    actor: str | None
+    weight: int | float | None
+
+
+class CanaryTimeline(WireModel):
+    flag: str
+    run: int
+    state: str
+    stable_variant: str
+    canary_variant: str
+    started_at: str
+    ended_at: str
+    span_seconds: float
+    bucket_seconds: float
+    thresholds: TimelineThresholds
+    samples: int
+    truncated: bool
+    buckets: list[TimelineBucket]
+    events: list[TimelineEvent]
 
 
 def call_points(*, session: Session, flag: str, variants: tuple[str, ...], since: datetime,
@@ -130,7 +177,8 @@ def timeline(*, session: Session, run: CanaryRun, buckets: int, now: datetime
 
 @router.get("/v1/canaries/{flag_key}/timeline",
             summary="A flag's canary (active, else latest): calls, errors, p99 and weight over "
-                    "time, with its thresholds")
+                    "time, with its thresholds",
+            response_model=CanaryTimeline, responses=problems(400, 401, 404))
 async def canary_timeline(flag_key: str, principal: ViewerDep, components: ComponentsDep,
                           buckets: Annotated[int, Query(ge=1, le=200)] = 40) -> dict[str, Any]:
     database = components.database

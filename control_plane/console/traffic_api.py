@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from pydantic import Field
 
 from control_plane.console.traffic import TrafficWindow
 from control_plane.errors import FlagNotFound, FlagsNotLoaded, NotARoutingFlag
@@ -18,6 +19,7 @@ from control_plane.flagstore import FlagSet
 from control_plane.flagstore.splits import configured_split
 from control_plane.http.components import Components
 from control_plane.http.deps import ComponentsDep, TrackerDep, ViewerDep
+from control_plane.http.schemas import WireModel, problems
 from control_plane.routing.backends import routing_table
 
 __all__ = ["router", "routing_flag_traffic"]
@@ -26,6 +28,48 @@ router = APIRouter(tags=["console"])
 
 #: The targeting key of the probe request the configured split is read for.
 _PROBE = "console-probe"
+
+
+class VariantTraffic(WireModel):
+    variant: str
+    backend: str | None = Field(description="null: counted, but no longer in the flag")
+    url: str | None
+    configured_share: float | None
+    decisions: int
+    observed_share: float | None
+
+
+class ConfiguredSplitBody(WireModel):
+    kind: str
+    note: str | None
+    shares: dict[str, float] | None
+    context: str
+
+
+class TrafficWindowBody(WireModel):
+    seconds: int | float
+    bucket_seconds: int | float
+    decisions: int
+
+
+class FlagTraffic(WireModel):
+    flag: str
+    flag_set_version: int
+    source: str | None
+    state: str | None
+    default_variant: str | None
+    description: str | None
+    experiment: bool
+    configured: ConfiguredSplitBody
+    variants: list[VariantTraffic]
+    window: TrafficWindowBody
+    series: list[dict[str, Any]] = Field(description="Decisions per variant per bucket")
+
+
+class AllTraffic(WireModel):
+    flag_set_version: int
+    minutes: int
+    flags: list[FlagTraffic]
 
 
 Minutes = Annotated[int, Query(ge=1, le=15, description="window length in minutes")]
@@ -88,7 +132,8 @@ def _serving(components: Components) -> FlagSet:
     return flag_set
 
 
-@router.get("/v1/traffic", summary="Every routing flag: backends, configured and observed split")
+@router.get("/v1/traffic", summary="Every routing flag: backends, configured and observed split",
+            response_model=AllTraffic, responses=problems(400, 401, 503))
 def all_traffic(principal: ViewerDep, components: ComponentsDep, tracker: TrackerDep,
                 minutes: Minutes = 5, buckets: Buckets = 30) -> dict[str, Any]:
     flag_set = _serving(components)
@@ -100,7 +145,8 @@ def all_traffic(principal: ViewerDep, components: ComponentsDep, tracker: Tracke
 
 
 @router.get("/v1/traffic/{flag_key}",
-            summary="One routing flag: backends, configured and observed split")
+            summary="One routing flag: backends, configured and observed split",
+            response_model=FlagTraffic, responses=problems(400, 401, 404, 422, 503))
 def flag_traffic(flag_key: str, principal: ViewerDep, components: ComponentsDep,
                  tracker: TrackerDep, minutes: Minutes = 5,
                  buckets: Buckets = 30) -> dict[str, Any]:

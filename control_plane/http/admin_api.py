@@ -17,9 +17,10 @@ Include `router` after any route that shares the `/v1/flags/` prefix (such as
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
@@ -44,6 +45,7 @@ from control_plane.flagstore.text_check import find_unsafe_text, unsafe_characte
 from control_plane.http.bodies import read_json_body
 from control_plane.http.components import Components
 from control_plane.http.deps import AdminDep, ComponentsDep, OperatorDep, ViewerDep
+from control_plane.http.schemas import OpenWireModel, WireModel, json_body, parse_body, problems
 
 __all__ = ["router"]
 
@@ -52,6 +54,155 @@ router = APIRouter(tags=["admin"])
 _TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _MAX_BODY = 1024 * 1024
 _MAX_MESSAGE = 2000
+
+
+# -- wire models -----------------------------------------------------------------------------
+
+class WhoAmI(BaseModel):
+    name: str
+    role: Literal["viewer", "operator", "admin"]
+    source: str = Field(description="settings (CP_ADMIN_TOKENS) or database")
+
+
+class FlagSummary(WireModel):
+    key: str
+    source: str | None = Field(description="The flag file that defines it")
+    flag_set_version: int
+    state: str | None
+    default_variant: str | None
+    variants: list[str]
+    etag: str
+
+
+class FlagList(WireModel):
+    flag_set_version: int
+    content_hash: str
+    etag: str = Field(description="The flag set's ETag: what rollback takes as If-Match")
+    flags: list[FlagSummary]
+
+
+class FlagDefinition(BaseModel):
+    """A flagd flag definition; the flag validator checks it (422 with the issues)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    state: Literal["ENABLED", "DISABLED"]
+    variants: dict[str, Any]
+    default_variant: str | None = Field(default=None, alias="defaultVariant")
+    targeting: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class FlagDocument(WireModel):
+    key: str
+    source: str | None
+    flag_set_version: int
+    content_hash: str
+    etag: str = Field(description="What PUT and DELETE take as If-Match")
+    flag: dict[str, Any] = Field(description="The flagd definition")
+
+
+class FlagWrite(WireModel):
+    key: str
+    source: str | None
+    flag_set_version: int
+    content_hash: str
+    changed: bool
+    flag: dict[str, Any] | None
+
+
+class FlagDeleted(FlagWrite):
+    deleted: bool
+    files: list[str]
+
+
+class VersionSummary(WireModel):
+    version: int
+    content_hash: str
+    created_at: str
+    source: str = Field(description="file, api, rollback, ...")
+    actor: str | None
+    message: str | None
+    bucketing: str | None = Field(description="The fractional bucketing generation")
+    flag_count: int
+    diff: dict[str, Any] | None
+
+
+class VersionDocument(VersionSummary):
+    document: dict[str, Any] = Field(description="The whole flag set as stored")
+
+
+class HistoryPage(WireModel):
+    items: list[VersionSummary]
+    total: int
+    next_before: int | None
+    next: str | None = Field(description="The next page's URL, if there is one")
+
+
+class RollbackRequest(BaseModel):
+    message: str | None = Field(default=None, max_length=_MAX_MESSAGE,
+                                description="Why (kept in the history)")
+
+
+class RollbackResult(WireModel):
+    rolled_back_to: int
+    flag_set_version: int
+    content_hash: str
+    changed: bool
+    files: list[str]
+
+
+class TokenRequest(BaseModel):
+    name: str = Field(pattern=_TOKEN_NAME.pattern,
+                      description="1-64 letters, digits, . _ @ - (starting with a letter or digit)")
+    role: Literal["viewer", "operator", "admin"] = "viewer"
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class TokenInfo(OpenWireModel):
+    """A token's name and state; never its secret (except `token`, once, when created)."""
+
+    name: str
+    role: str
+    source: Literal["settings", "database"]
+    created_at: str | None = None
+    created_by: str | None = None
+    revoked_at: str | None = None
+    revoked_by: str | None = None
+
+
+class CreatedToken(TokenInfo):
+    token: str = Field(description="The secret: shown in this answer only")
+
+
+class TokenList(BaseModel):
+    items: list[TokenInfo]
+
+
+class AuditEventBody(BaseModel):
+    id: int
+    at: str
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+
+
+class AuditPage(WireModel):
+    items: list[AuditEventBody]
+    next_before: int | None
+
+
+_ETAG = {"ETag": {"description": "The entity tag to send as If-Match",
+                  "schema": {"type": "string"}}}
+#: Every admin read: a malformed request (400), no valid token (401).
+_VIEWER = problems(400, 401)
+#: Writes also need the role (403).
+_WRITER = problems(400, 401, 403)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -84,15 +235,6 @@ def _flag_write_json(key: str, result: WriteResult) -> dict[str, Any]:
     return {"key": key, "source": flag_set.sources.get(key),
             "flagSetVersion": flag_set.version, "contentHash": flag_set.content_hash,
             "changed": result.changed, "flag": flag_set.flags.get(key)}
-
-def _message(value: Any, where: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str) or len(value) > _MAX_MESSAGE:
-        raise BadRequestInput(f"{where} must be a string of at most {_MAX_MESSAGE} characters",
-                              source=where)
-    return value
-
 
 def _version_json(row: FlagSetVersion, *, document: bool = False) -> dict[str, Any]:
     body: dict[str, Any] = {
@@ -137,14 +279,18 @@ def _audit(admin: Components, principal: Principal, action: str, target: str,
 
 # -- endpoints: who am I ---------------------------------------------------------------------
 
-@router.get("/v1/whoami", summary="The token's name and role")
+@router.get("/v1/whoami", summary="The token's name and role", response_model=WhoAmI,
+            responses=_VIEWER)
 def whoami(principal: ViewerDep) -> dict[str, str]:
     return {"name": principal.name, "role": principal.role.label, "source": principal.source}
 
 
 # -- endpoints: flags (fixed paths first: /v1/flags/{key} must not capture them) -------------
 
-@router.get("/v1/flags", summary="All serving flags with their source file and version")
+@router.get("/v1/flags", summary="All serving flags with their source file and version",
+            response_model=FlagList,
+            responses={200: {"description": "The serving flags", "headers": _ETAG},
+                       **_VIEWER, **problems(503)})
 def list_flags(principal: ViewerDep, admin: ComponentsDep) -> JSONResponse:
     flag_set = admin.store.current
     etag = flag_set_etag(flag_set.content_hash)
@@ -161,7 +307,8 @@ def list_flags(principal: ViewerDep, admin: ComponentsDep) -> JSONResponse:
     }, headers={"ETag": etag})
 
 
-@router.get("/v1/flags/history", summary="Flag set versions, newest first, with diffs")
+@router.get("/v1/flags/history", summary="Flag set versions, newest first, with diffs",
+            response_model=HistoryPage, responses=_VIEWER)
 def history(
     principal: ViewerDep, admin: ComponentsDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
@@ -183,7 +330,8 @@ def history(
     }
 
 
-@router.get("/v1/flags/history/{version}", summary="One stored version with its full document")
+@router.get("/v1/flags/history/{version}", summary="One stored version with its full document",
+            response_model=VersionDocument, responses={**_VIEWER, **problems(404)})
 def history_version(version: VersionParam, principal: ViewerDep,
                     admin: ComponentsDep) -> dict[str, Any]:
     with admin.database.session() as session:
@@ -192,16 +340,17 @@ def history_version(version: VersionParam, principal: ViewerDep,
 
 
 @router.post("/v1/flags/rollback/{version}",
-             summary="Rewrite the flag files to a stored version (recorded as a rollback)")
+             summary="Rewrite the flag files to a stored version (recorded as a rollback)",
+             response_model=RollbackResult,
+             responses={**_WRITER, **problems(404, 412, 413, 422, 503)},
+             openapi_extra=json_body(RollbackRequest, required=False,
+                                     description='Optional: {"message": "why"}'))
 async def rollback(version: VersionParam, request: Request, principal: AdminDep,
                    admin: ComponentsDep, if_match: IfMatch = None) -> dict[str, Any]:
     """`If-Match` takes the flag set's ETag (from `GET /v1/flags`): 412 if it changed since."""
     precondition = Precondition.parse(if_match=if_match)
     body = await read_json_body(request, required=False, limit=_MAX_BODY)
-    if body is not None and not isinstance(body, dict):
-        raise BadRequestInput("the body must be a JSON object like {\"message\": \"...\"}",
-                              source="body")
-    note = _message((body or {}).get("message"), "body.message")
+    note = parse_body(RollbackRequest, {} if body is None else body).message or ""
 
     def work() -> dict[str, Any]:
         with admin.database.session() as session:
@@ -219,7 +368,10 @@ async def rollback(version: VersionParam, request: Request, principal: AdminDep,
     return await run_in_threadpool(work)
 
 
-@router.get("/v1/flags/{key}", summary="One serving flag's definition, source file and version")
+@router.get("/v1/flags/{key}", summary="One serving flag's definition, source file and version",
+            response_model=FlagDocument,
+            responses={200: {"description": "The flag", "headers": _ETAG},
+                       **_VIEWER, **problems(404, 503)})
 def get_flag(key: str, principal: ViewerDep, admin: ComponentsDep) -> JSONResponse:
     """The `ETag` (also in the body as `etag`) is what PUT and DELETE take as `If-Match`."""
     flag_set = admin.store.current
@@ -237,7 +389,12 @@ MessageQuery = Annotated[str | None, Query(max_length=_MAX_MESSAGE,
                                            description="why (kept in the history)")]
 
 
-@router.put("/v1/flags/{key}", summary="Create or replace a flag (validated, versioned)")
+@router.put("/v1/flags/{key}", summary="Create or replace a flag (validated, versioned)",
+            response_model=FlagWrite,
+            responses={200: {"description": "Replaced", "headers": _ETAG},
+                       201: {"description": "Created", "model": FlagWrite, "headers": _ETAG},
+                       **_WRITER, **problems(404, 412, 413, 422, 503)},
+            openapi_extra=json_body(FlagDefinition, description="The flagd flag definition"))
 async def put_flag(
     key: str, request: Request, principal: OperatorDep, admin: ComponentsDep,
     message: MessageQuery = None, if_match: IfMatch = None, if_none_match: IfNoneMatch = None,
@@ -264,7 +421,9 @@ async def put_flag(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-@router.delete("/v1/flags/{key}", summary="Remove a flag from its file (validated, versioned)")
+@router.delete("/v1/flags/{key}", summary="Remove a flag from its file (validated, versioned)",
+               response_model=FlagDeleted,
+               responses={**_WRITER, **problems(404, 412, 422, 503)})
 async def delete_flag(
     key: str, principal: OperatorDep, admin: ComponentsDep,
     message: MessageQuery = None, if_match: IfMatch = None,
@@ -288,22 +447,16 @@ async def delete_flag(
 # -- endpoints: tokens and audit -------------------------------------------------------------
 
 @router.post("/v1/tokens", status_code=201,
-             summary="Create a token; the secret is in this answer only")
+             summary="Create a token; the secret is in this answer only",
+             response_model=CreatedToken,
+             responses={**_WRITER, **problems(409, 413)},
+             openapi_extra=json_body(TokenRequest,
+                                     description='{"name": "...", "role": "viewer"}'))
 async def create_token(request: Request, principal: AdminDep,
                        admin: ComponentsDep) -> JSONResponse:
-    body = await read_json_body(request, required=True, limit=_MAX_BODY)
-    if not isinstance(body, dict):
-        raise BadRequestInput('the body must be {"name": "...", "role": "viewer"}', source="body")
-    name, role_name = body.get("name"), body.get("role", "viewer")
-    if not isinstance(name, str) or not _TOKEN_NAME.fullmatch(name):
-        raise BadRequestInput("body.name must be 1-64 characters: letters, digits, . _ @ - "
-                              "(starting with a letter or digit)", source="body.name")
-    try:
-        role = Role.parse(role_name) if isinstance(role_name, str) else None
-    except ValueError:
-        role = None
-    if role is None:
-        raise BadRequestInput("body.role must be viewer, operator or admin", source="body.role")
+    asked = parse_body(TokenRequest,
+                       await read_json_body(request, required=True, limit=_MAX_BODY))
+    name, role = asked.name, Role.parse(asked.role)
     if any(spec.name == name for spec in admin.authenticator.settings_tokens):
         raise Conflict(f"a token named {name!r} is defined in settings (CP_ADMIN_TOKENS)")
     secret = new_token()
@@ -321,7 +474,8 @@ async def create_token(request: Request, principal: AdminDep,
     return JSONResponse(await run_in_threadpool(work), status_code=201)
 
 
-@router.get("/v1/tokens", summary="Tokens (names, roles, state; never secrets)")
+@router.get("/v1/tokens", summary="Tokens (names, roles, state; never secrets)",
+            response_model=TokenList, response_model_exclude_unset=True, responses=_WRITER)
 def list_tokens(principal: AdminDep, admin: ComponentsDep) -> dict[str, Any]:
     configured = [{"name": spec.name, "role": spec.role, "source": "settings"}
                   for spec in admin.authenticator.settings_tokens]
@@ -330,7 +484,8 @@ def list_tokens(principal: AdminDep, admin: ComponentsDep) -> dict[str, Any]:
     return {"items": configured + stored}
 
 
-@router.delete("/v1/tokens/{name}", status_code=204, summary="Revoke a database token")
+@router.delete("/v1/tokens/{name}", status_code=204, summary="Revoke a database token",
+               response_class=Response, responses={**_WRITER, **problems(404, 409)})
 def revoke_token(name: str, principal: AdminDep, admin: ComponentsDep) -> Response:
     if any(spec.name == name for spec in admin.authenticator.settings_tokens):
         raise Conflict(f"token {name!r} is defined in settings; remove it from CP_ADMIN_TOKENS "
@@ -342,7 +497,8 @@ def revoke_token(name: str, principal: AdminDep, admin: ComponentsDep) -> Respon
     return Response(status_code=204)
 
 
-@router.get("/v1/audit", summary="Audit log of writes, newest first")
+@router.get("/v1/audit", summary="Audit log of writes, newest first",
+            response_model=AuditPage, responses=_WRITER)
 def audit_log(
     principal: AdminDep, admin: ComponentsDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,

@@ -8,10 +8,13 @@ The lifespan starts the components (control_plane.http.lifecycle) and stops them
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control_plane.auth import Role
@@ -38,6 +41,7 @@ from control_plane.http.deps import require_gateway_token, require_role
 from control_plane.http.fastpath import DecideFastPath
 from control_plane.http.problems import install_problem_handlers, send_problem
 from control_plane.http.request_target import unsafe_target
+from control_plane.http.schemas import complete_openapi
 from control_plane.settings import Settings
 
 __all__ = ["ControlPlaneApp", "create_app"]
@@ -63,7 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                           # No /x -> /x/ redirects: Starlette builds their absolute Location
                           # from the client's Host header. Routes that need both forms
                           # register both (/console, /v1/dispatch/{flag}); others are a 404.
-                          redirect_slashes=False)
+                          redirect_slashes=False,
+                          # operationIds are the endpoint names (unique in the app; methods of
+                          # a multi-method route get a suffix in ControlPlaneApp.openapi).
+                          generate_unique_id_function=_operation_id)
     app.state.components = components
     install_problem_handlers(app)
     app.include_router(health.router)
@@ -89,6 +96,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
 class ControlPlaneApp(FastAPI):
     """FastAPI, with the decide fast path in front of its whole middleware stack.
 
@@ -97,6 +108,17 @@ class ControlPlaneApp(FastAPI):
     """
 
     fast_path: ASGIApp | None = None
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's document, finished by `control_plane.http.schemas.complete_openapi`."""
+        fresh = self.openapi_schema is None
+        with warnings.catch_warnings():
+            # FastAPI gives every method of a multi-method route one id and warns about it;
+            # complete_openapi suffixes those with the method (the contract test checks that
+            # the finished document has no duplicate left).
+            warnings.filterwarnings("ignore", "Duplicate Operation ID", UserWarning)
+            document = super().openapi()
+        return complete_openapi(document) if fresh else document
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (refused := unsafe_target(scope)) is not None:

@@ -13,9 +13,10 @@ that report conversions sit behind the gateway); reading results needs a viewer 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
@@ -24,6 +25,7 @@ from control_plane.experiments.corrections import DEFAULT_CORRECTION
 from control_plane.experiments.results import build_report
 from control_plane.http.bodies import read_json_body
 from control_plane.http.deps import ExperimentsDep, ViewerDep, require_gateway_token
+from control_plane.http.schemas import OpenWireModel, json_body, problems
 
 __all__ = ["MAX_BODY", "ExperimentsDep", "router"]
 
@@ -33,8 +35,61 @@ router = APIRouter(tags=["experiments"])
 MAX_BODY = 4 * 1024 * 1024
 
 
+class OutcomeEvent(BaseModel):
+    """One outcome; checked by control_plane.experiments.events (422 naming item and field)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    decision_id: str | None = Field(default=None, alias="decisionId",
+                                    pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                                    description="The routing decision measured")
+    flag: str | None = Field(default=None, description="With targetingKey, instead of decisionId")
+    targeting_key: str | None = Field(default=None, alias="targetingKey", min_length=1,
+                                      max_length=1024)
+    metric: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_.:-]{0,127}$")
+    value: bool | float = Field(description="true/false for a conversion, else a number")
+    kind: Literal["binary", "continuous"] | None = None
+    timestamp: str | None = Field(default=None, description="RFC 3339, with a time zone")
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[OutcomeEvent] = Field(min_length=1, max_length=1000)
+
+
+class OutcomeEvents(RootModel[OutcomeEvent | list[OutcomeEvent] | EventBatch]):
+    """One event, an array of up to 1000, or {"events": [...]}; all stored or none."""
+
+
+class AcceptedEvents(BaseModel):
+    accepted: int
+    ids: list[str]
+
+
+class AnonymousDecisions(BaseModel):
+    decisions: int
+    note: str
+
+
+class ExperimentReport(OpenWireModel):
+    """The experiment report; its metrics and variants are described in the README."""
+
+    flag: str
+    flag_set_version: int | None
+    experiment: bool
+    units: int
+    variants: list[dict[str, Any]]
+    metrics: list[dict[str, Any]]
+    anonymous: AnonymousDecisions
+
+
 @router.post("/v1/events", status_code=202, dependencies=[Depends(require_gateway_token)],
-             summary="Record outcome events (one, or a batch of up to 1000)")
+             summary="Record outcome events (one, or a batch of up to 1000)",
+             response_model=AcceptedEvents,
+             # 401: no gateway token; 422: bad items (one error each); 503: writer full
+             responses=problems(400, 401, 413, 422, 503),
+             openapi_extra=json_body(OutcomeEvents))
 async def post_events(request: Request, experiments: ExperimentsDep) -> JSONResponse:
     body = await read_json_body(request, required=True, limit=MAX_BODY)
     parser, recorder, writer = experiments.parser, experiments.recorder, experiments.writer
@@ -61,7 +116,8 @@ def _phase_number(value: str | None) -> int | None:
 
 @router.get("/v1/experiments/{flag_key}",
             summary="Per-variant units, metrics with fixed-horizon and always-valid results, "
-                    "CUPED, corrected p-values, verdicts, SRM check, per phase")
+                    "CUPED, corrected p-values, verdicts, SRM check, per phase",
+            response_model=ExperimentReport, responses=problems(400, 401, 404))
 async def experiment_results(flag_key: str, principal: ViewerDep,
                              experiments: ExperimentsDep,
                              correction: Annotated[str, Query(

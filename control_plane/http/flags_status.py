@@ -17,6 +17,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from control_plane.http.deps import ComponentsDep
+from control_plane.http.schemas import problems
 
 __all__ = ["FlagStatus", "router"]
 
@@ -79,6 +80,6 @@ class FlagStatus(BaseModel):
 
 
 @router.get("/v1/flags/status", summary="Serving flag set and the outcome of the last reload",
-            response_model=FlagStatus)
+            response_model=FlagStatus, responses=problems(400, 401))
 async def flags_status(components: ComponentsDep) -> FlagStatus:
     return FlagStatus.model_validate(components.store.status())

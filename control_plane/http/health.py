@@ -8,24 +8,45 @@ it with `authorization: {credentials_file: ...}` in its scrape config.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Depends, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
 from control_plane.auth import Role
 from control_plane.http.deps import ComponentsDep
+from control_plane.http.schemas import WireModel, problems
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="The process is up")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+class Alive(BaseModel):
+    status: Literal["ok"]
 
 
-@router.get("/readyz", summary="Ready once a valid flag set is loaded")
+class Ready(WireModel):
+    status: Literal["ready"]
+    flag_set_version: int
+    flag_set_hash: str
+
+
+class NotReady(BaseModel):
+    status: Literal["not ready"]
+    detail: str
+
+
+@router.get("/healthz", summary="The process is up", responses=problems(400))
+async def healthz() -> Alive:
+    return Alive(status="ok")
+
+
+@router.get("/readyz", summary="Ready once a valid flag set is loaded", response_model=Ready,
+            responses={503: {"model": NotReady, "description": "No valid flag set yet"},
+                       **problems(400)})
 async def readyz(components: ComponentsDep) -> Response:
     store = components.store
     replica = components.replica
@@ -54,7 +75,12 @@ def metrics_access(request: Request, components: ComponentsDep) -> None:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            dependencies=[Depends(metrics_access)])
+            dependencies=[Depends(metrics_access)],
+            responses={200: {"description": "Prometheus text exposition format",
+                             "content": {CONTENT_TYPE_LATEST.split(";")[0]: {
+                                 "schema": {"type": "string"}}}},
+                       # 401/403 only with CP_METRICS_REQUIRE_AUTH on
+                       **problems(400, 401, 403)})
 async def metrics(components: ComponentsDep) -> Response:
     registry = components.metrics.registry
     if components.replica is not None:

@@ -39,6 +39,13 @@ from control_plane.errors import FlagsNotLoaded, PayloadTooLarge, Unauthenticate
 from control_plane.flagstore import FlagSet
 from control_plane.http.bodies import read_body
 from control_plane.http.deps import ComponentsDep
+from control_plane.http.schemas import (
+    PROBLEM_CONTENT,
+    OfrepBulkEvaluation,
+    OfrepEvaluation,
+    OfrepRequest,
+    json_body,
+)
 
 __all__ = ["MAX_BODY_BYTES", "etag_matches", "router"]
 
@@ -155,13 +162,17 @@ def etag_matches(if_none_match: list[str], etag: str) -> bool:
     "/evaluate/flags/{key}",
     summary="OFREP single flag evaluation",
     responses={
-        200: {"description": "evaluationSuccess"},
-        400: {"description": "evaluationFailure", **_content(_FAILURE_SCHEMA)},
+        200: {"description": "evaluationSuccess", "model": OfrepEvaluation},
+        400: {"description": "evaluationFailure (problem+json when the request target holds a "
+                             "control character: refused before routing)",
+              "content": {**_content(_FAILURE_SCHEMA)["content"], **PROBLEM_CONTENT}},
         404: {"description": "flagNotFound", **_content(_FAILURE_SCHEMA)},
         401: {"description": "no valid token", **_content(_GENERAL_SCHEMA)},
         429: {"description": "rate limit reached (Retry-After)", **_content(_GENERAL_SCHEMA)},
         500: {"description": "no flag set loaded yet", **_content(_GENERAL_SCHEMA)},
     },
+    openapi_extra=json_body(OfrepRequest, required=False,
+                            description='{"context": {"targetingKey": "...", ...}}'),
 )
 async def evaluate_flag(key: str, request: Request, components: ComponentsDep) -> Response:
     """Evaluate one flag for the request's `context`."""
@@ -190,14 +201,19 @@ async def evaluate_flag(key: str, request: Request, components: ComponentsDep) -
     "/evaluate/flags",
     summary="OFREP bulk evaluation",
     responses={
-        200: {"description": "bulkEvaluationSuccess", "headers": {"ETag": {
+        200: {"description": "bulkEvaluationSuccess", "model": OfrepBulkEvaluation,
+              "headers": {"ETag": {
             "description": "Digest of this exact answer", "schema": {"type": "string"}}}},
         304: {"description": "Not modified: If-None-Match names the current answer"},
-        400: {"description": "bulkEvaluationFailure", **_content(_GENERAL_SCHEMA)},
+        400: {"description": "bulkEvaluationFailure (problem+json when the request target holds "
+                             "a control character: refused before routing)",
+              "content": {**_content(_GENERAL_SCHEMA)["content"], **PROBLEM_CONTENT}},
         401: {"description": "no valid token", **_content(_GENERAL_SCHEMA)},
         429: {"description": "rate limit reached (Retry-After)", **_content(_GENERAL_SCHEMA)},
         500: {"description": "no flag set loaded yet", **_content(_GENERAL_SCHEMA)},
     },
+    openapi_extra=json_body(OfrepRequest, required=False,
+                            description='{"context": {"targetingKey": "...", ...}}'),
 )
 async def evaluate_flags(request: Request, components: ComponentsDep) -> Response:
     """Evaluate every flag for the request's `context`; answers 304 when unchanged."""

@@ -12,6 +12,7 @@ from control_plane.errors import BadRequestInput
 from control_plane.http.bodies import read_json_body
 from control_plane.http.decisions_wire import decision_headers
 from control_plane.http.deps import ComponentsDep
+from control_plane.http.schemas import DecisionBody, RouteRequest, json_body, problems
 from control_plane.routing.decisions import Decision
 from control_plane.routing.forwarding import resolve_path
 
@@ -20,6 +21,20 @@ __all__ = ["router"]
 router = APIRouter(tags=["routing"])
 
 _MAX_ROUTE_BODY = 64 * 1024
+
+#: What a decision can answer besides 200: a bad header/path (400), no gateway token (401), no
+#: such flag (404), not a routing flag (422), no flag set loaded yet (503).
+_DECISION_PROBLEMS = problems(400, 401, 404, 422, 503)
+_DECISION_HEADERS = {
+    "X-Route-Upstream": {"description": "URL of the chosen backend", "schema": {"type": "string"}},
+    "X-Route-Variant": {"description": "The variant served", "schema": {"type": "string"}},
+    "X-Route-Decision-Id": {"description": "The decision's id", "schema": {"type": "string"}},
+}
+_DECISION_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"description": "The decision, in the body and in X-Route-* headers",
+          "headers": _DECISION_HEADERS},
+    **_DECISION_PROBLEMS,
+}
 
 
 def _decide(components: ComponentsDep, flag_key: str, request: Request,
@@ -34,7 +49,11 @@ def _decide(components: ComponentsDep, flag_key: str, request: Request,
                                      ignored=context.ignored, tester=context.tester)
 
 
-@router.post("/v1/route/{flag_key}", summary="Decide which backend serves a request (JSON)")
+@router.post("/v1/route/{flag_key}", summary="Decide which backend serves a request (JSON)",
+             response_model=DecisionBody,
+             responses={**_DECISION_RESPONSES, **problems(413)},
+             openapi_extra=json_body(RouteRequest, required=False,
+                                     description='Optional: {"context": {...}} attributes'))
 async def route(flag_key: str, request: Request, components: ComponentsDep) -> JSONResponse:
     """Evaluate the routing flag for the request's headers plus an optional `{"context": {}}`."""
     body = await read_json_body(request, required=False, limit=_MAX_ROUTE_BODY)
@@ -46,8 +65,11 @@ async def route(flag_key: str, request: Request, components: ComponentsDep) -> J
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
+# Answered by control_plane.http.fastpath in front of FastAPI (the same answers) unless
+# CP_FAST_DECIDE=false; this route documents them and serves when the fast path is off.
 @router.api_route("/v1/decide/{flag_key}", methods=_ANY_METHOD,
-                  summary="Decide which backend serves a request (answer in headers, for gateways)")
+                  summary="Decide which backend serves a request (answer in headers, for gateways)",
+                  response_model=DecisionBody, responses=_DECISION_RESPONSES)
 async def decide(flag_key: str, request: Request, components: ComponentsDep) -> Response:
     """For nginx `auth_request` and Envoy `ext_authz`: 200 with X-Route-* headers."""
     decision = _decide(components, flag_key, request)
@@ -56,6 +78,7 @@ async def decide(flag_key: str, request: Request, components: ComponentsDep) -> 
 
 @router.api_route("/v1/decide/{flag_key}/{original_path:path}", methods=_ANY_METHOD,
                   summary="The same decision, as Envoy's ext_authz asks for it",
+                  response_model=DecisionBody, responses=_DECISION_RESPONSES,
                   description="Envoy's HTTP ext_authz filter appends the original request path "
                               "to `path_prefix` (`/v1/decide/<flag>`) and keeps its method; the "
                               "original path does not change the decision.")
@@ -66,10 +89,23 @@ async def decide_for_envoy(flag_key: str, original_path: str, request: Request,
 
 
 _DISPATCH_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+#: A proxy answers whatever the backend answers: any status, any content type, any body. Its
+#: own refusals (bad path or headers, no token, no flag, not routing, backend down) are problems.
+_DISPATCH_RESPONSES: dict[int | str, dict[str, object]] = {
+    "default": {"description": "The backend's own answer (any status, content type and body), "
+                              "with X-Route-Variant, X-Route-Backend and X-Route-Decision-Id",
+                "content": {"*/*": {"schema": {}}}},
+    **problems(400, 401, 404, 422, 502, 503),
+}
+_DISPATCH_BODY = {"requestBody": {"required": False,
+                                  "description": "Forwarded to the backend as it is",
+                                  "content": {"*/*": {"schema": {}}}}}
 
 
 @router.api_route("/v1/dispatch/{flag_key}/{path:path}", methods=_DISPATCH_METHODS,
-                  summary="Proxy the request to the backend the routing flag chooses")
+                  summary="Proxy the request to the backend the routing flag chooses",
+                  response_class=Response, responses=_DISPATCH_RESPONSES,
+                  openapi_extra=_DISPATCH_BODY)
 async def dispatch(flag_key: str, path: str, request: Request,
                    components: ComponentsDep) -> Response:
     return await _dispatch(flag_key, path, request, components)
@@ -78,7 +114,9 @@ async def dispatch(flag_key: str, path: str, request: Request,
 # The app does not redirect /x to /x/ (a redirect would echo the client's Host), so the
 # backend's root without a trailing slash is a route of its own.
 @router.api_route("/v1/dispatch/{flag_key}", methods=_DISPATCH_METHODS,
-                  summary="Proxy the request to the root of the backend the flag chooses")
+                  summary="Proxy the request to the root of the backend the flag chooses",
+                  response_class=Response, responses=_DISPATCH_RESPONSES,
+                  openapi_extra=_DISPATCH_BODY)
 async def dispatch_root(flag_key: str, request: Request,
                         components: ComponentsDep) -> Response:
     return await _dispatch(flag_key, "", request, components)

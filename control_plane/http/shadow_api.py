@@ -27,6 +27,7 @@ from control_plane.experiments.canary.spec import parse_spec
 from control_plane.http.bodies import read_body, read_json_body
 from control_plane.http.components import Components
 from control_plane.http.deps import ComponentsDep, OperatorDep, ViewerDep, require_gateway_token
+from control_plane.http.schemas import problems
 from control_plane.routing.forwarding import ForwardPolicy, resolve_path
 from control_plane.shadow.metrics import ShadowMetrics
 from control_plane.shadow.mirror import ShadowMirror
@@ -113,7 +114,8 @@ def _report(flag_key: str, mirror: ShadowMirror, components: Components) -> dict
     }
 
 
-@router.get("/v1/shadows", summary="Flags that declare shadows, with their numbers")
+@router.get("/v1/shadows", summary="Flags that declare shadows, with their numbers",
+            responses=problems(400, 401))
 def list_shadows(
     principal: ViewerDep, mirror: MirrorDep, components: ComponentsDep
 ) -> dict[str, Any]:
@@ -147,7 +149,8 @@ def list_shadows(
     return {"items": items}
 
 
-@router.get("/v1/shadows/{flag_key}", summary="Shadow report of a flag, per shadow backend")
+@router.get("/v1/shadows/{flag_key}", summary="Shadow report of a flag, per shadow backend",
+            responses=problems(400, 401, 404))
 def shadow_report(
     flag_key: str, principal: ViewerDep, mirror: MirrorDep, components: ComponentsDep
 ) -> dict[str, Any]:
@@ -158,6 +161,7 @@ def shadow_report(
     "/v1/shadows/{flag_key}/promote",
     status_code=201,
     summary="Turn a shadow into a canary: new variant, shadow removed, canary started",
+    responses=problems(400, 401, 403, 404, 409, 412, 413, 422, 503),
 )
 async def promote(
     flag_key: str, request: Request, principal: OperatorDep, components: ComponentsDep
@@ -193,6 +197,12 @@ async def promote(
 
 
 gateway_router = APIRouter(tags=["shadow traffic"])
+#: A copy is answered at once and without a body; `x-shadow` says what became of it.
+_COPY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"description": "Queued for the shadow backends (x-shadow: queued)"},
+    204: {"description": "Not queued (x-shadow: no-decision, not-sampled, dropped, ...)"},
+    **problems(400, 401, 413),
+}
 
 
 async def _gateway_copy(
@@ -222,6 +232,7 @@ async def _gateway_copy(
     "/v1/shadow/{flag_key}/{path:path}",
     methods=_METHODS,
     summary="A request copy mirrored by the gateway (nginx `mirror`)",
+    status_code=202, response_class=Response, responses=_COPY_RESPONSES,
 )
 async def gateway_copy(
     flag_key: str, path: str, request: Request, mirror: MirrorDep, components: ComponentsDep
@@ -233,6 +244,7 @@ async def gateway_copy(
     "/v1/shadow/{flag_key}",
     methods=_METHODS,
     summary="A mirrored copy of a request to the backend's root",
+    status_code=202, response_class=Response, responses=_COPY_RESPONSES,
 )
 async def gateway_copy_root(
     flag_key: str, request: Request, mirror: MirrorDep, components: ComponentsDep

@@ -9,13 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from control_plane.db import repository
 from control_plane.errors import BadRequestInput, Conflict
 from control_plane.http.bodies import read_json_body
 from control_plane.http.deps import ComponentsDep, OperatorDep
+from control_plane.http.schemas import json_body, parse_body, problems
 from control_plane.routing.context import TESTER_TOKEN_HEADER
 from control_plane.routing.tester_tokens import MAX_TTL_SECONDS
 
@@ -47,20 +48,18 @@ class IssuedTesterToken(BaseModel):
 
 
 @router.post("/v1/tester-tokens", status_code=201, response_model_by_alias=True,
-             summary="Issue a tester token (lets its holder pin versions through the gateway)")
+             summary="Issue a tester token (lets its holder pin versions through the gateway)",
+             # 409: tester tokens are not enabled (no CP_TESTER_TOKEN_KEY)
+             responses=problems(400, 401, 403, 409, 413),
+             openapi_extra=json_body(TesterTokenRequest))
 async def issue_tester_token(request: Request, principal: OperatorDep,
                              components: ComponentsDep) -> IssuedTesterToken:
     tokens = components.tester_tokens
     if tokens is None:
         raise Conflict("tester tokens are not enabled: set CP_TESTER_TOKEN_KEY "
                        "(32+ characters) on the control plane")
-    try:
-        asked = TesterTokenRequest.model_validate(
-            await read_json_body(request, required=True, limit=_MAX_BODY))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = "body." + ".".join(str(part) for part in first["loc"]) if first["loc"] else "body"
-        raise BadRequestInput(f"{where}: {first['msg']}", source=where) from None
+    asked = parse_body(TesterTokenRequest,
+                       await read_json_body(request, required=True, limit=_MAX_BODY))
     store = components.store
     unknown = [key for key in asked.flags if not store.loaded or key not in store.current.flags]
     if unknown:
