@@ -28,6 +28,7 @@ from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 from pydantic import ValidationError
 
 from control_plane import cli
+from control_plane.cli.common import settings_from
 from control_plane.distribution.sync_server import (
     SyncServerHandle,
     SyncTLS,
@@ -281,7 +282,7 @@ def test_serve_takes_sync_host_and_tls_options(tmp_path: Path, server_pem: Pem) 
             str(server_pem.key),
         ]
     )
-    settings = cli._settings_from(args)
+    settings = settings_from(args)
     assert (settings.sync_host, settings.sync_tls_cert_file, settings.sync_tls_key_file) == (
         "::1",
         server_pem.cert,

@@ -18,6 +18,7 @@ from openfeature.exception import ErrorCode
 from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
 from control_plane import cli
+from control_plane.cli.common import settings_from
 from control_plane.distribution import SyncServerError, SyncServerHandle, start_sync_server
 from control_plane.flagstore import FlagStore
 from flags import PINNED_ROUTER
@@ -278,9 +279,9 @@ def test_serve_accepts_sync_port_option(tmp_path: Path) -> None:
     """`control-plane serve --sync-port N` sets the sync port; 0 disables the service."""
     args = cli.build_parser().parse_args(
         ["serve", "--flags", str(tmp_path), "--sync-port", "0"])
-    assert cli._settings_from(args).sync_port == 0
+    assert settings_from(args).sync_port == 0
     args = cli.build_parser().parse_args(["serve", "--sync-port", "18015"])
-    assert cli._settings_from(args).sync_port == 18015
+    assert settings_from(args).sync_port == 18015
 
 
 def test_serve_refuses_an_out_of_range_sync_port(

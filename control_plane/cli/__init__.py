@@ -7,9 +7,10 @@ package.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -17,3 +18,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from control_plane.cli.parser import main as run
 
     return run(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole `control-plane` argument parser (imported on first use, as `main` is)."""
+    from control_plane.cli.parser import build_parser as build
+
+    return build()

@@ -120,10 +120,8 @@ class GatewayOutcomes:
         if backend is None:
             raise LineRefused("unknown_variant")
         default = flag.get("defaultVariant")
-        metadata = dict(flag_set.metadata)
-        own = flag.get("metadata")
-        if isinstance(own, dict):
-            metadata.update(own)
+        # As an evaluation reports it: the file's metadata overlaid with the flag's own.
+        metadata = dict(flag_set.flag_metadata(line.flag))
         decision = Decision(
             flag_key=line.flag,
             variant=line.variant,

@@ -25,6 +25,7 @@ from control_plane.console.traffic import TrafficTracker
 from control_plane.db import Database
 from control_plane.db.engine import DatabaseTimeouts
 from control_plane.distribution.ofrep_eval import OfrepEvaluator
+from control_plane.distribution.rate_limit import TokenBucketLimiter
 from control_plane.distribution.sync_client import PrimaryVersions, ReplicaSync, ReplicaTarget
 from control_plane.experiments.runtime import Experiments
 from control_plane.flagstore import FlagStore
@@ -70,6 +71,8 @@ class RoutingComponents:
     #: The routing API's gateway token check, shared by the FastAPI routes and the fast path.
     gateway: GatewayTokenChecker
     ofrep: OfrepEvaluator
+    #: OFREP's per-client rate limit (CP_OFREP_RATE_LIMIT; off at 0).
+    ofrep_limiter: TokenBucketLimiter
     traffic: TrafficTracker
     #: Issues and verifies tester tokens (pins); None when no tester token key is set.
     tester_tokens: TesterTokens | None = None
@@ -148,6 +151,7 @@ def build_components(settings: Settings) -> Components:
         experiments=Experiments.build(settings, database=database, store=store, editor=editor,
                                       registry=metrics.registry),
         ofrep=OfrepEvaluator(client, store),
+        ofrep_limiter=TokenBucketLimiter(settings.ofrep_rate_limit, settings.ofrep_rate_burst),
         traffic=TrafficTracker(),
         console_assets=load_assets(),
         tester_tokens=tester_tokens,
@@ -197,6 +201,7 @@ def build_replica_components(settings: Settings) -> RoutingComponents:
         authenticator=Authenticator.from_settings(settings, None),
         gateway=GatewayTokenChecker.from_settings(settings),
         ofrep=OfrepEvaluator(client, store), traffic=TrafficTracker(),
+        ofrep_limiter=TokenBucketLimiter(settings.ofrep_rate_limit, settings.ofrep_rate_burst),
         tester_tokens=tester_tokens,
         replica=ReplicaSync(store, versions, ReplicaTarget(
             settings.replica_of, token=token, ca_file=settings.replica_ca_file)),

@@ -91,17 +91,6 @@ def _facts(flag_set: FlagSet) -> dict[str, str]:
             "X-Bucketing": str(flag_set.facts["bucketing"])}
 
 
-def _limiter(request: Request, components: ComponentsDep) -> TokenBucketLimiter:
-    # Kept beside the components (one per app) until the container grows a slot for it.
-    state = request.app.state
-    limiter: TokenBucketLimiter | None = getattr(state, "ofrep_limiter", None)
-    if limiter is None:
-        settings = components.settings
-        limiter = TokenBucketLimiter(settings.ofrep_rate_limit, settings.ofrep_rate_burst)
-        state.ofrep_limiter = limiter
-    return limiter
-
-
 def _credential(request: Request) -> str | None:
     """`Authorization: Bearer <token>`, or the spec's `X-API-Key: <token>` as a Bearer header."""
     header = request.headers.get("authorization")
@@ -117,8 +106,9 @@ def _guard(request: Request, components: ComponentsDep) -> Response | None:
     try:
         checker(header)
     except Unauthenticated as exc:
-        return _general(401, exc.detail)
-    limiter = _limiter(request, components)
+        # The spec's body; the challenge header HTTP requires of every 401.
+        return _json(401, {"errorDetails": exc.detail}, {"WWW-Authenticate": "Bearer"})
+    limiter = components.ofrep_limiter
     if not limiter.enabled:
         return None
     if checker.enabled and header is not None:
