@@ -100,7 +100,7 @@ def _routes(flags: Mapping[str, Any], key: str) -> bool:
 
 def _gateway_nginx(args: argparse.Namespace) -> int:
     return run_gateway_nginx(settings_from(args), flag=args.flag, listen=args.listen,
-                             control_plane=args.control_plane, prefix=args.prefix,
+                             control_plane=",".join(args.control_plane), prefix=args.prefix,
                              log_port=args.log_port, log_host=args.log_host,
                              decision_timeout_ms=args.decision_timeout_ms)
 
@@ -124,7 +124,10 @@ def add_gateway(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     nginx.add_argument("--listen", required=True, metavar="ADDR",
                        help="address nginx listens on, e.g. 0.0.0.0:8000")
     nginx.add_argument("--control-plane", dest="control_plane", required=True, metavar="ADDR",
-                       help="HOST:PORT of the control plane, e.g. 127.0.0.1:8080")
+                       action="append",
+                       help="HOST:PORT of the control plane, e.g. 127.0.0.1:8080; repeat it "
+                            "for routing replicas (each decision asks one, and the next if "
+                            "it fails)")
     nginx.add_argument("--prefix", type=Path, metavar="DIR",
                        help="nginx prefix for pid, logs and temp files (default ./nginx)")
     nginx.add_argument("--flags", dest="flags_dir", type=Path,

@@ -53,6 +53,8 @@ class NginxGateway:
 
     prefix: Path
     listen: str
+    #: HOST:PORT of the control plane, or of several routing replicas separated by commas
+    #: (each decision goes to one; a failing one is skipped for the next for a second).
     control_plane: str
     flag: str
     #: The flag's default variant and its URL: served when no decision can be had.
@@ -75,7 +77,8 @@ class NginxGateway:
                 f"prefix {str(self.prefix)!r} must be an absolute path "
                 "without spaces, quotes, ';', '{', '}', '$' or '#'"
             )
-        for name, value in (("listen", self.listen), ("control plane", self.control_plane)):
+        for name, value in (("listen", self.listen),
+                            *(("control plane", address) for address in self.decision_servers)):
             if not _ADDRESS.fullmatch(value):
                 raise GatewayConfigError(
                     f"{name} address {value!r} must look like HOST:PORT (or PORT)"
@@ -100,6 +103,20 @@ class NginxGateway:
                 "syntax; use letters, digits and ._~+/=- only"
             )
 
+    @property
+    def decision_servers(self) -> list[str]:
+        return [address.strip() for address in self.control_plane.split(",") if address.strip()]
+
+    def _upstream_lines(self) -> str:
+        servers = self.decision_servers
+        if len(servers) == 1:
+            # One server: nginx never marks it down, so each decision tries it again.
+            return f"        server {servers[0]};"
+        # Several replicas: one that fails is left out for a second while the next answers
+        # (proxy_next_upstream in /_route), so losing a replica fails no request.
+        return "\n".join(f"        server {address} max_fails=1 fail_timeout=1s;"
+                         for address in servers)
+
     def render(self) -> str:
         self.check()
         template = files(__package__).joinpath(NGINX_TEMPLATE).read_text(encoding="utf-8")
@@ -118,7 +135,7 @@ class NginxGateway:
         return Template(template).safe_substitute(
             prefix=str(self.prefix),
             listen=self.listen,
-            control_plane=self.control_plane,
+            control_plane_servers=self._upstream_lines(),
             flag=quote(self.flag, safe=""),
             stable_variant=self.stable_variant,
             stable_url=self.stable_url.rstrip("/"),
