@@ -11,12 +11,19 @@ Deliberate differences from the schema, each because every flagd evaluator accep
 - a version literal such as `v1.0.0`, `1.2` or `1` is a warning, not an error: flagd
   normalises it, but it is not semver.org syntax (write `1.0.0`);
 - a rule object must hold exactly one operator (JSONLogic would treat a two-key object as
-  plain data, which is never what was meant).
+  plain data, which is never what was meant);
+- a loose comparison (`==`, `!=`, `<`, `<=`, `>`, `>=`) or arithmetic whose operands are all
+  literals is refused when one of them is no number in JavaScript (`{"==": ["gold", 1]}`,
+  `{"+": ["x", 1]}`): Node's evaluator (@openfeature/flagd-core 4, json-logic-engine 5) throws
+  on it while loading the flag, so every evaluation there is PARSE_ERROR, while Python's
+  evaluator reads it as false or NaN. (With a context value in place of a literal the same
+  throw happens per evaluation; that difference is documented, not checkable here.)
 """
 
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +55,15 @@ BOOLEAN_OPERATORS = frozenset({
 })
 
 _Check = Callable[[Any, Location, list[ValidationIssue]], None]
+
+#: Operators that coerce operands to numbers; json-logic-engine 5 throws on a non-number.
+_COMPARISONS = ("==", "!=", "<", "<=", ">", ">=")
+_ARITHMETIC = ("+", "-", "*", "/", "%")
+#: What JavaScript's Number() reads as a number (surrounding blanks allowed, "" is 0).
+_JS_NUMBER = re.compile(
+    r"^\s*(?:[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?Infinity"
+    r"|0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+)?\s*$"
+)
 
 
 def _error(issues: list[ValidationIssue], location: Location, message: str) -> None:
@@ -301,6 +317,45 @@ def _check_fractional(arguments: Any, location: Location, issues: list[Validatio
                                  f"{MAX_TOTAL_WEIGHT}; use smaller numbers in the same ratio")
 
 
+def _js_numeric(value: Any) -> bool:
+    """Whether json-logic-engine 5 accepts `value` where it needs a number."""
+    if value is None or isinstance(value, bool | int | float):
+        return True
+    return isinstance(value, str) and bool(_JS_NUMBER.match(value))
+
+
+def _literal(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_literal(item) for item in value)
+    return not isinstance(value, dict)
+
+
+def _node_refuses(operator: str, operands: list[Any]) -> bool:
+    """Whether Node's evaluator throws on these all-literal operands (as it folds them)."""
+    if not all(_literal(operand) for operand in operands):
+        return False
+    if operator in _ARITHMETIC:
+        return not all(_js_numeric(operand) for operand in operands)
+    for left, right in itertools.pairwise(operands):
+        if all(side is None or isinstance(side, str) for side in (left, right)):
+            continue  # compared as strings
+        if not (_js_numeric(left) and _js_numeric(right)):
+            return True
+    return False
+
+
+def _numeric(operator: str, check: _Check) -> _Check:
+    def checked(arguments: Any, location: Location, issues: list[ValidationIssue]) -> None:
+        check(arguments, location, issues)
+        if isinstance(arguments, list) and arguments and _node_refuses(operator, arguments):
+            shown = ", ".join(_kind(operand) for operand in arguments)
+            _error(issues, location,
+                   f"{operator!r} over {shown}: Node's flagd evaluator refuses the flag (it "
+                   "throws on an operand that is no number) while Python's reads it as false; "
+                   "compare strings with \"===\" or \"!==\", or write numbers")
+    return checked
+
+
 def _operator_table() -> dict[str, _Check]:
     table: dict[str, _Check] = {
         "var": _check_var,
@@ -322,6 +377,8 @@ def _operator_table() -> dict[str, _Check]:
         table[operator] = _check_unary(operator)
     for operator in ("starts_with", "ends_with"):
         table[operator] = _check_string_compare(operator)
+    for operator in (*_COMPARISONS, *_ARITHMETIC):
+        table[operator] = _numeric(operator, table[operator])
     return table
 
 
