@@ -88,9 +88,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(traffic_api.router)  # the console's JSON: /v1/traffic, timelines
         app.include_router(canary_timeline.router)
         app.include_router(pages.router)  # /console
-        # -- shadow traffic (control_plane.shadow): the mirror hooks into the dispatcher, its
-        # routes (/v1/shadows, the gateway's /v1/shadow copies) and workers run with the app.
-        shadow_api.install_shadow(app, components)
+        # -- shadow traffic (control_plane.shadow): reports and promotion, and the gateway's
+        # mirrored copies (the mirror itself is Components.shadow).
+        app.include_router(shadow_api.router)
+        app.include_router(shadow_api.gateway_router, dependencies=gateway_only)
     if settings.fast_decide:
         app.fast_path = DecideFastPath(super(ControlPlaneApp, app).__call__, components)
     return app

@@ -41,6 +41,8 @@ from control_plane.routing.dispatch import Dispatcher, DispatchOutcome
 from control_plane.routing.forwarding import ForwardPolicy
 from control_plane.routing.tester_tokens import TesterTokens
 from control_plane.settings import Settings
+from control_plane.shadow.mirror import ShadowMirror
+from control_plane.shadow.wiring import build_mirror
 from providers import source_fed_provider
 
 __all__ = ["Components", "RoutingComponents", "build_components", "build_replica_components"]
@@ -112,6 +114,8 @@ class Components(RoutingComponents):
     editor: FlagEditor
     experiments: Experiments
     console_assets: Mapping[str, Asset]
+    #: Shadow traffic: copies of sampled dispatches to candidate backends, compared.
+    shadow: ShadowMirror
 
 
 def build_components(settings: Settings) -> Components:
@@ -154,6 +158,7 @@ def build_components(settings: Settings) -> Components:
         ofrep_limiter=TokenBucketLimiter(settings.ofrep_rate_limit, settings.ofrep_rate_burst),
         traffic=TrafficTracker(),
         console_assets=load_assets(),
+        shadow=build_mirror(settings, store=store, registry=metrics.registry),
         tester_tokens=tester_tokens,
     )
     # Every listener, in one place. Decision listeners run on the request path: each only
@@ -165,6 +170,7 @@ def build_components(settings: Settings) -> Components:
     components.dispatcher.listeners.extend([
         components.observe_dispatch, log_dispatch, components.experiments.recorder.on_dispatch,
     ])
+    components.dispatcher.mirror = components.shadow.on_dispatch  # queues copies, never waits
     return components
 
 

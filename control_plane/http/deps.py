@@ -5,6 +5,7 @@ hand endpoints the parts they use and check who is calling:
 
     ComponentsDep    the whole container              ExperimentsDep  experiments and canaries
     SettingsDep      the settings                     TrackerDep      the console's traffic tracker
+    MirrorDep        the shadow traffic mirror
     ViewerDep / OperatorDep / AdminDep: the calling Principal, if its admin token's role is at
         least that (401 without a known token, 403 with too low a role)
     GatewayTokenDep: passes when no gateway token is configured or the right one is presented
@@ -22,12 +23,14 @@ from control_plane.console.traffic import TrafficTracker
 from control_plane.experiments.runtime import Experiments
 from control_plane.http.components import Components
 from control_plane.settings import Settings
+from control_plane.shadow.mirror import ShadowMirror
 
 __all__ = [
     "AdminDep",
     "ComponentsDep",
     "ExperimentsDep",
     "GatewayTokenDep",
+    "MirrorDep",
     "OperatorDep",
     "SettingsDep",
     "TrackerDep",
@@ -58,9 +61,14 @@ def _tracker(components: ComponentsDep) -> TrafficTracker:
     return components.traffic
 
 
+def _mirror(components: ComponentsDep) -> ShadowMirror:
+    return components.shadow
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ExperimentsDep = Annotated[Experiments, Depends(_experiments)]
 TrackerDep = Annotated[TrafficTracker, Depends(_tracker)]
+MirrorDep = Annotated[ShadowMirror, Depends(_mirror)]
 
 
 def require_role(role: Role) -> Callable[..., Principal]:

@@ -71,6 +71,8 @@ async def start(components: RoutingComponents) -> None:
             components.closers.append(closer)
     components.experiments.start()
     components.closers.append(components.experiments.stop)
+    await components.shadow.start()  # shadow workers; stopped first, before the rest
+    components.closers.append(components.shadow.aclose)
 
 
 async def _start_replica(components: RoutingComponents, replica: ReplicaSync) -> None:

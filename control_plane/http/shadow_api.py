@@ -1,4 +1,4 @@
-"""Shadow traffic endpoints, and the wiring of the mirror into one app.
+"""Shadow traffic endpoints: reports, promotion, and the gateway's mirrored copies.
 
     GET  /v1/shadows                       flags declaring shadows, with summaries (viewer)
     GET  /v1/shadows/{flag}                the report per shadow backend (viewer)
@@ -8,17 +8,16 @@
                                            `mirror` sends it with X-Route-Variant and
                                            X-Route-Decision-Id; answered 202/204 at once
 
-`install_shadow(app, components)` builds the mirror, hooks it into the dispatcher, includes
-the routes and starts/stops its workers with the app.
+The mirror itself is a component (`Components.shadow`, built by `build_components`, hooked
+into the dispatcher there and started by `lifecycle`); endpoints get it as `MirrorDep`. The app
+includes `router` and, behind the gateway token, `gateway_router`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -26,16 +25,13 @@ from control_plane.errors import BadRequestInput, FlagNotFound
 from control_plane.experiments.canary.spec import parse_spec
 from control_plane.http.bodies import read_body, read_json_body
 from control_plane.http.components import Components
-from control_plane.http.deps import ComponentsDep, OperatorDep, ViewerDep, require_gateway_token
+from control_plane.http.deps import ComponentsDep, MirrorDep, OperatorDep, ViewerDep
 from control_plane.http.schemas import problems
 from control_plane.routing.forwarding import ForwardPolicy, resolve_path
-from control_plane.shadow.metrics import ShadowMetrics
 from control_plane.shadow.mirror import ShadowMirror
 from control_plane.shadow.promote import promote_shadow
-from control_plane.shadow.results import ShadowResults
-from control_plane.shadow.sender import ShadowSender
 
-__all__ = ["build_mirror", "install_shadow", "router"]
+__all__ = ["gateway_router", "router"]
 
 router = APIRouter(tags=["shadow traffic"])
 _MAX_PROMOTE_BODY = 64 * 1024
@@ -53,54 +49,6 @@ _DECISION_HEADERS = frozenset(
 )
 
 
-def build_mirror(components: Components) -> ShadowMirror:
-    settings = components.settings
-    return ShadowMirror(
-        components.store,
-        ShadowResults(latency_window=settings.shadow_window, examples=settings.shadow_examples),
-        ShadowMetrics(components.metrics.registry),
-        lambda: ShadowSender(
-            timeout=settings.shadow_timeout,
-            max_connections=settings.shadow_workers * 4,
-            max_body=settings.shadow_max_body,
-        ),
-        queue_size=settings.shadow_queue_size,
-        workers=settings.shadow_workers,
-        max_body=settings.shadow_max_body,
-        primary_wait=settings.shadow_timeout,
-    )
-
-
-def install_shadow(app: FastAPI, components: Components) -> ShadowMirror:
-    """Mirror hooked into the dispatcher, routes included, workers run with the app."""
-    mirror = build_mirror(components)
-    app.state.shadow = mirror
-    components.dispatcher.mirror = mirror.on_dispatch
-    app.include_router(router)
-    app.include_router(gateway_router, dependencies=[Depends(require_gateway_token)])
-    inner = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(application: Any) -> AsyncIterator[Any]:
-        async with inner(application) as state:
-            await mirror.start()
-            try:
-                yield state
-            finally:
-                await mirror.aclose()
-
-    app.router.lifespan_context = lifespan
-    return mirror
-
-
-def _mirror(request: Request) -> ShadowMirror:
-    mirror: ShadowMirror = request.app.state.shadow
-    return mirror
-
-
-MirrorDep = Annotated[ShadowMirror, Depends(_mirror)]
-
-
 def _report(flag_key: str, mirror: ShadowMirror, components: Components) -> dict[str, Any]:
     store = components.store
     serving = store.loaded and flag_key in store.current.flags
@@ -114,8 +62,11 @@ def _report(flag_key: str, mirror: ShadowMirror, components: Components) -> dict
     }
 
 
-@router.get("/v1/shadows", summary="Flags that declare shadows, with their numbers",
-            responses=problems(400, 401))
+@router.get(
+    "/v1/shadows",
+    summary="Flags that declare shadows, with their numbers",
+    responses=problems(400, 401),
+)
 def list_shadows(
     principal: ViewerDep, mirror: MirrorDep, components: ComponentsDep
 ) -> dict[str, Any]:
@@ -149,8 +100,11 @@ def list_shadows(
     return {"items": items}
 
 
-@router.get("/v1/shadows/{flag_key}", summary="Shadow report of a flag, per shadow backend",
-            responses=problems(400, 401, 404))
+@router.get(
+    "/v1/shadows/{flag_key}",
+    summary="Shadow report of a flag, per shadow backend",
+    responses=problems(400, 401, 404),
+)
 def shadow_report(
     flag_key: str, principal: ViewerDep, mirror: MirrorDep, components: ComponentsDep
 ) -> dict[str, Any]:
@@ -232,7 +186,9 @@ async def _gateway_copy(
     "/v1/shadow/{flag_key}/{path:path}",
     methods=_METHODS,
     summary="A request copy mirrored by the gateway (nginx `mirror`)",
-    status_code=202, response_class=Response, responses=_COPY_RESPONSES,
+    status_code=202,
+    response_class=Response,
+    responses=_COPY_RESPONSES,
 )
 async def gateway_copy(
     flag_key: str, path: str, request: Request, mirror: MirrorDep, components: ComponentsDep
@@ -244,7 +200,9 @@ async def gateway_copy(
     "/v1/shadow/{flag_key}",
     methods=_METHODS,
     summary="A mirrored copy of a request to the backend's root",
-    status_code=202, response_class=Response, responses=_COPY_RESPONSES,
+    status_code=202,
+    response_class=Response,
+    responses=_COPY_RESPONSES,
 )
 async def gateway_copy_root(
     flag_key: str, request: Request, mirror: MirrorDep, components: ComponentsDep
