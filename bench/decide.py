@@ -1,38 +1,59 @@
-"""Decisions per second and latency of GET /v1/decide against a raw ASGI baseline.
+"""Decisions per second, p99 and server CPU of GET /v1/decide, as ratios to a raw ASGI app.
 
-    python bench/decide.py [--seconds 10] [--connections 32] [--flag ab-test-router]
+    python bench/decide.py [--seconds 10] [--connections 32] [--rounds 3] [--before DIR]
 
-Both servers run as one uvicorn worker on loopback with the same settings; the closed-loop
-load generator is wrk (Debian package `wrk`), each request carrying a different x-user-id so
-that hash bucketing does real work. Prints a JSON report; the figure that matters is
-`ratio` = decide req/s / raw ASGI req/s, measured in the same run because this machine is shared.
-Optionally (`--profile`) prints where the time goes in-process, per request.
+In each round, one after another on loopback: the raw ASGI app (bench/raw_asgi.py, one uvicorn
+worker, uvloop + httptools), then `control-plane serve` (one process, SQLite) deciding a plain
+routing flag (region-router) and an experiment flag (ab-test-router, every decision logged as
+an exposure). The closed-loop load generator is wrk (Debian package `wrk`), each request
+carrying one of 1,000,000 distinct x-user-id values. Server CPU per request is read from
+/proc (the server process and its children, such as the exposure writer) around the measured
+run, because req/s is noisy on this shared machine. `--before DIR` also serves from another
+checkout (a `git worktree` of an earlier commit) in the same rounds, for before/after figures.
+Prints a JSON report: per case the best and median of the rounds, and ratios to the raw app.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _servers import STACKS, UVICORN_ARGS, uvicorn_process
+from _servers import UVICORN_ARGS, free_port, uvicorn_process
 
+ROOT = Path(__file__).resolve().parent.parent
+PLAIN, EXPERIMENT = "region-router", "ab-test-router"
 _LUA = """
 local counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format("GET", wrk.path, {["x-user-id"] = "user-" .. (counter % 100000)})
+  return wrk.format("GET", wrk.path, {["x-user-id"] = "user-" .. (counter % 1000000)})
 end
 """
+#: `control-plane serve`, whichever CLI layout the checkout has (control_plane/cli/ or cli.py).
+_SERVE = """
+import sys
+try:
+    from control_plane.cli.entry import main
+except ImportError:
+    from control_plane.cli import main
+sys.argv = ["control-plane", "serve", "--log-level", "warning"]
+main()
+"""
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def run_wrk(url: str, seconds: int, connections: int, script: Path) -> dict[str, float]:
@@ -43,110 +64,194 @@ def run_wrk(url: str, seconds: int, connections: int, script: Path) -> dict[str,
         [wrk, "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s",
          str(script), url], capture_output=True, text=True, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     latency = {}
     for label in ("50%", "99%"):
         match = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)", output, re.MULTILINE)
-        assert match, output
+        if match is None:
+            raise RuntimeError(f"wrk printed no {label} latency:\n{output}")
         value, unit = float(match.group(1)), match.group(2)
         latency[label] = value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    return {"requests_per_s": rate, "p50_ms": latency["50%"], "p99_ms": latency["99%"],
-            "non_2xx": int(errors.group(1)) if errors else 0}
+    return {"requests_per_s": rate, "requests": total, "p50_ms": latency["50%"],
+            "p99_ms": latency["99%"], "non_2xx": int(errors.group(1)) if errors else 0}
 
 
-def profile(flag: str, requests: int = 20000) -> dict[str, float]:
-    """Microseconds per request spent in each layer, measured in this process."""
-    from openfeature import api
-    from openfeature.evaluation_context import EvaluationContext
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of `pid` and every live descendant."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        child = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(child)
+        times[child] = (int(fields[11]) + int(fields[12])) / _TICKS
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += times.get(current, 0.0)
+        todo.extend(children.get(current, []))
+    return total
 
+
+def measured(pid: int, url: str, args: argparse.Namespace, script: Path) -> dict[str, float]:
+    run_wrk(url, 2, args.connections, script)  # warm-up
+    before = _cpu_seconds(pid)
+    result = run_wrk(url, args.seconds, args.connections, script)
+    used = _cpu_seconds(pid) - before
+    result["server_cpu_us_per_request"] = round(used / max(1, result["requests"]) * 1e6, 1)
+    return result
+
+
+@contextlib.contextmanager
+def serve(checkout: Path, tmp: Path, name: str) -> Iterator[tuple[int, str]]:
+    """`control-plane serve` of `checkout` on a free port, its own SQLite and journal."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(checkout), "CP_PORT": str(port),
+           "CP_FLAGS_DIR": str(checkout / "flags"), "CP_SYNC_PORT": "0",
+           "DATABASE_URL": f"sqlite:///{tmp}/{name}.db",
+           "CP_EXPOSURE_SPILL_DIR": f"{tmp}/{name}-journal"}
+    env.pop("CP_DATABASE_URL", None)
+    process = subprocess.Popen([sys.executable, "-c", _SERVE], env=env, cwd=tmp)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"control-plane serve ({checkout}) exited")
+            with contextlib.suppress(OSError, subprocess.CalledProcessError):
+                subprocess.run(["curl", "-fs", "-o", "/dev/null", f"{url}/readyz"],
+                               check=True, timeout=2)
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("control-plane serve did not become ready")
+            time.sleep(0.2)
+        yield process.pid, url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def summary(rounds: list[dict[str, float]]) -> dict[str, Any]:
+    rates = [item["requests_per_s"] for item in rounds]
+    return {
+        "requests_per_s": {"best": max(rates), "median": statistics.median(rates)},
+        "p99_ms": {"best": min(item["p99_ms"] for item in rounds),
+                   "median": statistics.median(item["p99_ms"] for item in rounds)},
+        "server_cpu_us_per_request": {
+            "best": min(item["server_cpu_us_per_request"] for item in rounds),
+            "median": statistics.median(item["server_cpu_us_per_request"] for item in rounds)},
+        "non_2xx": sum(item["non_2xx"] for item in rounds),
+    }
+
+
+def ratios(case: list[dict[str, float]], raw: list[dict[str, float]]) -> dict[str, float]:
+    """req/s over the raw app's: best over best, and the median of the per-round ratios."""
+    per_round = [a["requests_per_s"] / b["requests_per_s"] for a, b in zip(case, raw, strict=True)]
+    return {"best": round(max(a["requests_per_s"] for a in case)
+                          / max(b["requests_per_s"] for b in raw), 3),
+            "median_of_rounds": round(statistics.median(per_round), 3)}
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    checkouts = {"after": ROOT}
+    if args.before:
+        checkouts["before"] = Path(args.before).resolve()
+    rounds: dict[str, list[dict[str, float]]] = {"raw": []}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        script = tmp / "users.lua"
+        script.write_text(_LUA)
+        for number in range(args.rounds):
+            with uvicorn_process("raw_asgi:app", env={"PYTHONPATH": str(ROOT / "bench")}) as url:
+                pid = _server_pid(url)
+                rounds["raw"].append(measured(pid, url + "/", args, script))
+            for label, checkout in checkouts.items():
+                for kind, flag in (("plain", PLAIN), ("experiment", EXPERIMENT)):
+                    with serve(checkout, tmp, f"{label}-{kind}-{number}") as (pid, url):
+                        result = measured(pid, f"{url}/v1/decide/{flag}", args, script)
+                    rounds.setdefault(f"{label}_{kind}", []).append(result)
+            print(f"round {number + 1}/{args.rounds} done", file=sys.stderr)
+    report: dict[str, Any] = {"cases": {name: summary(items) for name, items in rounds.items()}}
+    report["ratios_to_raw"] = {name: ratios(items, rounds["raw"])
+                               for name, items in rounds.items() if name != "raw"}
+    for label in checkouts:
+        plain, experiment = rounds[f"{label}_plain"], rounds[f"{label}_experiment"]
+        report[f"{label}_experiment_p99_over_plain_p99"] = round(
+            statistics.median(item["p99_ms"] for item in experiment)
+            / statistics.median(item["p99_ms"] for item in plain), 2)
+    report["all_rounds"] = rounds
+    return report
+
+
+def _server_pid(url: str) -> int:
+    """The pid listening on `url`'s port (the uvicorn process of the raw app)."""
+    port = int(url.rsplit(":", 1)[1])
+    output = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True,
+                            text=True, check=True).stdout
+    match = re.search(r"pid=(\d+)", output)
+    if match is None:
+        raise RuntimeError(f"no process listens on port {port}")
+    return int(match.group(1))
+
+
+def in_process(requests: int = 50_000) -> dict[str, float]:
+    """Microseconds per decision in this process: compiled evaluation and the lean decider."""
     from control_plane.flagstore import FlagStore
-    from control_plane.routing.context import ContextMapper
-    from control_plane.routing.decisions import Decider
-    from control_plane.settings import DEFAULT_HEADER_RULES
+    from control_plane.routing.compiled_decisions import CompiledDecider
+    from control_plane.routing.decisions import DecisionIds
     from flags import FLAGS_DIR
-    from providers import source_fed_provider
 
     store = FlagStore(FLAGS_DIR)
+    decider = CompiledDecider(store, ids=DecisionIds(), listeners=[])
+    store.subscribe(decider.update)
     store.reload()
-    provider = source_fed_provider(store)
-    api.set_provider_and_wait(provider, domain="bench")
-    client = api.get_client("bench")
-    decider = Decider(client, store)
-    mapper = ContextMapper(DEFAULT_HEADER_RULES)
-    headers = [[(b"x-user-id", f"user-{i}".encode()), (b"accept", b"*/*")]
-               for i in range(requests)]
-
-    def timed(fn) -> float:  # type: ignore[no-untyped-def]
+    compiled = decider.flag_set
+    if compiled is None:
+        raise RuntimeError("the shipped flags did not compile")
+    users = [f"user-{index}" for index in range(requests)]
+    results: dict[str, float] = {}
+    for flag in (PLAIN, EXPERIMENT):
         start = time.perf_counter()
-        for index in range(requests):
-            fn(index)
-        return (time.perf_counter() - start) / requests * 1e6
-
-    results = {
-        "header_mapping_us": timed(lambda i: mapper.from_raw_headers(headers[i])),
-        "flagd_provider_us": timed(lambda i: provider.resolve_object_details(
-            flag, {}, EvaluationContext(f"user-{i}"))),
-        "openfeature_client_us": timed(lambda i: client.get_object_details(
-            flag, {}, EvaluationContext(f"user-{i}"))),
-        "decider_us": timed(lambda i: decider.decide(flag, f"user-{i}", {})),
-    }
-    api.clear_providers()
+        for user in users:
+            compiled.evaluate(flag, user, {})
+        results[f"compiled_evaluate_{flag}_us"] = round(
+            (time.perf_counter() - start) / requests * 1e6, 2)
+        start = time.perf_counter()
+        for user in users:
+            decider.decide(flag, user, {})
+        results[f"lean_decide_{flag}_us"] = round(
+            (time.perf_counter() - start) / requests * 1e6, 2)
     return results
-
-
-def measure(stack: str, args: argparse.Namespace) -> dict[str, object]:
-    """Alternate baseline and decide servers `rounds` times on one stack; keep the best of each."""
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "users.lua"
-        script.write_text(_LUA)
-        env = {"CP_DATABASE_URL": f"sqlite:///{tmp}/bench.db", "CP_SYNC_PORT": "0",
-               "CP_EXPOSURE_SPILL_DIR": f"{tmp}/spill"}
-        baseline: list[dict[str, float]] = []
-        decide: list[dict[str, float]] = []
-        for _ in range(args.rounds):
-            with uvicorn_process("raw_asgi:app", stack=stack,
-                                 env={"PYTHONPATH": str(Path(__file__).parent)}) as url:
-                run_wrk(url + "/", 2, args.connections, script)  # warm-up
-                baseline.append(run_wrk(url + "/", args.seconds, args.connections, script))
-            with uvicorn_process("control_plane.http.app:create_app", factory=True,
-                                 stack=stack, env=env) as url:
-                target = f"{url}/v1/decide/{args.flag}"
-                run_wrk(target, 2, args.connections, script)
-                decide.append(run_wrk(target, args.seconds, args.connections, script))
-    best_base = max(baseline, key=lambda r: r["requests_per_s"])
-    best_decide = max(decide, key=lambda r: r["requests_per_s"])
-    return {
-        "baseline_raw_asgi": best_base,
-        "decide": best_decide,
-        "ratio": round(best_decide["requests_per_s"] / best_base["requests_per_s"], 3),
-        "all_rounds": {"baseline": baseline, "decide": decide},
-    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--flag", default="ab-test-router")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="alternate baseline and decide this many times; best of each")
-    parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--stack", action="append", choices=list(STACKS),
-                        help="server stack(s) to measure (default: both)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--before", help="another checkout to serve from in the same rounds")
     args = parser.parse_args()
-    args.stack = args.stack or list(STACKS)
-
-    report: dict[str, object] = {
+    report: dict[str, Any] = {
         "benchmark": "decide",
         "config": {"seconds": args.seconds, "connections": args.connections,
-                   "flag": args.flag, "rounds": args.rounds, "uvicorn": UVICORN_ARGS,
-                   "load_generator": "wrk -t1 (closed loop), distinct x-user-id per request",
+                   "rounds": args.rounds, "plain_flag": PLAIN, "experiment_flag": EXPERIMENT,
+                   "raw_app": ["uvicorn", *UVICORN_ARGS, "--loop", "uvloop", "--http",
+                               "httptools"],
+                   "served": "control-plane serve (one process, SQLite)",
+                   "before": args.before,
+                   "load_generator": "wrk -t1 (closed loop), 1M distinct x-user-id values",
                    "cpus": os.cpu_count(), "python": platform.python_version()},
-        "target_ratio": 0.7,
-        "stacks": {stack: measure(stack, args) for stack in args.stack},
+        "targets": {"plain_ratio": 0.9, "experiment_ratio": 0.8,
+                    "experiment_p99_over_plain_p99": 2.0, "in_process_us": 2.0},
+        "in_process": in_process(),
     }
-    if args.profile:
-        report["per_request_in_process"] = profile(args.flag)
+    report.update(measure(args))
     print(json.dumps(report, indent=2))
 
 

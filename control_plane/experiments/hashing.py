@@ -30,6 +30,8 @@ class UnitHasher:
     def __init__(self, key: bytes) -> None:
         if len(key) < 16:
             raise ValueError("the targeting key HMAC key must be at least 16 bytes")
+        #: The key as given, so the writer process can be handed the same hasher.
+        self.key = key
         block = hashlib.sha256().block_size
         if len(key) > block:
             key = hashlib.sha256(key).digest()

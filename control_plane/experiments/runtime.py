@@ -2,7 +2,7 @@
 
     experiments = Experiments.build(settings, database=..., store=..., editor=..., registry=...)
     decider.listeners.append(experiments.recorder.on_decision)   # the app factory wires these
-    experiments.start()   # in the app's startup: the writer and canary controller threads
+    experiments.start()   # in the app's startup: the writer process and canary controller
     experiments.stop()    # at shutdown: controller stopped, queue written out or journaled
 
 Everything exists from `build` on (no None until startup, nothing created in a request).
@@ -20,19 +20,17 @@ from typing import cast
 from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 
-from control_plane.db.engine import Database
+from control_plane.db.engine import Database, DatabaseTimeouts
 from control_plane.experiments import repository
 from control_plane.experiments.canary.controller import CanaryController
 from control_plane.experiments.canary.intervals import IntervalAnalysis
 from control_plane.experiments.canary.service import CanaryService
 from control_plane.experiments.events import EventParser
 from control_plane.experiments.hashing import UnitHasher
-from control_plane.experiments.journal import Journal
 from control_plane.experiments.metrics import ExperimentMetrics
 from control_plane.experiments.recorder import ExperimentRecorder
-from control_plane.experiments.sink import DatabaseSink
 from control_plane.experiments.unit_key import UnitKeys
-from control_plane.experiments.writer import BatchWriter
+from control_plane.experiments.writer_process import ProcessWriter, WriterConfig
 from control_plane.flagstore.editor import FlagEditor
 from control_plane.flagstore.store import FlagStore
 from control_plane.settings import Settings
@@ -52,7 +50,8 @@ class Experiments:
     metrics: ExperimentMetrics
     keys: UnitKeys
     recorder: ExperimentRecorder
-    writer: BatchWriter
+    #: The writer process's parent side (journal and database in a process of their own).
+    writer: ProcessWriter
     parser: EventParser
     service: CanaryService
     controller: CanaryController
@@ -68,21 +67,24 @@ class Experiments:
                         retry_interval=settings.exposure_retry_interval)
         recorder = ExperimentRecorder(None)
 
-        def ready() -> bool:
-            """The writer asks before preparing records: is the targeting-key key known?"""
+        def key() -> bytes | None:
+            """The feeder asks until it is known: the targeting-key key for the writer."""
             if recorder.hasher is None:
                 recorder.hasher = keys.load()
-            return recorder.hasher is not None
+            return recorder.hasher.key if recorder.hasher is not None else None
 
-        writer = BatchWriter(
-            DatabaseSink(database), Journal(journal_dir),
-            prepare=recorder.prepare, queue_size=settings.exposure_queue_size,
-            batch_size=settings.exposure_batch_size,
-            journal_interval=settings.exposure_journal_interval,
-            flush_interval=settings.exposure_flush_interval,
-            buffer_limit=settings.exposure_buffer_limit,
-            retry_interval=settings.exposure_retry_interval,
-            write_timeout=settings.exposure_write_timeout, metrics=metrics, ready=ready)
+        config = WriterConfig(
+            database_url=settings.database_url,
+            timeouts=DatabaseTimeouts.from_settings(settings), journal_dir=journal_dir,
+            options={"queue_size": settings.exposure_queue_size,
+                     "batch_size": settings.exposure_batch_size,
+                     "journal_interval": settings.exposure_journal_interval,
+                     "flush_interval": settings.exposure_flush_interval,
+                     "buffer_limit": settings.exposure_buffer_limit,
+                     "retry_interval": settings.exposure_retry_interval,
+                     "write_timeout": settings.exposure_write_timeout})
+        writer = ProcessWriter(config, key=key, queue_size=settings.exposure_queue_size,
+                               metrics=metrics)
         recorder.attach(writer)
 
         def track(flags: frozenset[str]) -> None:

@@ -51,8 +51,9 @@ log = logging.getLogger(__name__)
 _WARN_EVERY = 10.0
 #: With nothing to write, the database is pinged this often (so database_up stays true).
 _PING_EVERY = 2.0
-#: How often the journal directory is searched for segments of processes that are gone.
-_ADOPT_EVERY = 30.0
+#: How often the journal directory is searched for segments of processes that are gone (a
+#: writer process finishing after its server was killed releases its segments a little later).
+_ADOPT_EVERY = 5.0
 
 
 class RecordSink(Protocol):
@@ -117,6 +118,8 @@ class BatchWriter:
         self.sink = sink
         self.journal = journal
         self.counts = WriterCounts()
+        #: The same counts by (table, result), as the Prometheus counter has them.
+        self.per_table: collections.Counter[tuple[str, str]] = collections.Counter()
         self._prepare = prepare
         self._ready = ready
         self._queue_size = queue_size
@@ -514,14 +517,15 @@ class BatchWriter:
 
     def _count(self, batch: Sequence[Record], result: str) -> None:
         setattr(self.counts, result, getattr(self.counts, result) + len(batch))
-        if self._metrics is None:
-            return
         per_table = collections.Counter(record.table for record in batch)
         for table, count in per_table.items():
-            self._metrics.records.labels(table, result).inc(count)
+            self.per_table[table, result] += count
+            if self._metrics is not None:
+                self._metrics.records.labels(table, result).inc(count)
 
     def _dropped(self, table: str, count: int, why: str) -> None:
         self.counts.dropped += count
+        self.per_table[table, "dropped"] += count
         if self._metrics is not None:
             self._metrics.records.labels(table, "dropped").inc(count)
         now = time.monotonic()

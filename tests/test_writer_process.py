@@ -1,0 +1,157 @@
+"""The experiment writer process: records reach the database from a process of its own, its
+counts and database_up show on the serving process, and neither process's death loses what the
+writer process had been given (real SQLite, real processes, real SIGKILL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from experiments_support import wait_for
+from prometheus_client import CollectorRegistry
+from sqlalchemy import func, select
+
+from control_plane.db import Database
+from control_plane.db.engine import DatabaseTimeouts
+from control_plane.db.experiment_models import Exposure
+from control_plane.experiments.metrics import ExperimentMetrics
+from control_plane.experiments.records import EXPOSURES
+from control_plane.experiments.writer_process import ProcessWriter, WriterConfig
+
+KEY = b"k" * 32
+OPTIONS = {"journal_interval": 0.02, "flush_interval": 0.02, "retry_interval": 0.05}
+
+
+def _database(tmp_path: Path) -> tuple[str, Database]:
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    database = Database.from_url(url)
+    database.migrate()
+    return url, database
+
+
+def _exposure(index: int) -> tuple[str, tuple[object, ...], float]:
+    return (
+        EXPOSURES,
+        (f"d{index:08d}", "exp", "a", f"user-{index}", 1, "TARGETING_MATCH"),
+        time.time(),
+    )
+
+
+def _stored(database: Database) -> int:
+    with database.session() as session:
+        return int(session.scalar(select(func.count()).select_from(Exposure)) or 0)
+
+
+def test_records_reach_the_database_and_metrics_show_on_the_parent(tmp_path: Path) -> None:
+    """Offered exposures are written by the writer process; counts, the Prometheus series and
+    database_up are read on the serving process."""
+    url, database = _database(tmp_path)
+    registry = CollectorRegistry()
+    writer = ProcessWriter(
+        WriterConfig(url, DatabaseTimeouts(), tmp_path / "journal", OPTIONS),
+        key=lambda: KEY,
+        metrics=ExperimentMetrics(registry),
+    )
+    writer.start()
+    try:
+        for index in range(300):
+            assert writer.offer(_exposure(index))
+        assert writer.flush(timeout=30)
+        wait_for(lambda: writer.counts.written == 300, what="the counts to arrive")
+    finally:
+        writer.stop()
+    assert _stored(database) == 300
+    assert (
+        registry.get_sample_value(
+            "control_plane_experiment_records_total", {"table": EXPOSURES, "result": "written"}
+        )
+        == 300
+    )
+    assert registry.get_sample_value("control_plane_experiment_database_up") == 1
+    assert writer.database_up
+    database.dispose()
+
+
+def test_a_killed_writer_process_is_replaced_and_nothing_it_journaled_is_lost(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL of the writer process: another one starts, and every record offered before and
+    after the kill reaches the database."""
+    url, database = _database(tmp_path)
+    writer = ProcessWriter(
+        WriterConfig(url, DatabaseTimeouts(), tmp_path / "journal", OPTIONS),
+        key=lambda: KEY,
+        restart_delay=0.1,
+    )
+    writer.start()
+    try:
+        for index in range(100):
+            writer.offer(_exposure(index))
+        assert writer.flush(timeout=30)
+        first = writer._process
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+        for index in range(100, 200):
+            writer.offer(_exposure(index))
+        wait_for(lambda: writer._process is not first, what="a new writer process")
+        assert writer.flush(timeout=30)
+    finally:
+        writer.stop()
+    assert _stored(database) == 200
+    database.dispose()
+
+
+_SERVING = textwrap.dedent("""
+    import os, signal, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from pathlib import Path
+    from control_plane.db.engine import DatabaseTimeouts
+    from control_plane.experiments.writer_process import ProcessWriter, WriterConfig
+    url, journal = sys.argv[2], Path(sys.argv[3])
+    options = {"journal_interval": 0.5, "flush_interval": 30, "retry_interval": 0.05}
+    writer = ProcessWriter(WriterConfig(url, DatabaseTimeouts(), journal, options),
+                           key=lambda: b"k" * 32)
+    writer.start()
+    for index in range(500):
+        writer.offer(("exposures", (f"d{index:08d}", "exp", "a", f"u{index}", 1, "STATIC"),
+                      time.time()))
+    time.sleep(0.5)  # more than the feed interval: the writer process has every record
+    print(writer._process.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_the_writer_process_writes_out_what_it_got_when_the_server_is_killed(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL of the serving process: its writer process writes every record it was sent
+    (here none had reached the database yet) and then exits."""
+    url, database = _database(tmp_path)
+    script = tmp_path / "serving.py"
+    script.write_text(_SERVING)
+    root = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, str(script), root, url, str(tmp_path / "journal")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    child = int(done.stdout.split()[0])
+    wait_for(lambda: _stored(database) == 500, what="the orphaned writer to write")
+
+    def gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(gone, what="the writer process to exit")
+    database.dispose()
