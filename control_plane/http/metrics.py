@@ -29,6 +29,11 @@ class RouterMetrics:
         self.dispatch_latency = Histogram(
             "control_plane_dispatch_seconds", "Backend response time of proxied requests.",
             ["flag", "variant"], registry=self.registry)
+        self.dispatch_client_disconnects = Counter(
+            "control_plane_dispatch_client_disconnects",
+            "Dispatched requests whose client left before sending its whole body (nothing to "
+            "answer; a streamed body is cut off at the backend).", ["flag"],
+            registry=self.registry)
         self.anonymous_decisions = Counter(
             "control_plane_anonymous_decisions",
             "Decisions for requests without a targeting key (served the flag's default for "

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from control_plane.errors import BadRequestInput
@@ -19,6 +21,7 @@ from control_plane.routing.forwarding import resolve_path
 __all__ = ["router"]
 
 router = APIRouter(tags=["routing"])
+log = logging.getLogger(__name__)
 
 _MAX_ROUTE_BODY = 64 * 1024
 
@@ -88,6 +91,8 @@ async def decide_for_envoy(flag_key: str, original_path: str, request: Request,
     return JSONResponse(decision.as_json(), headers=dict(decision_headers(decision)))
 
 
+#: What nginx logs for a client that closed the request: never seen by the client itself.
+_CLIENT_CLOSED = 499
 _DISPATCH_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 #: A proxy answers whatever the backend answers: any status, any content type, any body. Its
 #: own refusals (bad path or headers, no token, no flag, not routing, backend down) are problems.
@@ -134,12 +139,20 @@ async def _dispatch(flag_key: str, path: str, request: Request,
     dispatcher = components.dispatcher
     fallback = components.decider.routing_table(flag_key).get(decision.default_variant)
     client = request.client
-    result = await dispatcher.dispatch(
-        decision, fallback, method=request.method, path=path,
-        query=request.url.query, headers=request.headers.items(), body=request.stream(),
-        client_host=client.host if client else None,
-        original_host=request.headers.get("host"), scheme=request.url.scheme,
-    )
+    try:
+        result = await dispatcher.dispatch(
+            decision, fallback, method=request.method, path=path,
+            query=request.url.query, headers=request.headers.items(), body=request.stream(),
+            client_host=client.host if client else None,
+            original_host=request.headers.get("host"), scheme=request.url.scheme,
+        )
+    except ClientDisconnect:
+        # The client left before its body was in: nobody to answer, and not an error of
+        # ours or the backend's (no backend outcome is reported). Counted, logged quietly.
+        components.metrics.dispatch_client_disconnects.labels(flag_key).inc()
+        log.debug("client left mid-body on %s %s (decision %s)", request.method,
+                  request.url.path, decision.decision_id)
+        return Response(status_code=_CLIENT_CLOSED)
     headers = [(k, v) for k, v in result.headers]
     headers += [("x-route-variant", result.variant), ("x-route-backend", result.backend.name),
                 ("x-route-decision-id", decision.decision_id)]
