@@ -423,3 +423,49 @@ class Settings(BaseSettings):
     #: Diff examples kept per shadow, newest first, sensitive fields already redacted
     #: (CP_SHADOW_EXAMPLES).
     shadow_examples: int = Field(default=20, ge=0, le=1000)
+
+    # -- event pipeline (NATS JetStream) --
+    #: NATS server(s) of the experiment record pipeline (CP_EVENTS_URL, e.g.
+    #: nats://127.0.0.1:4222; comma-separated for a cluster; nats://user:pass@host:4222 or
+    #: CP_EVENTS_TOKEN for credentials). Unset: records go to the in-process writer. Set: this
+    #: process publishes exposures, outcomes and call samples to JetStream, and a control plane
+    #: also stores them from the stream (control_plane.events). Replicas need CP_EXPOSURE_SALT.
+    events_url: str | None = Field(default=None, pattern=r"^(nats|tls)://[^\s]+$")
+    #: Token for NATS (CP_EVENTS_TOKEN), when the server wants one.
+    events_token: SecretStr | None = None
+    #: JetStream stream, subject prefix and durable consumer names (CP_EVENTS_STREAM, ...).
+    events_stream: str = Field(default="CP_RECORDS", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    events_subject_prefix: str = Field(default="cp.records",
+                                       pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    events_consumer: str = Field(default="cp-records-writer", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    #: Stream limits (control_plane.events.stream): bytes kept before publishes are refused
+    #: (and records wait in publishers' journals), seconds a record may wait to be stored
+    #: (0: forever), the duplicate window (seconds), and replicas on a NATS cluster.
+    events_stream_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    events_stream_max_age: float = Field(default=7 * 24 * 3600.0, ge=0)
+    events_duplicate_window: float = Field(default=120.0, gt=0, le=24 * 3600)
+    events_stream_replicas: int = Field(default=1, ge=1, le=5)
+    #: Seconds before a message the consumer took and did not acknowledge is delivered again.
+    events_ack_wait: float = Field(default=30.0, ge=1, le=3600)
+    #: Publisher: records queued in memory before new ones are dropped (and counted), and
+    #: seconds between two publishing rounds (a kill -9 loses about this much).
+    events_queue_size: int = Field(default=100_000, ge=100, le=10_000_000)
+    events_publish_interval: float = Field(default=0.02, ge=0.001, le=1)
+    #: Publisher's local journal while NATS is unreachable (CP_EVENTS_JOURNAL_DIR), replayed
+    #: once it is back; a directory of its own (the in-process writer's is apart).
+    events_journal_dir: Path = Path("control-plane-events-journal")
+    #: Records per consumer fetch (one database transaction each).
+    events_batch_size: int = Field(default=1000, ge=1, le=50_000)
+
+    @field_validator("events_url", mode="before")
+    @classmethod
+    def _empty_events_url_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _replica_events_need_salt(self) -> Settings:
+        if self.events_url and self.replica_of and self.exposure_salt is None:
+            raise ValueError("a replica publishing experiment records (CP_EVENTS_URL) needs "
+                             "CP_EXPOSURE_SALT, the same as the control plane's: it has no "
+                             "database to keep the targeting key HMAC key in")
+        return self

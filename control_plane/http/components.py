@@ -27,6 +27,7 @@ from control_plane.db.engine import DatabaseTimeouts
 from control_plane.distribution.ofrep_eval import OfrepEvaluator
 from control_plane.distribution.rate_limit import TokenBucketLimiter
 from control_plane.distribution.sync_client import PrimaryVersions, ReplicaSync, ReplicaTarget
+from control_plane.events.wiring import EventPipeline, build_pipeline, build_replica_pipeline
 from control_plane.experiments.runtime import Experiments
 from control_plane.flagstore import FlagStore
 from control_plane.flagstore.db_recorder import DatabaseRecorder
@@ -80,6 +81,8 @@ class RoutingComponents:
     tester_tokens: TesterTokens | None = None
     #: Replica mode: the stream that keeps `store` following the primary (None on a primary).
     replica: ReplicaSync | None = None
+    #: CP_EVENTS_URL: experiment records go to NATS JetStream (control_plane.events).
+    events: EventPipeline | None = None
     #: Started services to stop on shutdown (sync server, listeners), filled at startup.
     closers: list[Callable[[], Any]] = field(default_factory=list)
     _decision_children: dict[tuple[str, str, str], tuple[Any, Any]] = field(
@@ -137,6 +140,8 @@ def build_components(settings: Settings) -> Components:
     decider = Decider(client, store, tracer=tracing.tracer, ids=DecisionIds())
     compiled_decider = CompiledDecider(store, ids=decider.ids, listeners=decider.listeners)
     store.subscribe(compiled_decider.update)  # compiles each flag set the store loads
+    experiments = Experiments.build(settings, database=database, store=store, editor=editor,
+                                    registry=metrics.registry)
     components = Components(
         settings=settings, database=database, store=store, openfeature_domain=domain,
         openfeature_client=client, provider=source_fed_provider(store), tracing=tracing,
@@ -152,8 +157,10 @@ def build_components(settings: Settings) -> Components:
         authenticator=Authenticator.from_settings(settings, database),
         gateway=GatewayTokenChecker.from_settings(settings),
         editor=editor,
-        experiments=Experiments.build(settings, database=database, store=store, editor=editor,
-                                      registry=metrics.registry),
+        experiments=experiments,
+        # CP_EVENTS_URL: the recorder feeds JetStream, and this control plane stores from it.
+        events=build_pipeline(settings, experiments.recorder, keys=experiments.keys,
+                              database=database, registry=metrics.registry),
         ofrep=OfrepEvaluator(client, store),
         ofrep_limiter=TokenBucketLimiter(settings.ofrep_rate_limit, settings.ofrep_rate_burst),
         traffic=TrafficTracker(),
@@ -195,9 +202,12 @@ def build_replica_components(settings: Settings) -> RoutingComponents:
     compiled_decider = CompiledDecider(store, ids=decider.ids, listeners=decider.listeners)
     store.subscribe(compiled_decider.update)
     token = settings.replica_token.get_secret_value() if settings.replica_token else None
+    metrics = RouterMetrics()
     components = RoutingComponents(
         settings=settings, store=store, openfeature_domain=domain, openfeature_client=client,
-        provider=source_fed_provider(store), tracing=tracing, metrics=RouterMetrics(),
+        provider=source_fed_provider(store), tracing=tracing, metrics=metrics,
+        # CP_EVENTS_URL: this replica publishes its records to JetStream (control_plane.events).
+        events=build_replica_pipeline(settings, registry=metrics.registry),
         mapper=ContextMapper(settings.header_rules, max_header_bytes=settings.max_header_bytes,
                              tester_tokens=tester_tokens),
         decider=decider, compiled_decider=compiled_decider,
@@ -215,4 +225,7 @@ def build_replica_components(settings: Settings) -> RoutingComponents:
     components.decider.listeners.extend(
         [components.observe_decision, log_decision, components.traffic.observe])
     components.dispatcher.listeners.extend([components.observe_dispatch, log_dispatch])
+    if components.events is not None:  # the replica's exposures and call samples, published
+        components.decider.listeners.append(components.events.recorder.on_decision)
+        components.dispatcher.listeners.append(components.events.recorder.on_dispatch)
     return components

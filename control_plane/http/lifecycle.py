@@ -35,6 +35,9 @@ async def start(components: RoutingComponents) -> None:
         reloads.labels(result)
     store.subscribe_reloads(lambda outcome: reloads.labels("ok" if outcome.ok else "refused").inc())
     quiet_anonymous_fractional()  # requests without a user id are traffic, not errors
+    if components.events is not None:  # CP_EVENTS_URL: the JetStream record pipeline
+        components.events.start()
+        components.closers.append(components.events.stop)
     if components.replica is not None:
         await _start_replica(components, components.replica)
         return

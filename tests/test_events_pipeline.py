@@ -1,0 +1,337 @@
+"""The record pipeline on a real NATS JetStream server and a real database: records published by
+an EventPublisher are stored by an EventConsumer exactly once, through republishes, a consumer
+killed between commit and acknowledgement, a NATS server restarted mid-run and one that is not
+there at start."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import db_support
+import nats
+import pytest
+from events_support import NatsServer, exposure, nats_server, nats_url, stream_settings
+from experiments_support import wait_for
+from nats.js.api import RetentionPolicy
+from sqlalchemy import text
+
+from control_plane.db import Database
+from control_plane.events.consumer import EventConsumer
+from control_plane.events.publisher import EventPublisher
+from control_plane.events.stream import StreamSettings, ensure_consumer, ensure_stream
+from control_plane.experiments.journal import Journal
+from control_plane.experiments.records import Record
+from control_plane.experiments.sink import DatabaseSink
+
+database_url = db_support.database_url
+empty_database = db_support.empty_database
+database = db_support.database
+__all__ = ["database", "database_url", "empty_database", "nats_server", "nats_url"]
+
+
+def _stored(database: Database) -> tuple[int, int]:
+    """(exposure rows, distinct decision ids) in the database."""
+    with database.session() as session:
+        rows, distinct = session.execute(
+            text("SELECT count(*), count(DISTINCT decision_id) FROM exposures")
+        ).one()
+    return int(rows), int(distinct)
+
+
+def _publisher(
+    url: str, journal_dir: Path, stream: StreamSettings, **options: Any
+) -> EventPublisher:
+    return EventPublisher(
+        url,
+        Journal(journal_dir),
+        prepare=lambda item: item[1],
+        stream=stream,
+        retry_interval=0.2,
+        ack_timeout=2.0,
+        **options,
+    )
+
+
+@pytest.fixture
+def stream() -> StreamSettings:
+    return stream_settings()
+
+
+@pytest.fixture
+def consumer(nats_url: str, database: Database, stream: StreamSettings) -> Iterator[EventConsumer]:
+    consumer = EventConsumer(
+        nats_url, DatabaseSink(database), stream=stream, retry_interval=0.2, fetch_timeout=0.2
+    )
+    consumer.start()
+    yield consumer
+    consumer.stop()
+
+
+def _item(record: Record) -> tuple[str, Record]:
+    """What the recorder offers: (table, payload); `prepare` here passes the record through."""
+    return (record.table, record)
+
+
+def _wait_stored(database: Database, count: int) -> None:
+    wait_for(lambda: _stored(database)[0] >= count, what=f"{count} stored records", timeout=30)
+    time.sleep(0.3)  # anything extra (a duplicate) would arrive by now
+
+
+def test_every_record_is_stored_once_even_when_published_twice(
+    nats_url: str,
+    database: Database,
+    stream: StreamSettings,
+    consumer: EventConsumer,
+    tmp_path: Path,
+) -> None:
+    """N records offered twice each reach the database exactly once: the second publish is a
+    duplicate by message id, dropped by JetStream."""
+    publisher = _publisher(nats_url, tmp_path / "journal", stream)
+    publisher.start()
+    try:
+        records = [exposure(index) for index in range(2000)]
+        for record in records:
+            assert publisher.offer(_item(record))
+        assert publisher.flush(timeout=20)
+        for record in records:
+            publisher.offer(_item(record))
+        assert publisher.flush(timeout=20)
+    finally:
+        publisher.stop()
+    _wait_stored(database, 2000)
+    assert _stored(database) == (2000, 2000)
+    assert publisher.counts.published + publisher.counts.replayed == 4000  # all acknowledged
+    assert publisher.counts.duplicates == 2000
+    assert publisher.counts.dropped == 0
+    assert consumer.counts.stored == 2000
+
+
+_KILLING_CONSUMER = textwrap.dedent("""
+    import os, signal, sys, time
+    from control_plane.db import Database
+    from control_plane.events.consumer import EventConsumer
+    from control_plane.events.stream import StreamSettings
+    from control_plane.experiments.sink import DatabaseSink
+
+    class CommitThenDie(DatabaseSink):
+        '''Commits a batch, then the process dies before the consumer can acknowledge it.'''
+        def write(self, records):
+            super().write(records)
+            print(len(records), flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    url, database_url, stream, subjects, durable = sys.argv[1:6]
+    settings = StreamSettings(stream=stream, subject_prefix=subjects, consumer=durable,
+                              ack_wait=2.0)
+    EventConsumer(url, CommitThenDie(Database.from_url(database_url)), stream=settings,
+                  batch_size=300, fetch_timeout=0.2).start()
+    time.sleep(60)
+""")
+
+
+def test_consumer_killed_between_commit_and_ack_stores_nothing_twice(
+    nats_url: str, database: Database, database_url: str, stream: StreamSettings, tmp_path: Path
+) -> None:
+    """A consumer process killed (SIGKILL) after committing a batch and before acknowledging it
+    gets that batch delivered again to the next consumer, which stores nothing twice."""
+    publisher = _publisher(nats_url, tmp_path / "journal", stream)
+    publisher.start()
+    try:
+        for index in range(1000):
+            publisher.offer(_item(exposure(index)))
+        assert publisher.flush(timeout=20)
+    finally:
+        publisher.stop()
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _KILLING_CONSUMER,
+            nats_url,
+            database_url,
+            stream.stream,
+            stream.subject_prefix,
+            stream.consumer,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stderr
+    committed = int(killed.stdout.split()[0])
+    assert _stored(database) == (committed, committed)  # committed, never acknowledged
+
+    consumer = EventConsumer(
+        nats_url, DatabaseSink(database), stream=stream, retry_interval=0.2, fetch_timeout=0.2
+    )
+    consumer.start()
+    try:
+        _wait_stored(database, 1000)
+        # The killed batch comes again once its ack_wait has passed, and is skipped.
+        wait_for(lambda: consumer.counts.redelivered >= committed, what="the redelivery")
+        time.sleep(0.3)
+    finally:
+        consumer.stop()
+    assert _stored(database) == (1000, 1000)
+
+
+def test_nats_restart_mid_run_loses_and_duplicates_nothing(
+    nats_server: NatsServer, database: Database, stream: StreamSettings, tmp_path: Path
+) -> None:
+    """Records offered steadily while the NATS server is stopped and started again are kept in
+    the publisher's journal meanwhile and republished; the database holds each exactly once."""
+    publisher = _publisher(nats_server.url, tmp_path / "journal", stream)
+    consumer = EventConsumer(
+        nats_server.url,
+        DatabaseSink(database),
+        stream=stream,
+        retry_interval=0.2,
+        fetch_timeout=0.2,
+    )
+    publisher.start()
+    consumer.start()
+    total = 3000
+    offered = threading.Event()
+
+    def offer_steadily() -> None:
+        for index in range(total):
+            publisher.offer(_item(exposure(index)))
+            if index % 100 == 99:
+                time.sleep(0.02)
+        offered.set()
+
+    feeder = threading.Thread(target=offer_steadily)
+    try:
+        feeder.start()
+        wait_for(lambda: publisher.counts.published >= 500, what="records before the outage")
+        nats_server.restart(down_for=1.0)
+        feeder.join()
+        assert offered.is_set()
+        assert publisher.flush(timeout=30)
+        _wait_stored(database, total)
+    finally:
+        publisher.stop()
+        consumer.stop()
+    assert _stored(database) == (total, total)
+    assert publisher.counts.journaled > 0  # the outage was seen and ridden out
+    assert publisher.counts.dropped == 0
+    assert publisher.pending == 0
+
+
+def test_records_offered_before_nats_exists_arrive_once_it_does(
+    database: Database, stream: StreamSettings, tmp_path: Path
+) -> None:
+    """A publisher started while no NATS server runs journals its records, and publishes them
+    once the server comes up; none is lost."""
+    server = NatsServer(tmp_path / "late-nats")
+    publisher = _publisher(server.url, tmp_path / "journal", stream)
+    publisher.start()
+    try:
+        for index in range(500):
+            publisher.offer(_item(exposure(index)))
+        wait_for(lambda: publisher.counts.journaled == 500, what="the records journaled")
+        assert list((tmp_path / "journal").glob("journal-*.jsonl"))
+        server.start()
+        assert publisher.flush(timeout=30)
+        consumer = EventConsumer(
+            server.url, DatabaseSink(database), stream=stream, fetch_timeout=0.2
+        )
+        consumer.start()
+        try:
+            _wait_stored(database, 500)
+        finally:
+            consumer.stop()
+    finally:
+        publisher.stop()
+        server.stop()
+    assert _stored(database) == (500, 500)
+    assert publisher.counts.replayed == 500
+    assert not list((tmp_path / "journal").glob("journal-*.jsonl"))
+
+
+def test_a_dead_publishers_journal_is_replayed_by_the_next(
+    nats_url: str,
+    database: Database,
+    stream: StreamSettings,
+    consumer: EventConsumer,
+    tmp_path: Path,
+) -> None:
+    """Records left in the journal directory by a publisher that is gone are published by the
+    next publisher that opens the directory."""
+    journal_dir = tmp_path / "journal"
+    dead = Journal(journal_dir)
+    dead.append([exposure(index, run="dead") for index in range(200)])
+    # Its owner lock goes with it, as at a crash: the file stays, the lock is released.
+    assert dead._lock is not None
+    dead._lock.close()
+    dead._lock = None
+    publisher = _publisher(nats_url, journal_dir, stream)
+    publisher.start()
+    try:
+        wait_for(lambda: publisher.counts.replayed == 200, what="the orphan replayed")
+    finally:
+        publisher.stop()
+    _wait_stored(database, 200)
+    assert _stored(database) == (200, 200)
+
+
+def test_full_queue_drops_and_counts(tmp_path: Path, stream: StreamSettings) -> None:
+    """`offer` never blocks: past the queue size it returns False and counts the drop."""
+    publisher = _publisher("nats://127.0.0.1:1", tmp_path / "journal", stream, queue_size=100)
+    results = [publisher.offer(_item(exposure(index))) for index in range(150)]
+    assert results.count(False) == 50
+    assert publisher.counts.dropped == 50
+
+
+def test_refused_messages_are_terminated_not_retried(
+    nats_url: str, database: Database, stream: StreamSettings, consumer: EventConsumer
+) -> None:
+    """A message on the stream that is not a record is terminated and counted; the records
+    around it are stored."""
+
+    async def publish() -> None:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await ensure_stream(js, stream)
+        good = [exposure(1), exposure(2)]
+        await js.publish(f"{stream.subject_prefix}.exposures", good[0].to_line().encode())
+        await js.publish(f"{stream.subject_prefix}.exposures", b"not json")
+        await js.publish(f"{stream.subject_prefix}.exposures", good[1].to_line().encode())
+        await nc.close()
+
+    asyncio.run(publish())
+    _wait_stored(database, 2)
+    wait_for(lambda: consumer.counts.refused == 1, what="the bad message refused")
+    assert _stored(database) == (2, 2)
+
+
+def test_stream_and_consumer_setup_is_idempotent(nats_url: str) -> None:
+    """Setting up the stream and consumer twice works, and changed limits update the stream."""
+    settings = stream_settings()
+
+    async def setup() -> Any:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        for _ in range(2):
+            await ensure_stream(js, settings)
+            await ensure_consumer(js, settings)
+        changed = StreamSettings(**{**vars(settings), "max_bytes": 1 << 20})
+        await ensure_stream(js, changed)
+        info = await js.stream_info(settings.stream)
+        await js.delete_stream(settings.stream)
+        await nc.close()
+        return info.config
+
+    config = asyncio.run(setup())
+    assert config.max_bytes == 1 << 20
+    assert RetentionPolicy(config.retention) is RetentionPolicy.WORK_QUEUE
+    assert config.subjects == [f"{settings.subject_prefix}.>"]
