@@ -1,5 +1,5 @@
 // The console shell: sign-in with a bearer token, the top bar, and hash navigation between
-// the four views. Each view renders into <main> and returns a function that stops it.
+// the views. Each view renders into <main> and returns a function that stops it.
 
 import { ApiError, api, clearSession, loadSession, saveSession, setUnauthenticatedHandler } from "./api.js";
 import { h, replace } from "./dom.js";
@@ -8,11 +8,13 @@ import { canariesView } from "./view-canaries.js";
 import { experimentsView } from "./view-experiments.js";
 import { flagsView } from "./view-flags.js";
 import { historyView } from "./view-history.js";
+import { shadowsView } from "./view-shadows.js";
 
 const VIEWS = [
   { id: "flags", label: "Flags & traffic", render: flagsView },
   { id: "experiments", label: "Experiments", render: experimentsView },
   { id: "canaries", label: "Canaries", render: canariesView },
+  { id: "shadows", label: "Shadows", render: shadowsView },
   { id: "history", label: "History & audit", render: historyView },
 ];
 
@@ -32,7 +34,7 @@ function signIn(notice) {
   const submit = h("button", { type: "submit", class: "button button-primary", id: "sign-in" }, "Sign in");
   const form = h("form", { class: "login-card", id: "login" },
     h("h1", {}, "Sign in to the console"),
-    h("p", {}, "Paste an API token of this control plane. Viewers see flags, traffic, experiments, canaries and history; operators also edit weights and pause, resume or abort canaries; admins also roll back and read the audit log."),
+    h("p", {}, "Paste an API token of this control plane. Viewers see flags, traffic, experiments, canaries, shadows and history; operators also edit weights, pause, resume or abort canaries and promote shadows; admins also roll back and read the audit log."),
     h("label", { class: "field" }, h("span", {}, "API token"), input),
     errorSlot, submit,
     h("p", { class: "hint" }, "The token stays in this browser tab (sessionStorage) and is sent only to this control plane, as Authorization: Bearer. Closing the tab forgets it."));

@@ -240,3 +240,57 @@ export function lineChart(series, { title, format, threshold, thresholdLabel, xM
   const limit = threshold !== null && threshold !== undefined ? `; threshold ${format(threshold)}` : "";
   return frame(width, height, `${title}: ${latest}${limit}`, ...parts);
 }
+
+/**
+ * Primary against shadow latency: for each quantile (p50, p99) two bars on one shared axis,
+ * each with its value, and the shadow ÷ primary ratio at the end of the row (red above
+ * `warnAbove`).
+ * rows: [{quantile, primary, shadow, ratio}] in ms; colours: {primary, shadow}.
+ */
+export function latencyChart(rows, colours, { format, formatRatio, title, warnAbove = 1.1 }) {
+  const left = 46, barWidth = 300, right = 120, rowHeight = 54, top = 34;
+  const width = left + barWidth + right, height = top + rows.length * rowHeight + 22;
+  const values = rows.flatMap((row) => [row.primary, row.shadow]).filter((value) => value !== null && value !== undefined);
+  const max = niceMax(Math.max(...values, 1e-9));
+  const x = (value) => left + (barWidth * Math.max(0, value || 0)) / max;
+  const parts = [text(left, 13, title, { "font-size": 11, fill: AXIS })];
+  parts.push(s("rect", { x: left, y: 19, width: 12, height: 9, fill: colours.primary }));
+  parts.push(text(left + 17, 27, "primary", { "font-size": 11, fill: AXIS }));
+  parts.push(s("rect", { x: left + 80, y: 19, width: 12, height: 9, fill: colours.shadow }));
+  parts.push(text(left + 97, 27, "shadow", { "font-size": 11, fill: AXIS }));
+  for (const tick of [0, max / 2, max]) {
+    parts.push(s("line", { x1: x(tick), x2: x(tick), y1: top, y2: height - 20, stroke: GRID }));
+    parts.push(text(x(tick), height - 6, format(tick), { "text-anchor": "middle", "font-size": 11, fill: AXIS }));
+  }
+  rows.forEach((row, index) => {
+    const y = top + 6 + index * rowHeight;
+    parts.push(text(left - 8, y + 23, row.quantile, { "text-anchor": "end", "font-weight": 600 }));
+    for (const [offset, role] of [[0, "primary"], [22, "shadow"]]) {
+      const value = row[role];
+      const known = value !== null && value !== undefined;
+      parts.push(s("rect", {
+        x: left, y: y + offset, height: 18, width: known ? Math.max(x(value) - left, 1) : 0,
+        fill: colours[role], class: `bar-${role}`, "data-quantile": row.quantile,
+      }));
+      parts.push(text(known ? x(value) + 6 : left + 6, y + offset + 13, known ? format(value) : "no data", {
+        "font-size": 11, fill: known ? INK : AXIS, class: `label-${role}`,
+        "data-quantile": row.quantile, "data-value": known ? value : "",
+      }));
+    }
+    const slower = row.ratio !== null && row.ratio !== undefined && row.ratio > warnAbove;
+    parts.push(text(width - 8, y + 24, row.ratio === null || row.ratio === undefined ? "–" : `${formatRatio(row.ratio)} primary`, {
+      "text-anchor": "end", "font-weight": 600, fill: slower ? DANGER : INK,
+      class: "label-ratio", "data-quantile": row.quantile, "data-value": row.ratio ?? "",
+    }));
+  });
+  const summary = rows.map((row) => `${row.quantile}: primary ${format(row.primary)}, shadow ${format(row.shadow)} (${formatRatio(row.ratio)})`).join("; ");
+  return frame(width, height, `${title}. ${summary}`, ...parts);
+}
+
+/** A small bar for a rate in a table cell (0-1), with no text of its own. */
+export function rateBar(rate, fill) {
+  const width = 80;
+  return s("svg", { class: "rate-bar", width, height: 8, viewBox: `0 0 ${width} 8`, "aria-hidden": "true" },
+    s("rect", { width, height: 8, rx: 2, fill: "#f1f5f9" }),
+    s("rect", { width: Math.max(0, Math.min(1, rate || 0)) * width, height: 8, rx: 2, fill }));
+}
