@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -265,6 +266,18 @@ class Settings(BaseSettings):
         return self
     #: Answer GET /v1/decide/{flag} from a raw-ASGI fast path (same responses, less overhead).
     fast_decide: bool = True
+    # -- workers (control_plane.workers) --
+    #: Processes serving the HTTP port (CP_WORKERS, `serve --workers`): 1 (default) is one
+    #: process; N > 1 runs the primary (flag store, admin API, sync, experiments, canaries)
+    #: and N-1 decide workers on the same port with SO_REUSEPORT; "auto" is one per core.
+    workers: int = Field(default=1, ge=1, le=64)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return max(1, min(64, os.cpu_count() or 1))
+        return value
 
     #: Admin API tokens (CP_ADMIN_TOKENS="ops:operator:<secret>,ci:viewer:<secret>"); roles are
     #: viewer < operator < admin. More can be created (hashed) in the database by an admin.

@@ -8,7 +8,8 @@ import socket
 import sys
 from pathlib import Path
 
-from control_plane.cli.common import LOG_LEVELS, settings_from
+from control_plane.cli.common import LOG_LEVELS, positive_int, settings_from
+from control_plane.settings import Settings
 
 __all__ = ["add_serve"]
 
@@ -22,6 +23,18 @@ def _serve(args: argparse.Namespace) -> int:
     from control_plane.observability.tracing import TracingConfigError
 
     settings = settings_from(args)
+    if args.worker_of is not None:  # a worker process of `serve --workers N` (hidden)
+        return _serve_worker(args, settings)
+    if args.workers is not None:
+        settings = settings.model_copy(update={"workers": args.workers})
+    if settings.workers > 1 and settings.replica_of is not None:
+        print("control-plane serve: --workers runs with a control plane, not with "
+              "--replica-of (run more replicas instead)", file=sys.stderr)
+        return 2
+    if settings.workers > 1 and settings.events_url and settings.exposure_salt is None:
+        print("control-plane serve: --workers with CP_EVENTS_URL needs CP_EXPOSURE_SALT "
+              "(workers publish records as replicas do)", file=sys.stderr)
+        return 2
     if settings.replica_of is None and not settings.flags_dir.is_dir():
         print(f"control-plane serve: flag directory {settings.flags_dir} does not exist "
               "(`control-plane init` writes the shipped examples there; --flags or "
@@ -46,11 +59,39 @@ def _serve(args: argparse.Namespace) -> int:
     except TracingConfigError as exc:
         print(f"control-plane serve: tracing: {exc}", file=sys.stderr)
         return 2
+    if settings.workers > 1:  # the primary and its workers, on SO_REUSEPORT sockets
+        from control_plane.workers.serving import run_primary
+
+        run_primary(app, host=settings.host, port=settings.port, limits=head_limits(settings),
+                    log_level=args.log_level, access_log=args.access_log,
+                    log_config=log_config)
+        return 0
     config = uvicorn_config(app, host=settings.host, port=settings.port,
                             limits=head_limits(settings), log_level=args.log_level,
                             access_log=args.access_log, log_config=log_config)
     uvicorn.Server(config).run()
     return 0
+
+
+def _serve_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from control_plane.observability.logging import configure_logging
+    from control_plane.workers.worker import WorkerArgs, run_worker
+
+    log_config = configure_logging(settings.log_format, args.log_level)
+    return run_worker(settings, WorkerArgs(
+        primary=args.worker_of, index=args.worker_index, fd=args.worker_fd,
+        parent=args.worker_parent, log_level=args.log_level, access_log=args.access_log),
+        log_config)
+
+
+def _workers(text: str) -> int:
+    """--workers: a whole number from 1, or `auto` (one per core)."""
+    if text.strip().lower() == "auto":
+        return max(1, min(64, os.cpu_count() or 1))
+    value = positive_int(text)
+    if value > 64:
+        raise argparse.ArgumentTypeError(f"{text} workers: at most 64")
+    return value
 
 
 def _port_problem(host: str, port: int) -> str | None:
@@ -72,8 +113,8 @@ def add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[typ
         description="Run the control plane. Every option can also be set by environment "
                     "variable: CP_FLAGS_DIR, CP_HOST, CP_PORT, DATABASE_URL, CP_SYNC_PORT, "
                     "CP_SYNC_HOST, CP_SYNC_TLS_CERT_FILE, CP_SYNC_TLS_KEY_FILE, CP_LOG_LEVEL, "
-                    "CP_LOG_FORMAT (sync tokens: CP_SYNC_TOKENS). Traces are exported over "
-                    "OTLP/HTTP when "
+                    "CP_LOG_FORMAT, CP_WORKERS (sync tokens: CP_SYNC_TOKENS). Traces are "
+                    "exported over OTLP/HTTP when "
                     "CP_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT is set.")
     serve.add_argument("--flags", dest="flags_dir", type=Path,
                        help="flag directory (default: CP_FLAGS_DIR or ./flags)")
@@ -95,6 +136,18 @@ def add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[typ
                             "flagd.sync.v1 port this is: routing API, OFREP, health and "
                             "metrics from the synced flags; no database, no admin API "
                             "(CP_REPLICA_OF; CP_REPLICA_TOKEN, CP_REPLICA_CA_FILE)")
+    serve.add_argument("--workers", type=_workers, metavar="N|auto",
+                       help="processes serving the port (default 1, CP_WORKERS): the primary "
+                            "plus N-1 decide workers on SO_REUSEPORT, fed over flagd.sync.v1 "
+                            "from the primary; auto: one per core")
+    # -- a worker process of `serve --workers N`: started by the primary only (hidden) --
+    serve.add_argument("--worker-of", dest="worker_of", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-index", dest="worker_index", type=int, default=0,
+                       help=argparse.SUPPRESS)
+    serve.add_argument("--worker-fd", dest="worker_fd", type=int, default=-1,
+                       help=argparse.SUPPRESS)
+    serve.add_argument("--worker-parent", dest="worker_parent", type=int, default=0,
+                       help=argparse.SUPPRESS)
     serve.add_argument("--database-url", dest="database_url",
                        help="SQLAlchemy URL (default: sqlite:///./control-plane.db)")
     serve.add_argument("--log-level", default=os.environ.get("CP_LOG_LEVEL", "info"),

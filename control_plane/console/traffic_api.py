@@ -7,13 +7,13 @@ the observed split is what the `TrafficTracker` counted over the last `minutes`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import Field
 
-from control_plane.console.traffic import TrafficWindow
+from control_plane.console.traffic import TrafficTracker, TrafficWindow
 from control_plane.errors import FlagNotFound, FlagsNotLoaded, NotARoutingFlag
 from control_plane.flagstore import FlagSet
 from control_plane.flagstore.splits import configured_split
@@ -132,13 +132,23 @@ def _serving(components: Components) -> FlagSet:
     return flag_set
 
 
+def _windows(components: Components, tracker: TrafficTracker, seconds: int, buckets: int
+             ) -> Callable[[str], TrafficWindow]:
+    """flag -> its window; with `serve --workers N` (control_plane.workers) summed over every
+    process, each of which counts its own decisions."""
+    if components.workers is not None:
+        return components.workers.windows(tracker, seconds, buckets)
+    return lambda flag_key: tracker.window(flag_key, seconds, buckets)
+
+
 @router.get("/v1/traffic", summary="Every routing flag: backends, configured and observed split",
             response_model=AllTraffic, responses=problems(400, 401, 503))
 def all_traffic(principal: ViewerDep, components: ComponentsDep, tracker: TrackerDep,
                 minutes: Minutes = 5, buckets: Buckets = 30) -> dict[str, Any]:
     flag_set = _serving(components)
+    window = _windows(components, tracker, minutes * 60, buckets)
     flags = [
-        routing_flag_traffic(flag_set, key, tracker.window(key, minutes * 60, buckets))
+        routing_flag_traffic(flag_set, key, window(key))
         for key in sorted(flag_set.flags) if routing_table(flag_set.flags[key]) is not None
     ]
     return {"flagSetVersion": flag_set.version, "minutes": minutes, "flags": flags}
@@ -152,4 +162,4 @@ def flag_traffic(flag_key: str, principal: ViewerDep, components: ComponentsDep,
                  buckets: Buckets = 30) -> dict[str, Any]:
     flag_set = _serving(components)
     return routing_flag_traffic(flag_set, flag_key,
-                                tracker.window(flag_key, minutes * 60, buckets))
+                                _windows(components, tracker, minutes * 60, buckets)(flag_key))

@@ -44,6 +44,7 @@ from control_plane.routing.tester_tokens import TesterTokens
 from control_plane.settings import Settings
 from control_plane.shadow.mirror import ShadowMirror
 from control_plane.shadow.wiring import build_mirror
+from control_plane.workers.supervisor import WorkerPool
 from providers import source_fed_provider
 
 __all__ = ["Components", "RoutingComponents", "build_components", "build_replica_components"]
@@ -119,6 +120,9 @@ class Components(RoutingComponents):
     console_assets: Mapping[str, Asset]
     #: Shadow traffic: copies of sampled dispatches to candidate backends, compared.
     shadow: ShadowMirror
+    #: serve --workers N (N > 1): the decide workers this primary starts (control_plane
+    #: .workers); started by `control-plane serve`, None with one process.
+    workers: WorkerPool | None = None
 
 
 def build_components(settings: Settings) -> Components:
@@ -167,6 +171,7 @@ def build_components(settings: Settings) -> Components:
         console_assets=load_assets(),
         shadow=build_mirror(settings, store=store, registry=metrics.registry),
         tester_tokens=tester_tokens,
+        workers=WorkerPool(settings, metrics.registry) if settings.workers > 1 else None,
     )
     # Every listener, in one place. Decision listeners run on the request path: each only
     # counts or queues (see their docstrings).

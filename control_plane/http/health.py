@@ -16,10 +16,11 @@ from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
 from control_plane.auth import Role
+from control_plane.http.components import Components, RoutingComponents
 from control_plane.http.deps import ComponentsDep
 from control_plane.http.schemas import WireModel, problems
 
-__all__ = ["router"]
+__all__ = ["refresh_metrics", "router"]
 
 router = APIRouter(tags=["health"])
 
@@ -83,9 +84,19 @@ def metrics_access(request: Request, components: ComponentsDep) -> None:
                        **problems(400, 401, 403)})
 async def metrics(components: ComponentsDep) -> Response:
     registry = components.metrics.registry
+    refresh_metrics(components)
+    # -- workers (control_plane.workers): with `serve --workers N`, every process's metrics
+    # on one page, with a `worker` label (the primary is "0").
+    if isinstance(components, Components) and components.workers is not None:
+        return Response(await components.workers.exposition(registry),
+                        media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def refresh_metrics(components: RoutingComponents) -> None:
+    """Set the gauges read at scrape time (also for a worker's internal scrape)."""
     if components.replica is not None:
         components.metrics.replica_connected.set(1 if components.replica.connected else 0)
         components.metrics.replica_stale.set(components.replica.stale_seconds())
     if components.store.loaded:
         components.metrics.flag_set_version.set(components.store.current.version)
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from control_plane.settings import Settings
 __all__ = [
     "BoundedHttpToolsProtocol",
     "HeadLimits",
+    "bind_socket",
     "bounded_protocol",
     "head_limits",
     "uvicorn_config",
@@ -242,3 +244,26 @@ def uvicorn_config(
         h11_max_incomplete_event_size=limits.max_head_bytes,
         **options,
     )
+
+
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to host:port, for `uvicorn.Server.run(sockets=[...])`.
+
+    Bound but not listening: asyncio's create_server calls listen() once the app's startup
+    has finished, so a process joins the port only when it can answer. `reuse_port` sets
+    SO_REUSEPORT (serve --workers): every process of the control plane binds the port itself
+    and the kernel spreads connections over their sockets (more evenly than one shared
+    socket); only processes of the same user can join. A socket object, not `--fd`: uvicorn
+    wraps a bare fd as AF_UNIX, without TCP_NODELAY (40 ms stalls).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
