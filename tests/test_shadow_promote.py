@@ -18,9 +18,9 @@ from servers import ServerThread
 from shadow_support import shadow_flag
 
 from control_plane.cli import main
+from control_plane.cli import shadow as command
 from control_plane.http.app import create_app
 from control_plane.settings import Settings
-from control_plane.shadow import command
 
 FLAG = "shadowed"
 VIEWER = "viewer-token-0123456789abcdef"

@@ -16,11 +16,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import Field
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from control_plane.db.experiment_models import CallSample, CanaryRun
+from control_plane.db.experiment_models import CanaryRun
 from control_plane.db.models import utc_now
 from control_plane.errors import CanaryNotFound
 from control_plane.experiments import repository
@@ -89,12 +88,9 @@ class CanaryTimeline(WireModel):
 def call_points(*, session: Session, flag: str, variants: tuple[str, ...], since: datetime,
                 until: datetime, cap: int = SAMPLE_CAP) -> list[CallPoint]:
     """(variant, at, status, seconds) of the flag's recorded calls in [since, until], newest
-    first, at most `cap`."""
-    statement = (select(CallSample.variant, CallSample.at, CallSample.status, CallSample.seconds)
-                 .where(CallSample.flag == flag, CallSample.variant.in_(variants),
-                        CallSample.at >= since, CallSample.at <= until)
-                 .order_by(CallSample.at.desc()).limit(cap))
-    return [(row[0], row[1], row[2], float(row[3])) for row in session.execute(statement)]
+    first, at most `cap` (the query is the repository's)."""
+    return repository.call_points(session=session, flag=flag, variants=variants, since=since,
+                                  until=until, cap=cap)
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -35,6 +35,8 @@ __all__ = [
     "active_runs",
     "add_canary_event",
     "add_run",
+    "call_points",
+    "call_samples",
     "call_summary",
     "call_window",
     "canary_events",
@@ -295,3 +297,14 @@ def canary_events(*, session: Session, run_id: int, after: int = 0,
     statement = (select(CanaryEvent).where(CanaryEvent.run_id == run_id, CanaryEvent.id > after)
                  .order_by(CanaryEvent.id).limit(limit))
     return list(session.scalars(statement))
+
+
+def call_points(*, session: Session, flag: str, variants: Collection[str], since: datetime,
+                until: datetime, cap: int) -> list[tuple[str, datetime, int | None, float]]:
+    """(variant, at, status, seconds) of the flag's recorded calls in [since, until], newest
+    first, at most `cap` (the console's canary timeline)."""
+    statement = (select(CallSample.variant, CallSample.at, CallSample.status, CallSample.seconds)
+                 .where(CallSample.flag == flag, CallSample.variant.in_(tuple(variants)),
+                        CallSample.at >= since, CallSample.at <= until)
+                 .order_by(CallSample.at.desc()).limit(cap))
+    return [(row[0], row[1], row[2], float(row[3])) for row in session.execute(statement)]
