@@ -26,6 +26,7 @@ __all__ = [
     "read_flag_file",
     "read_flag_files",
     "validate_path",
+    "with_read_problems",
 ]
 
 FLAG_FILE_PATTERNS = ("*.flagd.json", "*.flagd.yaml", "*.flagd.yml")
@@ -99,7 +100,11 @@ def check_files(files: FlagFiles) -> LoadedFlags:
     No flag files at all is an error: an empty or mistyped directory (or every file removed at
     once) must not silently unpublish every flag.
     """
-    result = validate_contents(files.contents)
+    return with_read_problems(files, validate_contents(files.contents))
+
+
+def with_read_problems(files: FlagFiles, result: ValidationResult) -> ValidationResult:
+    """`result` with the problems of reading `files` first (and "no flag files" if none)."""
     problems = files.problems
     if not files.contents and not problems:
         problems = (_problem("", f"no flag files in {files.source}; flag files are named "

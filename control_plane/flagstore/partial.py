@@ -75,10 +75,10 @@ def compose(result: ValidationResult, previous: FlagSet | None) -> Composed:
     evaluator_sources = dict(result.evaluator_sources)
     file_metadata = dict(result.file_metadata)
 
-    def keep(set_id: str, key: str, definition: Mapping[str, Any], source: str) -> bool:
+    def keep(set_id: str, key: str, definition: Any, source: str) -> bool:
         if key in sets.get(set_id, {}):
             return False  # the edit defines it (elsewhere) and that definition is valid
-        sets.setdefault(set_id, {})[key] = dict(definition)
+        sets.setdefault(set_id, {})[key] = definition  # the same object: its hash is reused
         set_sources.setdefault(set_id, {})[key] = source
         return True
 
@@ -93,7 +93,10 @@ def compose(result: ValidationResult, previous: FlagSet | None) -> Composed:
             if definition is not None and keep(item.flag_set_id, item.key, definition, source):
                 serving = "previous"
         refused.append(RefusedPart(item.file, item.key, item.flag_set_id, item.issues, serving))
-    refused.extend(_drop_dangling_refs(sets, set_sources, evaluators))
+    if result.refused:
+        # Without refusals every flag was checked against exactly these evaluators, so none
+        # can name a missing one (that flag would have been refused).
+        refused.extend(_drop_dangling_refs(sets, set_sources, evaluators))
     return Composed(
         sets=sets,
         set_sources=set_sources,

@@ -40,10 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from control_plane.errors import FlagsNotLoaded, FlagValidationError
-from control_plane.flagstore.flagset import FlagSet, content_hash, default_view
+from control_plane.flagstore.digest import ContentHasher
+from control_plane.flagstore.flagset import FlagSet, default_view
 from control_plane.flagstore.history import InMemoryRecorder, RecordRequest, VersionRecorder
+from control_plane.flagstore.incremental import ReloadCache
 from control_plane.flagstore.issues import ValidationIssue
-from control_plane.flagstore.loader import FlagFiles, check_files, flag_files, read_flag_files
+from control_plane.flagstore.loader import FlagFiles, flag_files, read_flag_files
 from control_plane.flagstore.partial import Composed, RefusedPart, compose
 from control_plane.flagstore.validate import describe
 
@@ -145,6 +147,10 @@ class FlagStore:
         #: Files the admin API removed on purpose: their deletion is not held back.
         self._removed: set[str] = set()
         self._retry_after = 0.0
+        #: What the last reload read and checked, and each flag's canonical JSON, so a reload
+        #: redoes only what changed (see incremental and digest).
+        self._cache = ReloadCache()
+        self._hasher = ContentHasher()
 
     # -- reading -------------------------------------------------------------------------
 
@@ -347,15 +353,15 @@ class FlagStore:
         self._attempt_digest = files.digest
         self._attempt_contents = dict(files.contents)
         current = self._current
-        result = check_files(files)
+        result = self._cache.check_files(files)  # = check_files(files), re-reading changes only
         composed = compose(result, current)
         if result.blocking or (not result.ok and (self.strict or (
                 current is None and composed.flag_count == 0))):
             exc = FlagValidationError(describe(list(result.issues)), issues=result.issues)
             self._refused(exc, at, started, trigger)
             raise exc
-        digest = content_hash(*_default_view(composed), sets=composed.sets,
-                              file_metadata=composed.file_metadata)
+        digest = self._hasher.digest(*_default_view(composed), sets=composed.sets,
+                                     file_metadata=composed.file_metadata)
         changed = current is None or current.content_hash != digest
         if current is not None and not changed:
             # Same definitions (whitespace, order or a flag moved between files): same version.

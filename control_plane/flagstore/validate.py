@@ -11,22 +11,27 @@ file, the JSON path, the line when known, and what to do.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane.flagstore.documents import parse_flag_file
 from control_plane.flagstore.flagset import DEFAULT_SET, default_view, flag_set_id
 from control_plane.flagstore.issues import Location, ValidationIssue, locate
-from control_plane.flagstore.schema import check_document, check_flag_structure
+from control_plane.flagstore.schema import DocumentParts, check_document, check_flag_structure
 from control_plane.flagstore.semantics import check_evaluator_refs, check_flag_semantics
 from control_plane.flagstore.shadow_rules import check_shadow_rules
 from control_plane.flagstore.text_check import check_text_values
 
 __all__ = [
+    "FileRead",
+    "FlagCheck",
     "Refusal",
     "ValidationResult",
     "describe",
+    "merge_reads",
+    "read_file",
+    "read_parsed",
     "validate_contents",
     "validate_document",
     "validate_evaluators",
@@ -140,7 +145,73 @@ def validate_contents(contents: Mapping[str, bytes]) -> ValidationResult:
     return merge.finish(tuple(sorted(contents)))
 
 
+def merge_reads(reads: list[FileRead], check_flag: FlagCheck | None = None) -> ValidationResult:
+    """validate_contents over files already read (sorted by name), with an optional cache of
+    flag checks: the same result as validating their bytes from scratch."""
+    merge = _Merge()
+    merge.check_flag = check_flag
+    for read in reads:
+        merge.add_read(read)
+    return merge.finish(tuple(read.name for read in reads))
+
+
 _FlagId = tuple[str, str]  # (flagSetId, key)
+
+#: validate_flag(key, definition, evaluators, location) with the definition's exact text
+#: (None when unknown), so a cache can answer for a definition it has seen.
+FlagCheck = Callable[[str, Any, Mapping[str, Any], Location, "str | None"],
+                     list[ValidationIssue]]
+
+
+def _check_flag(key: str, definition: Any, evaluators: Mapping[str, Any], where: Location,
+                identity: str | None) -> list[ValidationIssue]:
+    return validate_flag(key, definition, evaluators, location=where)
+
+
+@dataclass(frozen=True)
+class FileRead:
+    """One flag file read on its own: what merging needs, before any cross-file check.
+
+    `parts` is None when the file is refused whole before merging (unreadable, or unsafe
+    text); `issues` are its parse issues (located), `document_issues` those of its top level;
+    `identities` the exact text of each flag's definition when the reader knows it.
+    """
+
+    name: str
+    issues: tuple[ValidationIssue, ...]
+    parts: DocumentParts | None = None
+    set_ids: tuple[str, ...] = ()
+    document_issues: tuple[ValidationIssue, ...] = ()
+    positions: Mapping[Location, tuple[int, int]] = field(default_factory=dict)
+    identities: Mapping[str, str] | None = None
+
+
+def read_file(name: str, content: bytes) -> FileRead:
+    """Parse one file and check its top level (the per-file half of validate_contents)."""
+    parsed = parse_flag_file(name, content)
+    if parsed.data is None:
+        return FileRead(name, tuple(parsed.issues))
+    return read_parsed(name, parsed.data, tuple(parsed.issues), parsed.positions)
+
+
+def read_parsed(name: str, data: Any, issues: tuple[ValidationIssue, ...],
+                positions: Mapping[Location, tuple[int, int]],
+                identities: Mapping[str, str] | None = None,
+                text_clean: bool = False) -> FileRead:
+    """The FileRead of parsed `data`; `text_clean` when its text was checked already."""
+    found: list[ValidationIssue] = []
+    if not text_clean:
+        check_text_values(data, found)
+    if found:  # refused before merging: nothing downstream sees (or hashes) the text
+        return FileRead(name, (*issues, *locate(found, file=name, positions=positions)),
+                        positions=positions)
+    parts = check_document(data, found)
+    set_ids = tuple(
+        flag_set_id(definition, parts.metadata) if isinstance(definition, dict) else DEFAULT_SET
+        for _, definition, _ in parts.flags)
+    return FileRead(name, issues, parts, set_ids,
+                    tuple(locate(found, file=name, positions=positions)), positions,
+                    identities)
 
 
 class _Merge:
@@ -156,30 +227,32 @@ class _Merge:
         self.evaluators: dict[str, Any] = {}
         self.evaluator_file: dict[str, str] = {}
         self.file_metadata: dict[str, dict[str, Any]] = {}
-        self.positions: dict[str, dict[Location, tuple[int, int]]] = {}
+        self.positions: dict[str, Mapping[Location, tuple[int, int]]] = {}
+        #: (flagSetId, key) -> the exact text of its definition, when the reader knows it
+        self.identities: dict[_FlagId, str] = {}
+        #: validate_flag, or a cache of it (see incremental.FlagChecks)
+        self.check_flag: FlagCheck | None = None
 
     def _line(self, file: str, location: Location) -> str:
         found = self.positions.get(file, {}).get(location)
         return f"{file}:{found[0]}" if found else file
 
     def add(self, name: str, content: bytes) -> None:
-        parsed = parse_flag_file(name, content)
-        self.issues.extend(parsed.issues)
-        if parsed.data is None:
+        self.add_read(read_file(name, content))
+
+    def add_read(self, read: FileRead) -> None:
+        """Merge one file as `read_file` read it (the incremental reload caches reads)."""
+        name = read.name
+        self.issues.extend(read.issues)
+        if read.parts is None:
             return
-        self.positions[name] = parsed.positions
+        self.positions[name] = read.positions
+        parts = read.parts
         found: list[ValidationIssue] = []
-        check_text_values(parsed.data, found)
-        if found:  # refused before merging: nothing downstream sees (or hashes) the text
-            self.issues.extend(locate(found, file=name, positions=parsed.positions))
-            return
-        parts = check_document(parsed.data, found)
         if parts.metadata:
             self.file_metadata[name] = parts.metadata
         owners = self.owners.setdefault(name, {})
-        for key, definition, where in parts.flags:
-            set_id = flag_set_id(definition, parts.metadata) if isinstance(definition, dict) \
-                else DEFAULT_SET
+        for (key, definition, where), set_id in zip(parts.flags, read.set_ids, strict=True):
             flag_id = (set_id, key)
             owners[where[:2]] = flag_id
             if flag_id in self.flags:
@@ -198,6 +271,8 @@ class _Merge:
                 continue
             self.flags[flag_id] = definition
             self.flag_where[flag_id] = (name, where)
+            if read.identities is not None:
+                self.identities[flag_id] = read.identities[key]
         for evaluator, rule in parts.evaluators.items():
             if evaluator in self.evaluators:
                 if self.evaluators[evaluator] != rule:
@@ -209,14 +284,17 @@ class _Merge:
                 continue
             self.evaluators[evaluator] = rule
             self.evaluator_file[evaluator] = name
-        self.issues.extend(locate(found, file=name, positions=parsed.positions))
+        self.issues.extend(read.document_issues)
+        self.issues.extend(locate(found, file=name, positions=read.positions))
 
     def finish(self, files: tuple[str, ...]) -> ValidationResult:
+        check = self.check_flag or _check_flag
         for flag_id, definition in self.flags.items():
             file, where = self.flag_where[flag_id]
-            self.issues.extend(locate(validate_flag(flag_id[1], definition, self.evaluators,
-                                                    location=where),
-                                      file=file, positions=self.positions.get(file)))
+            found = check(flag_id[1], definition, self.evaluators, where,
+                          self.identities.get(flag_id))
+            if found:
+                self.issues.extend(locate(found, file=file, positions=self.positions.get(file)))
         for issue in validate_evaluators(self.evaluators):
             file = self.evaluator_file.get(str(issue.location[1]), "") \
                 if len(issue.location) > 1 else ""
@@ -235,11 +313,11 @@ class _Merge:
             if file in refused_files or (file, where) in refused_flags or \
                     not isinstance(definition, dict):
                 continue
-            sets.setdefault(flag_id[0], {})[flag_id[1]] = dict(definition)
+            sets.setdefault(flag_id[0], {})[flag_id[1]] = definition  # shared, never mutated
             set_sources.setdefault(flag_id[0], {})[flag_id[1]] = file
         flags, sources = default_view(sets, set_sources)
         return ValidationResult(
-            flags={key: dict(value) for key, value in flags.items()},
+            flags=dict(flags),  # type: ignore[arg-type]  # shared definitions, never mutated
             evaluators={name: rule for name, rule in self.evaluators.items()
                         if self.evaluator_file[name] not in refused_files},
             sources=sources,
