@@ -148,10 +148,11 @@ def test_incremental_reload_serves_what_a_full_reload_serves(
         if edit == "flag" and key:
             flags[key] = _flag(rng.randrange(50), step + 1, ref=rng.random() < 0.3)
         elif edit == "evaluator":
-            documents["f0.flagd.json"]["$evaluators"] = {
+            name = next((n for n in sorted(documents) if "$evaluators" in documents[n]), name)
+            document = documents[name]
+            document["$evaluators"] = {
                 "testers": {"in": [{"var": "targetingKey"}, [f"user-{step}"]]}
             }
-            name, document = "f0.flagd.json", documents["f0.flagd.json"]
         elif edit == "file-metadata":
             document["metadata"] = {"owner": f"owner-{step}"}
         elif edit == "delete-flag" and key:
