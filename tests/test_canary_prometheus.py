@@ -425,7 +425,7 @@ def test_bad_error_rate_is_rolled_back_after_the_failure_threshold(
     assert first["observed"]["failedChecks"] == 1
     assert "outside the accepted range (at most 0.05)" in first["reason"]
     assert 0.2 < first["observed"]["metrics"][0]["value"] < 0.4
-    assert status["reason"].startswith("2 failed metric checks (failureThreshold 2)")
+    assert status["reason"].startswith("2 failed checks (failureThreshold 2)")
     assert status["weight"] == 0
     with plane.client(VIEWER) as client:
         flag = client.get("/v1/flags/bad-router").json()["flag"]

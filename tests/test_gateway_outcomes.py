@@ -255,6 +255,7 @@ def test_a_canary_moves_on_nginx_only_traffic(
             minRequests=10,
             maxErrorRate=0.1,
             maxP99LatencyRatio=50,
+            checks={"errorRate": {"minSamples": 100}},
         )
         with GatewayTraffic(loop.nginx.url, threads=3, limit=5000) as traffic:
             final = wait_for(

@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from control_plane.experiments.distributions import normal_sf
 from control_plane.experiments.stats import compare_proportions
 
-__all__ = ["QuantileExceedance", "RankTest", "mann_whitney", "quantile_exceedance"]
+__all__ = [
+    "QuantileExceedance",
+    "RankTest",
+    "exceedance_counts",
+    "mann_whitney",
+    "pooled_quantile",
+    "quantile_exceedance",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +93,7 @@ def quantile_exceedance(
         raise ValueError("quantile must be strictly between 0 and 1")
     if not control or not treatment:
         return None
-    pooled = sorted([*control, *treatment])
-    # The median of the pooled sample as numpy/SciPy define it (linear interpolation).
-    position = quantile * (len(pooled) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(pooled) - 1)
-    threshold = pooled[low] + (pooled[high] - pooled[low]) * (position - low)
+    threshold = pooled_quantile(control, treatment, quantile)
     control_above = sum(1 for value in control if value > threshold)
     treatment_above = sum(1 for value in treatment if value > threshold)
     comparison = compare_proportions(control_above, len(control), treatment_above, len(treatment))
@@ -100,3 +102,38 @@ def quantile_exceedance(
     return QuantileExceedance(
         quantile, threshold, control_above, treatment_above, statistic, comparison.p_value, greater
     )
+
+
+def pooled_quantile(control: Sequence[float], treatment: Sequence[float], quantile: float) -> float:
+    """The `quantile` of both samples pooled, as numpy's default (linear interpolation) has it;
+    ValueError when both are empty."""
+    pooled = sorted([*control, *treatment])
+    if not pooled:
+        raise ValueError("no values to take a quantile of")
+    position = quantile * (len(pooled) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(pooled) - 1)
+    return pooled[low] + (pooled[high] - pooled[low]) * (position - low)
+
+
+def exceedance_counts(
+    control: Sequence[float], treatment: Sequence[float], quantile: float, *, scale: float = 1.0
+) -> tuple[int, int, float] | None:
+    """(control above, treatment above, threshold) at the pooled `quantile` of control and
+    treatment / `scale`: the 2x2 table of the pooled-quantile test, where `scale` is the
+    slowdown tolerated (treatment values are divided by it first). None when a sample is empty.
+
+    If treatment / scale and control share one distribution, the treatment's count above the
+    threshold is hypergeometric given the pooled sample, whatever that distribution is.
+    """
+    if not 0.0 < quantile < 1.0:
+        raise ValueError("quantile must be strictly between 0 and 1")
+    if scale <= 0:
+        raise ValueError("scale must be positive")
+    if not control or not treatment:
+        return None
+    scaled = [value / scale for value in treatment] if scale != 1.0 else list(treatment)
+    threshold = pooled_quantile(control, scaled, quantile)
+    control_above = sum(1 for value in control if value > threshold)
+    treatment_above = sum(1 for value in scaled if value > threshold)
+    return control_above, treatment_above, threshold

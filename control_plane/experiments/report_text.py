@@ -155,6 +155,22 @@ def canary_event_line(event: dict[str, Any]) -> str:
             + (f": {why}" if why else ""))
 
 
+def _checks_text(spec: dict[str, Any]) -> str:
+    """The built-in checks of a spec in one phrase (specs stored before `checks` had the two
+    old thresholds instead)."""
+    checks = spec.get("checks")
+    if not spec.get("builtinChecks", True):
+        return "built-in checks off"
+    if not checks:
+        return (f"max error rate {spec.get('maxErrorRate', 0.05):.1%}, max p99 latency "
+                f"{spec.get('maxP99LatencyRatio', 1.5):g}x")
+    errors, latency = checks["errorRate"], checks["latency"]
+    ceiling = f", at most {errors['max']:.1%}" if errors.get("max") is not None else ""
+    return (f"error rate vs stable (alpha {errors['alpha']:g}, floor {errors['floor']:.1%}"
+            f"{ceiling}), p{latency['quantile'] * 100:g} latency vs stable x{latency['maxRatio']:g}"
+            f" (alpha {latency['alpha']:g}, floor {latency['floorMs']:g} ms)")
+
+
 def canary_lines(status: dict[str, Any]) -> list[str]:
     spec = status["spec"]
     lines = [
@@ -162,8 +178,8 @@ def canary_lines(status: dict[str, Any]) -> list[str]:
         f"{status['step']} of {len(status['steps'])} ({' -> '.join(map(str, status['steps']))}"
         f"), canary weight {status['weight']}%",
         f"  {spec['canaryVariant']} against {spec['stableVariant']}, every "
-        f"{spec['intervalSeconds']:g}s with at least {spec['minRequests']} requests, max error "
-        f"rate {spec['maxErrorRate']:.1%}, max p99 latency {spec['maxP99LatencyRatio']:g}x",
+        f"{spec['intervalSeconds']:g}s with at least {spec['minRequests']} requests; "
+        + _checks_text(spec),
     ]
     if status.get("reason"):
         lines.append(f"  reason: {status['reason']}")

@@ -229,6 +229,23 @@ def call_window(*, session: Session, flag: str, variant: str, since: datetime | 
     return CallWindow(int(calls), int(errors), latencies)
 
 
+def call_samples(*, session: Session, flag: str, variants: Collection[str], since: datetime,
+                 until: datetime | None = None, cap: int = LATENCY_SAMPLE_CAP
+                 ) -> list[tuple[str, datetime, int | None, float]]:
+    """(variant, at, status, seconds) of the flag's calls to `variants` in [since, until),
+    oldest first; when there are more than `cap`, the newest `cap` of them (so every variant
+    is cut at the same time, and what is left is one common window)."""
+    conditions = [CallSample.flag == flag, CallSample.variant.in_(list(variants)),
+                  CallSample.at >= since]
+    if until is not None:
+        conditions.append(CallSample.at < until)
+    statement = (select(CallSample.variant, CallSample.at, CallSample.status, CallSample.seconds)
+                 .where(*conditions).order_by(CallSample.at.desc()).limit(cap))
+    rows = [(row[0], row[1], row[2], float(row[3])) for row in session.execute(statement)]
+    rows.reverse()
+    return rows
+
+
 def call_summary(*, session: Session, flag: str) -> dict[str, CallWindow]:
     """All recorded backend calls of a flag, per variant."""
     variants = session.scalars(select(CallSample.variant).where(CallSample.flag == flag)

@@ -36,17 +36,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from control_plane.experiments.distributions import normal_sf
 from control_plane.experiments.stats import Summary
 
 __all__ = [
     "ALPHA",
     "METHOD",
     "PLANNED_UNITS",
+    "STRATA_METHOD",
+    "STRATA_MIXTURE_VARIANCE",
     "SequentialResult",
+    "StratifiedSequential",
+    "StratumTable",
     "always_valid",
+    "mixture_p_value",
     "mixture_rho_squared",
     "sequential_means",
     "sequential_proportions",
+    "sequential_strata",
 ]
 
 ALPHA = 0.05
@@ -156,4 +163,122 @@ def sequential_means(
         control.n + treatment.n,
         alpha=alpha,
         planned_units=planned_units,
+    )
+
+
+# -- stratified 2x2 tables: canary gates ---------------------------------------------------------
+
+#: Variance of the normal mixture over the log odds ratio in `sequential_strata` (prior sd 0.71:
+#: odds ratios from 0.5 to 2 within one sd). Chosen for canary gates with bench/canary_gates.py
+#: (a doubled error rate is a log odds ratio of about 0.7).
+STRATA_MIXTURE_VARIANCE = 0.5
+STRATA_METHOD = (
+    "sequential Cochran-Mantel-Haenszel score, normal mixture over the log odds ratio "
+    "(Howard et al. 2021)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StratumTable:
+    """One 2x2 table: `treatment_bad` of `treatment_n` against `control_bad` of `control_n`."""
+
+    treatment_bad: int
+    treatment_n: int
+    control_bad: int
+    control_n: int
+
+
+@dataclass(frozen=True, slots=True)
+class StratifiedSequential:
+    """The always-valid test of "the treatment is as likely to be bad as the control", over
+    tables from successive strata (time intervals), at this look."""
+
+    #: Cochran-Mantel-Haenszel score: observed minus expected bad treatment outcomes.
+    score: float
+    #: Its variance under the null (sum of the hypergeometric variances).
+    variance: float
+    #: score / sqrt(variance), the CMH z (0 without information).
+    statistic: float
+    #: Always-valid two-sided p-value (normal mixture; min(1, 1 / mixture likelihood ratio)).
+    p_value: float
+    #: Mantel-Haenszel common odds ratio (None when undefined).
+    odds_ratio: float | None
+    strata: int
+    mixture_variance: float
+    method: str = STRATA_METHOD
+
+
+def _hypergeometric(table: StratumTable) -> tuple[float, float]:
+    """(mean, variance) of the treatment's bad count given the table's margins."""
+    n1, n0 = table.treatment_n, table.control_n
+    total = n1 + n0
+    bad = table.treatment_bad + table.control_bad
+    if n1 == 0 or n0 == 0 or total < 2:
+        return float(table.treatment_bad), 0.0
+    mean = n1 * bad / total
+    variance = n1 * n0 * bad * (total - bad) / (total * total * (total - 1))
+    return mean, variance
+
+
+def mixture_p_value(
+    score: float, variance: float, mixture_variance: float, *, one_sided: bool = False
+) -> float:
+    """Always-valid p-value of a score with null variance V: 1 / the mixture likelihood ratio
+    of exp(l S - l^2 V / 2) over l ~ N(0, t) (t the mixing variance), which is
+    (1 + t V)^(-1/2) exp(b^2 / 2) with b = S sqrt(t / (1 + t V)). `one_sided`: l over the
+    half-normal on l > 0 (evidence of a positive score only), 2 Phi(b) times as large."""
+    if variance <= 0 or mixture_variance <= 0:
+        return 1.0
+    grown = 1.0 + mixture_variance * variance
+    b = score * math.sqrt(mixture_variance / grown)
+    log_ratio = -0.5 * math.log(grown) + 0.5 * b * b
+    if one_sided:
+        below = normal_sf(-b)  # Phi(b)
+        if below <= 0:
+            return 1.0
+        log_ratio += math.log(2.0 * below)
+    return 1.0 if log_ratio <= 0 else min(1.0, math.exp(-log_ratio))
+
+
+def sequential_strata(
+    tables: list[StratumTable],
+    *,
+    mixture_variance: float = STRATA_MIXTURE_VARIANCE,
+    one_sided: bool = False,
+) -> StratifiedSequential:
+    """Always-valid comparison of two bad-outcome rates over successive strata.
+
+    Within each stratum the treatment's bad count is hypergeometric under the null (the two
+    share one rate there, whatever the rate does from one stratum to the next), so the summed
+    score minus its expectation is a martingale over the strata with the summed variance as its
+    clock; the normal mixture over the effect (Robbins; Howard et al. 2021, eq. 14) turns it
+    into a p-value that may be read after every stratum: P(ever p <= alpha) <= alpha, in the
+    normal approximation of the score. Strata where one side has no data add nothing.
+    `one_sided`: evidence that the treatment is worse only (see `mixture_p_value`).
+    """
+    score = variance = 0.0
+    ad_sum = bc_sum = 0.0
+    used = 0
+    for table in tables:
+        if table.treatment_n == 0 or table.control_n == 0:
+            continue
+        used += 1
+        mean, var = _hypergeometric(table)
+        score += table.treatment_bad - mean
+        variance += var
+        total = table.treatment_n + table.control_n
+        treatment_good = table.treatment_n - table.treatment_bad
+        control_good = table.control_n - table.control_bad
+        ad_sum += table.treatment_bad * control_good / total
+        bc_sum += treatment_good * table.control_bad / total
+    statistic = score / math.sqrt(variance) if variance > 0 else 0.0
+    odds_ratio = ad_sum / bc_sum if bc_sum > 0 else None
+    return StratifiedSequential(
+        score,
+        variance,
+        statistic,
+        mixture_p_value(score, variance, mixture_variance, one_sided=one_sided),
+        odds_ratio,
+        used,
+        mixture_variance,
     )

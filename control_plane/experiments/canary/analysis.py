@@ -1,11 +1,10 @@
-"""Judging one canary step from the recorded backend calls: wait, pass, or fail (and why).
+"""Where the current step stands: has the canary had its `minRequests` calls, and its figures.
 
-The canary's calls are counted from the start of the current step; the stable variant's
-latency baseline from the start of the run (at high canary weights the stable variant gets
-little traffic in the step itself). An error is a 5xx answer or no answer at all. Thresholds
-are judged as soon as the canary has `minRequests` calls in the step, so a bad canary is
-stopped at the first tick after that, not at the end of the interval. Stable p99 latencies below
-1 ms count as 1 ms, so loopback-fast baselines do not turn jitter into a huge ratio.
+The canary's calls are counted from the start of the current step, the stable variant's from
+the start of the run. This only says whether a step may pass on traffic ("wait" or "pass") and
+shows the figures (error rate, p99 and, for a glance, the ratio of the two p99s); whether the
+canary is healthy is judged interval by interval by the built-in checks
+(control_plane.experiments.canary.gates) and the metric checks, never by that ratio.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ _LATENCY_FLOOR = 0.001
 
 @dataclass(frozen=True)
 class Verdict:
-    #: "wait" (not enough calls yet), "pass" (thresholds hold) or "fail" (roll back).
+    #: "wait" (fewer than minRequests canary calls in the step) or "pass" (enough).
     outcome: str
     reason: str
     observed: dict[str, Any] = field(default_factory=dict)
@@ -37,33 +36,23 @@ def _ms(seconds: float | None) -> float | None:
 def judge(spec: CanarySpec, canary: CallWindow, stable: CallWindow) -> Verdict:
     canary_p99 = nearest_rank(canary.latencies, 0.99)
     stable_p99 = nearest_rank(stable.latencies, 0.99)
-    error_rate = canary.errors / canary.calls if canary.calls else None
+    ratio = (
+        round(canary_p99 / max(stable_p99, _LATENCY_FLOOR), 3)
+        if canary_p99 is not None and stable_p99 is not None
+        else None
+    )
     observed: dict[str, Any] = {
-        "canaryCalls": canary.calls, "canaryErrors": canary.errors,
-        "canaryErrorRate": error_rate, "canaryP99Ms": _ms(canary_p99),
-        "stableCalls": stable.calls, "stableErrors": stable.errors,
+        "canaryCalls": canary.calls,
+        "canaryErrors": canary.errors,
+        "canaryErrorRate": canary.errors / canary.calls if canary.calls else None,
+        "canaryP99Ms": _ms(canary_p99),
+        "stableCalls": stable.calls,
+        "stableErrors": stable.errors,
         "stableP99Ms": _ms(stable_p99),
+        "p99LatencyRatio": ratio,
     }
     if canary.calls < spec.min_requests:
-        return Verdict("wait", f"{canary.calls} of {spec.min_requests} canary requests in this "
-                               "step", observed)
-    assert error_rate is not None
-    if error_rate > spec.max_error_rate:
-        return Verdict("fail", f"canary error rate {error_rate:.1%} ({canary.errors} of "
-                               f"{canary.calls} calls failed) is above the maximum "
-                               f"{spec.max_error_rate:.1%}", observed)
-    if canary_p99 is not None and stable_p99 is not None \
-            and len(stable.latencies) >= spec.min_requests:
-        ratio = canary_p99 / max(stable_p99, _LATENCY_FLOOR)
-        observed["p99LatencyRatio"] = round(ratio, 3)
-        if ratio > spec.max_p99_latency_ratio:
-            return Verdict("fail", f"canary p99 latency {canary_p99 * 1000:.1f} ms is "
-                                   f"{ratio:.1f}x the stable p99 {stable_p99 * 1000:.1f} ms, "
-                                   f"above the maximum {spec.max_p99_latency_ratio:g}x",
-                           observed)
-    else:
-        observed["p99LatencyRatio"] = None
-        observed["latencyNote"] = (f"latency not compared: the stable variant has "
-                                   f"{len(stable.latencies)} answered calls in this run, "
-                                   f"fewer than {spec.min_requests}")
-    return Verdict("pass", f"{canary.calls} canary requests within the thresholds", observed)
+        return Verdict(
+            "wait", f"{canary.calls} of {spec.min_requests} canary requests in this step", observed
+        )
+    return Verdict("pass", f"{canary.calls} canary requests in this step", observed)

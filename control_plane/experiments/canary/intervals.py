@@ -10,14 +10,18 @@ tick after an interval ends:
    the step cannot advance, and the idle count grows; at `idleIntervals` the run reports
    itself idle, once per idle spell (an event, a status warning, the
    control_plane_canary_idle_intervals gauge and the ControlPlaneCanaryIdle alert).
-2. Metrics. Each query is filled in (control_plane.experiments.canary.templating), evaluated
+2. Built-in checks (unless `builtinChecks: false`): error rate and latency, canary against
+   stable over the run's intervals (control_plane.experiments.canary.gates); each passes,
+   fails or waits (short of its `minSamples`).
+3. Metrics. Each query is filled in (control_plane.experiments.canary.templating), evaluated
    now, and judged: pass (inside `thresholdRange`), fail (outside), no_data (empty vector or
-   NaN) or error (the query failed: unreachable, timeout, refused, not one number). The
-   interval's check passes only when every metric passes; anything else is one failed check,
-   which the service counts over the run against `failureThreshold` (Flagger's semantics:
-   one blip does not roll back).
+   NaN) or error (the query failed: unreachable, timeout, refused, not one number).
 
-A step advances only while its latest check passed. Which interval was looked at last, the idle
+The interval's check fails when a built-in check fails or a metric does not pass: one failed
+check, which the service counts over the run against `failureThreshold` (Flagger's semantics:
+one blip does not roll back). It waits when nothing failed but a built-in check is waiting, and
+passes otherwise. A step advances only while its latest check passed (or waits, on the way to a
+step that still has stable traffic). Which interval was looked at last, the idle
 count and the latest check are kept in memory per run and step: a restarted control plane
 starts them afresh (intervals it did not watch are not counted as idle), while failed checks
 are events in the database and carry over.
@@ -36,6 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from control_plane.db.models import utc_now
 from control_plane.errors import InvalidCanary
+from control_plane.experiments.canary.gates import GateResult
 from control_plane.experiments.canary.prometheus import (
     InstantQuery,
     MetricError,
@@ -87,17 +92,28 @@ class MetricResult:
 
 @dataclass(frozen=True)
 class IntervalCheck:
-    #: pass (every metric passed) or fail (one failed check).
+    #: pass, fail (one failed check) or wait (nothing failed, a built-in check is short of
+    #: its minSamples).
     outcome: str
     reason: str
     metrics: tuple[MetricResult, ...]
+    #: The built-in checks (errorRate, latency) at this interval.
+    checks: tuple[GateResult, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "outcome": self.outcome,
             "reason": self.reason,
+            "checks": [check.to_json() for check in self.checks],
             "metrics": [metric.to_json() for metric in self.metrics],
         }
+
+    @property
+    def failed(self) -> list[str]:
+        """The names of what failed: built-in checks and metrics."""
+        return [c.name for c in self.checks if c.outcome == "fail"] + [
+            m.name for m in self.metrics if m.outcome != "pass"
+        ]
 
 
 @dataclass(frozen=True)
@@ -109,7 +125,8 @@ class Tick:
     newly_idle: bool
     #: The check made at this tick, if an interval ended and the canary had traffic.
     check: IntervalCheck | None
-    #: The metrics let the step advance: no metrics, or the latest interval's check passed.
+    #: The checks let the step advance: nothing to check and traffic seen, or the latest
+    #: interval's check passed or waits (the service decides what a wait allows).
     may_advance: bool
 
 
@@ -178,8 +195,10 @@ class IntervalAnalysis:
         spec: CanarySpec,
         now: datetime,
         recorded_calls: Callable[[datetime], int],
+        builtin: Callable[[], tuple[GateResult, ...]] | None = None,
     ) -> Tick:
-        """Look at the intervals of the step that ended since the last tick."""
+        """Look at the intervals of the step that ended since the last tick; `builtin` judges
+        the built-in checks (None: they are off)."""
         interval = spec.interval_seconds
         ended = max(0, int((now - step_started_at).total_seconds() // interval))
         watch = self._watch(run_id, step_index, step_started_at, ended)
@@ -199,15 +218,16 @@ class IntervalAnalysis:
                     watch.reported = newly_idle = True
             else:
                 watch.idle, watch.reported = 0, False
-                if spec.metrics:
-                    check = self._check(flag, spec)
+                if spec.metrics or builtin is not None:
+                    check = self._check(flag, spec, builtin() if builtin is not None else ())
             if check is not None:
                 watch.check = check
         if self.metrics is not None:
             self.metrics.idle_intervals.labels(flag).set(watch.idle)
         latest = watch.check
-        may_advance = (not spec.metrics and watch.idle == 0) or (
-            latest is not None and latest.outcome == "pass"
+        judged = bool(spec.metrics) or builtin is not None
+        may_advance = (not judged and watch.idle == 0) or (
+            latest is not None and latest.outcome in ("pass", "wait")
         )
         return Tick(watch.idle, newly_idle, check, may_advance)
 
@@ -280,20 +300,24 @@ class IntervalAnalysis:
                 "trafficQuery", "error", None, f"query failed ({exc.kind}): {exc.detail}"
             )
 
-    def _check(self, flag: str, spec: CanarySpec) -> IntervalCheck:
+    def _check(self, flag: str, spec: CanarySpec, builtin: tuple[GateResult, ...]) -> IntervalCheck:
         values = self._values(flag, spec)
         results = [self._evaluate(metric, values) for metric in spec.metrics]
         self._count(flag, results)
-        bad = [result for result in results if result.outcome != "pass"]
-        if not bad:
-            return IntervalCheck(
-                "pass",
+        bad = [f"{gate.name}: {gate.detail}" for gate in builtin if gate.outcome == "fail"] + [
+            f"{result.name}: {result.detail}" for result in results if result.outcome != "pass"
+        ]
+        if bad:
+            return IntervalCheck("fail", "; ".join(bad), tuple(results), builtin)
+        parts = [f"{gate.name}: {gate.detail}" for gate in builtin]
+        if results:
+            parts.append(
                 f"{len(results)} metric(s) within their ranges: "
-                + ", ".join(f"{r.name} {r.value:g}" for r in results if r.value is not None),
-                tuple(results),
+                + ", ".join(f"{r.name} {r.value:g}" for r in results if r.value is not None)
             )
+        waiting = any(gate.outcome == "wait" for gate in builtin)
         return IntervalCheck(
-            "fail", "; ".join(f"{result.name}: {result.detail}" for result in bad), tuple(results)
+            "wait" if waiting else "pass", "; ".join(parts), tuple(results), builtin
         )
 
     def _evaluate(self, metric: MetricCheck, values: dict[str, str]) -> MetricResult:

@@ -26,6 +26,12 @@ from control_plane.db.models import utc_now
 from control_plane.errors import CanaryNotFound, Conflict
 from control_plane.experiments import repository
 from control_plane.experiments.canary.analysis import Verdict, judge
+from control_plane.experiments.canary.gates import (
+    GateResult,
+    judge_gates,
+    strata_from_samples,
+    stratum_tables,
+)
 from control_plane.experiments.canary.intervals import IntervalAnalysis, IntervalCheck, Tick
 from control_plane.experiments.canary.spec import CanarySpec
 from control_plane.experiments.canary.status_json import (
@@ -48,8 +54,10 @@ log = logging.getLogger(__name__)
 CONTROLLER_ACTOR = "canary-controller"
 #: The `source` of flag set versions written by canaries (see `control-plane history`).
 FLAG_SOURCE = "canary"
-#: Latency samples read per variant when judging a step (the newest ones).
+#: Latency samples read per variant for a step's figures (the newest ones).
 _JUDGE_SAMPLE_CAP = 10_000
+#: Calls (both variants) read for the built-in checks: the run's newest ones.
+_GATE_SAMPLE_CAP = 200_000
 
 
 class CanaryService:
@@ -263,6 +271,9 @@ class CanaryService:
             spec=spec,
             now=now,
             recorded_calls=lambda since: self._recorded_calls(seen.flag, spec, since),
+            builtin=(lambda: self.gates(seen.flag, seen.started_at, spec, now))
+            if spec.builtin_checks
+            else None,
         )
         with self._lock:
             with self.database.session() as session:
@@ -272,18 +283,6 @@ class CanaryService:
                 if run.revision != seen.revision:
                     return "wait"
                 verdict = self._verdict(session, run)
-            if verdict.outcome == "fail":
-                self._finish(
-                    run,
-                    spec,
-                    state="rolled_back",
-                    action="rolled_back",
-                    actor=CONTROLLER_ACTOR,
-                    weight=0,
-                    reason=verdict.reason,
-                    observed=verdict.observed,
-                )
-                return "rolled_back"
             if tick.newly_idle:
                 self._report_idle(run, spec, tick)
             if tick.check is not None and tick.check.outcome == "fail":
@@ -292,11 +291,16 @@ class CanaryService:
             if verdict.outcome != "pass" or elapsed < spec.interval_seconds or not tick.may_advance:
                 return "wait"
             latest = self.analysis.current(run.id)[1]
+            last_compared = (
+                run.step_index + 1 >= len(spec.steps) or spec.steps[run.step_index + 1] >= 100
+            )
+            if latest is not None and latest.outcome == "wait" and last_compared:
+                return "wait"  # a check short of its minSamples: no comparison left after this
             if latest is not None:
                 verdict = Verdict(
                     verdict.outcome,
                     f"{verdict.reason}; {latest.reason}",
-                    {**verdict.observed, "metrics": latest.to_json()["metrics"]},
+                    {**verdict.observed, **self._check_json(latest)},
                 )
             if run.step_index + 1 >= len(spec.steps):
                 self._finish(
@@ -315,6 +319,33 @@ class CanaryService:
             return "step"
 
     # -- internals ---------------------------------------------------------------------------
+
+    def gates(
+        self, flag: str, run_started_at: datetime, spec: CanarySpec, now: datetime
+    ) -> tuple[GateResult, ...]:
+        """The built-in checks over the run's calls so far, in strata of intervalSeconds."""
+        with self.database.session() as session:
+            samples = repository.call_samples(
+                session=session,
+                flag=flag,
+                variants=(spec.canary_variant, spec.stable_variant),
+                since=run_started_at,
+                until=now,
+                cap=_GATE_SAMPLE_CAP,
+            )
+        strata = strata_from_samples(
+            samples,
+            canary_variant=spec.canary_variant,
+            stable_variant=spec.stable_variant,
+            start=run_started_at,
+            width_seconds=spec.interval_seconds,
+        )
+        return judge_gates(spec.checks, [stratum_tables(spec.checks, s) for s in strata])
+
+    @staticmethod
+    def _check_json(check: IntervalCheck) -> dict[str, Any]:
+        body = check.to_json()
+        return {"checks": body["checks"], "metrics": body["metrics"]}
 
     def _verdict(self, session: Any, run: CanaryRun) -> Verdict:
         spec = CanarySpec.model_validate(run.spec)
@@ -345,12 +376,13 @@ class CanaryService:
     def _failed_check(
         self, run: CanaryRun, spec: CanarySpec, check: IntervalCheck, verdict: Verdict
     ) -> str:
-        """Count one failed metric check; roll back at `failureThreshold` of them."""
+        """Count one failed check; roll back at `failureThreshold` of them."""
         with self.database.session() as session:
             failed = failed_checks(session, run.id) + 1
         observed = {
             **verdict.observed,
-            "metrics": check.to_json()["metrics"],
+            **self._check_json(check),
+            "failed": check.failed,
             "failedChecks": failed,
             "failureThreshold": spec.failure_threshold,
         }
@@ -362,7 +394,7 @@ class CanaryService:
                 action="rolled_back",
                 actor=CONTROLLER_ACTOR,
                 weight=0,
-                reason=f"{failed} failed metric checks (failureThreshold "
+                reason=f"{failed} failed checks (failureThreshold "
                 f"{spec.failure_threshold}); the last: {check.reason}",
                 observed=observed,
             )
@@ -384,7 +416,7 @@ class CanaryService:
             )
         self._count(run.flag, CHECK_FAILED, run.weight)
         log.warning(
-            "canary of %s: failed metric check %d (rollback at %d): %s",
+            "canary of %s: failed check %d (rollback at %d): %s",
             run.flag,
             failed,
             spec.failure_threshold,

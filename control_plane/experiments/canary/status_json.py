@@ -21,12 +21,12 @@ __all__ = [
     "run_json",
 ]
 
-#: The event of one failed metric check (a run rolls back at `failureThreshold` of them).
+#: The event of one failed check, built-in or metric (rollback at `failureThreshold` of them).
 CHECK_FAILED = "check_failed"
 
 
 def failed_checks(session: Session, run_id: int) -> int:
-    """The run's failed metric checks so far (its `check_failed` events)."""
+    """The run's failed checks so far (its `check_failed` events)."""
     count, after = 0, 0
     while events := repository.canary_events(session=session, run_id=run_id, after=after):
         count += sum(1 for event in events if event.action == CHECK_FAILED)
