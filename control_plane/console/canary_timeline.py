@@ -93,6 +93,15 @@ def call_points(*, session: Session, flag: str, variants: tuple[str, ...], since
                                   until=until, cap=cap)
 
 
+def _check(spec: dict[str, Any], check: str, field: str, legacy: str) -> float | None:
+    """A gate's limit from `checks`, or the spec's old top-level field for older runs."""
+    checks = spec.get("checks")
+    value = checks.get(check, {}).get(field) if isinstance(checks, dict) else None
+    if value is None:
+        value = spec.get(legacy)
+    return float(value) if isinstance(value, int | float) else None
+
+
 def _ms(seconds: float | None) -> float | None:
     return round(seconds * 1000, 3) if seconds is not None else None
 
@@ -160,8 +169,11 @@ def timeline(*, session: Session, run: CanaryRun, buckets: int, now: datetime
         "stableVariant": stable, "canaryVariant": canary,
         "startedAt": start.isoformat(), "endedAt": end.isoformat(),
         "spanSeconds": round(span, 3), "bucketSeconds": round(width, 3),
-        "thresholds": {"maxErrorRate": spec.get("maxErrorRate"),
-                       "maxP99LatencyRatio": spec.get("maxP99LatencyRatio"),
+        # The gates' own limits (spec `checks`): the error-rate ceiling and the latency ratio
+        # the canary may reach before its quantile test counts it slower.
+        "thresholds": {"maxErrorRate": _check(spec, "errorRate", "max", "maxErrorRate"),
+                       "maxP99LatencyRatio": _check(spec, "latency", "maxRatio",
+                                                    "maxP99LatencyRatio"),
                        "minRequests": spec.get("minRequests")},
         "samples": len(points), "truncated": len(points) >= SAMPLE_CAP,
         "buckets": rows,

@@ -270,7 +270,7 @@ def test_operator_aborts_a_canary_with_the_button_and_sees_it_in_the_history(
     expect(card.locator(".stat-weight .stat-value")).to_have_text("20%")
     expect(card.locator(".step-current")).to_contain_text("20%")
     expect(card.locator(".canary-error-chart .threshold")).to_have_count(1)
-    expect(card.locator(".canary-error-chart")).to_contain_text("max 5.0%")
+    expect(card.locator(".canary-error-chart")).to_contain_text("max 25.0%")
     with console.client(VIEWER) as client:
         timeline = client.get(f"/v1/canaries/{CHAT}/timeline").json()
     canary_calls = sum(bucket["canaryCalls"] for bucket in timeline["buckets"])

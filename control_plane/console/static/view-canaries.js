@@ -91,12 +91,12 @@ function canaryCard(status, timeline, ctx, refresh) {
     stat("canary weight", `${status.weight}%`, { cls: "stat-weight" }),
     stat("step", `${status.step} of ${status.steps.length}`),
     active ? stat("canary calls in step", `${int(current.canaryCalls)} / ${int(spec.minRequests)}`) : null,
-    active ? stat("canary error rate", pct(current.canaryErrorRate, 1), { cls: current.canaryErrorRate > spec.maxErrorRate ? "stat-bad" : "" }) : null,
+    active ? stat("canary error rate", pct(current.canaryErrorRate, 1), { cls: current.canaryErrorRate > errorCeiling(spec) ? "stat-bad" : "" }) : null,
     active ? stat("canary p99", ms(current.canaryP99Ms)) : null,
     active ? stat("stable p99", ms(current.stableP99Ms)) : null,
     active ? stat("p99 ratio", ratio(current.p99LatencyRatio)) : null);
   const thresholds = h("p", { class: "hint thresholds" },
-    `A step passes after ${duration(spec.intervalSeconds)} with at least ${int(spec.minRequests)} canary requests, an error rate of at most ${pct(spec.maxErrorRate, 1)} and a p99 latency of at most ${ratio(spec.maxP99LatencyRatio)} the stable p99.`);
+    gateText(spec));
   const verdictLine = active && current.reason ? h("p", { class: "verdict" }, verdict, " ", current.reason, current.latencyNote ? ` (${current.latencyNote})` : "") : null;
   const reason = !active && status.reason ? h("div", { class: ["callout", status.state === "promoted" ? "callout-ok" : "callout-bad"], dataset: { reason: status.state } }, h("strong", {}, `${status.state.replace("_", " ")}: `), status.reason) : null;
   const events = table(["Time", "Action", "By", "Weight#", "Flag set#", "Detail"], [...status.events].reverse().map((event) => h("tr", { dataset: { action: event.action } },
@@ -158,4 +158,20 @@ export function canariesView(root, ctx) {
   refresh();
   const timer = setInterval(() => { if (!document.hidden && !document.querySelector("dialog[open]")) refresh(); }, REFRESH_MS);
   return () => { stopped = true; clearInterval(timer); };
+}
+
+// The canary gates (spec.checks): a statistical comparison with stable over the same windows.
+function errorCeiling(spec) {
+  return (spec.checks && spec.checks.errorRate && spec.checks.errorRate.max) ?? spec.maxErrorRate;
+}
+
+function gateText(spec) {
+  const checks = spec.checks || {};
+  const errors = checks.errorRate || {};
+  const latency = checks.latency || {};
+  return `A step passes after ${duration(spec.intervalSeconds)} with at least ${int(spec.minRequests)} canary requests ` +
+    `unless the canary is worse than stable: errors by an always-valid test (α ${errors.alpha ?? "–"}, ` +
+    `ceiling ${pct(errors.max, 1)}, never below ${pct(errors.floor, 1)}), latency by its p${Math.round((latency.quantile ?? 0.9) * 100)} ` +
+    `within ${ratio(latency.maxRatio)} of stable's (α ${latency.alpha ?? "–"}, never below ${latency.floorMs ?? "–"} ms); ` +
+    `${int(spec.failureThreshold ?? 1)} failed checks roll it back.`;
 }
