@@ -1,6 +1,7 @@
 """Decisions per second, p99 and server CPU of GET /v1/decide, as ratios to a raw ASGI app.
 
     python bench/decide.py [--seconds 10] [--connections 32] [--rounds 3] [--before DIR]
+                           [--workers N]
 
 In each round, one after another on loopback: the raw ASGI app (bench/raw_asgi.py, one uvicorn
 worker, uvloop + httptools), then `control-plane serve` (one process, SQLite) deciding a plain
@@ -10,6 +11,8 @@ carrying one of 1,000,000 distinct x-user-id values. Server CPU per request is r
 /proc (the server process and its children, such as the exposure writer) around the measured
 run, because req/s is noisy on this shared machine. `--before DIR` also serves from another
 checkout (a `git worktree` of an earlier commit) in the same rounds, for before/after figures.
+`--workers N` (N > 1) also serves both flags with `control-plane serve --workers N` (the
+primary and N-1 SO_REUSEPORT workers; CPU summed over all of them) against the same raw app.
 Prints a JSON report: per case the best and median of the rounds, and ratios to the raw app.
 """
 
@@ -50,7 +53,7 @@ try:
     from control_plane.cli.entry import main
 except ImportError:
     from control_plane.cli import main
-sys.argv = ["control-plane", "serve", "--log-level", "warning"]
+sys.argv = ["control-plane", "serve", "--log-level", "warning", *sys.argv[1:]]
 main()
 """
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -109,7 +112,8 @@ def measured(pid: int, url: str, args: argparse.Namespace, script: Path) -> dict
 
 
 @contextlib.contextmanager
-def serve(checkout: Path, tmp: Path, name: str) -> Iterator[tuple[int, str]]:
+def serve(checkout: Path, tmp: Path, name: str, workers: int = 1
+          ) -> Iterator[tuple[int, str]]:
     """`control-plane serve` of `checkout` on a free port, its own SQLite and journal."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(checkout), "CP_PORT": str(port),
@@ -117,7 +121,8 @@ def serve(checkout: Path, tmp: Path, name: str) -> Iterator[tuple[int, str]]:
            "DATABASE_URL": f"sqlite:///{tmp}/{name}.db",
            "CP_EXPOSURE_SPILL_DIR": f"{tmp}/{name}-journal"}
     env.pop("CP_DATABASE_URL", None)
-    process = subprocess.Popen([sys.executable, "-c", _SERVE], env=env, cwd=tmp)
+    extra = ["--workers", str(workers)] if workers > 1 else []
+    process = subprocess.Popen([sys.executable, "-c", _SERVE, *extra], env=env, cwd=tmp)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -127,7 +132,8 @@ def serve(checkout: Path, tmp: Path, name: str) -> Iterator[tuple[int, str]]:
             with contextlib.suppress(OSError, subprocess.CalledProcessError):
                 subprocess.run(["curl", "-fs", "-o", "/dev/null", f"{url}/readyz"],
                                check=True, timeout=2)
-                break
+                if workers == 1 or _running(url) >= workers:  # every worker listens
+                    break
             if time.monotonic() > deadline:
                 raise RuntimeError("control-plane serve did not become ready")
             time.sleep(0.2)
@@ -176,6 +182,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     with serve(checkout, tmp, f"{label}-{kind}-{number}") as (pid, url):
                         result = measured(pid, f"{url}/v1/decide/{flag}", args, script)
                     rounds.setdefault(f"{label}_{kind}", []).append(result)
+            if args.workers > 1:  # serve --workers N (this checkout only)
+                for kind, flag in (("plain", PLAIN), ("experiment", EXPERIMENT)):
+                    name = f"after-{kind}-workers{args.workers}-{number}"
+                    with serve(ROOT, tmp, name, args.workers) as (pid, url):
+                        result = measured(pid, f"{url}/v1/decide/{flag}", args, script)
+                    rounds.setdefault(f"after_{kind}_workers{args.workers}", []).append(result)
             print(f"round {number + 1}/{args.rounds} done", file=sys.stderr)
     report: dict[str, Any] = {"cases": {name: summary(items) for name, items in rounds.items()}}
     report["ratios_to_raw"] = {name: ratios(items, rounds["raw"])
@@ -187,6 +199,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             / statistics.median(item["p99_ms"] for item in plain), 2)
     report["all_rounds"] = rounds
     return report
+
+
+def _running(url: str) -> int:
+    """Processes serving `url`: those whose metrics the merged /metrics page holds (a worker
+    answers its internal scrape once it listens on the port), 0 if unknown."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        page = subprocess.run(["curl", "-fs", f"{url}/metrics"], capture_output=True,
+                              text=True, check=True, timeout=5).stdout
+        return len(set(re.findall(r'^control_plane_flag_set_version\{worker="(\d+)"\}', page,
+                                  re.MULTILINE)))
+    return 0
 
 
 def _server_pid(url: str) -> int:
@@ -236,6 +259,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", help="another checkout to serve from in the same rounds")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="also serve with `serve --workers N` (N > 1) in each round")
     args = parser.parse_args()
     report: dict[str, Any] = {
         "benchmark": "decide",
@@ -244,11 +269,12 @@ def main() -> None:
                    "raw_app": ["uvicorn", *UVICORN_ARGS, "--loop", "uvloop", "--http",
                                "httptools"],
                    "served": "control-plane serve (one process, SQLite)",
-                   "before": args.before,
+                   "before": args.before, "workers": args.workers,
                    "load_generator": "wrk -t1 (closed loop), 1M distinct x-user-id values",
                    "cpus": os.cpu_count(), "python": platform.python_version()},
         "targets": {"plain_ratio": 0.9, "experiment_ratio": 0.8,
-                    "experiment_p99_over_plain_p99": 2.0, "in_process_us": 2.0},
+                    "experiment_p99_over_plain_p99": 2.0, "in_process_us": 2.0,
+                    "workers2_ratio": 1.1},
         "in_process": in_process(),
     }
     report.update(measure(args))

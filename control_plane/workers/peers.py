@@ -46,6 +46,7 @@ class PeerClient:
         self._headers = {"authorization": f"Bearer {token}"}
         self._timeout = timeout
         self.errors = 0  # failed reads, for control_plane_worker_scrape_errors
+        self._answered: set[int] = set()  # pids that answered once (a starting one is quiet)
 
     async def expositions(self, peers: Sequence[Peer]) -> list[tuple[str, str]]:
         """(worker label, text exposition) of every worker that answered."""
@@ -64,6 +65,7 @@ class PeerClient:
         except httpx.HTTPError as exc:
             self._failed(peer, "metrics", exc)
             return None
+        self._answered.add(peer.pid)
         return response.text
 
     def windows(
@@ -82,10 +84,15 @@ class PeerClient:
                     found.append(
                         {flag: window_from_json(flag, data) for flag, data in body["flags"].items()}
                     )
+                    self._answered.add(peer.pid)
                 except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
                     self._failed(peer, "traffic", exc)
         return found
 
     def _failed(self, peer: Peer, what: str, exc: Exception) -> None:
         self.errors += 1
-        log.warning("worker %d (pid %d) did not answer its %s: %s", peer.index, peer.pid, what, exc)
+        # A worker still starting does not answer yet: said at debug level until it has.
+        level = logging.WARNING if peer.pid in self._answered else logging.DEBUG
+        log.log(
+            level, "worker %d (pid %d) did not answer its %s: %s", peer.index, peer.pid, what, exc
+        )

@@ -119,7 +119,7 @@ class WorkerPool:
         )
         self.running = Gauge(
             "control_plane_workers_running",
-            "serve --workers: processes serving the port (the primary included).",
+            "serve --workers: processes running (the primary included; a starting worker counts).",
             registry=registry,
         )
         self.running.set_function(lambda: 1 + len(self.peers()))
