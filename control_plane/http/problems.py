@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Send
 
@@ -138,6 +139,13 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(500, "Internal error",
                                 "the control plane failed; the error is logged")
 
+    async def on_client_gone(request: Request, exc: Exception) -> Response:
+        # The client left before its request body was in: nobody is there to answer, and it
+        # is nobody's error. Logged quietly, never as a crash (499 is nginx's name for it).
+        log.debug("client left mid-request on %s %s", request.method, request.url.path)
+        return Response(status_code=499)
+
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
     app.add_exception_handler(errors.ControlPlaneError, on_domain)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
