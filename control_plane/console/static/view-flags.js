@@ -39,8 +39,20 @@ function statusCard(status) {
       stat("files", int((status.files || []).length), { title: (status.files || []).join("\n") }),
       stat("last reload", ago(status.lastSuccessAt), { title: status.lastSuccessAt || "" }),
       stat("reloads ok / refused", `${int(status.reloads.ok)} / ${int(status.reloads.failed)}`)),
-    h("p", { class: ["status-message", status.state === "error" ? "text-bad" : ""], id: "flag-set-message" }, status.message),
+    h("p", { class: ["status-message", status.state === "error" || status.state === "partial" ? "text-bad" : ""], id: "flag-set-message" }, status.message),
   ];
+  const refused = status.refused || [];
+  if (refused.length) {
+    // Partial acceptance: these flags were refused; the rest of the edit is live.
+    body.push(h("div", { class: "refused-flags" }, table(["Refused flag", "Where", "Serving", "Why"], refused.map((item) => {
+      const first = (item.issues || [])[0] || {};
+      return h("tr", { "data-flag": item.flag },
+        h("td", { class: "mono" }, item.flag),
+        h("td", { class: "mono" }, `${first.file || item.file}${first.line ? `:${first.line}` : ""}${first.column ? `:${first.column}` : ""}`),
+        h("td", {}, badge(item.serving === "absent" ? "absent" : "last good", item.serving === "absent" ? "bad" : "warn")),
+        h("td", {}, first.message || item.message));
+    }))));
+  }
   if (issues.length) {
     body.push(table(["Severity", "Where", "JSON path", "Problem"], issues.map((issue) => h("tr", {},
       h("td", {}, badge(issue.severity, issue.severity === "error" ? "bad" : "warn")),
