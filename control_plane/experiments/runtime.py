@@ -24,6 +24,7 @@ from control_plane.db.engine import Database, DatabaseTimeouts
 from control_plane.experiments import repository
 from control_plane.experiments.canary.controller import CanaryController
 from control_plane.experiments.canary.intervals import IntervalAnalysis
+from control_plane.experiments.canary.leadership import leadership_for
 from control_plane.experiments.canary.service import CanaryService
 from control_plane.experiments.events import EventParser
 from control_plane.experiments.hashing import UnitHasher
@@ -97,8 +98,10 @@ class Experiments:
         parser = EventParser(store, cast(UnitHasher, keys))
         return cls(settings=settings, database=database, store=store, metrics=metrics, keys=keys,
                    recorder=recorder, writer=writer, parser=parser, service=service,
-                   controller=CanaryController(service,
-                                               tick_interval=settings.canary_tick_interval))
+                   controller=CanaryController(
+                       service, tick_interval=settings.canary_tick_interval,
+                       # one controller among control planes on one database (issue 15)
+                       leadership=leadership_for(database, registry=registry)))
 
     def start(self) -> None:
         """Start the writer and the canary controller (the app's startup has run)."""

@@ -69,6 +69,8 @@ class CanaryRun(OpenWireModel):
 
 class CanaryStatus(CanaryRun):
     events: list[dict[str, Any]]
+    controller: dict[str, Any] | None = Field(
+        default=None, description='{"leader": true} on the control plane that steps canaries')
 
 
 class CanaryRuns(BaseModel):
@@ -115,7 +117,10 @@ async def start_canary(flag_key: str, request: Request, principal: OperatorDep,
 def canary_status(flag_key: str, principal: ViewerDep, experiments: ExperimentsDep,
                   after: Annotated[int, Query(ge=0, description="only events after this id")]
                   = 0) -> dict[str, Any]:
-    return _service(experiments).status(flag_key, after_event=after)
+    body = _service(experiments).status(flag_key, after_event=after)
+    # Whether this control plane is the one stepping canaries (canary/leadership.py).
+    body["controller"] = {"leader": experiments.controller.leadership.leader}
+    return body
 
 
 async def _act(action: Callable[..., dict[str, Any]], flag_key: str, request: Request,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from control_plane.experiments.canary.leadership import AlwaysLeader, Leadership
 from control_plane.experiments.canary.service import CanaryService
 
 __all__ = ["CanaryController"]
@@ -19,9 +20,12 @@ log = logging.getLogger(__name__)
 
 
 class CanaryController:
-    def __init__(self, service: CanaryService, *, tick_interval: float = 1.0) -> None:
+    def __init__(self, service: CanaryService, *, tick_interval: float = 1.0,
+                 leadership: Leadership | None = None) -> None:
         self.service = service
         self.tick_interval = tick_interval
+        #: Only the leader among control planes on one database steps runs (leadership.py).
+        self.leadership: Leadership = leadership or AlwaysLeader()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -33,6 +37,7 @@ class CanaryController:
         except Exception:
             log.exception("canary controller: cannot read the active canaries yet")
         self._stop.clear()
+        self.leadership.start()
         self._thread = threading.Thread(target=self._run, name="canary-controller",
                                         daemon=True)
         self._thread.start()
@@ -42,6 +47,7 @@ class CanaryController:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        self.leadership.stop()
 
     def tick(self) -> dict[int, str]:
         """One pass over the running canaries: run id -> what was done."""
@@ -53,6 +59,8 @@ class CanaryController:
             log.exception("canary controller: cannot read the canary runs; retrying")
             return done
         for run_id in run_ids:
+            if not self.leadership.confirm():  # checked on the lock session before each step
+                break
             try:
                 done[run_id] = self.service.step(run_id)
             except Exception:

@@ -1,0 +1,273 @@
+"""The record pipeline on NATS JetStream: records/s through it, and decisions/s with publishing
+on against off.
+
+    python bench/events.py [--records 50000] [--seconds 10] [--connections 32] [--rounds 2]
+                           [--database-url postgresql+psycopg://...]
+
+1. Pipeline throughput, in process: `--records` exposure records offered to an EventPublisher
+   (prepare, publish one message per record with its message id, acknowledgements), stored by
+   an EventConsumer (fetch, DatabaseSink batch insert, ack after commit), timed from the first
+   offer to the last row stored. Baseline: the same records written by the same sink in the
+   same batch size with no NATS in between. Ratio = pipeline / baseline.
+2. Decisions/s of GET /v1/decide/ab-test-router (an experiment flag) under wrk (closed loop,
+   distinct x-user-id per request, as bench/decide.py), on two uvicorn servers with the same
+   settings and CP_EVENTS_URL: the recorder's listener removed (off), then in place (on),
+   alternating `--rounds` times, best of each. Ratio = on / off (target >= 0.9). Server CPU per
+   request from /proc over the measured run.
+
+Runs its own `nats-server -js` on a free port (a temp store). Prints one JSON report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _servers import free_port, uvicorn_process
+from decide import _LUA, _cpu_seconds, run_wrk
+
+FLAG = "ab-test-router"
+
+
+# -- the servers (uvicorn --factory targets) -------------------------------------------------
+
+
+def _app(publishing: bool) -> Any:
+    from control_plane.http.app import create_app
+    from control_plane.settings import Settings
+
+    pid_file = os.environ.get("BENCH_PID_FILE")
+    if pid_file:
+        Path(pid_file).write_text(str(os.getpid()))
+    app = create_app(Settings())
+    components = app.state.components
+    if not publishing:  # the baseline: the same app without the exposure listener
+        components.decider.listeners.remove(components.experiments.recorder.on_decision)
+    return app
+
+
+def publishing_on() -> Any:
+    return _app(True)
+
+
+def publishing_off() -> Any:
+    return _app(False)
+
+
+@contextmanager
+def _nats(tmp: Path) -> Iterator[str]:
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp / "nats")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextmanager
+def _scratch(base_url: str | None, tmp: Path) -> Iterator[str]:
+    from control_plane.db.testing import scratch_database_url
+
+    url, cleanup = scratch_database_url(base_url, tmp)
+    try:
+        yield url
+    finally:
+        cleanup()
+
+
+# -- 1. pipeline throughput ------------------------------------------------------------------
+
+
+def _records(count: int, run: str) -> list[Any]:
+    from control_plane.experiments.records import EXPOSURES, Record
+
+    return [
+        Record(
+            EXPOSURES,
+            {
+                "decision_id": f"{run}{i:019d}",
+                "flag": FLAG,
+                "variant": "model-a" if i % 2 else "model-b",
+                "unit": f"{i:064x}",
+                "flag_set_version": 1,
+                "reason": "TARGETING_MATCH",
+                "at": 1_700_000_000.0 + i,
+            },
+        )
+        for i in range(count)
+    ]
+
+
+def _stored(database: Any) -> int:
+    from sqlalchemy import text
+
+    with database.session() as session:
+        return int(session.execute(text("SELECT count(*) FROM exposures")).scalar_one())
+
+
+def pipeline_throughput(url: str, base: str | None, tmp: Path, count: int) -> dict[str, Any]:
+    from control_plane.db import Database
+    from control_plane.events.consumer import EventConsumer
+    from control_plane.events.publisher import EventPublisher
+    from control_plane.events.stream import StreamSettings
+    from control_plane.experiments.journal import Journal
+    from control_plane.experiments.sink import DatabaseSink
+
+    result: dict[str, Any] = {"records": count}
+    with _scratch(base, tmp) as database_url:
+        database = Database.from_url(database_url)
+        database.migrate()
+        records = _records(count, "base")
+        sink = DatabaseSink(database)
+        started = time.perf_counter()
+        for offset in range(0, count, 1000):
+            sink.write(records[offset : offset + 1000])
+        baseline = time.perf_counter() - started
+        sink.close()
+        stream = StreamSettings(stream="BENCH", subject_prefix="bench.records", consumer="bench")
+        publisher = EventPublisher(
+            url, Journal(tmp / "journal"), prepare=lambda item: item[1], stream=stream
+        )
+        consumer = EventConsumer(url, DatabaseSink(database), stream=stream)
+        consumer.start()
+        publisher.start()
+        time.sleep(1.0)  # connected, stream made
+        already = _stored(database)
+        records = _records(count, "pipe")
+        started = time.perf_counter()
+        for record in records:
+            publisher.offer((record.table, record))
+        while _stored(database) < already + count and time.perf_counter() - started < 300:
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        publisher.stop()
+        consumer.stop()
+        database.dispose()
+        result.update(
+            {
+                "baseline_sink_only_records_per_s": round(count / baseline),
+                "pipeline_records_per_s": round(count / elapsed),
+                "ratio": round(baseline / elapsed, 3),
+                "published": publisher.counts.published,
+                "journaled": publisher.counts.journaled,
+                "dropped": publisher.counts.dropped,
+                "stored": consumer.counts.stored,
+            }
+        )
+    return result
+
+
+# -- 2. decisions/s with publishing on and off -----------------------------------------------
+
+
+def _published(base: str) -> float:
+    import httpx
+
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    match = re.search(
+        r'control_plane_events_published_total\{result="published",table="exposures"\} '
+        r"([\d.e+]+)",
+        text,
+    )
+    return float(match.group(1)) if match else 0.0
+
+
+def decide_on_off(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]:
+    off: list[dict[str, Any]] = []
+    on: list[dict[str, Any]] = []
+    script = tmp / "users.lua"
+    script.write_text(_LUA)
+    for round_ in range(args.rounds):
+        for publishing, results in ((False, off), (True, on)):
+            with _scratch(args.database_url, tmp) as database_url:
+                pid_file = tmp / f"server-{publishing}-{round_}.pid"
+                env = {
+                    "DATABASE_URL": database_url,
+                    "CP_SYNC_PORT": "0",
+                    "CP_EVENTS_URL": url,
+                    "CP_EXPOSURE_SALT": "bench-salt-0123456789abcdef",
+                    "CP_EVENTS_JOURNAL_DIR": str(tmp / f"journal-{round_}-{publishing}"),
+                    "CP_EXPOSURE_SPILL_DIR": str(tmp / f"spill-{round_}-{publishing}"),
+                    "BENCH_PID_FILE": str(pid_file),
+                    "PYTHONPATH": str(Path(__file__).resolve().parent),
+                }
+                target_app = "events:publishing_on" if publishing else "events:publishing_off"
+                with uvicorn_process(target_app, factory=True, env=env) as base:
+                    pid = int(pid_file.read_text())
+                    target = f"{base}/v1/decide/{FLAG}"
+                    run_wrk(target, 2, args.connections, script)  # warm-up
+                    published_before = _published(base)
+                    cpu_before = _cpu_seconds(pid)
+                    result: dict[str, Any] = run_wrk(target, args.seconds, args.connections, script)
+                    cpu = _cpu_seconds(pid) - cpu_before
+                    result["server_cpu_us_per_request"] = round(cpu / result["requests"] * 1e6, 1)
+                    if publishing:
+                        result["published_per_s_under_load"] = round(
+                            (_published(base) - published_before) / args.seconds
+                        )
+                    results.append(result)
+    best_off = max(off, key=lambda r: r["requests_per_s"])
+    best_on = max(on, key=lambda r: r["requests_per_s"])
+    return {
+        "publishing_off": best_off,
+        "publishing_on": best_on,
+        "target_ratio": 0.9,
+        "ratio": round(best_on["requests_per_s"] / best_off["requests_per_s"], 3),
+        "server_cpu_us_per_request_added": round(
+            best_on["server_cpu_us_per_request"] - best_off["server_cpu_us_per_request"], 1
+        ),
+        "all_rounds": {"publishing_off": off, "publishing_on": on},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=50_000)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--skip-decide", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        with _nats(tmp) as url:
+            report: dict[str, Any] = {
+                "config": {
+                    "records": args.records,
+                    "seconds": args.seconds,
+                    "connections": args.connections,
+                    "rounds": args.rounds,
+                    "database": "postgresql" if args.database_url else "sqlite",
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                },
+                "pipeline": pipeline_throughput(url, args.database_url, tmp, args.records),
+            }
+            if not args.skip_decide:
+                report["decide"] = decide_on_off(args, url, tmp)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
