@@ -88,8 +88,10 @@ def test_every_metric_and_label_in_the_rules_is_exported(plane: Any, flags_dir: 
     scrape has every metric the rules select, with every label they match on, and every
     label value they require (but variant names, which are flag data)."""
     with plane.client(OPERATOR) as client:
+        # Every canary call fails: the error check's ceiling fails the first interval, and one
+        # failed check is enough here (failureThreshold 1).
         started = client.post(f"/v1/canaries/{FLAG}", json={
-            "steps": [50, 100], "intervalSeconds": 30, "minRequests": 5})
+            "steps": [50, 100], "intervalSeconds": 1, "minRequests": 5, "failureThreshold": 1})
         assert started.status_code == 201, started.text
     with plane.client() as client:
         def rolled_back() -> bool:

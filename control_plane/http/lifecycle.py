@@ -33,7 +33,10 @@ async def start(components: RoutingComponents) -> None:
     for result in ("ok", "refused"):
         # Exported at 0 from the start, so that increase() in alerts sees the first refusal.
         reloads.labels(result)
-    store.subscribe_reloads(lambda outcome: reloads.labels("ok" if outcome.ok else "refused").inc())
+    # A reload that went live but refused some flags (partial acceptance) counts as refused:
+    # the alert on refused edits must fire whether the whole edit or one flag was refused.
+    store.subscribe_reloads(lambda outcome: reloads.labels(
+        "ok" if outcome.ok and not outcome.refused else "refused").inc())
     quiet_anonymous_fractional()  # requests without a user id are traffic, not errors
     if components.events is not None:  # CP_EVENTS_URL: the JetStream record pipeline
         components.events.start()
@@ -84,8 +87,15 @@ async def _start_replica(components: RoutingComponents, replica: ReplicaSync) ->
     components.closers.append(replica.stop)
     openfeature_api.set_provider_and_wait(components.provider,
                                           domain=components.openfeature_domain)
-    log.info("routing replica of %s: flags in %s; exposures are not recorded on a replica",
-             replica.target.address, components.store.directory)
+    if components.events is not None:
+        exposures = "published to JetStream"
+    elif any(getattr(listener, "__name__", "") == "on_decision"
+             for listener in components.decider.listeners):
+        exposures = "recorded by this process's writer"  # a --workers decide worker
+    else:
+        exposures = "not recorded (set CP_EVENTS_URL to publish them)"
+    log.info("routing replica of %s: flags in %s; exposures %s", replica.target.address,
+             components.store.directory, exposures)
 
 
 async def stop(components: RoutingComponents) -> None:
