@@ -28,16 +28,34 @@ def free_port() -> int:
 
 
 @contextmanager
-def uvicorn_process(app: str, *, factory: bool = False, env: dict[str, str] | None = None,
-                    stack: str = "uvloop+httptools") -> Iterator[str]:
+def uvicorn_process(
+    app: str,
+    *,
+    factory: bool = False,
+    env: dict[str, str] | None = None,
+    stack: str = "uvloop+httptools",
+) -> Iterator[str]:
     """Run `uvicorn app` on a free loopback port; yield its base URL once it answers."""
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-               *UVICORN_ARGS, *STACKS[stack]]
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *UVICORN_ARGS,
+        *STACKS[stack],
+    ]
     if factory:
         command.append("--factory")
-    process = subprocess.Popen(command, env={**os.environ, **(env or {})},
-                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **(env or {})},
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

@@ -64,8 +64,23 @@ def run_wrk(url: str, seconds: int, connections: int, script: Path) -> dict[str,
     if wrk is None:
         sys.exit("bench/decide.py needs wrk: apt-get install wrk")
     output = subprocess.run(
-        [wrk, "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s",
-         str(script), url], capture_output=True, text=True, check=True).stdout
+        [
+            wrk,
+            "-t",
+            "1",
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
@@ -76,8 +91,13 @@ def run_wrk(url: str, seconds: int, connections: int, script: Path) -> dict[str,
             raise RuntimeError(f"wrk printed no {label} latency:\n{output}")
         value, unit = float(match.group(1)), match.group(2)
         latency[label] = value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    return {"requests_per_s": rate, "requests": total, "p50_ms": latency["50%"],
-            "p99_ms": latency["99%"], "non_2xx": int(errors.group(1)) if errors else 0}
+    return {
+        "requests_per_s": rate,
+        "requests": total,
+        "p50_ms": latency["50%"],
+        "p99_ms": latency["99%"],
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -112,14 +132,18 @@ def measured(pid: int, url: str, args: argparse.Namespace, script: Path) -> dict
 
 
 @contextlib.contextmanager
-def serve(checkout: Path, tmp: Path, name: str, workers: int = 1
-          ) -> Iterator[tuple[int, str]]:
+def serve(checkout: Path, tmp: Path, name: str, workers: int = 1) -> Iterator[tuple[int, str]]:
     """`control-plane serve` of `checkout` on a free port, its own SQLite and journal."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(checkout), "CP_PORT": str(port),
-           "CP_FLAGS_DIR": str(checkout / "flags"), "CP_SYNC_PORT": "0",
-           "DATABASE_URL": f"sqlite:///{tmp}/{name}.db",
-           "CP_EXPOSURE_SPILL_DIR": f"{tmp}/{name}-journal"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(checkout),
+        "CP_PORT": str(port),
+        "CP_FLAGS_DIR": str(checkout / "flags"),
+        "CP_SYNC_PORT": "0",
+        "DATABASE_URL": f"sqlite:///{tmp}/{name}.db",
+        "CP_EXPOSURE_SPILL_DIR": f"{tmp}/{name}-journal",
+    }
     env.pop("CP_DATABASE_URL", None)
     extra = ["--workers", str(workers)] if workers > 1 else []
     process = subprocess.Popen([sys.executable, "-c", _SERVE, *extra], env=env, cwd=tmp)
@@ -130,8 +154,9 @@ def serve(checkout: Path, tmp: Path, name: str, workers: int = 1
             if process.poll() is not None:
                 raise RuntimeError(f"control-plane serve ({checkout}) exited")
             with contextlib.suppress(OSError, subprocess.CalledProcessError):
-                subprocess.run(["curl", "-fs", "-o", "/dev/null", f"{url}/readyz"],
-                               check=True, timeout=2)
+                subprocess.run(
+                    ["curl", "-fs", "-o", "/dev/null", f"{url}/readyz"], check=True, timeout=2
+                )
                 if workers == 1 or _running(url) >= workers:  # every worker listens
                     break
             if time.monotonic() > deadline:
@@ -147,11 +172,14 @@ def summary(rounds: list[dict[str, float]]) -> dict[str, Any]:
     rates = [item["requests_per_s"] for item in rounds]
     return {
         "requests_per_s": {"best": max(rates), "median": statistics.median(rates)},
-        "p99_ms": {"best": min(item["p99_ms"] for item in rounds),
-                   "median": statistics.median(item["p99_ms"] for item in rounds)},
+        "p99_ms": {
+            "best": min(item["p99_ms"] for item in rounds),
+            "median": statistics.median(item["p99_ms"] for item in rounds),
+        },
         "server_cpu_us_per_request": {
             "best": min(item["server_cpu_us_per_request"] for item in rounds),
-            "median": statistics.median(item["server_cpu_us_per_request"] for item in rounds)},
+            "median": statistics.median(item["server_cpu_us_per_request"] for item in rounds),
+        },
         "non_2xx": sum(item["non_2xx"] for item in rounds),
     }
 
@@ -159,9 +187,12 @@ def summary(rounds: list[dict[str, float]]) -> dict[str, Any]:
 def ratios(case: list[dict[str, float]], raw: list[dict[str, float]]) -> dict[str, float]:
     """req/s over the raw app's: best over best, and the median of the per-round ratios."""
     per_round = [a["requests_per_s"] / b["requests_per_s"] for a, b in zip(case, raw, strict=True)]
-    return {"best": round(max(a["requests_per_s"] for a in case)
-                          / max(b["requests_per_s"] for b in raw), 3),
-            "median_of_rounds": round(statistics.median(per_round), 3)}
+    return {
+        "best": round(
+            max(a["requests_per_s"] for a in case) / max(b["requests_per_s"] for b in raw), 3
+        ),
+        "median_of_rounds": round(statistics.median(per_round), 3),
+    }
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -190,13 +221,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     rounds.setdefault(f"after_{kind}_workers{args.workers}", []).append(result)
             print(f"round {number + 1}/{args.rounds} done", file=sys.stderr)
     report: dict[str, Any] = {"cases": {name: summary(items) for name, items in rounds.items()}}
-    report["ratios_to_raw"] = {name: ratios(items, rounds["raw"])
-                               for name, items in rounds.items() if name != "raw"}
+    report["ratios_to_raw"] = {
+        name: ratios(items, rounds["raw"]) for name, items in rounds.items() if name != "raw"
+    }
     for label in checkouts:
         plain, experiment = rounds[f"{label}_plain"], rounds[f"{label}_experiment"]
         report[f"{label}_experiment_p99_over_plain_p99"] = round(
             statistics.median(item["p99_ms"] for item in experiment)
-            / statistics.median(item["p99_ms"] for item in plain), 2)
+            / statistics.median(item["p99_ms"] for item in plain),
+            2,
+        )
     report["all_rounds"] = rounds
     return report
 
@@ -205,18 +239,23 @@ def _running(url: str) -> int:
     """Processes serving `url`: those whose metrics the merged /metrics page holds (a worker
     answers its internal scrape once it listens on the port), 0 if unknown."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        page = subprocess.run(["curl", "-fs", f"{url}/metrics"], capture_output=True,
-                              text=True, check=True, timeout=5).stdout
-        return len(set(re.findall(r'^control_plane_flag_set_version\{worker="(\d+)"\}', page,
-                                  re.MULTILINE)))
+        page = subprocess.run(
+            ["curl", "-fs", f"{url}/metrics"], capture_output=True, text=True, check=True, timeout=5
+        ).stdout
+        return len(
+            set(
+                re.findall(r'^control_plane_flag_set_version\{worker="(\d+)"\}', page, re.MULTILINE)
+            )
+        )
     return 0
 
 
 def _server_pid(url: str) -> int:
     """The pid listening on `url`'s port (the uvicorn process of the raw app)."""
     port = int(url.rsplit(":", 1)[1])
-    output = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True,
-                            text=True, check=True).stdout
+    output = subprocess.run(
+        ["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
     match = re.search(r"pid=(\d+)", output)
     if match is None:
         raise RuntimeError(f"no process listens on port {port}")
@@ -244,12 +283,12 @@ def in_process(requests: int = 50_000) -> dict[str, float]:
         for user in users:
             compiled.evaluate(flag, user, {})
         results[f"compiled_evaluate_{flag}_us"] = round(
-            (time.perf_counter() - start) / requests * 1e6, 2)
+            (time.perf_counter() - start) / requests * 1e6, 2
+        )
         start = time.perf_counter()
         for user in users:
             decider.decide(flag, user, {})
-        results[f"lean_decide_{flag}_us"] = round(
-            (time.perf_counter() - start) / requests * 1e6, 2)
+        results[f"lean_decide_{flag}_us"] = round((time.perf_counter() - start) / requests * 1e6, 2)
     return results
 
 
@@ -259,22 +298,36 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", help="another checkout to serve from in the same rounds")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="also serve with `serve --workers N` (N > 1) in each round")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also serve with `serve --workers N` (N > 1) in each round",
+    )
     args = parser.parse_args()
     report: dict[str, Any] = {
         "benchmark": "decide",
-        "config": {"seconds": args.seconds, "connections": args.connections,
-                   "rounds": args.rounds, "plain_flag": PLAIN, "experiment_flag": EXPERIMENT,
-                   "raw_app": ["uvicorn", *UVICORN_ARGS, "--loop", "uvloop", "--http",
-                               "httptools"],
-                   "served": "control-plane serve (one process, SQLite)",
-                   "before": args.before, "workers": args.workers,
-                   "load_generator": "wrk -t1 (closed loop), 1M distinct x-user-id values",
-                   "cpus": os.cpu_count(), "python": platform.python_version()},
-        "targets": {"plain_ratio": 0.9, "experiment_ratio": 0.8,
-                    "experiment_p99_over_plain_p99": 2.0, "in_process_us": 2.0,
-                    "workers2_ratio": 1.1},
+        "config": {
+            "seconds": args.seconds,
+            "connections": args.connections,
+            "rounds": args.rounds,
+            "plain_flag": PLAIN,
+            "experiment_flag": EXPERIMENT,
+            "raw_app": ["uvicorn", *UVICORN_ARGS, "--loop", "uvloop", "--http", "httptools"],
+            "served": "control-plane serve (one process, SQLite)",
+            "before": args.before,
+            "workers": args.workers,
+            "load_generator": "wrk -t1 (closed loop), 1M distinct x-user-id values",
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "targets": {
+            "plain_ratio": 0.9,
+            "experiment_ratio": 0.8,
+            "experiment_p99_over_plain_p99": 2.0,
+            "in_process_us": 2.0,
+            "workers2_ratio": 1.1,
+        },
         "in_process": in_process(),
     }
     report.update(measure(args))

@@ -48,6 +48,7 @@ FLAG = "ab-test-router"
 
 # -- the servers (uvicorn --factory targets) -------------------------------------------------
 
+
 def _app(logging_on: bool) -> Any:
     """The control plane (routing, admin API) on DATABASE_URL, with or without exposures."""
     from control_plane.http.app import create_app
@@ -73,13 +74,24 @@ def logging_off() -> Any:
 
 # -- 1. writer throughput --------------------------------------------------------------------
 
+
 def _decisions(count: int) -> list[Any]:
     from control_plane.routing.decisions import Decision
 
-    return [Decision(flag_key=FLAG, variant="model-a" if i % 2 else "model-b", backend="m",
-                     url="http://127.0.0.1:9101", reason="TARGETING_MATCH", flag_set_version=1,
-                     decision_id=f"bench{i:019d}", targeting_key=f"user-{i}@example.com",
-                     metadata={"experiment": True}) for i in range(count)]
+    return [
+        Decision(
+            flag_key=FLAG,
+            variant="model-a" if i % 2 else "model-b",
+            backend="m",
+            url="http://127.0.0.1:9101",
+            reason="TARGETING_MATCH",
+            flag_set_version=1,
+            decision_id=f"bench{i:019d}",
+            targeting_key=f"user-{i}@example.com",
+            metadata={"experiment": True},
+        )
+        for i in range(count)
+    ]
 
 
 def writer_throughput(database_url: str, records: int, batch_size: int) -> dict[str, Any]:
@@ -108,14 +120,21 @@ def writer_throughput(database_url: str, records: int, batch_size: int) -> dict[
     clear()
     started = time.perf_counter()
     for start in range(0, records, batch_size):
-        sink.write(prepared[start:start + batch_size])
+        sink.write(prepared[start : start + batch_size])
     baseline_seconds = time.perf_counter() - started
     clear()
 
     with tempfile.TemporaryDirectory() as journal:
-        writer = BatchWriter(sink, Journal(Path(journal)), prepare=recorder.prepare,
-                             queue_size=records + 1, batch_size=batch_size,
-                             journal_interval=0.2, flush_interval=0.05, buffer_limit=records)
+        writer = BatchWriter(
+            sink,
+            Journal(Path(journal)),
+            prepare=recorder.prepare,
+            queue_size=records + 1,
+            batch_size=batch_size,
+            journal_interval=0.2,
+            flush_interval=0.05,
+            buffer_limit=records,
+        )
         recorder.attach(writer)
         writer.start()
         started = time.perf_counter()
@@ -147,9 +166,13 @@ def writer_throughput(database_url: str, records: int, batch_size: int) -> dict[
 
 # -- 2. decisions/s with logging on and off --------------------------------------------------
 
+
 def _metric(text: str, result: str) -> float:
-    match = re.search(rf'control_plane_experiment_records_total{{result="{result}",'
-                      rf'table="exposures"}} ([\d.e+]+)', text)
+    match = re.search(
+        rf'control_plane_experiment_records_total{{result="{result}",'
+        rf'table="exposures"}} ([\d.e+]+)',
+        text,
+    )
     return float(match.group(1)) if match else 0.0
 
 
@@ -170,9 +193,13 @@ def _server(logging: bool, database_url: str, tmp: str) -> Iterator[tuple[str, i
     """(base URL, pid) of a control plane server with exposure logging on or off."""
     pid_file = Path(tmp) / f"server-{logging}.pid"
     pid_file.unlink(missing_ok=True)
-    env = {"DATABASE_URL": database_url, "CP_SYNC_PORT": "0",
-           "CP_EXPOSURE_SPILL_DIR": f"{tmp}/journal", "BENCH_PID_FILE": str(pid_file),
-           "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    env = {
+        "DATABASE_URL": database_url,
+        "CP_SYNC_PORT": "0",
+        "CP_EXPOSURE_SPILL_DIR": f"{tmp}/journal",
+        "BENCH_PID_FILE": str(pid_file),
+        "PYTHONPATH": str(Path(__file__).resolve().parent),
+    }
     target_app = "exposures:logging_on" if logging else "exposures:logging_off"
     with uvicorn_process(target_app, factory=True, env=env) as base:
         yield base, int(pid_file.read_text())
@@ -182,14 +209,19 @@ def _counters(base: str) -> dict[str, float]:
     import httpx
 
     text = httpx.get(f"{base}/metrics", timeout=10).text
-    buffered = re.search(r"^control_plane_experiment_records_buffered ([\d.e+]+)", text,
-                         re.MULTILINE)
-    pending = re.search(r"^control_plane_experiment_records_spill_pending ([\d.e+]+)", text,
-                        re.MULTILINE)
-    return {"written": _metric(text, "written"), "dropped": _metric(text, "dropped"),
-            "journaled": _metric(text, "journaled"),
-            "buffered": float(buffered.group(1)) if buffered else 0.0,
-            "unwritten": float(pending.group(1)) if pending else 0.0}
+    buffered = re.search(
+        r"^control_plane_experiment_records_buffered ([\d.e+]+)", text, re.MULTILINE
+    )
+    pending = re.search(
+        r"^control_plane_experiment_records_spill_pending ([\d.e+]+)", text, re.MULTILINE
+    )
+    return {
+        "written": _metric(text, "written"),
+        "dropped": _metric(text, "dropped"),
+        "journaled": _metric(text, "journaled"),
+        "buffered": float(buffered.group(1)) if buffered else 0.0,
+        "unwritten": float(pending.group(1)) if pending else 0.0,
+    }
 
 
 def decide_on_off(args: argparse.Namespace, database_url: str | None) -> dict[str, Any]:
@@ -200,14 +232,15 @@ def decide_on_off(args: argparse.Namespace, database_url: str | None) -> dict[st
         script.write_text(_LUA)
         for _ in range(args.rounds):
             for logging, results in ((False, off), (True, on)):
-                with _scratch(database_url, Path(tmp)) as url, \
-                        _server(logging, url, tmp) as (base, pid):
+                with (
+                    _scratch(database_url, Path(tmp)) as url,
+                    _server(logging, url, tmp) as (base, pid),
+                ):
                     target = f"{base}/v1/decide/{FLAG}"
                     run_wrk(target, 2, args.connections, script)  # warm-up
                     before = _counters(base) if logging else {}
                     cpu_before = _cpu_seconds(pid)
-                    result: dict[str, Any] = run_wrk(target, args.seconds, args.connections,
-                                                     script)
+                    result: dict[str, Any] = run_wrk(target, args.seconds, args.connections, script)
                     cpu = _cpu_seconds(pid) - cpu_before
                     requests = result["requests"]
                     result["server_cpu_us_per_request"] = round(cpu / requests * 1e6, 1)
@@ -216,17 +249,19 @@ def decide_on_off(args: argparse.Namespace, database_url: str | None) -> dict[st
                         # backlog it then had to catch up on (all exposures, none dropped).
                         after = _counters(base)
                         result["exposures_written_per_s_under_load"] = round(
-                            (after["written"] - before["written"]) / args.seconds)
+                            (after["written"] - before["written"]) / args.seconds
+                        )
                         result["exposures_queued_at_end"] = int(after["buffered"])
                         drained = time.perf_counter()
-                        while (_counters(base)["buffered"] > 0
-                               or _counters(base)["unwritten"] > 0) and \
-                                time.perf_counter() - drained < 120:
+                        while (
+                            _counters(base)["buffered"] > 0 or _counters(base)["unwritten"] > 0
+                        ) and time.perf_counter() - drained < 120:
                             time.sleep(0.2)
                         final = _counters(base)
                         result["backlog_drain_s"] = round(time.perf_counter() - drained, 2)
                         result["server_cpu_us_per_request_including_drain"] = round(
-                            (_cpu_seconds(pid) - cpu_before) / requests * 1e6, 1)
+                            (_cpu_seconds(pid) - cpu_before) / requests * 1e6, 1
+                        )
                         result["exposures_journaled_total"] = int(final["journaled"])
                         result["exposures_written_total"] = int(final["written"])
                         result["exposures_dropped_total"] = int(final["dropped"])
@@ -240,10 +275,13 @@ def decide_on_off(args: argparse.Namespace, database_url: str | None) -> dict[st
         "target_ratio": 0.9,
         "ratio": round(best_on["requests_per_s"] / best_off["requests_per_s"], 3),
         "ratio_median_of_rounds": round(statistics.median(per_round), 3),
-        "p99_ms_median": {"logging_off": statistics.median(r["p99_ms"] for r in off),
-                          "logging_on": statistics.median(r["p99_ms"] for r in on)},
+        "p99_ms_median": {
+            "logging_off": statistics.median(r["p99_ms"] for r in off),
+            "logging_on": statistics.median(r["p99_ms"] for r in on),
+        },
         "server_cpu_us_per_request_added_by_logging": round(
-            best_on["server_cpu_us_per_request"] - best_off["server_cpu_us_per_request"], 1),
+            best_on["server_cpu_us_per_request"] - best_off["server_cpu_us_per_request"], 1
+        ),
         "all_rounds": {"logging_off": off, "logging_on": on},
     }
 
@@ -251,8 +289,12 @@ def decide_on_off(args: argparse.Namespace, database_url: str | None) -> dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=200_000)
-    parser.add_argument("--batch-size", type=int, default=2000,
-                        help="records per insert transaction (the CP_EXPOSURE_BATCH_SIZE default)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=2000,
+        help="records per insert transaction (the CP_EXPOSURE_BATCH_SIZE default)",
+    )
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
@@ -263,14 +305,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, _scratch(args.database_url, Path(tmp)) as url:
         report: dict[str, Any] = {
             "benchmark": "exposures",
-            "config": {"records": args.records, "batch_size": args.batch_size,
-                       "seconds": args.seconds, "connections": args.connections,
-                       "rounds": args.rounds,
-                       "database": "sqlite (temp file)" if not args.database_url
-                       else args.database_url.split("@")[-1],
-                       "uvicorn": UVICORN_ARGS,
-                       "load_generator": "wrk -t1 (closed loop), distinct x-user-id",
-                       "cpus": os.cpu_count(), "python": platform.python_version()},
+            "config": {
+                "records": args.records,
+                "batch_size": args.batch_size,
+                "seconds": args.seconds,
+                "connections": args.connections,
+                "rounds": args.rounds,
+                "database": "sqlite (temp file)"
+                if not args.database_url
+                else args.database_url.split("@")[-1],
+                "uvicorn": UVICORN_ARGS,
+                "load_generator": "wrk -t1 (closed loop), distinct x-user-id",
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+            },
             "writer": writer_throughput(url, args.records, args.batch_size),
         }
     if not args.skip_wrk:

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-_BODY = (b'{"flagKey":"ab-test-router","variant":"model-a","backend":"model-a",'
-         b'"url":"http://127.0.0.1:9101","reason":"TARGETING_MATCH","flagSetVersion":1,'
-         b'"decisionId":"000000000000000000000000"}')
-_HEADERS = [(b"x-route-variant", b"model-a"), (b"x-route-backend", b"model-a"),
-            (b"x-route-upstream", b"http://127.0.0.1:9101"),
-            (b"x-route-decision-id", b"000000000000000000000000"),
-            (b"x-route-reason", b"TARGETING_MATCH"), (b"x-route-flag-set-version", b"1"),
-            (b"cache-control", b"no-store"), (b"content-type", b"application/json"),
-            (b"content-length", str(len(_BODY)).encode())]
+_BODY = (
+    b'{"flagKey":"ab-test-router","variant":"model-a","backend":"model-a",'
+    b'"url":"http://127.0.0.1:9101","reason":"TARGETING_MATCH","flagSetVersion":1,'
+    b'"decisionId":"000000000000000000000000"}'
+)
+_HEADERS = [
+    (b"x-route-variant", b"model-a"),
+    (b"x-route-backend", b"model-a"),
+    (b"x-route-upstream", b"http://127.0.0.1:9101"),
+    (b"x-route-decision-id", b"000000000000000000000000"),
+    (b"x-route-reason", b"TARGETING_MATCH"),
+    (b"x-route-flag-set-version", b"1"),
+    (b"cache-control", b"no-store"),
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_BODY)).encode()),
+]
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

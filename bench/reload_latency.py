@@ -42,14 +42,24 @@ FLAG = "bench-router"
 
 
 def document(generation: int) -> dict[str, Any]:
-    variants = {name: {"backend": f"model-{name}",
-                       "url": f"http://127.0.0.1:{9200 + index}/gen-{generation}"}
-                for index, name in enumerate(("a", "b"))}
-    return {"flags": {FLAG: {
-        "state": "ENABLED", "variants": variants, "defaultVariant": "a",
-        "metadata": {"generation": generation},
-        "targeting": {"fractional": [["a", 50], ["b", 50]]},
-    }}}
+    variants = {
+        name: {
+            "backend": f"model-{name}",
+            "url": f"http://127.0.0.1:{9200 + index}/gen-{generation}",
+        }
+        for index, name in enumerate(("a", "b"))
+    }
+    return {
+        "flags": {
+            FLAG: {
+                "state": "ENABLED",
+                "variants": variants,
+                "defaultVariant": "a",
+                "metadata": {"generation": generation},
+                "targeting": {"fractional": [["a", 50], ["b", 50]]},
+            }
+        }
+    }
 
 
 def write(path: Path, generation: int) -> None:
@@ -80,19 +90,23 @@ def in_process_decide(store: FlagStore) -> Callable[[str], str]:
     return lambda user: decider.decide(FLAG, user, {}).url
 
 
-def http_decide(store_dir: Path, interval: float) -> tuple[Callable[[str], str], Callable[[], None],
-                                                          FlagStore]:
+def http_decide(
+    store_dir: Path, interval: float
+) -> tuple[Callable[[str], str], Callable[[], None], FlagStore]:
     import httpx
     import uvicorn
 
     from control_plane.http.app import create_app
     from control_plane.settings import Settings
 
-    settings = Settings(flags_dir=store_dir, sync_port=0, reload_interval=interval,
-                        database_url=f"sqlite:///{store_dir.parent / 'bench.db'}")
+    settings = Settings(
+        flags_dir=store_dir,
+        sync_port=0,
+        reload_interval=interval,
+        database_url=f"sqlite:///{store_dir.parent / 'bench.db'}",
+    )
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                            access_log=False)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

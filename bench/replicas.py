@@ -44,10 +44,13 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _serve(args: list[str], env: dict[str, str], cwd: Path, port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([CLI, "serve", "--host", "127.0.0.1", "--port", str(port),
-                                "--log-level", "warning", *args],
-                               env={**os.environ, **env}, cwd=cwd,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [CLI, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -62,8 +65,12 @@ def _serve(args: list[str], env: dict[str, str], cwd: Path, port: int) -> subpro
 
 
 def _wrk(url: str, seconds: int, connections: int) -> float:
-    out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     match = re.search(r"Requests/sec:\s+([0-9.]+)", out)
     if match is None:
         raise SystemExit(f"wrk printed no rate:\n{out}")
@@ -83,35 +90,69 @@ def main() -> int:
     flags.mkdir()
     results = []
     with ServerThread(BackendApp("model")) as backend:
-        (flags / "bench.flagd.json").write_text(json.dumps({"flags": {FLAG: {
-            "state": "ENABLED", "defaultVariant": "a",
-            "variants": {"a": {"backend": "model", "url": backend.url},
-                         "b": {"backend": "model", "url": backend.url}},
-            "targeting": {"fractional": [["a", 50], ["b", 50]]}}}}))
+        (flags / "bench.flagd.json").write_text(
+            json.dumps(
+                {
+                    "flags": {
+                        FLAG: {
+                            "state": "ENABLED",
+                            "defaultVariant": "a",
+                            "variants": {
+                                "a": {"backend": "model", "url": backend.url},
+                                "b": {"backend": "model", "url": backend.url},
+                            },
+                            "targeting": {"fractional": [["a", 50], ["b", 50]]},
+                        }
+                    }
+                }
+            )
+        )
         sync_port, primary_port = free_port(), free_port()
         (work / "primary").mkdir()
-        primary = _serve(["--flags", str(flags)], {"CP_SYNC_PORT": str(sync_port),
-                                                   "DATABASE_URL": f"sqlite:///{work}/cp.db"},
-                         work / "primary", primary_port)
+        primary = _serve(
+            ["--flags", str(flags)],
+            {"CP_SYNC_PORT": str(sync_port), "DATABASE_URL": f"sqlite:///{work}/cp.db"},
+            work / "primary",
+            primary_port,
+        )
         replicas: list[tuple[subprocess.Popen[bytes], int]] = []
         try:
             for count in range(1, options.max_replicas + 1):
                 port = free_port()
                 cwd = work / f"r{count}"
                 cwd.mkdir()
-                replicas.append((_serve(["--replica-of", f"127.0.0.1:{sync_port}"],
-                                        {"CP_REPLICA_DIR": str(cwd / "flags")}, cwd, port), port))
+                replicas.append(
+                    (
+                        _serve(
+                            ["--replica-of", f"127.0.0.1:{sync_port}"],
+                            {"CP_REPLICA_DIR": str(cwd / "flags")},
+                            cwd,
+                            port,
+                        ),
+                        port,
+                    )
+                )
                 prefix = work / f"nginx-{count}"
-                with Nginx(prefix, flag=FLAG, stable_variant="a", stable_url=backend.url,
-                           control_plane=",".join(f"127.0.0.1:{p}" for _, p in replicas)
-                           ) as nginx:
+                with Nginx(
+                    prefix,
+                    flag=FLAG,
+                    stable_variant="a",
+                    stable_url=backend.url,
+                    control_plane=",".join(f"127.0.0.1:{p}" for _, p in replicas),
+                ) as nginx:
                     _wrk(f"{nginx.url}/v1/chat", 2, options.connections)  # warm up
                     before = sum(_cpu_seconds(process.pid) for process, _ in replicas)
                     rate = _wrk(f"{nginx.url}/v1/chat", options.seconds, options.connections)
                     cpu = sum(_cpu_seconds(process.pid) for process, _ in replicas) - before
-                results.append({"replicas": count, "requests_per_s": round(rate, 1),
-                                "replica_cpu_us_per_request":
-                                    round(cpu / (rate * options.seconds) * 1e6, 1)})
+                results.append(
+                    {
+                        "replicas": count,
+                        "requests_per_s": round(rate, 1),
+                        "replica_cpu_us_per_request": round(
+                            cpu / (rate * options.seconds) * 1e6, 1
+                        ),
+                    }
+                )
         finally:
             for process, _ in replicas:
                 process.terminate()
@@ -121,9 +162,19 @@ def main() -> int:
     base = results[0]["requests_per_s"]
     for row in results:
         row["ratio_to_one_replica"] = round(row["requests_per_s"] / base, 3) if base else None
-    print(json.dumps({"benchmark": "replicas", "cores": os.cpu_count(),
-                      "python": platform.python_version(), "seconds": options.seconds,
-                      "connections": options.connections, "results": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "replicas",
+                "cores": os.cpu_count(),
+                "python": platform.python_version(),
+                "seconds": options.seconds,
+                "connections": options.connections,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -36,15 +36,23 @@ FLAG = "latency-probe"
 
 
 def _write(directory: Path, generation: int) -> None:
-    document = {"flags": {FLAG: {"state": "ENABLED", "variants": {"g": f"gen-{generation}"},
-                                 "defaultVariant": "g"}}}
+    document = {
+        "flags": {
+            FLAG: {
+                "state": "ENABLED",
+                "variants": {"g": f"gen-{generation}"},
+                "defaultVariant": "g",
+            }
+        }
+    }
     temp = directory / ".probe.tmp"
     temp.write_text(json.dumps(document))
     temp.replace(directory / "probe.flagd.json")
 
 
-def _wait_all(clients: list[OpenFeatureClient], expected: str, started: float,
-              timeout: float = 10.0) -> list[float]:
+def _wait_all(
+    clients: list[OpenFeatureClient], expected: str, started: float, timeout: float = 10.0
+) -> list[float]:
     seen: dict[int, float] = {}
     deadline = started + timeout
     while len(seen) < len(clients):
@@ -52,8 +60,10 @@ def _wait_all(clients: list[OpenFeatureClient], expected: str, started: float,
             if index not in seen and client.get_string_value(FLAG, "") == expected:
                 seen[index] = time.perf_counter() - started
         if time.perf_counter() > deadline:
-            raise RuntimeError(f"replicas {sorted(set(range(len(clients))) - set(seen))} "
-                               f"did not see {expected} within {timeout} s")
+            raise RuntimeError(
+                f"replicas {sorted(set(range(len(clients))) - set(seen))} "
+                f"did not see {expected} within {timeout} s"
+            )
     return [seen[index] for index in range(len(clients))]
 
 
@@ -116,15 +126,25 @@ def main() -> None:
             provider.shutdown()
         handle.stop()
 
-    print(json.dumps({
-        "benchmark": "sync_replica_latency",
-        "config": {"replicas": args.replicas, "edits": args.edits,
-                   "watch_interval_s": args.interval, "python": platform.python_version(),
-                   "machine": platform.machine(), "transport": "grpc loopback"},
-        "baseline_store_reload_ms": round(baseline * 1000, 3),
-        "reload": _summary(after_reload, baseline),
-        "file_edit": _summary(after_edit, baseline),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "sync_replica_latency",
+                "config": {
+                    "replicas": args.replicas,
+                    "edits": args.edits,
+                    "watch_interval_s": args.interval,
+                    "python": platform.python_version(),
+                    "machine": platform.machine(),
+                    "transport": "grpc loopback",
+                },
+                "baseline_store_reload_ms": round(baseline * 1000, 3),
+                "reload": _summary(after_reload, baseline),
+                "file_edit": _summary(after_edit, baseline),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

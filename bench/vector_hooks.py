@@ -59,8 +59,11 @@ RERANK = {
 def _percentiles(samples_ns: list[int]) -> dict[str, float]:
     ms = sorted(s / 1e6 for s in samples_ns)
     p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
-    return {"median_ms": round(statistics.median(ms), 3), "p95_ms": round(p95, 3),
-            "samples": len(ms)}
+    return {
+        "median_ms": round(statistics.median(ms), 3),
+        "p95_ms": round(p95, 3),
+        "samples": len(ms),
+    }
 
 
 def _load(client: MilvusClient, rows: int, tenants: int, dim: int, seed: int) -> float:
@@ -73,11 +76,18 @@ def _load(client: MilvusClient, rows: int, tenants: int, dim: int, seed: int) ->
         count = min(batch, rows - start)
         vectors = rng.random((count, dim), dtype=np.float32)
         ages = rng.integers(0, 90 * 86400, size=count)
-        client.insert(COLLECTION, [
-            {"id": start + i, "vector": vectors[i], "tenant_id": f"tenant-{(start + i) % tenants}",
-             "updated_at": int(now - ages[i])}
-            for i in range(count)
-        ])
+        client.insert(
+            COLLECTION,
+            [
+                {
+                    "id": start + i,
+                    "vector": vectors[i],
+                    "tenant_id": f"tenant-{(start + i) % tenants}",
+                    "updated_at": int(now - ages[i]),
+                }
+                for i in range(count)
+            ],
+        )
     client.flush(COLLECTION)
     return time.perf_counter() - started
 
@@ -94,12 +104,18 @@ def _time(fn: Any) -> int:
     return time.perf_counter_ns() - started
 
 
-def _rerank_alone(raw_hits: list[tuple[Any, float, dict[str, Any]]], limit: int,
-                  repeats: int) -> dict[str, Any]:
+def _rerank_alone(
+    raw_hits: list[tuple[Any, float, dict[str, Any]]], limit: int, repeats: int
+) -> dict[str, Any]:
     hook = TenantAwareRerankHook(RerankConfig.from_mapping(RERANK))
     group = [
-        Hit(id=hit_id, score=distance, fields=dict(entity), distance=distance,
-            vector=entity["vector"])
+        Hit(
+            id=hit_id,
+            score=distance,
+            fields=dict(entity),
+            distance=distance,
+            vector=entity["vector"],
+        )
         for hit_id, distance, entity in raw_hits
     ]
     now = time.time()
@@ -107,24 +123,35 @@ def _rerank_alone(raw_hits: list[tuple[Any, float, dict[str, Any]]], limit: int,
         hook.rerank(list(group), limit, now=now)
     samples = [_time(lambda: hook.rerank(list(group), limit, now=now)) for _ in range(repeats)]
 
-    pipeline = build_pipeline({"hooks": [{"name": "tenant-aware-rerank", "config": RERANK},
-                                         "tenant-filter"]})
+    pipeline = build_pipeline(
+        {"hooks": [{"name": "tenant-aware-rerank", "config": RERANK}, "tenant-filter"]}
+    )
 
     def canned(request: SearchRequest) -> Hits:
         return [list(group)]
 
     def run() -> None:
-        request = SearchRequest(tenant="tenant-1", backend="bench", operation="search",
-                                collection=COLLECTION, limit=limit, fetch_limit=limit,
-                                output_fields=[])
+        request = SearchRequest(
+            tenant="tenant-1",
+            backend="bench",
+            operation="search",
+            collection=COLLECTION,
+            limit=limit,
+            fetch_limit=limit,
+            output_fields=[],
+        )
         pipeline.run(request, canned)
 
     for _ in range(20):
         run()
     pipeline_samples = [_time(run) for _ in range(repeats)]
     pipeline.close()
-    return {"candidates": len(group), "limit": limit, "rerank": _percentiles(samples),
-            "pipeline_without_backend": _percentiles(pipeline_samples)}
+    return {
+        "candidates": len(group),
+        "limit": limit,
+        "rerank": _percentiles(samples),
+        "pipeline_without_backend": _percentiles(pipeline_samples),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -132,24 +159,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         client = MilvusClient(str(Path(tmp) / "bench.db"))
         try:
             load_s = _load(client, args.rows, args.tenants, args.dim, args.seed)
-            pipeline = build_pipeline({"hooks": [
-                {"name": "tenant-aware-rerank", "config": RERANK}, "tenant-filter"]})
+            pipeline = build_pipeline(
+                {"hooks": [{"name": "tenant-aware-rerank", "config": RERANK}, "tenant-filter"]}
+            )
             docs = TenantMilvus(client, COLLECTION, pipeline=pipeline)
             rng = random.Random(args.seed)
             vec_rng = np.random.default_rng(args.seed + 1)
-            queries = [(f"tenant-{rng.randrange(args.tenants)}",
-                        vec_rng.random(args.dim, dtype=np.float32).tolist())
-                       for _ in range(args.queries)]
+            queries = [
+                (
+                    f"tenant-{rng.randrange(args.tenants)}",
+                    vec_rng.random(args.dim, dtype=np.float32).tolist(),
+                )
+                for _ in range(args.queries)
+            ]
             candidates = int(RERANK["candidates"])  # type: ignore[call-overload]
 
             def raw(tenant: str, vector: list[float]) -> Any:
-                return _read(client.search(COLLECTION, data=[vector], limit=args.limit,
-                                           filter=f'tenant_id == "{tenant}"'))
+                return _read(
+                    client.search(
+                        COLLECTION,
+                        data=[vector],
+                        limit=args.limit,
+                        filter=f'tenant_id == "{tenant}"',
+                    )
+                )
 
             def raw_same_fetch(tenant: str, vector: list[float]) -> Any:
-                return _read(client.search(COLLECTION, data=[vector], limit=candidates,
-                                           filter=f'tenant_id == "{tenant}"',
-                                           output_fields=["tenant_id", "updated_at", "vector"]))
+                return _read(
+                    client.search(
+                        COLLECTION,
+                        data=[vector],
+                        limit=candidates,
+                        filter=f'tenant_id == "{tenant}"',
+                        output_fields=["tenant_id", "updated_at", "vector"],
+                    )
+                )
 
             def hooked(tenant: str, vector: list[float]) -> Any:
                 return docs.search(tenant, data=[vector], limit=args.limit)
@@ -180,18 +224,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "vector_hooks hooked search vs raw MilvusClient.search",
         "config": {
-            "rows": args.rows, "tenants": args.tenants, "dim": args.dim,
-            "queries": args.queries, "limit": args.limit, "rerank": RERANK,
-            "index": "AUTOINDEX", "metric": "COSINE", "partition_key": "tenant_id",
-            "load_seconds": round(load_s, 1), "python": platform.python_version(),
-            "pymilvus": version("pymilvus"), "milvus_lite": version("milvus-lite"),
-            "machine": platform.machine(), "cpus": _cpus(),
+            "rows": args.rows,
+            "tenants": args.tenants,
+            "dim": args.dim,
+            "queries": args.queries,
+            "limit": args.limit,
+            "rerank": RERANK,
+            "index": "AUTOINDEX",
+            "metric": "COSINE",
+            "partition_key": "tenant_id",
+            "load_seconds": round(load_s, 1),
+            "python": platform.python_version(),
+            "pymilvus": version("pymilvus"),
+            "milvus_lite": version("milvus-lite"),
+            "machine": platform.machine(),
+            "cpus": _cpus(),
         },
         "latency": figures,
         "ratios": {
             "hooked_over_raw_median": round(ratio, 3),
-            "hooked_over_raw_p95": round(figures["hooked"]["p95_ms"] / figures["raw"]["p95_ms"],
-                                         3),
+            "hooked_over_raw_p95": round(figures["hooked"]["p95_ms"] / figures["raw"]["p95_ms"], 3),
             "hooked_over_raw_same_fetch_median": round(hooked_median / same_median, 3),
             "rerank_over_raw_median": round(rerank_median / raw_median, 4),
         },

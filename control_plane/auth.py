@@ -111,8 +111,7 @@ class Authenticator:
         self.database = database
 
     @classmethod
-    def from_settings(cls, settings: Settings, database: Database | None = None
-                      ) -> Authenticator:
+    def from_settings(cls, settings: Settings, database: Database | None = None) -> Authenticator:
         return cls(settings.admin_tokens, database)
 
     @property
@@ -146,8 +145,9 @@ class Authenticator:
             )
 
 
-def check_gateway_token(authorization_header: bytes | str | None,
-                        tokens: Sequence[SecretStr | str]) -> None:
+def check_gateway_token(
+    authorization_header: bytes | str | None, tokens: Sequence[SecretStr | str]
+) -> None:
     """Raise Unauthenticated unless the header carries one of `tokens` (no-op when none set)."""
     GatewayTokenChecker(tokens)(authorization_header)
 

@@ -1,25 +1,25 @@
 """Domain errors of the control plane; the HTTP edge maps each class to one problem type.
 
-    ControlPlaneError
-    ├── BadRequestInput            a request attribute (header or body) is malformed
-    ├── PayloadTooLarge            a request body over the endpoint's limit (413)
-    ├── FlagNotFound               no flag with that key in the serving flag set
-    ├── NotARoutingFlag            the flag exists but its variants do not name backends
-    ├── FlagsNotLoaded             no valid flag set has been loaded yet
-    ├── FlagValidationError        a flag set (file or API edit) was refused; carries the issues
-    ├── VersionNotFound            no stored flag set version with that number
-    ├── TokenNotFound              no stored API token with that name
-    ├── Conflict                   the request clashes with existing state (a token name)
-    ├── PreconditionFailed         If-Match / If-None-Match does not hold (412, current ETag)
-    ├── InvalidEvents              outcome events refused; carries one error per bad item
-    ├── ExperimentNotFound         the flag is not an experiment and has no exposures
-    ├── CanaryNotFound             no canary run for that flag
-    ├── InvalidCanary              a canary spec that cannot run on its flag
-    ├── EventQueueFull             the experiment writer cannot take more records now
-    ├── AuthError
-    │   ├── Unauthenticated        no or unknown bearer token (401)
-    │   └── Forbidden              the token's role may not do this (403)
-    └── UpstreamError              the chosen backend refused, timed out or failed
+ControlPlaneError
+├── BadRequestInput            a request attribute (header or body) is malformed
+├── PayloadTooLarge            a request body over the endpoint's limit (413)
+├── FlagNotFound               no flag with that key in the serving flag set
+├── NotARoutingFlag            the flag exists but its variants do not name backends
+├── FlagsNotLoaded             no valid flag set has been loaded yet
+├── FlagValidationError        a flag set (file or API edit) was refused; carries the issues
+├── VersionNotFound            no stored flag set version with that number
+├── TokenNotFound              no stored API token with that name
+├── Conflict                   the request clashes with existing state (a token name)
+├── PreconditionFailed         If-Match / If-None-Match does not hold (412, current ETag)
+├── InvalidEvents              outcome events refused; carries one error per bad item
+├── ExperimentNotFound         the flag is not an experiment and has no exposures
+├── CanaryNotFound             no canary run for that flag
+├── InvalidCanary              a canary spec that cannot run on its flag
+├── EventQueueFull             the experiment writer cannot take more records now
+├── AuthError
+│   ├── Unauthenticated        no or unknown bearer token (401)
+│   └── Forbidden              the token's role may not do this (403)
+└── UpstreamError              the chosen backend refused, timed out or failed
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ class BadRequestInput(ControlPlaneError):
     def __init__(self, detail: str, *, source: str) -> None:
         super().__init__(detail, source=source)
         self.source = source
-
 
     @property
     def metric_source(self) -> str:

@@ -67,11 +67,18 @@ class HeaderRule(BaseModel):
 DEFAULT_HEADER_RULES: tuple[HeaderRule, ...] = (
     HeaderRule(header="x-user-id", attribute="targetingKey"),
     HeaderRule(header="x-ab-test-id", attribute="ab-test-group"),
-    HeaderRule(header="x-canary-version", attribute="canary-version", max_length=64,
-               tester_only=True),
+    HeaderRule(
+        header="x-canary-version", attribute="canary-version", max_length=64, tester_only=True
+    ),
     # An integer: flagd's fractional takes whole-number weights (12.5 is refused with a 400).
-    HeaderRule(header="x-canary-weight", attribute="canary-weight", type="integer",
-               minimum=0, maximum=100, max_length=16),
+    HeaderRule(
+        header="x-canary-weight",
+        attribute="canary-weight",
+        type="integer",
+        minimum=0,
+        maximum=100,
+        max_length=16,
+    ),
     HeaderRule(header="x-region", attribute="user-region", max_length=64),
     HeaderRule(header="x-tenant-id", attribute="tenant", max_length=128),
 )
@@ -117,8 +124,9 @@ class Settings(BaseSettings):
 
     # hide_input_in_errors: a refused setting may hold a secret (a token); errors name the
     # setting and the rule, never the value.
-    model_config = SettingsConfigDict(env_prefix="CP_", extra="ignore", populate_by_name=True,
-                                      hide_input_in_errors=True)
+    model_config = SettingsConfigDict(
+        env_prefix="CP_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     #: The flag directory ops edit (CP_FLAGS_DIR): `./flags` under the working directory.
     #: Never the installed package's own copy (a reinstall would wipe ops' edits);
@@ -138,7 +146,8 @@ class Settings(BaseSettings):
     #: a routing replica that follows it (routing API, OFREP, health, metrics; no database,
     #: no admin API, no experiments). Unset: a control plane.
     replica_of: str | None = Field(
-        default=None, pattern=r"^(?:[A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):[0-9]{1,5}$")
+        default=None, pattern=r"^(?:[A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):[0-9]{1,5}$"
+    )
     #: Bearer token a replica sends to the primary's sync port (CP_REPLICA_TOKEN; one of the
     #: primary's sync or gateway tokens).
     replica_token: SecretStr | None = None
@@ -196,7 +205,11 @@ class Settings(BaseSettings):
     #: generated `cpt_` token) is dropped even when "authorization" is taken off this list
     #: (for backends that need the end user's own Authorization).
     dispatch_strip_headers: Annotated[tuple[str, ...], NoDecode] = (
-        "authorization", "cookie", "proxy-authorization", "forwarded", "x-forwarded-*",
+        "authorization",
+        "cookie",
+        "proxy-authorization",
+        "forwarded",
+        "x-forwarded-*",
         "x-real-ip",
     )
     #: Address of the flagd sync gRPC port (CP_SYNC_HOST). Loopback by default and independent
@@ -252,18 +265,22 @@ class Settings(BaseSettings):
         for path in (*tls, self.sync_tls_client_ca_file):
             if path is not None and not path.is_file():
                 raise ValueError(f"sync TLS file {path} does not exist")
-        authenticated = bool(self.sync_tokens or self.gateway_tokens
-                             or self.sync_tls_client_ca_file)
+        authenticated = bool(
+            self.sync_tokens or self.gateway_tokens or self.sync_tls_client_ca_file
+        )
         try:
-            loopback = (self.sync_host == "localhost"
-                        or ipaddress.ip_address(self.sync_host).is_loopback)
+            loopback = (
+                self.sync_host == "localhost" or ipaddress.ip_address(self.sync_host).is_loopback
+            )
         except ValueError:  # a host name: it may resolve anywhere
             loopback = False
         if self.sync_port and not authenticated and not loopback:
             raise ValueError(
                 f"sync_host {self.sync_host!r} is not a loopback address: set sync_tokens (or "
-                "gateway_tokens, or sync_tls_client_ca_file) so replicas must authenticate")
+                "gateway_tokens, or sync_tls_client_ca_file) so replicas must authenticate"
+            )
         return self
+
     #: Answer GET /v1/decide/{flag} from a raw-ASGI fast path (same responses, less overhead).
     fast_decide: bool = True
     # -- workers (control_plane.workers) --
@@ -314,8 +331,7 @@ class Settings(BaseSettings):
     # -- canary metric analysis --
     #: Prometheus server that canary `metrics` are queried on unless they name a
     #: `provider.address` (CP_PROMETHEUS_URL, an http(s) base URL, e.g. http://127.0.0.1:9090).
-    prometheus_url: str | None = Field(default=None,
-                                       pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    prometheus_url: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
     #: Seconds one Prometheus query may take (the controller waits for it each interval).
     prometheus_timeout: float = Field(default=3.0, gt=0, le=60)
     # Exposure journal and database time limits: a crash loses no answered exposure.
@@ -448,8 +464,9 @@ class Settings(BaseSettings):
     events_token: SecretStr | None = None
     #: JetStream stream, subject prefix and durable consumer names (CP_EVENTS_STREAM, ...).
     events_stream: str = Field(default="CP_RECORDS", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    events_subject_prefix: str = Field(default="cp.records",
-                                       pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    events_subject_prefix: str = Field(
+        default="cp.records", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+    )
     events_consumer: str = Field(default="cp-records-writer", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     #: Stream limits (control_plane.events.stream): bytes kept before publishes are refused
     #: (and records wait in publishers' journals), seconds a record may wait to be stored
@@ -478,7 +495,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _replica_events_need_salt(self) -> Settings:
         if self.events_url and self.replica_of and self.exposure_salt is None:
-            raise ValueError("a replica publishing experiment records (CP_EVENTS_URL) needs "
-                             "CP_EXPOSURE_SALT, the same as the control plane's: it has no "
-                             "database to keep the targeting key HMAC key in")
+            raise ValueError(
+                "a replica publishing experiment records (CP_EVENTS_URL) needs "
+                "CP_EXPOSURE_SALT, the same as the control plane's: it has no "
+                "database to keep the targeting key HMAC key in"
+            )
         return self

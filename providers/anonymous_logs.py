@@ -15,8 +15,9 @@ import logging
 __all__ = ["FLAGD_CORE_LOGGER", "AnonymousFractionalFilter", "quiet_anonymous_fractional"]
 
 FLAGD_CORE_LOGGER = "openfeature.contrib"
-_MESSAGES = frozenset({"No targetingKey provided for fractional shorthand syntax.",
-                       "No hashKey value resolved"})
+_MESSAGES = frozenset(
+    {"No targetingKey provided for fractional shorthand syntax.", "No hashKey value resolved"}
+)
 
 
 class AnonymousFractionalFilter(logging.Filter):

@@ -48,8 +48,9 @@ class _SourceConnector:
         resolver = _in_process(self._provider)
         changed = resolver.evaluator.set_flags_and_get_changed_keys(json.dumps(document))
         self._provider.emit_provider_configuration_changed(
-            ProviderEventDetails(flags_changed=changed,
-                                 metadata=dict(resolver.evaluator.get_flag_set_metadata()))
+            ProviderEventDetails(
+                flags_changed=changed, metadata=dict(resolver.evaluator.get_flag_set_metadata())
+            )
         )
 
 
@@ -64,8 +65,9 @@ def source_fed_provider(source: FlagDocumentSource) -> FlagdProvider:
     """The flagd provider in in-process mode, its flags pushed by `source`."""
     # The placeholder path makes the provider build its in-process resolver without dialling a
     # sync server; the connector that would poll it is replaced before initialize() runs.
-    provider = FlagdProvider(resolver_type=ResolverType.IN_PROCESS,
-                             offline_flag_source_path="unused-fed-by-source")
+    provider = FlagdProvider(
+        resolver_type=ResolverType.IN_PROCESS, offline_flag_source_path="unused-fed-by-source"
+    )
     resolver = _in_process(provider)
     resolver.connector = _SourceConnector(provider, source)
     # The provider's only hook (SyncMetadataHook) copies context that a flagd sync server sends
@@ -75,17 +77,24 @@ def source_fed_provider(source: FlagDocumentSource) -> FlagdProvider:
     return provider
 
 
-def sync_provider(host: str, port: int, *, selector: str | None = None,
-                  deadline_ms: int = 2000) -> FlagdProvider:
+def sync_provider(
+    host: str, port: int, *, selector: str | None = None, deadline_ms: int = 2000
+) -> FlagdProvider:
     """In-process evaluation syncing flags over flagd.sync.v1 from `host:port`."""
-    return FlagdProvider(resolver_type=ResolverType.IN_PROCESS, host=host, port=port,
-                         selector=selector, deadline_ms=deadline_ms)
+    return FlagdProvider(
+        resolver_type=ResolverType.IN_PROCESS,
+        host=host,
+        port=port,
+        selector=selector,
+        deadline_ms=deadline_ms,
+    )
 
 
 def file_provider(path: str, *, poll_ms: int = 500) -> FlagdProvider:
     """In-process evaluation of one flagd file, re-read when its mtime changes."""
-    return FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=path,
-                         deadline_ms=poll_ms)
+    return FlagdProvider(
+        resolver_type=ResolverType.FILE, offline_flag_source_path=path, deadline_ms=poll_ms
+    )
 
 
 def rpc_provider(host: str, port: int) -> FlagdProvider:

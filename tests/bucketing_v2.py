@@ -21,11 +21,11 @@ def murmur3_x86_32(data: bytes, seed: int = 0) -> int:
     h = seed & _MASK
     blocks = len(data) // 4
     for index in range(blocks):
-        k = int.from_bytes(data[index * 4:index * 4 + 4], "little")
+        k = int.from_bytes(data[index * 4 : index * 4 + 4], "little")
         k = _rotl((k * _C1) & _MASK, 15)
         h ^= (k * _C2) & _MASK
         h = (_rotl(h, 13) * 5 + 0xE6546B64) & _MASK
-    tail = data[blocks * 4:]
+    tail = data[blocks * 4 :]
     k = 0
     for shift, byte in enumerate(tail):
         k |= byte << (8 * shift)

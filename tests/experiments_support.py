@@ -21,8 +21,18 @@ from control_plane.db import Database
 from control_plane.http.app import create_app
 from control_plane.settings import Settings
 
-__all__ = ["ADMIN", "OPERATOR", "VIEWER", "ControlPlane", "TcpProxy", "Traffic", "full_app",
-           "make_settings", "running", "wait_for"]
+__all__ = [
+    "ADMIN",
+    "OPERATOR",
+    "VIEWER",
+    "ControlPlane",
+    "TcpProxy",
+    "Traffic",
+    "full_app",
+    "make_settings",
+    "running",
+    "wait_for",
+]
 
 ADMIN = "admin-token-0123456789abcdef"
 OPERATOR = "operator-token-0123456789abcdef"
@@ -32,12 +42,20 @@ VIEWER = "viewer-token-0123456789abcdef"
 def make_settings(flags_dir: Path, database_url: str, tmp_path: Path, **extra: Any) -> Settings:
     """Settings for a fast test app: short intervals, tokens for each role, a temp spill dir."""
     values: dict[str, Any] = {
-        "flags_dir": flags_dir, "database_url": database_url, "sync_port": 0,
-        "reload_interval": 0.05, "dispatch_timeout": 5.0,
-        "admin_tokens": [f"root:admin:{ADMIN}", f"ops:operator:{OPERATOR}",
-                         f"dash:viewer:{VIEWER}"],
-        "exposure_flush_interval": 0.05, "exposure_retry_interval": 0.2,
-        "exposure_spill_dir": tmp_path / "spill", "canary_tick_interval": 0.05,
+        "flags_dir": flags_dir,
+        "database_url": database_url,
+        "sync_port": 0,
+        "reload_interval": 0.05,
+        "dispatch_timeout": 5.0,
+        "admin_tokens": [
+            f"root:admin:{ADMIN}",
+            f"ops:operator:{OPERATOR}",
+            f"dash:viewer:{VIEWER}",
+        ],
+        "exposure_flush_interval": 0.05,
+        "exposure_retry_interval": 0.2,
+        "exposure_spill_dir": tmp_path / "spill",
+        "canary_tick_interval": 0.05,
     }
     values.update(extra)
     return Settings(**values)
@@ -119,8 +137,12 @@ class Traffic:
                     self.sent += 1
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, every: float = 0.05,
-             what: str = "condition") -> Any:
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 30.0,
+    every: float = 0.05,
+    what: str = "condition",
+) -> Any:
     """Poll `condition` until it returns something truthy; fail the test after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:

@@ -26,8 +26,14 @@ class ServerThread:
 
     def __init__(self, app: Any, port: int | None = None) -> None:
         self.port = port or free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on", access_log=False)
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -90,18 +96,38 @@ class BackendApp:
             await asyncio.sleep(self.delay)
         status = 503 if self.behaviour == "error" else 200
         if scope["path"].endswith("/stream"):
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", b"text/plain"),
-                                    (b"x-backend", self.name.encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", b"text/plain"),
+                        (b"x-backend", self.name.encode()),
+                    ],
+                }
+            )
             for index in range(5):
-                await send({"type": "http.response.body", "body": f"chunk{index}\n".encode(),
-                            "more_body": True})
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": f"chunk{index}\n".encode(),
+                        "more_body": True,
+                    }
+                )
             await send({"type": "http.response.body", "body": b""})
             return
         payload = json.dumps(seen).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"x-backend", self.name.encode()),
-                                (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2"),
-                                (b"content-length", str(len(payload)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"x-backend", self.name.encode()),
+                    (b"set-cookie", b"a=1"),
+                    (b"set-cookie", b"b=2"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})

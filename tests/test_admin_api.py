@@ -58,11 +58,14 @@ class Admin:
 @pytest.fixture
 def admin(database: Database, database_url: str, flags_dir: Path) -> Iterator[Admin]:
     """The real app over a copy of the shipped flags and a real database."""
-    settings = Settings(flags_dir=flags_dir, database_url=database_url, sync_port=0,
-                        reload_interval=0.02,
-                        admin_tokens=[f"root:admin:{ADMIN}", f"ops:operator:{OPERATOR}",
-                                      f"dash:viewer:{VIEWER}"],
-                        gateway_tokens=[GATEWAY])
+    settings = Settings(
+        flags_dir=flags_dir,
+        database_url=database_url,
+        sync_port=0,
+        reload_interval=0.02,
+        admin_tokens=[f"root:admin:{ADMIN}", f"ops:operator:{OPERATOR}", f"dash:viewer:{VIEWER}"],
+        gateway_tokens=[GATEWAY],
+    )
     app = create_app(settings)
 
     @app.get("/gateway-only", dependencies=[Depends(require_gateway_token)])
@@ -88,27 +91,40 @@ def _history(admin: Admin) -> list[dict[str, Any]]:
 
 # -- authentication and roles ----------------------------------------------------------------
 
-@pytest.mark.parametrize("headers", [
-    {}, {"Authorization": "Bearer not-a-known-token-at-all"}, {"Authorization": f"Basic {ADMIN}"},
-])
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer not-a-known-token-at-all"},
+        {"Authorization": f"Basic {ADMIN}"},
+    ],
+)
 def test_no_or_unknown_token_is_401(admin: Admin, headers: dict[str, str]) -> None:
     """Without a known bearer token every admin endpoint answers 401 with WWW-Authenticate."""
     with httpx.Client(base_url=admin.url, headers=headers) as client:
-        for method, path in [("GET", "/v1/flags"), ("GET", "/v1/flags/history"),
-                             ("PUT", f"/v1/flags/{AB_TEST_ROUTER}"),
-                             ("POST", "/v1/flags/rollback/1"), ("GET", "/v1/tokens")]:
+        for method, path in [
+            ("GET", "/v1/flags"),
+            ("GET", "/v1/flags/history"),
+            ("PUT", f"/v1/flags/{AB_TEST_ROUTER}"),
+            ("POST", "/v1/flags/rollback/1"),
+            ("GET", "/v1/tokens"),
+        ]:
             response = client.request(method, path, content=b"{not json")
             _problem(response, 401)
             assert response.headers["www-authenticate"].startswith("Bearer")
 
 
-@pytest.mark.parametrize(("token", "method", "path"), [
-    (VIEWER, "PUT", f"/v1/flags/{AB_TEST_ROUTER}"),
-    (OPERATOR, "POST", "/v1/flags/rollback/1"),
-    (OPERATOR, "POST", "/v1/tokens"),
-    (OPERATOR, "GET", "/v1/tokens"),
-    (OPERATOR, "GET", "/v1/audit"),
-])
+@pytest.mark.parametrize(
+    ("token", "method", "path"),
+    [
+        (VIEWER, "PUT", f"/v1/flags/{AB_TEST_ROUTER}"),
+        (OPERATOR, "POST", "/v1/flags/rollback/1"),
+        (OPERATOR, "POST", "/v1/tokens"),
+        (OPERATOR, "GET", "/v1/tokens"),
+        (OPERATOR, "GET", "/v1/audit"),
+    ],
+)
 def test_role_too_low_is_403(admin: Admin, token: str, method: str, path: str) -> None:
     """A known token whose role is too low gets 403 naming the role needed; nothing changes."""
     before = admin.disk()
@@ -121,8 +137,11 @@ def test_role_too_low_is_403(admin: Admin, token: str, method: str, path: str) -
 def test_whoami(admin: Admin) -> None:
     """A token can see its own name and role."""
     with admin.client(OPERATOR) as client:
-        assert client.get("/v1/whoami").json() == {"name": "ops", "role": "operator",
-                                                   "source": "settings"}
+        assert client.get("/v1/whoami").json() == {
+            "name": "ops",
+            "role": "operator",
+            "source": "settings",
+        }
 
 
 def test_gateway_token_dependency(admin: Admin) -> None:
@@ -135,6 +154,7 @@ def test_gateway_token_dependency(admin: Admin) -> None:
 
 
 # -- reading ---------------------------------------------------------------------------------
+
 
 def test_list_and_get_flags(admin: Admin) -> None:
     """Viewers list every serving flag with its file and version, and read one definition."""
@@ -162,6 +182,7 @@ def test_fixed_paths_are_not_captured_by_the_key_route(admin: Admin) -> None:
 
 # -- editing ---------------------------------------------------------------------------------
 
+
 def test_put_edits_the_flag_file_and_records_the_version(admin: Admin) -> None:
     """A valid PUT rewrites the flag in its own file, goes live, and is versioned as the token."""
     with admin.client(VIEWER) as client:
@@ -169,8 +190,11 @@ def test_put_edits_the_flag_file_and_records_the_version(admin: Admin) -> None:
     definition["targeting"]["fractional"] = [["model-a", 80], ["model-b", 20]]
     previous = admin.store.current.version
     with admin.client(OPERATOR) as client:
-        response = client.put(f"/v1/flags/{AB_TEST_ROUTER}", json=definition,
-                              params={"message": "shift traffic to model-a"})
+        response = client.put(
+            f"/v1/flags/{AB_TEST_ROUTER}",
+            json=definition,
+            params={"message": "shift traffic to model-a"},
+        )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["changed"] is True
@@ -185,8 +209,12 @@ def test_put_edits_the_flag_file_and_records_the_version(admin: Admin) -> None:
     assert (newest["version"], newest["source"], newest["actor"]) == (previous + 1, "api", "ops")
     assert newest["message"] == "shift traffic to model-a"
     assert newest["diff"]["summary"]["changed"] == [AB_TEST_ROUTER]
-    assert {"op": "replace", "path": "/targeting/fractional/0/1", "before": 50,
-            "after": 80} in newest["diff"]["flags"][0]["changes"]
+    assert {
+        "op": "replace",
+        "path": "/targeting/fractional/0/1",
+        "before": 50,
+        "after": 80,
+    } in newest["diff"]["flags"][0]["changes"]
 
 
 def test_put_same_definition_is_not_a_new_version(admin: Admin) -> None:
@@ -202,8 +230,11 @@ def test_put_same_definition_is_not_a_new_version(admin: Admin) -> None:
 
 def test_put_new_key_goes_to_the_api_file(admin: Admin) -> None:
     """A new key is created in api.flagd.json (201) and served."""
-    definition = {"state": "ENABLED", "variants": {"on": True, "off": False},
-                  "defaultVariant": "off"}
+    definition = {
+        "state": "ENABLED",
+        "variants": {"on": True, "off": False},
+        "defaultVariant": "off",
+    }
     with admin.client(OPERATOR) as client:
         response = client.put("/v1/flags/new-feature", json=definition)
     assert response.status_code == 201, response.text
@@ -213,18 +244,36 @@ def test_put_new_key_goes_to_the_api_file(admin: Admin) -> None:
     assert admin.store.current.sources["new-feature"] == "api.flagd.json"
 
 
-@pytest.mark.parametrize(("definition", "expected"), [
-    ({"state": "ENABLED", "variants": {"a": {"backend": "m", "url": "http://x"}},
-      "defaultVariant": "missing"}, "defaultVariant"),
-    ({"state": "ENABLED", "variants": {"a": {"backend": "m", "url": "http://x"},
-                                       "b": {"backend": "n", "url": "http://y"}},
-      "defaultVariant": "a", "targeting": {"fractional": [["a", -5], ["b", 105]]}},
-     "fractional"),
-    ({"state": "SOMETIMES", "variants": {"a": True}, "defaultVariant": "a"}, "state"),
-    (["not", "an", "object"], "JSON object"),
-])
-def test_bad_definition_is_422_and_changes_nothing(admin: Admin, definition: Any,
-                                                   expected: str) -> None:
+@pytest.mark.parametrize(
+    ("definition", "expected"),
+    [
+        (
+            {
+                "state": "ENABLED",
+                "variants": {"a": {"backend": "m", "url": "http://x"}},
+                "defaultVariant": "missing",
+            },
+            "defaultVariant",
+        ),
+        (
+            {
+                "state": "ENABLED",
+                "variants": {
+                    "a": {"backend": "m", "url": "http://x"},
+                    "b": {"backend": "n", "url": "http://y"},
+                },
+                "defaultVariant": "a",
+                "targeting": {"fractional": [["a", -5], ["b", 105]]},
+            },
+            "fractional",
+        ),
+        ({"state": "SOMETIMES", "variants": {"a": True}, "defaultVariant": "a"}, "state"),
+        (["not", "an", "object"], "JSON object"),
+    ],
+)
+def test_bad_definition_is_422_and_changes_nothing(
+    admin: Admin, definition: Any, expected: str
+) -> None:
     """An invalid definition is refused with the validator's issues; files and history stay."""
     before_disk = admin.disk()
     before_history = len(_history(admin))
@@ -237,11 +286,14 @@ def test_bad_definition_is_422_and_changes_nothing(admin: Admin, definition: Any
     assert len(_history(admin)) == before_history
 
 
-@pytest.mark.parametrize(("key", "body", "status"), [
-    ("history", {"state": "ENABLED", "variants": {"a": True}, "defaultVariant": "a"}, 422),
-    ("status", {"state": "ENABLED", "variants": {"a": True}, "defaultVariant": "a"}, 422),
-    (AB_TEST_ROUTER, None, 400),
-])
+@pytest.mark.parametrize(
+    ("key", "body", "status"),
+    [
+        ("history", {"state": "ENABLED", "variants": {"a": True}, "defaultVariant": "a"}, 422),
+        ("status", {"state": "ENABLED", "variants": {"a": True}, "defaultVariant": "a"}, 422),
+        (AB_TEST_ROUTER, None, 400),
+    ],
+)
 def test_reserved_keys_and_bad_bodies(admin: Admin, key: str, body: Any, status: int) -> None:
     """Keys that would shadow admin paths are refused (422); a non-JSON body is a 400."""
     with admin.client(OPERATOR) as client:
@@ -256,8 +308,11 @@ def test_concurrent_puts_are_all_versioned_in_order(admin: Admin) -> None:
     failures: list[str] = []
 
     def put(index: int) -> None:
-        definition = {"state": "ENABLED", "variants": {"on": True, "off": False},
-                      "defaultVariant": "on" if index % 2 else "off"}
+        definition = {
+            "state": "ENABLED",
+            "variants": {"on": True, "off": False},
+            "defaultVariant": "on" if index % 2 else "off",
+        }
         with admin.client(OPERATOR) as client:
             response = client.put(f"/v1/flags/parallel-{index}", json=definition)
             if response.status_code != 201:
@@ -276,6 +331,7 @@ def test_concurrent_puts_are_all_versioned_in_order(admin: Admin) -> None:
 
 
 # -- history and rollback --------------------------------------------------------------------
+
 
 def _edit_weights(admin: Admin, weights: list[int]) -> int:
     with admin.client(VIEWER) as client:
@@ -314,12 +370,15 @@ def test_rollback_restores_files_and_is_recorded(admin: Admin) -> None:
     original = admin.store.current
     _edit_weights(admin, [10, 90])
     with admin.client(OPERATOR) as client:
-        client.put("/v1/flags/extra", json={"state": "ENABLED", "variants": {"x": "y"},
-                                            "defaultVariant": "x"})
+        client.put(
+            "/v1/flags/extra",
+            json={"state": "ENABLED", "variants": {"x": "y"}, "defaultVariant": "x"},
+        )
     assert "extra" in admin.store.current.flags
     with admin.client(ADMIN) as client:
-        response = client.post(f"/v1/flags/rollback/{original.version}",
-                               json={"message": "bad canary"})
+        response = client.post(
+            f"/v1/flags/rollback/{original.version}", json={"message": "bad canary"}
+        )
     assert response.status_code == 200, response.text
     body = response.json()
     served = admin.store.current
@@ -360,6 +419,7 @@ def test_file_edits_are_still_recorded_as_file(admin: Admin) -> None:
 
 # -- tokens and audit ------------------------------------------------------------------------
 
+
 def test_token_lifecycle(admin: Admin) -> None:
     """Create (secret shown once), use, list without secrets, revoke, and refuse afterwards."""
     with admin.client(ADMIN) as client:
@@ -374,8 +434,10 @@ def test_token_lifecycle(admin: Admin) -> None:
         assert all("token" not in item for item in listing.json()["items"])
     with admin.client(secret) as client:
         assert client.get("/v1/whoami").json()["name"] == "deploy-bot"
-        response = client.put("/v1/flags/bot-flag", json={
-            "state": "ENABLED", "variants": {"on": True}, "defaultVariant": "on"})
+        response = client.put(
+            "/v1/flags/bot-flag",
+            json={"state": "ENABLED", "variants": {"on": True}, "defaultVariant": "on"},
+        )
         assert response.status_code == 201
         _problem(client.get("/v1/tokens"), 403)
     assert _history(admin)[0]["actor"] == "deploy-bot"
@@ -385,15 +447,19 @@ def test_token_lifecycle(admin: Admin) -> None:
         _problem(client.get("/v1/whoami"), 401)
 
 
-@pytest.mark.parametrize(("method", "path", "body", "status"), [
-    ("POST", "/v1/tokens", {"name": "root", "role": "viewer"}, 409),
-    ("POST", "/v1/tokens", {"name": "x", "role": "superuser"}, 400),
-    ("POST", "/v1/tokens", {"name": "bad name!", "role": "viewer"}, 400),
-    ("DELETE", "/v1/tokens/root", None, 409),
-    ("DELETE", "/v1/tokens/nobody", None, 404),
-])
-def test_token_management_errors(admin: Admin, method: str, path: str, body: Any,
-                                 status: int) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/v1/tokens", {"name": "root", "role": "viewer"}, 409),
+        ("POST", "/v1/tokens", {"name": "x", "role": "superuser"}, 400),
+        ("POST", "/v1/tokens", {"name": "bad name!", "role": "viewer"}, 400),
+        ("DELETE", "/v1/tokens/root", None, 409),
+        ("DELETE", "/v1/tokens/nobody", None, 404),
+    ],
+)
+def test_token_management_errors(
+    admin: Admin, method: str, path: str, body: Any, status: int
+) -> None:
     """Clashing names, bad roles and names, settings tokens and unknown tokens are refused."""
     with admin.client(ADMIN) as client:
         _problem(client.request(method, path, json=body), status)

@@ -57,13 +57,22 @@ def plane(flags_dir: Path, tmp_path: Path) -> Iterator[Any]:
     database.migrate()
     stable, canary = BackendApp("stable"), BackendApp("canary", behaviour="error")
     with ServerThread(stable) as stable_server, ServerThread(canary) as canary_server:
-        write_flags(flags_dir, "chat.flagd.json", {FLAG: {
-            "state": "ENABLED", "metadata": {"experiment": True},
-            "variants": {"stable": {"backend": "chat-v1", "url": stable_server.url},
-                         "canary": {"backend": "chat-v2", "url": canary_server.url}},
-            "defaultVariant": "stable",
-            "targeting": {"fractional": [["canary", 0], ["stable", 100]]},
-        }})
+        write_flags(
+            flags_dir,
+            "chat.flagd.json",
+            {
+                FLAG: {
+                    "state": "ENABLED",
+                    "metadata": {"experiment": True},
+                    "variants": {
+                        "stable": {"backend": "chat-v1", "url": stable_server.url},
+                        "canary": {"backend": "chat-v2", "url": canary_server.url},
+                    },
+                    "defaultVariant": "stable",
+                    "targeting": {"fractional": [["canary", 0], ["stable", 100]]},
+                }
+            },
+        )
         settings = make_settings(flags_dir, database_url, tmp_path)
         with running(settings, database) as control_plane:
             yield control_plane
@@ -90,16 +99,24 @@ def test_every_metric_and_label_in_the_rules_is_exported(plane: Any, flags_dir: 
     with plane.client(OPERATOR) as client:
         # Every canary call fails: the error check's ceiling fails the first interval, and one
         # failed check is enough here (failureThreshold 1).
-        started = client.post(f"/v1/canaries/{FLAG}", json={
-            "steps": [50, 100], "intervalSeconds": 1, "minRequests": 5, "failureThreshold": 1})
+        started = client.post(
+            f"/v1/canaries/{FLAG}",
+            json={
+                "steps": [50, 100],
+                "intervalSeconds": 1,
+                "minRequests": 5,
+                "failureThreshold": 1,
+            },
+        )
         assert started.status_code == 201, started.text
     with plane.client() as client:
+
         def rolled_back() -> bool:
             for index in range(10):
                 client.get(f"/v1/dispatch/{FLAG}/v1/chat", headers={"x-user-id": f"u{index}"})
-            state: str = client.get(f"/v1/canaries/{FLAG}",
-                                    headers={"authorization": f"Bearer {OPERATOR}"}
-                                    ).json()["state"]
+            state: str = client.get(
+                f"/v1/canaries/{FLAG}", headers={"authorization": f"Bearer {OPERATOR}"}
+            ).json()["state"]
             return state == "rolled_back"
 
         wait_for(rolled_back, what="the failing canary to be rolled back")
@@ -109,8 +126,10 @@ def test_every_metric_and_label_in_the_rules_is_exported(plane: Any, flags_dir: 
     scraped = _scrape(plane)
     selectors = _selectors()
     assert {metric for _, metric, _ in selectors} >= {
-        "control_plane_dispatch_requests_total", "control_plane_dispatch_seconds_bucket",
-        "control_plane_flag_reloads_total"}
+        "control_plane_dispatch_requests_total",
+        "control_plane_dispatch_seconds_bucket",
+        "control_plane_flag_reloads_total",
+    }
     for alert, metric, matchers in selectors:
         assert metric in scraped, f"{alert}: {metric} is not exported"
         for label, (operator, value) in matchers.items():
@@ -135,23 +154,27 @@ def _refused(plane: Any) -> float:
         text = client.get("/metrics").text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if (sample.name == "control_plane_flag_reloads_total"
-                    and sample.labels.get("result") == "refused"):
+            if (
+                sample.name == "control_plane_flag_reloads_total"
+                and sample.labels.get("result") == "refused"
+            ):
                 return float(sample.value)
     return 0.0
 
 
 _PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
-    _PROMTOOL is None, reason="promtool not installed (Debian package prometheus)")
+    _PROMTOOL is None, reason="promtool not installed (Debian package prometheus)"
+)
 
 
 @needs_promtool
 def test_promtool_accepts_the_rules() -> None:
     """`promtool check rules` finds every rule valid."""
     assert _PROMTOOL is not None
-    result = subprocess.run([_PROMTOOL, "check", "rules", str(RULES)], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        [_PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(_rules())} rules found" in result.stdout
 
@@ -160,36 +183,65 @@ def _alert(name: str, summary: str, **labels: str) -> dict[str, Any]:
     """An expected alert: its labels, the summary as promtool renders it, and the description
     with its label templates filled in (descriptions use no other template)."""
     rule = next(rule for rule in _rules() if rule["alert"] == name)
-    description = re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)],
-                         rule["annotations"]["description"])
+    description = re.sub(
+        r"\{\{ \$labels\.(\w+) \}\}",
+        lambda m: labels[m.group(1)],
+        rule["annotations"]["description"],
+    )
     assert "{{" not in description
-    return {"exp_labels": {**labels, **rule["labels"]},
-            "exp_annotations": {"summary": summary, "description": description}}
+    return {
+        "exp_labels": {**labels, **rule["labels"]},
+        "exp_annotations": {"summary": summary, "description": description},
+    }
 
 
 # Series per minute: a healthy flag (1% canary errors), a failing one (10%), one with too little
 # canary traffic to judge (4 calls in 5m, half failing), a slow canary, a refused reload, and
 # the first rollback of a flag (its counter series appears at 1).
 _SERIES = [
-    ('control_plane_dispatch_requests_total{flag="good",variant="canary",status_class="2xx"}',
-     "0+99x30"),
-    ('control_plane_dispatch_requests_total{flag="good",variant="canary",status_class="5xx"}',
-     "0+1x30"),
-    ('control_plane_dispatch_requests_total{flag="bad",variant="canary",status_class="2xx"}',
-     "0+45x30"),
-    ('control_plane_dispatch_requests_total{flag="bad",variant="canary",status_class="5xx"}',
-     "0+3x30"),
-    ('control_plane_dispatch_requests_total{flag="bad",variant="canary",status_class="timeout"}',
-     "0+2x30"),
-    ('control_plane_dispatch_requests_total{flag="quiet",variant="canary",status_class="2xx"}',
-     "0+0.4x30"),
-    ('control_plane_dispatch_requests_total{flag="quiet",variant="canary",status_class="5xx"}',
-     "0+0.4x30"),
-    *[(f'control_plane_dispatch_seconds_bucket{{flag="slow",variant="stable",le="{le}"}}',
-       "0+100x30") for le in ("0.1", "0.5", "1", "+Inf")],
+    (
+        'control_plane_dispatch_requests_total{flag="good",variant="canary",status_class="2xx"}',
+        "0+99x30",
+    ),
+    (
+        'control_plane_dispatch_requests_total{flag="good",variant="canary",status_class="5xx"}',
+        "0+1x30",
+    ),
+    (
+        'control_plane_dispatch_requests_total{flag="bad",variant="canary",status_class="2xx"}',
+        "0+45x30",
+    ),
+    (
+        'control_plane_dispatch_requests_total{flag="bad",variant="canary",status_class="5xx"}',
+        "0+3x30",
+    ),
+    (
+        'control_plane_dispatch_requests_total{flag="bad",variant="canary",status_class="timeout"}',
+        "0+2x30",
+    ),
+    (
+        'control_plane_dispatch_requests_total{flag="quiet",variant="canary",status_class="2xx"}',
+        "0+0.4x30",
+    ),
+    (
+        'control_plane_dispatch_requests_total{flag="quiet",variant="canary",status_class="5xx"}',
+        "0+0.4x30",
+    ),
+    *[
+        (
+            f'control_plane_dispatch_seconds_bucket{{flag="slow",variant="stable",le="{le}"}}',
+            "0+100x30",
+        )
+        for le in ("0.1", "0.5", "1", "+Inf")
+    ],
     ('control_plane_dispatch_seconds_bucket{flag="slow",variant="canary",le="0.1"}', "0x30"),
-    *[(f'control_plane_dispatch_seconds_bucket{{flag="slow",variant="canary",le="{le}"}}',
-       "0+100x30") for le in ("0.5", "1", "+Inf")],
+    *[
+        (
+            f'control_plane_dispatch_seconds_bucket{{flag="slow",variant="canary",le="{le}"}}',
+            "0+100x30",
+        )
+        for le in ("0.5", "1", "+Inf")
+    ],
     ('control_plane_flag_reloads_total{result="refused",instance="cp-1"}', "0 0 0 0 1x26"),
     ('control_plane_canary_actions_total{flag="bad",action="rolled_back"}', "_x5 1x25"),
     ('control_plane_experiment_database_up{instance="cp-1"}', "1 1 0x5 1x22"),
@@ -204,36 +256,90 @@ def test_promtool_unit_tests_of_the_alerts(tmp_path: Path) -> None:
     alert once database_up has been 0 for two minutes (not for a shorter outage, not after)."""
     assert _PROMTOOL is not None
     cases = [
-        (10, "ControlPlaneCanaryErrorRateHigh", [_alert(
-            "ControlPlaneCanaryErrorRateHigh", "Canary of bad fails 10% of its calls",
-            flag="bad")]),
-        (12, "ControlPlaneCanaryLatencyHigh", [_alert(
-            "ControlPlaneCanaryLatencyHigh", "Canary of slow is slow: p99 496ms", flag="slow")]),
-        (6, "ControlPlaneFlagReloadRefused", [_alert(
-            "ControlPlaneFlagReloadRefused", "cp-1 refused a flag set reload",
-            result="refused", instance="cp-1")]),
+        (
+            10,
+            "ControlPlaneCanaryErrorRateHigh",
+            [
+                _alert(
+                    "ControlPlaneCanaryErrorRateHigh",
+                    "Canary of bad fails 10% of its calls",
+                    flag="bad",
+                )
+            ],
+        ),
+        (
+            12,
+            "ControlPlaneCanaryLatencyHigh",
+            [
+                _alert(
+                    "ControlPlaneCanaryLatencyHigh",
+                    "Canary of slow is slow: p99 496ms",
+                    flag="slow",
+                )
+            ],
+        ),
+        (
+            6,
+            "ControlPlaneFlagReloadRefused",
+            [
+                _alert(
+                    "ControlPlaneFlagReloadRefused",
+                    "cp-1 refused a flag set reload",
+                    result="refused",
+                    instance="cp-1",
+                )
+            ],
+        ),
         (2, "ControlPlaneFlagReloadRefused", []),
-        (7, "ControlPlaneCanaryRolledBack", [_alert(
-            "ControlPlaneCanaryRolledBack", "The canary controller rolled back the canary of "
-            "bad", flag="bad", action="rolled_back")]),
+        (
+            7,
+            "ControlPlaneCanaryRolledBack",
+            [
+                _alert(
+                    "ControlPlaneCanaryRolledBack",
+                    "The canary controller rolled back the canary of bad",
+                    flag="bad",
+                    action="rolled_back",
+                )
+            ],
+        ),
         (3, "ControlPlaneCanaryRolledBack", []),
-        (5, "ControlPlaneExperimentDatabaseDown", [_alert(
+        (
+            5,
             "ControlPlaneExperimentDatabaseDown",
-            "cp-1 cannot write experiment records to the database", instance="cp-1")]),
+            [
+                _alert(
+                    "ControlPlaneExperimentDatabaseDown",
+                    "cp-1 cannot write experiment records to the database",
+                    instance="cp-1",
+                )
+            ],
+        ),
         (3, "ControlPlaneExperimentDatabaseDown", []),
         (12, "ControlPlaneExperimentDatabaseDown", []),
     ]
-    alert_tests = [{"eval_time": f"{minute}m", "alertname": name, "exp_alerts": expected}
-                   for minute, name, expected in cases]
+    alert_tests = [
+        {"eval_time": f"{minute}m", "alertname": name, "exp_alerts": expected}
+        for minute, name, expected in cases
+    ]
     test_file = tmp_path / "alerts_test.yml"
-    test_file.write_text(yaml.safe_dump({
-        "rule_files": [str(RULES)],
-        "evaluation_interval": "1m",
-        "tests": [{"interval": "1m",
-                   "input_series": [{"series": s, "values": v} for s, v in _SERIES],
-                   "alert_rule_test": alert_tests}],
-    }))
-    result = subprocess.run([_PROMTOOL, "test", "rules", str(test_file)],
-                            capture_output=True, text=True, check=False)
+    test_file.write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": [str(RULES)],
+                "evaluation_interval": "1m",
+                "tests": [
+                    {
+                        "interval": "1m",
+                        "input_series": [{"series": s, "values": v} for s, v in _SERIES],
+                        "alert_rule_test": alert_tests,
+                    }
+                ],
+            }
+        )
+    )
+    result = subprocess.run(
+        [_PROMTOOL, "test", "rules", str(test_file)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout

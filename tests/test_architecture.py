@@ -14,8 +14,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("control_plane", "providers", "vector_hooks", "flags")
 #: Domain packages: no HTTP framework, no HTTP edge, no command-line code.
-DOMAIN = ("control_plane.routing", "control_plane.flagstore", "control_plane.experiments",
-          "control_plane.distribution", "control_plane.db")
+DOMAIN = (
+    "control_plane.routing",
+    "control_plane.flagstore",
+    "control_plane.experiments",
+    "control_plane.distribution",
+    "control_plane.db",
+)
 EDGE_MODULES = ("fastapi", "starlette", "control_plane.http", "control_plane.cli")
 
 
@@ -29,7 +34,8 @@ def _module_name(path: Path) -> str:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.AST, module: str, is_package: bool) -> Iterator[str]:

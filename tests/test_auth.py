@@ -47,9 +47,14 @@ def test_roles_are_ordered() -> None:
         Role.parse("boss")
 
 
-@pytest.mark.parametrize(("header", "token"), [
-    ("Bearer abc", "abc"), ("bearer  abc ", "abc"), (b"Bearer abc", "abc"),
-])
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer abc", "abc"),
+        ("bearer  abc ", "abc"),
+        (b"Bearer abc", "abc"),
+    ],
+)
 def test_bearer_token_is_read(header: str | bytes, token: str) -> None:
     """The token is taken from 'Bearer <token>' (any case, bytes or text)."""
     assert bearer_token(header) == token
@@ -65,8 +70,9 @@ def test_missing_or_malformed_header_is_unauthenticated(header: str | None) -> N
 def test_settings_tokens_authenticate_with_their_role() -> None:
     """A settings token resolves to its name and role; an unknown one is refused."""
     authenticator = Authenticator.from_settings(_settings())
-    assert authenticator.authenticate(f"Bearer {ADMIN}") == Principal("root", Role.ADMIN,
-                                                                       "settings")
+    assert authenticator.authenticate(f"Bearer {ADMIN}") == Principal(
+        "root", Role.ADMIN, "settings"
+    )
     assert authenticator.authenticate(f"Bearer {VIEWER}").role is Role.VIEWER
     with pytest.raises(Unauthenticated, match="not known"):
         authenticator.authenticate(f"Bearer {ADMIN}x")
@@ -101,8 +107,13 @@ def test_database_tokens_are_hashed_at_rest(database: Database) -> None:
     secret = new_token()
     assert secret.startswith("cpt_")
     with database.session() as session:
-        repository.add_token(session=session, name="deploy-bot", role="operator",
-                             token_hash=hash_token(secret), created_by="root")
+        repository.add_token(
+            session=session,
+            name="deploy-bot",
+            role="operator",
+            token_hash=hash_token(secret),
+            created_by="root",
+        )
     authenticator = Authenticator.from_settings(_settings(), database)
     principal = authenticator.authenticate(f"Bearer {secret}")
     assert principal == Principal("deploy-bot", Role.OPERATOR, "database")
@@ -117,8 +128,13 @@ def test_revoked_database_token_is_refused(database: Database) -> None:
     """After revocation the token is unknown (401), though its row stays for the audit trail."""
     secret = new_token()
     with database.session() as session:
-        repository.add_token(session=session, name="old", role="admin",
-                             token_hash=hash_token(secret), created_by="root")
+        repository.add_token(
+            session=session,
+            name="old",
+            role="admin",
+            token_hash=hash_token(secret),
+            created_by="root",
+        )
         repository.revoke_token(session=session, name="old", actor="root")
     authenticator = Authenticator.from_settings(_settings(), database)
     with pytest.raises(Unauthenticated):
@@ -139,7 +155,8 @@ def test_gateway_checker_passes_everything_when_unset() -> None:
 def test_gateway_checker_requires_a_configured_token() -> None:
     """With gateway tokens set, only those pass; bytes headers (raw ASGI) work too."""
     checker = GatewayTokenChecker.from_settings(
-        Settings(gateway_tokens=f"{GATEWAY},next-gateway-secret-0123"))
+        Settings(gateway_tokens=f"{GATEWAY},next-gateway-secret-0123")
+    )
     assert checker.enabled
     checker(f"Bearer {GATEWAY}".encode())
     checker("Bearer next-gateway-secret-0123")
@@ -156,22 +173,28 @@ def test_tokens_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CP_ADMIN_TOKENS", f"root:admin:{ADMIN}, ci:viewer:{VIEWER}")
     monkeypatch.setenv("CP_GATEWAY_TOKENS", GATEWAY)
     settings = Settings()
-    assert [(s.name, s.role) for s in settings.admin_tokens] == [("root", "admin"),
-                                                                 ("ci", "viewer")]
+    assert [(s.name, s.role) for s in settings.admin_tokens] == [
+        ("root", "admin"),
+        ("ci", "viewer"),
+    ]
     assert settings.gateway_tokens[0].get_secret_value() == GATEWAY
     assert ADMIN not in repr(settings)
     assert GATEWAY not in repr(settings)
-    monkeypatch.setenv("CP_ADMIN_TOKENS",
-                       f'[{{"name": "root", "role": "operator", "token": "{ADMIN}"}}]')
+    monkeypatch.setenv(
+        "CP_ADMIN_TOKENS", f'[{{"name": "root", "role": "operator", "token": "{ADMIN}"}}]'
+    )
     assert Settings().admin_tokens[0].role == "operator"
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("root:admin:short-secret", "at least 16 characters"),
-    ("root:boss:long-enough-secret-123", "'viewer', 'operator' or 'admin'"),
-    ("no-colons-long-enough-secret-123", "name:role:token"),
-    ("a:admin:long-enough-secret-123,a:viewer:long-enough-secret-456", "given twice"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("root:admin:short-secret", "at least 16 characters"),
+        ("root:boss:long-enough-secret-123", "'viewer', 'operator' or 'admin'"),
+        ("no-colons-long-enough-secret-123", "name:role:token"),
+        ("a:admin:long-enough-secret-123,a:viewer:long-enough-secret-456", "given twice"),
+    ],
+)
 def test_bad_token_settings_are_refused_without_echoing_secrets(
     monkeypatch: pytest.MonkeyPatch, value: str, message: str
 ) -> None:

@@ -43,6 +43,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 
 # -- history ---------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def recorded(database: Database, database_url: str, flags_dir: Path) -> str:
     """A database holding three versions: the shipped flags, an API edit, a rollback."""
@@ -67,7 +68,10 @@ def test_history_prints_versions_newest_first_with_diffs(
     assert status == 0
     rows = [line.split() for line in out.splitlines() if re.match(r"^\s+\d+\s+\d{4}-", line)]
     assert [(r[0], r[3], r[4]) for r in rows] == [
-        ("3", "rollback", "root"), ("2", "api", "ops"), ("1", "file", "file-watcher")]
+        ("3", "rollback", "root"),
+        ("2", "api", "ops"),
+        ("1", "file", "file-watcher"),
+    ]
     assert f"~ {AB_TEST_ROUTER} /targeting/fractional/0/1: 50 -> 70" in out
     assert f"~ {AB_TEST_ROUTER} /targeting/fractional/0/1: 70 -> 50" in out
     assert "more model-a" in out
@@ -76,8 +80,9 @@ def test_history_prints_versions_newest_first_with_diffs(
 
 def test_history_limit_and_json(recorded: str, capsys: pytest.CaptureFixture[str]) -> None:
     """--limit shows the newest N and says how many exist; --json is machine-readable."""
-    status, out, _ = _run(["history", "--database-url", recorded, "--limit", "1",
-                           "--no-diff"], capsys)
+    status, out, _ = _run(
+        ["history", "--database-url", recorded, "--limit", "1", "--no-diff"], capsys
+    )
     assert status == 0
     assert "(1 of 3 versions; --limit 3 shows all)" in out
     assert "->" not in out
@@ -87,8 +92,9 @@ def test_history_limit_and_json(recorded: str, capsys: pytest.CaptureFixture[str
     assert [item["source"] for item in document["items"]] == ["rollback", "api", "file"]
 
 
-def test_history_without_a_database_file(tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_history_without_a_database_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A missing SQLite file is reported (exit 1) and not created."""
     path = tmp_path / "missing.db"
     status, _, err = _run(["history", "--database-url", f"sqlite:///{path}"], capsys)
@@ -97,13 +103,17 @@ def test_history_without_a_database_file(tmp_path: Path,
     assert not path.exists()
 
 
-@pytest.mark.parametrize(("url", "message"), [
-    ("garbage", "the database URL is not usable: Could not parse"),
-    ("nosuchdb://host/db", "the database URL is not usable: Can't load plugin"),
-    ("postgresql+psycopg://postgres:hunter2@127.0.0.1:{port}/test", "Connection refused"),
-])
-def test_history_with_an_unusable_database_url(url: str, message: str,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("garbage", "the database URL is not usable: Could not parse"),
+        ("nosuchdb://host/db", "the database URL is not usable: Can't load plugin"),
+        ("postgresql+psycopg://postgres:hunter2@127.0.0.1:{port}/test", "Connection refused"),
+    ],
+)
+def test_history_with_an_unusable_database_url(
+    url: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A malformed URL or an unreachable server is one message (password masked), exit 1."""
     url = url.format(port=free_port())
     status, _, err = _run(["history", "--database-url", url], capsys)
@@ -113,8 +123,9 @@ def test_history_with_an_unusable_database_url(url: str, message: str,
     assert "Traceback" not in err
 
 
-def test_history_of_an_unmigrated_database(empty_database: Database, database_url: str,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_history_of_an_unmigrated_database(
+    empty_database: Database, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A database without our tables is reported, not migrated by a read-only command."""
     with empty_database.engine.begin():
         pass  # SQLite creates the file on first connect
@@ -123,8 +134,9 @@ def test_history_of_an_unmigrated_database(empty_database: Database, database_ur
     assert "holds no control plane tables" in err
 
 
-def test_history_of_an_old_schema(empty_database: Database, database_url: str,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_history_of_an_old_schema(
+    empty_database: Database, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A database at an older revision names both revisions and how to upgrade."""
     upgrade(empty_database.engine, "0001")
     status, _, err = _run(["history", "--database-url", database_url], capsys)
@@ -136,28 +148,48 @@ def test_history_of_an_old_schema(empty_database: Database, database_url: str,
 def test_history_console_script_reads_database_url(recorded: str) -> None:
     """The installed `control-plane history` reads DATABASE_URL from the environment."""
     env = {**os.environ, "DATABASE_URL": recorded}
-    done = subprocess.run([str(Path(sys.executable).parent / "control-plane"), "history",
-                           "--limit", "2"], capture_output=True, text=True, env=env,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "control-plane"), "history", "--limit", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "rollback" in done.stdout
 
 
 # -- chi-square ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dof", [1, 2, 3, 4, 5, 7, 10, 25, 60, 150])
 def test_chi_square_sf_matches_scipy(dof: int) -> None:
     """Our survival function agrees with scipy over small, typical and extreme statistics."""
-    for statistic in (1e-6, 0.01, 0.5, 1, 2.7, dof - 1 + 0.5, dof, dof + 3, 2 * dof + 10, 80,
-                      300, 1000):
+    for statistic in (
+        1e-6,
+        0.01,
+        0.5,
+        1,
+        2.7,
+        dof - 1 + 0.5,
+        dof,
+        dof + 3,
+        2 * dof + 10,
+        80,
+        300,
+        1000,
+    ):
         ours = chi_square_sf(statistic, dof)
         expected = float(stats.chi2.sf(statistic, dof))
         assert ours == pytest.approx(expected, rel=1e-9, abs=1e-300), (statistic, dof)
 
 
 @settings(max_examples=300, deadline=None)
-@given(statistic=st.floats(min_value=0, max_value=500, allow_nan=False),
-       dof=st.integers(min_value=1, max_value=200))
+@given(
+    statistic=st.floats(min_value=0, max_value=500, allow_nan=False),
+    dof=st.integers(min_value=1, max_value=200),
+)
 def test_chi_square_sf_property(statistic: float, dof: int) -> None:
     """For any statistic and degrees of freedom the p-value equals scipy's to 1e-9."""
     expected = float(stats.chi2.sf(statistic, dof))
@@ -177,6 +209,7 @@ def test_chi_square_test_matches_scipy_chisquare() -> None:
 
 
 # -- simulate --------------------------------------------------------------------------------
+
 
 def _v2_bucket(flag_key: str, targeting_key: str, weights: list[tuple[str, int]]) -> str:
     """flagd fractional v2, computed independently: murmur3(flagKey+key) * total >> 32."""
@@ -207,7 +240,7 @@ def _p_value(out: str) -> float:
 
 
 def test_simulate_ab_split_matches_independent_bucketing(
-    capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The 50/50 A/B split per variant equals flagd v2 bucketing of the same keys, with scipy's
     chi-square p-value beside the configured weights."""
@@ -221,16 +254,16 @@ def test_simulate_ab_split_matches_independent_bucketing(
         expected[_v2_bucket(AB_TEST_ROUTER, f"user-{index}", weights)] += 1
     assert {name: count for name, (count, _) in table.items()} == expected
     assert table["model-a"][1] == "50.00%  (weight 50)"
-    reference = stats.chisquare([expected["model-a"], expected["model-b"]],
-                                [users / 2, users / 2])
+    reference = stats.chisquare([expected["model-a"], expected["model-b"]], [users / 2, users / 2])
     assert _p_value(out) == pytest.approx(float(reference.pvalue), rel=1e-3)
 
 
 def test_simulate_dynamic_weight_from_a_header(capsys: pytest.CaptureFixture[str]) -> None:
     """x-canary-weight=30 makes the canary rule's weights 30/70, read after the header applies."""
     users = 2000
-    status, out, err = _run(["simulate", CANARY_ROUTER, "--users", str(users),
-                             "--header", "x-canary-weight=30"], capsys)
+    status, out, err = _run(
+        ["simulate", CANARY_ROUTER, "--users", str(users), "--header", "x-canary-weight=30"], capsys
+    )
     assert status == 0, err
     table = _table(out)
     weights = [("canary", 30), ("stable", 70)]
@@ -245,26 +278,32 @@ def test_simulate_dynamic_weight_from_a_header(capsys: pytest.CaptureFixture[str
 
 def test_simulate_rule_without_a_split(capsys: pytest.CaptureFixture[str]) -> None:
     """A label rule sends everyone one way: shown as such, with no goodness-of-fit test."""
-    status, out, _ = _run(["simulate", REGION_ROUTER, "--users", "50", "--header",
-                           "x-region=cn"], capsys)
+    status, out, _ = _run(
+        ["simulate", REGION_ROUTER, "--users", "50", "--header", "x-region=cn"], capsys
+    )
     assert status == 0
     assert _table(out) == {"cn": (50, "100.00%  (by rule)")}
     assert "no goodness-of-fit test" in out
     assert "p =" not in out
 
 
-@pytest.mark.parametrize(("header", "message"), [
-    ("x-canary-weight=300", "header x-canary-weight must be at most 100, got 300"),
-    ("x-canary-weight=lots", "header x-canary-weight must be an integer"),
-    ("nonsense", "--header 'nonsense' must look like NAME=VALUE"),
-    ("x-unknown=1", "header x-unknown is not mapped"),
-    ("x-user-id=bob", "header x-user-id sets the targeting key"),
-])
-def test_simulate_bad_header_names_it(header: str, message: str,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("x-canary-weight=300", "header x-canary-weight must be at most 100, got 300"),
+        ("x-canary-weight=lots", "header x-canary-weight must be an integer"),
+        ("nonsense", "--header 'nonsense' must look like NAME=VALUE"),
+        ("x-unknown=1", "header x-unknown is not mapped"),
+        ("x-user-id=bob", "header x-user-id sets the targeting key"),
+    ],
+)
+def test_simulate_bad_header_names_it(
+    header: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A bad --header is one clear message naming the header, exit status 2, no traceback."""
-    status, out, err = _run(["simulate", CANARY_ROUTER, "--users", "10", "--header", header],
-                            capsys)
+    status, out, err = _run(
+        ["simulate", CANARY_ROUTER, "--users", "10", "--header", header], capsys
+    )
     assert status == 2
     assert message in err
     assert "Traceback" not in err + out
@@ -282,8 +321,9 @@ def test_simulate_unknown_flag_and_bad_users(capsys: pytest.CaptureFixture[str])
     assert "must be at least 1" in capsys.readouterr().err
 
 
-def test_simulate_invalid_flags_report_file_and_line(tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_simulate_invalid_flags_report_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Invalid flag files are listed as file:line messages (exit 1)."""
     (tmp_path / "bad.flagd.json").write_text('{\n  "flags": {\n    "x": {,\n  }\n}\n')
     status, _, err = _run(["simulate", "x", "--users", "5", "--flags", str(tmp_path)], capsys)
@@ -291,8 +331,9 @@ def test_simulate_invalid_flags_report_file_and_line(tmp_path: Path,
     assert f"{tmp_path / 'bad.flagd.json'}:3:" in err
 
 
-def _write_flags(directory: Path, flags: dict[str, Any],
-                 evaluators: dict[str, Any] | None = None) -> None:
+def _write_flags(
+    directory: Path, flags: dict[str, Any], evaluators: dict[str, Any] | None = None
+) -> None:
     document: dict[str, Any] = {"flags": flags}
     if evaluators:
         document["$evaluators"] = evaluators
@@ -303,13 +344,22 @@ def test_simulate_non_routing_flag_with_shared_evaluator(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A boolean flag whose split sits in a $ref evaluator is evaluated and its weights read."""
-    _write_flags(tmp_path, {"dark-mode": {
-        "state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off",
-        "targeting": {"$ref": "quarter"}}},
-        evaluators={"quarter": {"fractional": [["on", 25], ["off", 75]]}})
+    _write_flags(
+        tmp_path,
+        {
+            "dark-mode": {
+                "state": "ENABLED",
+                "variants": {"on": True, "off": False},
+                "defaultVariant": "off",
+                "targeting": {"$ref": "quarter"},
+            }
+        },
+        evaluators={"quarter": {"fractional": [["on", 25], ["off", 75]]}},
+    )
     users = 1200
-    status, out, err = _run(["simulate", "dark-mode", "--users", str(users), "--flags",
-                             str(tmp_path)], capsys)
+    status, out, err = _run(
+        ["simulate", "dark-mode", "--users", str(users), "--flags", str(tmp_path)], capsys
+    )
     assert status == 0, err
     expected = {"on": 0, "off": 0}
     for index in range(users):
@@ -320,16 +370,28 @@ def test_simulate_non_routing_flag_with_shared_evaluator(
     assert "p =" in out
 
 
-def test_simulate_rule_that_varies_per_user(tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_simulate_rule_that_varies_per_user(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """When users reach different splits, no single configured split or p-value is claimed."""
-    _write_flags(tmp_path, {"mixed": {
-        "state": "ENABLED", "variants": {"a": "A", "b": "B"}, "defaultVariant": "a",
-        "targeting": {"if": [{"starts_with": [{"var": "targetingKey"}, "user-1"]},
-                             {"fractional": [["a", 90], ["b", 10]]},
-                             {"fractional": [["a", 10], ["b", 90]]}]}}})
-    status, out, _ = _run(["simulate", "mixed", "--users", "200", "--flags", str(tmp_path)],
-                          capsys)
+    _write_flags(
+        tmp_path,
+        {
+            "mixed": {
+                "state": "ENABLED",
+                "variants": {"a": "A", "b": "B"},
+                "defaultVariant": "a",
+                "targeting": {
+                    "if": [
+                        {"starts_with": [{"var": "targetingKey"}, "user-1"]},
+                        {"fractional": [["a", 90], ["b", 10]]},
+                        {"fractional": [["a", 10], ["b", 90]]},
+                    ]
+                },
+            }
+        },
+    )
+    status, out, _ = _run(["simulate", "mixed", "--users", "200", "--flags", str(tmp_path)], capsys)
     assert status == 0
     assert "different rules" in out
     assert "p =" not in out

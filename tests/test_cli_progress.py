@@ -40,16 +40,23 @@ class _Terminal(io.StringIO):
 _FLAGS = {"CP_FLAGS_DIR": str(FLAGS_DIR)}
 
 
-def run_in_terminal(args: list[str], cwd: Path, timeout: float = 60,
-                    on_output: Callable[[str], None] | None = None) -> tuple[int, str]:
+def run_in_terminal(
+    args: list[str], cwd: Path, timeout: float = 60, on_output: Callable[[str], None] | None = None
+) -> tuple[int, str]:
     """Run the CLI with stdin, stdout and stderr on a new pseudo-terminal; (status, output).
 
     `on_output` is called with all output so far each time more arrives.
     """
     controller, terminal = pty.openpty()
-    process = subprocess.Popen([*CLI, *args], stdin=terminal, stdout=terminal, stderr=terminal,
-                               cwd=cwd, env={**os.environ, "TERM": "xterm", **_FLAGS},
-                               close_fds=True)
+    process = subprocess.Popen(
+        [*CLI, *args],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        cwd=cwd,
+        env={**os.environ, "TERM": "xterm", **_FLAGS},
+        close_fds=True,
+    )
     os.close(terminal)
     output = b""
     deadline = time.monotonic() + timeout
@@ -78,8 +85,15 @@ def run_in_terminal(args: list[str], cwd: Path, timeout: float = 60,
 
 
 def run_piped(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, check=False, cwd=cwd,
-                          env={**os.environ, **_FLAGS}, timeout=60)
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+        env={**os.environ, **_FLAGS},
+        timeout=60,
+    )
 
 
 def test_progress_redraws_one_line_on_a_terminal() -> None:
@@ -131,13 +145,12 @@ def test_simulate_piped_prints_only_the_report(tmp_path: Path) -> None:
 def test_simulate_in_a_terminal_shows_progress_then_the_report(tmp_path: Path) -> None:
     """In a terminal, simulate redraws a progress line through both passes, leaves a summary,
     and prints the same report."""
-    status, output = run_in_terminal(["simulate", "ab-test-router", "--users", "3000"],
-                                     tmp_path)
+    status, output = run_in_terminal(["simulate", "ab-test-router", "--users", "3000"], tmp_path)
     assert status == 0, output
     assert "\r\x1b[Kevaluating ab-test-router: 0/3,000 users (0%)" in output
     assert "\r\x1b[Kreading the configured split: " in output
     assert "\r\x1b[Ksimulated 3,000 users in " in output
-    report = output[output.index("flag ab-test-router"):]
+    report = output[output.index("flag ab-test-router") :]
     assert "chi-square" in report
     assert not any(char in report.replace("\r\n", "\n") for char in CONTROL)
 
@@ -151,13 +164,22 @@ def plane(flags_dir: Path, tmp_path: Path) -> Iterator[Any]:
     database.migrate()
     stable, canary = BackendApp("stable"), BackendApp("canary")
     with ServerThread(stable) as stable_server, ServerThread(canary) as canary_server:
-        write_flags(flags_dir, "chat.flagd.json", {FLAG: {
-            "state": "ENABLED", "metadata": {"experiment": True},
-            "variants": {"stable": {"backend": "chat-v1", "url": stable_server.url},
-                         "canary": {"backend": "chat-v2", "url": canary_server.url}},
-            "defaultVariant": "stable",
-            "targeting": {"fractional": [["canary", 0], ["stable", 100]]},
-        }})
+        write_flags(
+            flags_dir,
+            "chat.flagd.json",
+            {
+                FLAG: {
+                    "state": "ENABLED",
+                    "metadata": {"experiment": True},
+                    "variants": {
+                        "stable": {"backend": "chat-v1", "url": stable_server.url},
+                        "canary": {"backend": "chat-v2", "url": canary_server.url},
+                    },
+                    "defaultVariant": "stable",
+                    "targeting": {"fractional": [["canary", 0], ["stable", 100]]},
+                }
+            },
+        )
         with running(make_settings(flags_dir, database_url, tmp_path), database) as cp:
             with cp.client() as client:
                 for index in range(20):
@@ -167,8 +189,7 @@ def plane(flags_dir: Path, tmp_path: Path) -> Iterator[Any]:
     database.dispose()
 
 
-def test_experiments_report_shows_a_clock_in_a_terminal_only(plane: Any,
-                                                             tmp_path: Path) -> None:
+def test_experiments_report_shows_a_clock_in_a_terminal_only(plane: Any, tmp_path: Path) -> None:
     """In a terminal the report is preceded by a waiting line (erased); piped it is the plain
     report, identical in content."""
     args = ["experiments", "report", FLAG, "--url", plane.url, "--token", VIEWER]
@@ -189,9 +210,15 @@ def test_canary_watch_keeps_a_live_line_in_a_terminal(plane: Any, tmp_path: Path
     a live status line shows state, step and weight as they change; piped, the same lines come
     out plain."""
     with plane.client(OPERATOR) as client:
-        started = client.post(f"/v1/canaries/{FLAG}", json={
-            "steps": [50, 100], "intervalSeconds": 0.3, "minRequests": 3,
-            "maxP99LatencyRatio": 200})
+        started = client.post(
+            f"/v1/canaries/{FLAG}",
+            json={
+                "steps": [50, 100],
+                "intervalSeconds": 0.3,
+                "minRequests": 3,
+                "maxP99LatencyRatio": 200,
+            },
+        )
         assert started.status_code == 201, started.text
     args = ["canary", "watch", FLAG, "--every", "0.1", "--url", plane.url, "--token", VIEWER]
     with contextlib.ExitStack() as stack:
@@ -200,16 +227,17 @@ def test_canary_watch_keeps_a_live_line_in_a_terminal(plane: Any, tmp_path: Path
         def start_traffic_once_watched(output: str) -> None:
             # No traffic, no progress: the canary waits in step 1 until the watcher shows it.
             if not traffic and "running, step 1/2, weight 50%" in output:
-                traffic.append(stack.enter_context(
-                    Traffic(plane.url, f"/v1/dispatch/{FLAG}/v1/chat", threads=2)))
+                traffic.append(
+                    stack.enter_context(
+                        Traffic(plane.url, f"/v1/dispatch/{FLAG}/v1/chat", threads=2)
+                    )
+                )
 
         status, output = run_in_terminal(args, tmp_path, on_output=start_traffic_once_watched)
     assert status == 0, output  # promoted
     # The live line (spinner, clock, status) redrawn in place, first running, at the end done.
-    running = re.search(rf"\r\x1b\[Kcanary {FLAG} . \d+s  running, step 1/2, weight 50%",
-                        output)
-    done = re.search(rf"\r\x1b\[Kcanary {FLAG} . \d+s  promoted, step 2/2, weight 100%",
-                     output)
+    running = re.search(rf"\r\x1b\[Kcanary {FLAG} . \d+s  running, step 1/2, weight 50%", output)
+    done = re.search(rf"\r\x1b\[Kcanary {FLAG} . \d+s  promoted, step 2/2, weight 100%", output)
     assert running is not None, output
     assert done is not None, output
     assert running.start() < done.start()

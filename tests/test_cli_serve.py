@@ -33,15 +33,23 @@ def wait_ready(url: str, process: subprocess.Popen[bytes]) -> httpx.Response:
 def test_serve_takes_options_and_environment(flags_dir: Path, tmp_path: Path) -> None:
     """Options set flags/host/port/database; the environment sets what options leave out."""
     port = free_port()
-    env = {**os.environ, "CP_PORT": str(port), "CP_SYNC_PORT": "0",
-           "DATABASE_URL": f"sqlite:///{tmp_path / 'env.db'}"}
-    process = subprocess.Popen([*CLI, "serve", "--flags", str(flags_dir), "--host", "127.0.0.1",
-                                "--log-level", "warning"], env=env, cwd=tmp_path)
+    env = {
+        **os.environ,
+        "CP_PORT": str(port),
+        "CP_SYNC_PORT": "0",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'env.db'}",
+    }
+    process = subprocess.Popen(
+        [*CLI, "serve", "--flags", str(flags_dir), "--host", "127.0.0.1", "--log-level", "warning"],
+        env=env,
+        cwd=tmp_path,
+    )
     try:
         ready = wait_ready(f"http://127.0.0.1:{port}", process)
         assert ready.status_code == 200
-        decision = httpx.get(f"http://127.0.0.1:{port}/v1/decide/region-router",
-                             headers={"x-region": "cn"})
+        decision = httpx.get(
+            f"http://127.0.0.1:{port}/v1/decide/region-router", headers={"x-region": "cn"}
+        )
         assert decision.headers["x-route-variant"] == "cn"
     finally:
         process.terminate()
@@ -51,13 +59,23 @@ def test_serve_takes_options_and_environment(flags_dir: Path, tmp_path: Path) ->
 
 def test_serve_refuses_bad_settings_with_a_message(tmp_path: Path) -> None:
     """A bad port or a missing flag directory is one clear message and exit status 2."""
-    bad_port = subprocess.run([*CLI, "serve", "--port", "70000"], capture_output=True,
-                              text=True, check=False, cwd=tmp_path)
+    bad_port = subprocess.run(
+        [*CLI, "serve", "--port", "70000"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
     assert bad_port.returncode == 2
     assert "port" in bad_port.stderr
     assert "Traceback" not in bad_port.stderr
-    missing = subprocess.run([*CLI, "serve", "--flags", str(tmp_path / "nope")],
-                             capture_output=True, text=True, check=False, cwd=tmp_path)
+    missing = subprocess.run(
+        [*CLI, "serve", "--flags", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
     assert missing.returncode == 2
     assert "nope" in missing.stderr
     assert "does not exist" in missing.stderr
@@ -65,9 +83,13 @@ def test_serve_refuses_bad_settings_with_a_message(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        busy = subprocess.run([*CLI, "serve", "--sync-port", str(port), "--port", "0",
-                               "--flags", str(FLAGS_DIR)],
-                              capture_output=True, text=True, check=False, cwd=tmp_path)
+        busy = subprocess.run(
+            [*CLI, "serve", "--sync-port", str(port), "--port", "0", "--flags", str(FLAGS_DIR)],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=tmp_path,
+        )
     assert busy.returncode == 2
     assert f"sync port 127.0.0.1:{port} cannot be used" in busy.stderr
     assert "Traceback" not in busy.stderr

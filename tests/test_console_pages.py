@@ -71,8 +71,9 @@ def test_no_asset_points_outside_the_server() -> None:
         urls = set(re.findall(r"(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}[^\s\"'`)]*", text))
         assert urls <= {SVG_NAMESPACE}, f"{name} refers to {urls - {SVG_NAMESPACE}}"
         assert "@import" not in text, name
-        assert not re.search(r"\.(?:inner|outer)HTML\s*=|insertAdjacentHTML\(|document\.write",
-                             text), name
+        assert not re.search(
+            r"\.(?:inner|outer)HTML\s*=|insertAdjacentHTML\(|document\.write", text
+        ), name
 
 
 def test_assets_have_types_and_etags(plane: ControlPlane) -> None:
@@ -81,8 +82,9 @@ def test_assets_have_types_and_etags(plane: ControlPlane) -> None:
     with httpx.Client(base_url=plane.url) as client:
         script = client.get("/console/static/app.js")
         style = client.get("/console/static/console.css")
-        again = client.get("/console/static/app.js",
-                           headers={"if-none-match": script.headers["etag"]})
+        again = client.get(
+            "/console/static/app.js", headers={"if-none-match": script.headers["etag"]}
+        )
     assert script.headers["content-type"] == "text/javascript; charset=utf-8"
     assert style.headers["content-type"] == "text/css; charset=utf-8"
     assert script.headers["cache-control"] == "no-cache"
@@ -90,12 +92,15 @@ def test_assets_have_types_and_etags(plane: ControlPlane) -> None:
     assert again.content == b""
 
 
-@pytest.mark.parametrize("path", [
-    "/console/static/missing.js",
-    "/console/static/..%2Fpages.py",
-    "/console/static/../pages.py",
-    "/console/static/",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/console/static/missing.js",
+        "/console/static/..%2Fpages.py",
+        "/console/static/../pages.py",
+        "/console/static/",
+    ],
+)
 def test_unknown_assets_are_404_problems(plane: ControlPlane, path: str) -> None:
     """A name that is not a shipped asset (or tries to leave the folder) is a 404 problem."""
     response = httpx.get(plane.url + path)

@@ -31,8 +31,15 @@ class Clock:
 
 
 def _decision(flag: str, variant: str) -> Decision:
-    return Decision(flag_key=flag, variant=variant, backend=variant, url="http://127.0.0.1:1",
-                    reason="TARGETING_MATCH", flag_set_version=1, decision_id="d1")
+    return Decision(
+        flag_key=flag,
+        variant=variant,
+        backend=variant,
+        url="http://127.0.0.1:1",
+        reason="TARGETING_MATCH",
+        flag_set_version=1,
+        decision_id="d1",
+    )
 
 
 def test_window_sums_the_last_seconds_per_variant_and_bucket() -> None:
@@ -76,11 +83,14 @@ def test_a_reused_slot_forgets_the_second_it_held() -> None:
     assert tracker.window("nobody", 5).totals == {}
 
 
-@pytest.mark.parametrize(("seconds", "buckets", "message"), [
-    (0, 10, "seconds must be from 1 to 60"),
-    (61, 10, "seconds must be from 1 to 60"),
-    (30, 0, "buckets must be at least 1"),
-])
+@pytest.mark.parametrize(
+    ("seconds", "buckets", "message"),
+    [
+        (0, 10, "seconds must be from 1 to 60"),
+        (61, 10, "seconds must be from 1 to 60"),
+        (30, 0, "buckets must be at least 1"),
+    ],
+)
 def test_bad_window_arguments_are_refused(seconds: int, buckets: int, message: str) -> None:
     """A window outside the tracker's range, or without buckets, is a ValueError saying so."""
     with pytest.raises(ValueError, match=message):
@@ -105,13 +115,19 @@ def test_traffic_counts_the_decisions_made(plane: ControlPlane) -> None:
     """`/v1/traffic/{flag}` shows each variant's backend, configured share and exactly the
     decisions made, per variant and in total; `/v1/traffic` lists every routing flag."""
     with httpx.Client(base_url=plane.url, timeout=15) as client:
-        ab = Counter(client.get("/v1/decide/ab-test-router",
-                                headers={"x-user-id": f"user-{n}"}).json()["variant"]
-                     for n in range(300))
-        region = Counter(client.get("/v1/decide/region-router",
-                                    headers={"x-user-id": f"user-{n}",
-                                             "x-region": "cn" if n % 4 == 0 else "eu"}
-                                    ).json()["variant"] for n in range(100))
+        ab = Counter(
+            client.get("/v1/decide/ab-test-router", headers={"x-user-id": f"user-{n}"}).json()[
+                "variant"
+            ]
+            for n in range(300)
+        )
+        region = Counter(
+            client.get(
+                "/v1/decide/region-router",
+                headers={"x-user-id": f"user-{n}", "x-region": "cn" if n % 4 == 0 else "eu"},
+            ).json()["variant"]
+            for n in range(100)
+        )
     assert region == {"cn": 25, "global": 75}
     with plane.client(VIEWER) as viewer:
         body = viewer.get("/v1/traffic/ab-test-router", params={"minutes": 1}).json()
@@ -126,7 +142,9 @@ def test_traffic_counts_the_decisions_made(plane: ControlPlane) -> None:
     assert rows["model-b"]["backend"] == "model-b"
     assert rows["model-b"]["url"] == "http://127.0.0.1:9102"
     assert {name: row["configuredShare"] for name, row in rows.items()} == {
-        "model-a": 0.5, "model-b": 0.5}
+        "model-a": 0.5,
+        "model-b": 0.5,
+    }
     assert body["configured"]["kind"] == "fractional"
     assert body["experiment"] is True
     assert sum(sum(bucket.values()) for bucket in body["series"]) == 300
@@ -135,11 +153,14 @@ def test_traffic_counts_the_decisions_made(plane: ControlPlane) -> None:
     assert {name: row["decisions"] for name, row in region_rows.items()} == dict(region)
     assert regions["configured"]["kind"] == "fixed"
     assert "global" in regions["configured"]["note"]
-    assert {n: r["configuredShare"] for n, r in region_rows.items()} == {"global": 1.0,
-                                                                          "cn": 0.0}
+    assert {n: r["configuredShare"] for n, r in region_rows.items()} == {"global": 1.0, "cn": 0.0}
 
     assert [flag["flag"] for flag in every["flags"]] == [
-        "ab-test-router", "canary-router", "pinned-router", "region-router"]
+        "ab-test-router",
+        "canary-router",
+        "pinned-router",
+        "region-router",
+    ]
     assert every["minutes"] == 15
     listed = {flag["flag"]: flag for flag in every["flags"]}
     assert listed["ab-test-router"]["window"]["decisions"] == 300
@@ -147,16 +168,20 @@ def test_traffic_counts_the_decisions_made(plane: ControlPlane) -> None:
     assert listed["canary-router"]["window"]["decisions"] == 0
 
 
-@pytest.mark.parametrize(("path", "token", "status", "says"), [
-    ("/v1/traffic/ab-test-router", None, 401, "Authorization: Bearer"),
-    ("/v1/traffic/ab-test-router?minutes=0", VIEWER, 400, "query.minutes"),
-    ("/v1/traffic?minutes=16", VIEWER, 400, "query.minutes"),
-    ("/v1/traffic/ab-test-router?buckets=500", VIEWER, 400, "query.buckets"),
-    ("/v1/traffic/no-such-flag", VIEWER, 404, "no flag named 'no-such-flag'"),
-    ("/v1/traffic/vector-hook-pipeline", VIEWER, 422, "not a routing flag"),
-])
-def test_traffic_refusals_are_clear_problems(plane: ControlPlane, path: str, token: str | None,
-                                             status: int, says: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "token", "status", "says"),
+    [
+        ("/v1/traffic/ab-test-router", None, 401, "Authorization: Bearer"),
+        ("/v1/traffic/ab-test-router?minutes=0", VIEWER, 400, "query.minutes"),
+        ("/v1/traffic?minutes=16", VIEWER, 400, "query.minutes"),
+        ("/v1/traffic/ab-test-router?buckets=500", VIEWER, 400, "query.buckets"),
+        ("/v1/traffic/no-such-flag", VIEWER, 404, "no flag named 'no-such-flag'"),
+        ("/v1/traffic/vector-hook-pipeline", VIEWER, 422, "not a routing flag"),
+    ],
+)
+def test_traffic_refusals_are_clear_problems(
+    plane: ControlPlane, path: str, token: str | None, status: int, says: str
+) -> None:
     """No token, a window or bucket count out of range, an unknown flag and a non-routing
     flag each answer a problem+json naming what was wrong."""
     with plane.client(token) as client:

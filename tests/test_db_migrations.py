@@ -23,16 +23,24 @@ def test_upgrade_from_initial_revision_keeps_history(empty_database: Database) -
     """A database created at revision 0001 with a history row keeps it after upgrading to head."""
     upgrade(empty_database.engine, "0001")
     assert current_revision(empty_database.engine) == "0001"
-    document = {"flags": {"f": {"state": "ENABLED", "variants": {"on": True},
-                                "defaultVariant": "on"}},
-                "$evaluators": {}, "sources": {"f": "a.flagd.json"}}
+    document = {
+        "flags": {"f": {"state": "ENABLED", "variants": {"on": True}, "defaultVariant": "on"}},
+        "$evaluators": {},
+        "sources": {"f": "a.flagd.json"},
+    }
     with empty_database.engine.begin() as connection:
         connection.execute(
-            text("INSERT INTO flag_set_versions (version, content_hash, created_at, source, "
-                 "actor, message, document, diff) VALUES (1, :hash, :at, 'file', "
-                 "'file-watcher', 'first', :document, :diff)"),
-            {"hash": "ab" * 32, "at": datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
-             "document": json.dumps(document), "diff": json.dumps({"flags": []})},
+            text(
+                "INSERT INTO flag_set_versions (version, content_hash, created_at, source, "
+                "actor, message, document, diff) VALUES (1, :hash, :at, 'file', "
+                "'file-watcher', 'first', :document, :diff)"
+            ),
+            {
+                "hash": "ab" * 32,
+                "at": datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
+                "document": json.dumps(document),
+                "diff": json.dumps({"flags": []}),
+            },
         )
     assert "api_tokens" not in inspect(empty_database.engine).get_table_names()
 
@@ -48,9 +56,16 @@ def test_upgrade_from_initial_revision_keeps_history(empty_database: Database) -
         # Revision 0002 back-filled the bucketing generation the old row was served with.
         assert row.bucketing == "flagd-fractional-v2"
         # ...and the next version continues the numbering.
-        new = repository.add_version(session=session, content_hash="cd" * 32, document=document,
-                                     diff={}, source="api", actor="ops", message="",
-                                     bucketing="flagd-fractional-v2")
+        new = repository.add_version(
+            session=session,
+            content_hash="cd" * 32,
+            document=document,
+            diff={},
+            source="api",
+            actor="ops",
+            message="",
+            bucketing="flagd-fractional-v2",
+        )
         assert new.version == 2
     assert {"api_tokens", "audit_events"} <= set(inspect(empty_database.engine).get_table_names())
 
@@ -59,8 +74,7 @@ def test_migrate_is_idempotent(empty_database: Database) -> None:
     """Running the migrations twice (every service start does) changes nothing the second time."""
     empty_database.migrate()
     with empty_database.session() as session:
-        repository.add_audit_event(session=session, actor="a", action="token.create",
-                                   target="t")
+        repository.add_audit_event(session=session, actor="a", action="token.create", target="t")
     empty_database.migrate()
     assert current_revision(empty_database.engine) == head_revision()
     with empty_database.session() as session:
@@ -71,8 +85,9 @@ def test_models_match_migrations(empty_database: Database) -> None:
     """The ORM models and the migrated schema agree (a model change without a migration fails)."""
     empty_database.migrate()
     with empty_database.engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True,
-                                                               "compare_server_default": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "compare_server_default": True}
+        )
         differences = compare_metadata(context, Base.metadata)
     assert differences == []
 
@@ -81,9 +96,16 @@ def test_downgrade_to_initial_and_back_keeps_versions(empty_database: Database) 
     """Downgrading to 0001 and upgrading again keeps the stored versions (tokens are dropped)."""
     empty_database.migrate()
     with empty_database.session() as session:
-        repository.add_version(session=session, content_hash="ef" * 32,
-                               document={"flags": {}}, diff={}, source="file",
-                               actor="file-watcher", message="", bucketing="flagd-fractional-v2")
+        repository.add_version(
+            session=session,
+            content_hash="ef" * 32,
+            document={"flags": {}},
+            diff={},
+            source="file",
+            actor="file-watcher",
+            message="",
+            bucketing="flagd-fractional-v2",
+        )
     upgrade_then = head_revision()
     config = alembic_config(empty_database.engine)
     with empty_database.engine.begin() as connection:

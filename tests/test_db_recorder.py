@@ -22,14 +22,24 @@ database = db_support.database
 
 
 def _flag(default: str, weight_a: int = 50) -> dict[str, Any]:
-    return {"state": "ENABLED", "variants": {"a": "A", "b": "B"}, "defaultVariant": default,
-            "targeting": {"fractional": [["a", weight_a], ["b", 100 - weight_a]]}}
+    return {
+        "state": "ENABLED",
+        "variants": {"a": "A", "b": "B"},
+        "defaultVariant": default,
+        "targeting": {"fractional": [["a", weight_a], ["b", 100 - weight_a]]},
+    }
 
 
-def _flag_set(flags: dict[str, Any], sources: dict[str, str],
-              evaluators: dict[str, Any] | None = None) -> FlagSet:
-    return FlagSet(version=0, flags=flags, evaluators=evaluators or {}, sources=sources,
-                   content_hash=content_hash(flags, evaluators or {}))
+def _flag_set(
+    flags: dict[str, Any], sources: dict[str, str], evaluators: dict[str, Any] | None = None
+) -> FlagSet:
+    return FlagSet(
+        version=0,
+        flags=flags,
+        evaluators=evaluators or {},
+        sources=sources,
+        content_hash=content_hash(flags, evaluators or {}),
+    )
 
 
 def _write(directory: Path, name: str, flags: dict[str, Any]) -> None:
@@ -39,10 +49,12 @@ def _write(directory: Path, name: str, flags: dict[str, Any]) -> None:
 def test_record_stores_every_field(database: Database) -> None:
     """A recorded flag set keeps hash, source, actor, message, document and bucketing."""
     recorder = DatabaseRecorder(database)
-    flag_set = _flag_set({"f": _flag("a")}, {"f": "x.flagd.json"},
-                         evaluators={"e": {"in": [1, [1]]}})
-    version = recorder.record(RecordRequest(flag_set=flag_set, source="api", actor="ops",
-                                            message="why"))
+    flag_set = _flag_set(
+        {"f": _flag("a")}, {"f": "x.flagd.json"}, evaluators={"e": {"in": [1, [1]]}}
+    )
+    version = recorder.record(
+        RecordRequest(flag_set=flag_set, source="api", actor="ops", message="why")
+    )
     assert version == 1
     with database.session() as session:
         row = repository.get_version(session=session, version=1)
@@ -76,11 +88,16 @@ def test_store_versions_survive_restart(database: Database, tmp_path: Path) -> N
     with database.session() as session:
         assert repository.count_versions(session=session) == 3
         row = repository.get_version(session=session, version=3)
-        assert row.diff["flags"] == [{
-            "key": "f", "change": "changed", "source": "a.flagd.json",
-            "changes": [{"op": "replace", "path": "/defaultVariant", "before": "a",
-                         "after": "b"}],
-        }]
+        assert row.diff["flags"] == [
+            {
+                "key": "f",
+                "change": "changed",
+                "source": "a.flagd.json",
+                "changes": [
+                    {"op": "replace", "path": "/defaultVariant", "before": "a", "after": "b"}
+                ],
+            }
+        ]
 
 
 def test_same_content_records_once(database: Database) -> None:
@@ -104,8 +121,12 @@ def test_rollback_content_gets_a_new_version(database: Database) -> None:
         row = repository.get_version(session=session, version=3)
         assert row.content_hash == old.content_hash
         changes = row.diff["flags"][0]["changes"]
-        assert {"op": "replace", "path": "/targeting/fractional/0/1", "before": 10,
-                "after": 50} in changes
+        assert {
+            "op": "replace",
+            "path": "/targeting/fractional/0/1",
+            "before": 10,
+            "after": 50,
+        } in changes
 
 
 def test_concurrent_records_get_distinct_numbers(database: Database) -> None:
@@ -119,8 +140,11 @@ def test_concurrent_records_get_distinct_numbers(database: Database) -> None:
         flag_set = _flag_set({"f": _flag("a", index)}, {"f": "a.flagd.json"})
         barrier.wait()
         try:
-            results.append(recorders[index].record(
-                RecordRequest(flag_set=flag_set, source="api", actor=f"w{index}")))
+            results.append(
+                recorders[index].record(
+                    RecordRequest(flag_set=flag_set, source="api", actor=f"w{index}")
+                )
+            )
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 

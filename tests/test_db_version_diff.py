@@ -25,36 +25,63 @@ def test_leaf_changes_have_paths_and_values() -> None:
 def test_lists_growing_and_shrinking() -> None:
     """Extra list items are adds, missing ones removes, by index."""
     assert diff_values({"l": [1, 2]}, {"l": [1, 2, 3]}) == [
-        {"op": "add", "path": "/l/2", "after": 3}]
+        {"op": "add", "path": "/l/2", "after": 3}
+    ]
     assert diff_values({"l": [1, 2, 3]}, {"l": [1]}) == [
         {"op": "remove", "path": "/l/1", "before": 2},
-        {"op": "remove", "path": "/l/2", "before": 3}]
+        {"op": "remove", "path": "/l/2", "before": 3},
+    ]
 
 
 def test_true_and_one_differ() -> None:
     """A variant value changed from 1 to true is a change, although 1 == True in Python."""
     assert diff_values({"v": 1}, {"v": True}) == [
-        {"op": "replace", "path": "/v", "before": 1, "after": True}]
+        {"op": "replace", "path": "/v", "before": 1, "after": True}
+    ]
 
 
 def test_document_diff_summarises_flags_and_evaluators() -> None:
     """Added, removed, changed and moved flags and changed evaluators are all reported."""
-    before = {"flags": {"keep": {"v": 1}, "gone": {"v": 1}, "edit": {"v": 1},
-                        "move": {"v": 1}},
-              "$evaluators": {"e": {"in": [1, [1]]}},
-              "sources": {"keep": "a.flagd.json", "gone": "a.flagd.json",
-                          "edit": "a.flagd.json", "move": "a.flagd.json"}}
-    after = {"flags": {"keep": {"v": 1}, "edit": {"v": 2}, "move": {"v": 1}, "new": {"v": 1}},
-             "$evaluators": {"e": {"in": [2, [1]]}},
-             "sources": {"keep": "a.flagd.json", "edit": "a.flagd.json",
-                         "move": "b.flagd.json", "new": "api.flagd.json"}}
+    before = {
+        "flags": {"keep": {"v": 1}, "gone": {"v": 1}, "edit": {"v": 1}, "move": {"v": 1}},
+        "$evaluators": {"e": {"in": [1, [1]]}},
+        "sources": {
+            "keep": "a.flagd.json",
+            "gone": "a.flagd.json",
+            "edit": "a.flagd.json",
+            "move": "a.flagd.json",
+        },
+    }
+    after = {
+        "flags": {"keep": {"v": 1}, "edit": {"v": 2}, "move": {"v": 1}, "new": {"v": 1}},
+        "$evaluators": {"e": {"in": [2, [1]]}},
+        "sources": {
+            "keep": "a.flagd.json",
+            "edit": "a.flagd.json",
+            "move": "b.flagd.json",
+            "new": "api.flagd.json",
+        },
+    }
     diff = diff_documents(before, after)
-    assert diff["summary"] == {"added": ["new"], "removed": ["gone"], "changed": ["edit"],
-                               "moved": ["move"]}
-    assert {"key": "move", "change": "moved", "source": "b.flagd.json",
-            "previousSource": "a.flagd.json"} in diff["flags"]
-    assert diff["evaluators"] == [{"key": "e", "change": "changed", "changes": [
-        {"op": "replace", "path": "/in/0", "before": 1, "after": 2}]}]
+    assert diff["summary"] == {
+        "added": ["new"],
+        "removed": ["gone"],
+        "changed": ["edit"],
+        "moved": ["move"],
+    }
+    assert {
+        "key": "move",
+        "change": "moved",
+        "source": "b.flagd.json",
+        "previousSource": "a.flagd.json",
+    } in diff["flags"]
+    assert diff["evaluators"] == [
+        {
+            "key": "e",
+            "change": "changed",
+            "changes": [{"op": "replace", "path": "/in/0", "before": 1, "after": 2}],
+        }
+    ]
     assert describe_diff(diff) == [
         "~ edit /v: 1 -> 2",
         "- gone removed",

@@ -25,26 +25,45 @@ def backends() -> Iterator[dict[str, tuple[BackendApp, ServerThread]]]:
 
 
 def routing_flag(stable_url: str, canary_url: str) -> dict[str, object]:
-    return {FLAG: {
-        "state": "ENABLED",
-        "metadata": {"experiment": True},
-        "variants": {"stable": {"backend": "chat-v1", "url": stable_url},
-                     "canary": {"backend": "chat-v2", "url": canary_url}},
-        "defaultVariant": "stable",
-        "targeting": {"fractional": [["canary", {"var": "canary-weight"}],
-                                     ["stable", {"-": [100, {"var": "canary-weight"}]}]]},
-    }}
+    return {
+        FLAG: {
+            "state": "ENABLED",
+            "metadata": {"experiment": True},
+            "variants": {
+                "stable": {"backend": "chat-v1", "url": stable_url},
+                "canary": {"backend": "chat-v2", "url": canary_url},
+            },
+            "defaultVariant": "stable",
+            "targeting": {
+                "fractional": [
+                    ["canary", {"var": "canary-weight"}],
+                    ["stable", {"-": [100, {"var": "canary-weight"}]}],
+                ]
+            },
+        }
+    }
 
 
 @pytest.fixture
-def proxy(flags_dir: Path, tmp_path: Path,
-          backends: dict[str, tuple[BackendApp, ServerThread]]) -> Iterator[httpx.Client]:
-    write_flags(flags_dir, "chat.flagd.json",
-                routing_flag(backends["stable"][1].url, backends["canary"][1].url))
-    settings = Settings(flags_dir=flags_dir, database_url=f"sqlite:///{tmp_path / 'cp.db'}",
-                        sync_port=0, reload_interval=0.05, dispatch_timeout=1.0)
-    with ServerThread(create_app(settings)) as server, \
-            httpx.Client(base_url=server.url, timeout=10) as client:
+def proxy(
+    flags_dir: Path, tmp_path: Path, backends: dict[str, tuple[BackendApp, ServerThread]]
+) -> Iterator[httpx.Client]:
+    write_flags(
+        flags_dir,
+        "chat.flagd.json",
+        routing_flag(backends["stable"][1].url, backends["canary"][1].url),
+    )
+    settings = Settings(
+        flags_dir=flags_dir,
+        database_url=f"sqlite:///{tmp_path / 'cp.db'}",
+        sync_port=0,
+        reload_interval=0.05,
+        dispatch_timeout=1.0,
+    )
+    with (
+        ServerThread(create_app(settings)) as server,
+        httpx.Client(base_url=server.url, timeout=10) as client,
+    ):
         yield client
 
 
@@ -53,16 +72,22 @@ STABLE = {"x-user-id": "u1", "x-canary-weight": "0"}
 
 
 def test_request_is_forwarded_with_method_path_query_and_body(
-        proxy: httpx.Client, backends: dict[str, tuple[BackendApp, ServerThread]]) -> None:
+    proxy: httpx.Client, backends: dict[str, tuple[BackendApp, ServerThread]]
+) -> None:
     """Method, path, query, body and end-to-end headers reach the chosen backend."""
-    response = proxy.put(f"/v1/dispatch/{FLAG}/v1/chat/completions?stream=false&x=1",
-                         headers={**CANARY, "x-custom": "kept", "content-type": "text/plain"},
-                         content=b"hello backend")
+    response = proxy.put(
+        f"/v1/dispatch/{FLAG}/v1/chat/completions?stream=false&x=1",
+        headers={**CANARY, "x-custom": "kept", "content-type": "text/plain"},
+        content=b"hello backend",
+    )
     assert response.status_code == 200
     seen = response.json()
     assert seen["backend"] == "canary"
-    assert (seen["method"], seen["path"], seen["query"]) == ("PUT", "/v1/chat/completions",
-                                                             "stream=false&x=1")
+    assert (seen["method"], seen["path"], seen["query"]) == (
+        "PUT",
+        "/v1/chat/completions",
+        "stream=false&x=1",
+    )
     assert seen["body"] == "hello backend"
     assert seen["headers"]["x-custom"] == "kept"
     assert seen["headers"]["x-route-variant"] == "canary"
@@ -71,12 +96,18 @@ def test_request_is_forwarded_with_method_path_query_and_body(
     assert "x-route-fallback" not in response.headers
 
 
-def test_hop_by_hop_headers_are_dropped_and_repeated_headers_kept(
-        proxy: httpx.Client) -> None:
+def test_hop_by_hop_headers_are_dropped_and_repeated_headers_kept(proxy: httpx.Client) -> None:
     """Connection-specific headers stop at the proxy; repeated response headers survive."""
-    response = proxy.get(f"/v1/dispatch/{FLAG}/x", headers={
-        **STABLE, "connection": "keep-alive, x-secret-hop", "x-secret-hop": "1",
-        "proxy-authorization": "Basic abc", "te": "trailers"})
+    response = proxy.get(
+        f"/v1/dispatch/{FLAG}/x",
+        headers={
+            **STABLE,
+            "connection": "keep-alive, x-secret-hop",
+            "x-secret-hop": "1",
+            "proxy-authorization": "Basic abc",
+            "te": "trailers",
+        },
+    )
     seen = response.json()["headers"]
     for header in ("x-secret-hop", "proxy-authorization", "te"):
         assert header not in seen
@@ -93,8 +124,11 @@ def test_response_body_is_streamed_through(proxy: httpx.Client) -> None:
 
 @pytest.mark.parametrize("failure", ["error", "slow", "refused"])
 def test_failing_canary_falls_back_to_the_default_variant(
-        failure: str, flags_dir: Path, proxy: httpx.Client,
-        backends: dict[str, tuple[BackendApp, ServerThread]]) -> None:
+    failure: str,
+    flags_dir: Path,
+    proxy: httpx.Client,
+    backends: dict[str, tuple[BackendApp, ServerThread]],
+) -> None:
     """A canary that answers 5xx, times out or refuses is retried once on the default."""
     canary, _ = backends["canary"]
     if failure == "refused":
@@ -111,13 +145,15 @@ def test_failing_canary_falls_back_to_the_default_variant(
     cause = {"error": "status-503", "slow": "timeout", "refused": "refused"}[failure]
     assert response.headers["x-route-fallback"] == f"canary; cause={cause}"
     metrics = proxy.get("/metrics").text
-    assert (f'control_plane_dispatch_fallbacks_total{{cause="{cause}",flag="{FLAG}",'
-            f'from_variant="canary"}} 1.0') in metrics
+    assert (
+        f'control_plane_dispatch_fallbacks_total{{cause="{cause}",flag="{FLAG}",'
+        f'from_variant="canary"}} 1.0'
+    ) in metrics
 
 
 def test_default_variant_failure_is_passed_through_or_502(
-        proxy: httpx.Client, flags_dir: Path,
-        backends: dict[str, tuple[BackendApp, ServerThread]]) -> None:
+    proxy: httpx.Client, flags_dir: Path, backends: dict[str, tuple[BackendApp, ServerThread]]
+) -> None:
     """The default variant is not retried: its 5xx passes through; no answer is a 502."""
     stable, _ = backends["stable"]
     stable.behaviour = "error"
@@ -145,8 +181,10 @@ def _wait_for_upstream(client: httpx.Client, url: str) -> None:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         for headers in (STABLE, CANARY):
-            if client.get(f"/v1/decide/{FLAG}", headers=headers).headers.get(
-                    "x-route-upstream") == url:
+            if (
+                client.get(f"/v1/decide/{FLAG}", headers=headers).headers.get("x-route-upstream")
+                == url
+            ):
                 return
         time.sleep(0.05)
     raise AssertionError(f"flag edit pointing at {url} never became live")

@@ -141,14 +141,20 @@ def test_a_client_leaving_mid_body_on_a_json_endpoint_is_no_crash(
     caplog: pytest.LogCaptureFixture, flags_dir: Path, tmp_path: Path
 ) -> None:
     """/v1/route, /v1/events and OFREP read bodies too: a client gone mid-body logs no error."""
-    settings = Settings(flags_dir=flags_dir, database_url=f"sqlite:///{tmp_path / 'cp.db'}",
-                        sync_port=0)
+    settings = Settings(
+        flags_dir=flags_dir, database_url=f"sqlite:///{tmp_path / 'cp.db'}", sync_port=0
+    )
     with ServerThread(create_app(settings)) as server:
-        for path in ("/v1/route/ab-test-router", "/v1/events",
-                     "/ofrep/v1/evaluate/flags/ab-test-router"):
+        for path in (
+            "/v1/route/ab-test-router",
+            "/v1/events",
+            "/ofrep/v1/evaluate/flags/ab-test-router",
+        ):
             with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-                sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                             "\r\nContent-Length: 4000\r\n\r\n{\"context\": {".encode())
+                sock.sendall(
+                    f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                    '\r\nContent-Length: 4000\r\n\r\n{"context": {'.encode()
+                )
             time.sleep(0.3)
         assert httpx.get(f"{server.url}/healthz").status_code == 200
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]

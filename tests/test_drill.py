@@ -33,7 +33,8 @@ from control_plane.db.experiment_models import Exposure
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 NATS = shutil.which("nats-server") or (
-    "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None)
+    "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None
+)
 pytestmark = [
     pytest.mark.nginx,
     pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.ci/run installs it)"),
@@ -61,7 +62,9 @@ class NatsServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [str(NATS), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
@@ -80,11 +83,13 @@ class NatsServer:
 
 
 def _flag(a: str, b: str, weight_b: int) -> dict[str, Any]:
-    return {"state": "ENABLED", "metadata": {"experiment": True, "controlVariant": "a"},
-            "variants": {"a": {"backend": "model-a", "url": a},
-                         "b": {"backend": "model-b", "url": b}},
-            "defaultVariant": "a",
-            "targeting": {"fractional": [["a", 100 - weight_b], ["b", weight_b]]}}
+    return {
+        "state": "ENABLED",
+        "metadata": {"experiment": True, "controlVariant": "a"},
+        "variants": {"a": {"backend": "model-a", "url": a}, "b": {"backend": "model-b", "url": b}},
+        "defaultVariant": "a",
+        "targeting": {"fractional": [["a", 100 - weight_b], ["b", weight_b]]},
+    }
 
 
 class Load:
@@ -143,8 +148,9 @@ def _stored_exposures(database_url: str) -> Counter[str]:
     database = Database.from_url(database_url)
     try:
         with database.session() as session:
-            return Counter(session.scalars(select(Exposure.decision_id)
-                                           .where(Exposure.flag == FLAG)))
+            return Counter(
+                session.scalars(select(Exposure.decision_id).where(Exposure.flag == FLAG))
+            )
     finally:
         database.dispose()
 
@@ -179,8 +185,11 @@ def test_the_drill_loses_no_request_and_no_exposure(drill_dirs: Path, flags_dir:
     nats.start()
     sync_port, primary_port = free_port(), free_port()
     replica_ports = [free_port() for _ in range(3)]
-    common = {"CP_EVENTS_URL": nats.url, "CP_EXPOSURE_SALT": SALT,
-              "CP_EVENTS_PUBLISH_INTERVAL": "0.02"}
+    common = {
+        "CP_EVENTS_URL": nats.url,
+        "CP_EXPOSURE_SALT": SALT,
+        "CP_EVENTS_PUBLISH_INTERVAL": "0.02",
+    }
     try:
         with ExitStack() as stack:
             a = stack.enter_context(ServerThread(BackendApp("model-a")))
@@ -190,14 +199,26 @@ def test_the_drill_loses_no_request_and_no_exposure(drill_dirs: Path, flags_dir:
             write_flags(flags_dir, "drill.flagd.json", {FLAG: _flag(a.url, b.url, 50)})
 
             def primary() -> ServeProcess:
-                return ServeProcess(flags_dir, root / "primary", port=primary_port, env={
-                    **common, "CP_SYNC_PORT": str(sync_port), "DATABASE_URL": database_url,
-                    "CP_ADMIN_TOKENS": f"root:admin:{ADMIN}"})
+                return ServeProcess(
+                    flags_dir,
+                    root / "primary",
+                    port=primary_port,
+                    env={
+                        **common,
+                        "CP_SYNC_PORT": str(sync_port),
+                        "DATABASE_URL": database_url,
+                        "CP_ADMIN_TOKENS": f"root:admin:{ADMIN}",
+                    },
+                )
 
             def replica(index: int) -> ServeProcess:
-                return ServeProcess(flags_dir, root / f"r{index}", port=replica_ports[index],
-                                    env={**common, "CP_REPLICA_DIR": str(root / f"r{index}/flags")},
-                                    args=("--replica-of", f"127.0.0.1:{sync_port}"))
+                return ServeProcess(
+                    flags_dir,
+                    root / f"r{index}",
+                    port=replica_ports[index],
+                    env={**common, "CP_REPLICA_DIR": str(root / f"r{index}/flags")},
+                    args=("--replica-of", f"127.0.0.1:{sync_port}"),
+                )
 
             running: list[ServeProcess] = []  # stopped at the end, whatever happens
             stack.callback(lambda: [process.__exit__(None, None, None) for process in running])
@@ -208,9 +229,15 @@ def test_the_drill_loses_no_request_and_no_exposure(drill_dirs: Path, flags_dir:
 
             control = start(primary())
             replicas = [start(replica(index)) for index in range(3)]
-            nginx = stack.enter_context(Nginx(root / "nginx", flag=FLAG, control_plane=",".join(
-                f"127.0.0.1:{port}" for port in replica_ports), stable_variant="a",
-                stable_url=a.url))
+            nginx = stack.enter_context(
+                Nginx(
+                    root / "nginx",
+                    flag=FLAG,
+                    control_plane=",".join(f"127.0.0.1:{port}" for port in replica_ports),
+                    stable_variant="a",
+                    stable_url=a.url,
+                )
+            )
             edit_latency: dict[int, float] = {}
             with Load(nginx.url, threads=4) as load:
                 _wait(lambda: load.total >= 200, 60, "the first 200 requests")
@@ -226,12 +253,21 @@ def test_the_drill_loses_no_request_and_no_exposure(drill_dirs: Path, flags_dir:
                 nats.start()
                 _wait(lambda: load.total >= 900, 90, "load after the restarts")
                 for process in replicas:  # "live": following the restarted control plane
-                    _wait(lambda p=process: httpx.get(f"{p.url}/readyz", timeout=5)
-                          .json()["replica"]["connected"], 15, "the replica reconnecting")
+                    _wait(
+                        lambda p=process: httpx.get(f"{p.url}/readyz", timeout=5).json()["replica"][
+                            "connected"
+                        ],
+                        15,
+                        "the replica reconnecting",
+                    )
                 # A flag edit during the run: every live replica serves it within a second of
                 # the control plane accepting it (all polled together).
-                put = httpx.put(f"{control.url}/v1/flags/{FLAG}", headers=AUTH, timeout=10,
-                                json=_flag(a.url, b.url, 80))
+                put = httpx.put(
+                    f"{control.url}/v1/flags/{FLAG}",
+                    headers=AUTH,
+                    timeout=10,
+                    json=_flag(a.url, b.url, 80),
+                )
                 edited = time.monotonic()
                 assert put.status_code == 200, put.text
                 version = str(put.json()["flagSetVersion"])
@@ -241,8 +277,9 @@ def test_the_drill_loses_no_request_and_no_exposure(drill_dirs: Path, flags_dir:
                         for index, probe in enumerate(probes):
                             if index in edit_latency:
                                 continue
-                            answer = probe.get(f"/v1/decide/{FLAG}",
-                                               headers={"x-user-id": "drill-probe"})
+                            answer = probe.get(
+                                f"/v1/decide/{FLAG}", headers={"x-user-id": "drill-probe"}
+                            )
                             if answer.headers.get("x-route-flag-set-version") == version:
                                 edit_latency[index] = time.monotonic() - edited
                 finally:
@@ -253,6 +290,7 @@ def test_the_drill_loses_no_request_and_no_exposure(drill_dirs: Path, flags_dir:
             for process in replicas:
                 process.__exit__(None, None, None)
             answered = Counter(load.decisions)
+
             # Every answered decision reaches the database through JetStream exactly once.
             # The guarantee (docs/operations.md): a decision answered more than about a second
             # before a kill -9 is never lost. Only the killed replica's last second may miss.
@@ -263,13 +301,18 @@ def test_the_drill_loses_no_request_and_no_exposure(drill_dirs: Path, flags_dir:
                 return set(answered) - set(_stored_exposures(database_url))
 
             try:
-                _wait(lambda: all(at_risk(decision) for decision in lost()), 60,
-                      "every exposure stored")
+                _wait(
+                    lambda: all(at_risk(decision) for decision in lost()),
+                    60,
+                    "every exposure stored",
+                )
             except AssertionError:
                 missing = lost()
                 prefixes = Counter(decision[:12] for decision in missing)
-                raise AssertionError(f"{len(missing)} of {len(answered)} answered decisions "
-                                     f"have no stored exposure (by process: {prefixes})") from None
+                raise AssertionError(
+                    f"{len(missing)} of {len(answered)} answered decisions "
+                    f"have no stored exposure (by process: {prefixes})"
+                ) from None
             stored = _stored_exposures(database_url)
             in_window = lost()
             control.__exit__(None, None, None)
@@ -277,10 +320,12 @@ def test_the_drill_loses_no_request_and_no_exposure(drill_dirs: Path, flags_dir:
         nats.stop()
         if cleanup is not None:
             cleanup()
-    print(f"\ndrill: {load.total} requests, statuses {dict(load.statuses)}, "
-          f"{len(load.errors)} errors, {load.fallbacks} fallbacks, {len(answered)} decisions, "
-          f"{len(stored)} exposures stored, {len(in_window)} lost in the killed replica's last "
-          f"second, edit latency {edit_latency}")
+    print(
+        f"\ndrill: {load.total} requests, statuses {dict(load.statuses)}, "
+        f"{len(load.errors)} errors, {load.fallbacks} fallbacks, {len(answered)} decisions, "
+        f"{len(stored)} exposures stored, {len(in_window)} lost in the killed replica's last "
+        f"second, edit latency {edit_latency}"
+    )
     assert load.errors == []
     assert set(load.statuses) == {200}
     assert max(answered.values()) == 1  # decision ids are unique

@@ -32,8 +32,9 @@ GATEWAY = "gateway-token-0123456789abcdef"
 
 
 @pytest.fixture
-def plane(database: Database, database_url: str, flags_dir: Path,
-          tmp_path: Path) -> Iterator[ControlPlane]:
+def plane(
+    database: Database, database_url: str, flags_dir: Path, tmp_path: Path
+) -> Iterator[ControlPlane]:
     settings = make_settings(flags_dir, database_url, tmp_path)
     with running(settings, database) as running_plane:
         yield running_plane
@@ -50,9 +51,9 @@ def _decide(client: httpx.Client, users: list[str]) -> dict[str, tuple[str, str]
 
 def _post(client: httpx.Client, events: list[dict[str, Any]]) -> None:
     for start in range(0, len(events), 500):
-        response = client.post("/v1/events", json={"events": events[start:start + 500]})
+        response = client.post("/v1/events", json={"events": events[start : start + 500]})
         assert response.status_code == 202, response.text
-        assert response.json()["accepted"] == len(events[start:start + 500])
+        assert response.json()["accepted"] == len(events[start : start + 500])
 
 
 def _problem(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -75,8 +76,11 @@ def test_ab_report_matches_scipy(plane: ControlPlane, capsys: pytest.CaptureFixt
         events = []
         for index, user in enumerate(users):
             variant, decision_id = assignment[user]
-            target = ({"decisionId": decision_id} if index % 2
-                      else {"flag": AB_TEST_ROUTER, "targetingKey": user})
+            target = (
+                {"decisionId": decision_id}
+                if index % 2
+                else {"flag": AB_TEST_ROUTER, "targetingKey": user}
+            )
             if rng.random() < (0.12 if variant == "model-a" else 0.2):
                 converted[user] = True
                 events.append({**target, "metric": "converted", "value": True})
@@ -110,12 +114,14 @@ def test_ab_report_matches_scipy(plane: ControlPlane, capsys: pytest.CaptureFixt
 
     metrics = {metric["metric"]: metric for metric in report["metrics"]}
     # Binary: conversions per exposed unit, Wilson interval, pooled z-test.
-    conversions = {v: sum(1 for u in users if assignment[u][0] == v and converted.get(u))
-                   for v in units}
+    conversions = {
+        v: sum(1 for u in users if assignment[u][0] == v and converted.get(u)) for v in units
+    }
     control, treatment = metrics["converted"]["variants"]
     for entry, variant in ((control, "model-a"), (treatment, "model-b")):
         wilson = stats.binomtest(conversions[variant], units[variant]).proportion_ci(
-            method="wilson")
+            method="wilson"
+        )
         assert entry["units"] == units[variant]
         assert entry["conversions"] == conversions[variant]
         assert entry["rate"] == pytest.approx(conversions[variant] / units[variant], rel=1e-12)
@@ -129,8 +135,12 @@ def test_ab_report_matches_scipy(plane: ControlPlane, capsys: pytest.CaptureFixt
     assert comparison["lift"] == pytest.approx(rates["model-b"] / rates["model-a"] - 1, rel=1e-9)
 
     # Continuous: per-unit means, Student-t intervals, Welch's t-test.
-    per_unit = {v: np.array([np.mean(revenue[u]) for u in users
-                             if assignment[u][0] == v and revenue.get(u)]) for v in units}
+    per_unit = {
+        v: np.array(
+            [np.mean(revenue[u]) for u in users if assignment[u][0] == v and revenue.get(u)]
+        )
+        for v in units
+    }
     control, treatment = metrics["revenue"]["variants"]
     for entry, variant in ((control, "model-a"), (treatment, "model-b")):
         data = per_unit[variant]
@@ -144,15 +154,30 @@ def test_ab_report_matches_scipy(plane: ControlPlane, capsys: pytest.CaptureFixt
     assert treatment["comparison"]["statistic"] == pytest.approx(welch.statistic, rel=1e-9)
     interval = welch.confidence_interval()
     assert treatment["comparison"]["differenceCi95"] == pytest.approx(
-        [interval.low, interval.high], rel=1e-8)
+        [interval.low, interval.high], rel=1e-8
+    )
 
     # The CLI shows the same report: as JSON, and as a table.
-    assert main(["experiments", "report", AB_TEST_ROUTER, "--url", plane.url,
-                 "--token", VIEWER, "--json"]) == 0
+    assert (
+        main(
+            [
+                "experiments",
+                "report",
+                AB_TEST_ROUTER,
+                "--url",
+                plane.url,
+                "--token",
+                VIEWER,
+                "--json",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed["metrics"] == report["metrics"]
-    assert main(["experiments", "report", AB_TEST_ROUTER, "--url", plane.url,
-                 "--token", VIEWER]) == 0
+    assert (
+        main(["experiments", "report", AB_TEST_ROUTER, "--url", plane.url, "--token", VIEWER]) == 0
+    )
     text = capsys.readouterr().out
     assert f"Experiment {AB_TEST_ROUTER}" in text
     assert "metric converted (binary)" in text
@@ -163,29 +188,45 @@ def test_ab_report_matches_scipy(plane: ControlPlane, capsys: pytest.CaptureFixt
 def test_single_event_is_accepted(plane: ControlPlane, database: Database) -> None:
     """One event as a bare object is accepted (202) and stored with a hashed targeting key."""
     with httpx.Client(base_url=plane.url) as client:
-        response = client.post("/v1/events", json={
-            "flag": AB_TEST_ROUTER, "targetingKey": "bob@example.com", "metric": "latency_ms",
-            "value": 12.5, "timestamp": "2025-01-31T12:00:00Z"})
+        response = client.post(
+            "/v1/events",
+            json={
+                "flag": AB_TEST_ROUTER,
+                "targetingKey": "bob@example.com",
+                "metric": "latency_ms",
+                "value": 12.5,
+                "timestamp": "2025-01-31T12:00:00Z",
+            },
+        )
         assert response.status_code == 202, response.text
         plane.flush()
     with database.session() as session:
         row = session.scalars(select(OutcomeEvent)).one()
-    assert (row.metric, row.kind, row.value, row.flag) == ("latency_ms", "continuous", 12.5,
-                                                           AB_TEST_ROUTER)
+    assert (row.metric, row.kind, row.value, row.flag) == (
+        "latency_ms",
+        "continuous",
+        12.5,
+        AB_TEST_ROUTER,
+    )
     assert row.unit is not None
     assert len(row.unit) == 64
     assert "bob" not in row.unit
     assert row.at.isoformat() == "2025-01-31T12:00:00+00:00"
 
 
-@pytest.mark.parametrize(("body", "detail"), [
-    (b"{not json", "not valid JSON"),
-    (b'"converted"', "must be an event object"),
-    (b"[]", "no events"),
-    (b'{"events": 3}', "body.events must be an array"),
-    (json.dumps([{"metric": "m", "value": 1, "decisionId": "d"}] * 1001).encode(),
-     "at most 1000"),
-])
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b'"converted"', "must be an event object"),
+        (b"[]", "no events"),
+        (b'{"events": 3}', "body.events must be an array"),
+        (
+            json.dumps([{"metric": "m", "value": 1, "decisionId": "d"}] * 1001).encode(),
+            "at most 1000",
+        ),
+    ],
+)
 def test_malformed_bodies_are_400(plane: ControlPlane, body: bytes, detail: str) -> None:
     """A body that is not one event or a batch of events is a 400 problem saying why."""
     with httpx.Client(base_url=plane.url) as client:
@@ -193,13 +234,18 @@ def test_malformed_bodies_are_400(plane: ControlPlane, body: bytes, detail: str)
     assert detail in problem["detail"]
 
 
-def test_bad_items_are_422_per_item_and_nothing_is_stored(plane: ControlPlane,
-                                                           database: Database) -> None:
+def test_bad_items_are_422_per_item_and_nothing_is_stored(
+    plane: ControlPlane, database: Database
+) -> None:
     """Each bad item is named by index and field in one 422 problem; the good items of the
     batch are not stored either."""
     with httpx.Client(base_url=plane.url) as client:
-        assert client.post("/v1/events", json={"decisionId": "abc", "metric": "clicks",
-                                               "value": 3}).status_code == 202
+        assert (
+            client.post(
+                "/v1/events", json={"decisionId": "abc", "metric": "clicks", "value": 3}
+            ).status_code
+            == 202
+        )
         plane.flush()
         batch = [
             {"decisionId": "abc123", "metric": "converted", "value": True},  # fine
@@ -210,17 +256,26 @@ def test_bad_items_are_422_per_item_and_nothing_is_stored(plane: ControlPlane,
             {"flag": "no-such-flag", "targetingKey": "u", "metric": "converted", "value": 1},
             {"decisionId": "abc123", "metric": "converted", "value": 0.5, "kind": "binary"},
             {"decisionId": "abc123", "metric": "clicks", "value": True},
-            {"decisionId": "abc123", "metric": "converted", "value": 1,
-             "timestamp": "yesterday"},
+            {"decisionId": "abc123", "metric": "converted", "value": 1, "timestamp": "yesterday"},
             {"flag": AB_TEST_ROUTER, "metric": "converted", "value": True},
             "converted",
             {"decisionId": "abc123", "metric": "revenue.pre.pre", "value": 3},
         ]
         problem = _problem(client.post("/v1/events", json=batch), 422)
     fields = {(error["index"], error["field"]) for error in problem["errors"]}
-    assert {(1, "metric"), (2, "value"), (3, "decision_id"), (4, "targetingKey"), (5, "flag"),
-            (6, "value"), (7, "value"), (8, "timestamp"), (9, "targetingKey"),
-            (10, ""), (11, "metric")} <= fields
+    assert {
+        (1, "metric"),
+        (2, "value"),
+        (3, "decision_id"),
+        (4, "targetingKey"),
+        (5, "flag"),
+        (6, "value"),
+        (7, "value"),
+        (8, "timestamp"),
+        (9, "targetingKey"),
+        (10, ""),
+        (11, "metric"),
+    } <= fields
     assert not any(index == 0 for index, _ in fields)
     assert "11 of 12 events are invalid" in problem["detail"]
     messages = {(e["index"], e["field"]): e["message"] for e in problem["errors"]}
@@ -247,28 +302,46 @@ def test_results_need_a_viewer_token_and_an_experiment(plane: ControlPlane) -> N
         assert empty.json()["units"] == 0
 
 
-def test_events_need_the_gateway_token_when_one_is_set(database: Database, database_url: str,
-                                                       flags_dir: Path, tmp_path: Path) -> None:
+def test_events_need_the_gateway_token_when_one_is_set(
+    database: Database, database_url: str, flags_dir: Path, tmp_path: Path
+) -> None:
     """With gateway tokens configured, events without the token are a 401 problem."""
     settings = make_settings(flags_dir, database_url, tmp_path, gateway_tokens=[GATEWAY])
     event = {"decisionId": "abc", "metric": "converted", "value": True}
-    with running(settings, database) as running_plane, \
-            httpx.Client(base_url=running_plane.url) as client:
+    with (
+        running(settings, database) as running_plane,
+        httpx.Client(base_url=running_plane.url) as client,
+    ):
         _problem(client.post("/v1/events", json=event), 401)
-        accepted = client.post("/v1/events", json=event,
-                               headers={"Authorization": f"Bearer {GATEWAY}"})
+        accepted = client.post(
+            "/v1/events", json=event, headers={"Authorization": f"Bearer {GATEWAY}"}
+        )
         assert accepted.status_code == 202
 
 
-def test_cli_report_errors_are_one_line(plane: ControlPlane,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_report_errors_are_one_line(
+    plane: ControlPlane, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The CLI prints the problem's status, title and detail (no traceback) and exits 1; an
     unreachable server exits 2."""
-    assert main(["experiments", "report", "no-such-flag", "--url", plane.url,
-                 "--token", VIEWER]) == 1
+    assert (
+        main(["experiments", "report", "no-such-flag", "--url", plane.url, "--token", VIEWER]) == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("control-plane experiments report: 404 Experiment not found")
     assert "Traceback" not in err
-    assert main(["experiments", "report", AB_TEST_ROUTER, "--url", "http://127.0.0.1:9",
-                 "--token", VIEWER]) == 2
+    assert (
+        main(
+            [
+                "experiments",
+                "report",
+                AB_TEST_ROUTER,
+                "--url",
+                "http://127.0.0.1:9",
+                "--token",
+                VIEWER,
+            ]
+        )
+        == 2
+    )
     assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err

@@ -29,21 +29,25 @@ def close(a: float | None, b: float, rel: float = 1e-9, abs_: float = 1e-12) -> 
 
 # -- distributions ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("df", [1, 2, 3.5, 7, 29.3, 150, 5000])
 def test_student_t_cdf_and_two_sided_p_match_scipy(df: float) -> None:
     """Student-t CDF and two-sided tail agree with scipy.stats.t over the whole range."""
     for t in np.concatenate([np.linspace(-12, 12, 97), [1e-6, -1e-6, 35.0, -60.0]]):
         assert close(dist.student_t_cdf(float(t), df), float(stats.t.cdf(t, df)), rel=1e-10)
-        assert close(dist.student_t_two_sided_p(float(t), df),
-                     float(2 * stats.t.sf(abs(t), df)), rel=1e-9, abs_=1e-300)
+        assert close(
+            dist.student_t_two_sided_p(float(t), df),
+            float(2 * stats.t.sf(abs(t), df)),
+            rel=1e-9,
+            abs_=1e-300,
+        )
 
 
 @pytest.mark.parametrize("df", [1, 2.5, 10, 80.7, 1000])
 def test_student_t_quantiles_match_scipy(df: float) -> None:
     """Student-t quantiles agree with scipy.stats.t.ppf, tails included."""
     for p in [1e-6, 0.001, 0.025, 0.1, 0.5, 0.8, 0.975, 0.999, 1 - 1e-6]:
-        assert close(dist.student_t_ppf(p, df), float(stats.t.ppf(p, df)), rel=1e-9,
-                     abs_=1e-12)
+        assert close(dist.student_t_ppf(p, df), float(stats.t.ppf(p, df)), rel=1e-9, abs_=1e-12)
 
 
 def test_normal_functions_match_scipy() -> None:
@@ -58,40 +62,53 @@ def test_normal_functions_match_scipy() -> None:
 def test_incomplete_beta_and_gamma_match_scipy() -> None:
     """The regularized incomplete beta and upper gamma agree with scipy.special."""
     rng = np.random.default_rng(7)
-    for a, b, x in zip(rng.uniform(0.1, 60, 300), rng.uniform(0.1, 60, 300),
-                       rng.uniform(0, 1, 300), strict=True):
-        assert close(dist.regularized_beta(float(a), float(b), float(x)),
-                     float(special.betainc(a, b, x)), rel=1e-9, abs_=1e-14)
+    for a, b, x in zip(
+        rng.uniform(0.1, 60, 300), rng.uniform(0.1, 60, 300), rng.uniform(0, 1, 300), strict=True
+    ):
+        assert close(
+            dist.regularized_beta(float(a), float(b), float(x)),
+            float(special.betainc(a, b, x)),
+            rel=1e-9,
+            abs_=1e-14,
+        )
     for a, x in zip(rng.uniform(0.5, 80, 300), rng.uniform(0, 200, 300), strict=True):
-        assert close(dist.regularized_gamma_q(float(a), float(x)),
-                     float(special.gammaincc(a, x)), rel=1e-8, abs_=1e-14)
+        assert close(
+            dist.regularized_gamma_q(float(a), float(x)),
+            float(special.gammaincc(a, x)),
+            rel=1e-8,
+            abs_=1e-14,
+        )
 
 
 @pytest.mark.parametrize("dof", [1, 2, 3, 9, 40])
 def test_chi_square_survival_matches_scipy(dof: int) -> None:
     """The chi-square survival function agrees with scipy.stats.chi2.sf, far tail included."""
     for x in [0.0, 0.01, 0.5, 1, 3.84, 10, 30, 80, 200]:
-        assert close(dist.chi2_sf(x, dof), float(stats.chi2.sf(x, dof)), rel=1e-8,
-                     abs_=1e-300)
+        assert close(dist.chi2_sf(x, dof), float(stats.chi2.sf(x, dof)), rel=1e-8, abs_=1e-300)
 
 
-@pytest.mark.parametrize(("function", "args", "message"), [
-    (dist.normal_ppf, (0.0,), "strictly between 0 and 1"),
-    (dist.normal_ppf, (1.0,), "strictly between 0 and 1"),
-    (dist.student_t_ppf, (0.5, 0), "degrees of freedom must be positive"),
-    (dist.regularized_beta, (0, 1, 0.5), "a and b must be positive"),
-    (dist.regularized_beta, (1, 1, 1.5), "x must be within"),
-    (dist.chi2_sf, (1.0, 0), "at least 1"),
-    (dist.regularized_gamma_q, (0, 1.0), "a must be positive"),
-])
-def test_out_of_domain_arguments_raise(function: object, args: tuple[float, ...],
-                                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("function", "args", "message"),
+    [
+        (dist.normal_ppf, (0.0,), "strictly between 0 and 1"),
+        (dist.normal_ppf, (1.0,), "strictly between 0 and 1"),
+        (dist.student_t_ppf, (0.5, 0), "degrees of freedom must be positive"),
+        (dist.regularized_beta, (0, 1, 0.5), "a and b must be positive"),
+        (dist.regularized_beta, (1, 1, 1.5), "x must be within"),
+        (dist.chi2_sf, (1.0, 0), "at least 1"),
+        (dist.regularized_gamma_q, (0, 1.0), "a must be positive"),
+    ],
+)
+def test_out_of_domain_arguments_raise(
+    function: object, args: tuple[float, ...], message: str
+) -> None:
     """Arguments outside a function's domain raise ValueError instead of returning nonsense."""
     with pytest.raises(ValueError, match=message):
         function(*args)  # type: ignore[operator]
 
 
 # -- summaries -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("seed", RNG_SEEDS)
 def test_mean_interval_matches_scipy(seed: int) -> None:
@@ -107,8 +124,10 @@ def test_mean_interval_matches_scipy(seed: int) -> None:
     assert close(summary.ci_high, float(high), rel=1e-9)
 
 
-@pytest.mark.parametrize(("successes", "n"), [(0, 10), (1, 10), (37, 500), (499, 500),
-                                              (500, 500), (3, 4), (12_345, 100_000)])
+@pytest.mark.parametrize(
+    ("successes", "n"),
+    [(0, 10), (1, 10), (37, 500), (499, 500), (500, 500), (3, 4), (12_345, 100_000)],
+)
 def test_rate_interval_is_scipy_wilson(successes: int, n: int) -> None:
     """A rate's 95% interval is the Wilson score interval of scipy.stats.binomtest."""
     summary = proportion_summary(successes, n)
@@ -128,6 +147,7 @@ def test_empty_and_single_samples_have_no_interval() -> None:
 
 # -- tests -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("seed", RNG_SEEDS)
 def test_two_proportion_z_test_matches_scipy(seed: int) -> None:
     """The pooled two-proportion z-test's p-value equals scipy's 2x2 chi-square test without
@@ -142,11 +162,13 @@ def test_two_proportion_z_test_matches_scipy(seed: int) -> None:
     chi2, p_value, _, _ = stats.chi2_contingency(table, correction=False)
     assert close(result.p_value, float(p_value), rel=1e-8, abs_=1e-300)
     assert result.statistic is not None
-    assert close(result.statistic ** 2, float(chi2), rel=1e-9)
+    assert close(result.statistic**2, float(chi2), rel=1e-9)
     difference = treatment / n_treatment - control / n_control
     assert close(result.difference, difference, rel=1e-12)
-    se = math.sqrt(control / n_control * (1 - control / n_control) / n_control
-                   + treatment / n_treatment * (1 - treatment / n_treatment) / n_treatment)
+    se = math.sqrt(
+        control / n_control * (1 - control / n_control) / n_control
+        + treatment / n_treatment * (1 - treatment / n_treatment) / n_treatment
+    )
     z = float(stats.norm.ppf(0.975))
     assert close(result.ci_low, difference - z * se, rel=1e-9, abs_=1e-12)
     assert close(result.ci_high, difference + z * se, rel=1e-9, abs_=1e-12)
@@ -159,8 +181,9 @@ def test_welch_t_test_matches_scipy(seed: int) -> None:
     equals scipy.stats.ttest_ind(equal_var=False) on the same data."""
     rng = np.random.default_rng(100 + seed)
     control = rng.normal(100, rng.uniform(5, 30), size=int(rng.integers(3, 300)))
-    treatment = rng.normal(100 + rng.uniform(-8, 8), rng.uniform(5, 30),
-                           size=int(rng.integers(3, 300)))
+    treatment = rng.normal(
+        100 + rng.uniform(-8, 8), rng.uniform(5, 30), size=int(rng.integers(3, 300))
+    )
     result = compare_means(summarize(control.tolist()), summarize(treatment.tolist()))
     reference = stats.ttest_ind(treatment, control, equal_var=False)
     interval = reference.confidence_interval(0.95)
@@ -185,6 +208,7 @@ def test_degenerate_comparisons_are_not_errors() -> None:
 
 # -- sample ratio ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("seed", RNG_SEEDS)
 def test_sample_ratio_check_matches_scipy_chisquare(seed: int) -> None:
     """The SRM check is scipy.stats.chisquare of units against the configured shares."""
@@ -194,8 +218,10 @@ def test_sample_ratio_check_matches_scipy_chisquare(seed: int) -> None:
     shares = weights / weights.sum()
     counts = rng.multinomial(int(rng.integers(100, 50_000)), rng.dirichlet(weights * 50))
     names = [f"v{i}" for i in range(k)]
-    check = sample_ratio_check(dict(zip(names, counts.tolist(), strict=True)),
-                               dict(zip(names, weights.tolist(), strict=True)))
+    check = sample_ratio_check(
+        dict(zip(names, counts.tolist(), strict=True)),
+        dict(zip(names, weights.tolist(), strict=True)),
+    )
     reference = stats.chisquare(counts, shares * counts.sum())
     assert check is not None
     assert close(check.statistic, float(reference.statistic), rel=1e-9)

@@ -30,7 +30,8 @@ def _exposures(database: Database, flag: str) -> list[Exposure]:
 
 
 def test_decisions_on_experiment_flags_are_logged_hashed(
-        database: Database, database_url: str, flags_dir: Path, tmp_path: Path) -> None:
+    database: Database, database_url: str, flags_dir: Path, tmp_path: Path
+) -> None:
     """Each /v1/decide on an experiment flag stores one exposure whose unit is the HMAC of the
     targeting key; decisions on flags not marked as experiments store nothing."""
     settings = make_settings(flags_dir, database_url, tmp_path, exposure_salt=SALT)
@@ -54,12 +55,14 @@ def test_decisions_on_experiment_flags_are_logged_hashed(
         assert row.flag_set_version == version
         assert row.variant in ("model-a", "model-b")
     assert _exposures(database, REGION_ROUTER) == []
-    assert 'control_plane_experiment_records_total{result="written",table="exposures"} 40.0' \
-        in metrics
+    assert (
+        'control_plane_experiment_records_total{result="written",table="exposures"} 40.0' in metrics
+    )
 
 
-def test_shutdown_flushes_queued_exposures(database: Database, database_url: str,
-                                           flags_dir: Path, tmp_path: Path) -> None:
+def test_shutdown_flushes_queued_exposures(
+    database: Database, database_url: str, flags_dir: Path, tmp_path: Path
+) -> None:
     """Exposures still queued when the server stops are written before it exits."""
     # A flush interval far longer than the test: only the shutdown flush can write them.
     settings = make_settings(flags_dir, database_url, tmp_path, exposure_flush_interval=60)
@@ -70,15 +73,18 @@ def test_shutdown_flushes_queued_exposures(database: Database, database_url: str
     assert len(_exposures(database, AB_TEST_ROUTER)) == 25
 
 
-def test_anonymous_decisions_are_not_exposures(database: Database, database_url: str,
-                                               flags_dir: Path, tmp_path: Path) -> None:
+def test_anonymous_decisions_are_not_exposures(
+    database: Database, database_url: str, flags_dir: Path, tmp_path: Path
+) -> None:
     """A decision without a targeting key is no experiment unit: counted apart, not stored."""
     settings = make_settings(flags_dir, database_url, tmp_path)
     with running(settings, database) as plane, httpx.Client(base_url=plane.url) as client:
         for _ in range(3):
             assert client.get(f"/v1/decide/{AB_TEST_ROUTER}").status_code == 200
-        assert client.get(f"/v1/decide/{AB_TEST_ROUTER}",
-                          headers={"x-user-id": "known"}).status_code == 200
+        assert (
+            client.get(f"/v1/decide/{AB_TEST_ROUTER}", headers={"x-user-id": "known"}).status_code
+            == 200
+        )
         plane.flush()
         assert plane.experiments.recorder.anonymous == {AB_TEST_ROUTER: 3}
     rows = _exposures(database, AB_TEST_ROUTER)
@@ -88,8 +94,8 @@ def test_anonymous_decisions_are_not_exposures(database: Database, database_url:
 
 @pytest.mark.parametrize("experiment", [True, False])
 def test_dispatch_records_backend_calls_of_experiments(
-        database: Database, database_url: str, flags_dir: Path, tmp_path: Path,
-        experiment: bool) -> None:
+    database: Database, database_url: str, flags_dir: Path, tmp_path: Path, experiment: bool
+) -> None:
     """The dispatch proxy stores each backend call's status and latency for experiment flags
     (and only for them, unless a canary runs)."""
     from conftest import write_flags
@@ -97,20 +103,34 @@ def test_dispatch_records_backend_calls_of_experiments(
 
     backend_a, backend_b = BackendApp("a"), BackendApp("b", behaviour="error")
     with ServerThread(backend_a) as a, ServerThread(backend_b) as b:
-        write_flags(flags_dir, "calls.flagd.json", {"calls-router": {
-            "state": "ENABLED", "metadata": {"experiment": experiment},
-            "variants": {"a": {"backend": "a", "url": a.url}, "b": {"backend": "b", "url": b.url}},
-            "defaultVariant": "a", "targeting": {"fractional": [["a", 50], ["b", 50]]}}})
+        write_flags(
+            flags_dir,
+            "calls.flagd.json",
+            {
+                "calls-router": {
+                    "state": "ENABLED",
+                    "metadata": {"experiment": experiment},
+                    "variants": {
+                        "a": {"backend": "a", "url": a.url},
+                        "b": {"backend": "b", "url": b.url},
+                    },
+                    "defaultVariant": "a",
+                    "targeting": {"fractional": [["a", 50], ["b", 50]]},
+                }
+            },
+        )
         settings = make_settings(flags_dir, database_url, tmp_path)
         with running(settings, database) as plane, httpx.Client(base_url=plane.url) as client:
             for index in range(30):
                 client.get("/v1/dispatch/calls-router/predict", headers={"x-user-id": f"u{index}"})
             plane.flush()
     with database.session() as session:
-        per_variant = dict(session.execute(
-            select(CallSample.variant, func.count()).group_by(CallSample.variant)).all())
-        statuses = set(session.scalars(select(CallSample.status).where(
-            CallSample.variant == "b")))
+        per_variant = dict(
+            session.execute(
+                select(CallSample.variant, func.count()).group_by(CallSample.variant)
+            ).all()
+        )
+        statuses = set(session.scalars(select(CallSample.status).where(CallSample.variant == "b")))
     if not experiment:
         assert per_variant == {}
         return

@@ -38,10 +38,17 @@ KEY = b"writer-test-hmac-key-0123456789"
 
 
 def _decision(index: int) -> Decision:
-    return Decision(flag_key="exp", variant="a" if index % 2 else "b", backend="x",
-                    url="http://127.0.0.1:1", reason="TARGETING_MATCH", flag_set_version=1,
-                    decision_id=f"d{index:08d}", targeting_key=f"person-{index}@example.com",
-                    metadata={"experiment": True})
+    return Decision(
+        flag_key="exp",
+        variant="a" if index % 2 else "b",
+        backend="x",
+        url="http://127.0.0.1:1",
+        reason="TARGETING_MATCH",
+        flag_set_version=1,
+        decision_id=f"d{index:08d}",
+        targeting_key=f"person-{index}@example.com",
+        metadata={"experiment": True},
+    )
 
 
 @dataclass
@@ -67,8 +74,12 @@ def outage(database_url: str, tmp_path: Path) -> Iterator[Outage]:
         database.migrate()
         paths = [file, directory]
         try:
-            yield Outage(database, database, lambda: set_read_only(paths, True),
-                         lambda: set_read_only(paths, False))
+            yield Outage(
+                database,
+                database,
+                lambda: set_read_only(paths, True),
+                lambda: set_read_only(paths, False),
+            )
         finally:
             set_read_only(paths, False)
             database.dispose()
@@ -76,8 +87,9 @@ def outage(database_url: str, tmp_path: Path) -> Iterator[Outage]:
     direct = Database.from_url(database_url)
     direct.migrate()
     proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    proxied = Database.from_url(url.set(host="127.0.0.1", port=proxy.port)
-                                .render_as_string(hide_password=False))
+    proxied = Database.from_url(
+        url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    )
     try:
         yield Outage(proxied, direct, proxy.cut, proxy.restore)
     finally:
@@ -86,16 +98,29 @@ def outage(database_url: str, tmp_path: Path) -> Iterator[Outage]:
         direct.dispose()
 
 
-def _writer(database: Database, spill_dir: Path, registry: CollectorRegistry | None = None,
-            **options: object) -> tuple[BatchWriter, ExperimentRecorder]:
+def _writer(
+    database: Database,
+    spill_dir: Path,
+    registry: CollectorRegistry | None = None,
+    **options: object,
+) -> tuple[BatchWriter, ExperimentRecorder]:
     recorder = ExperimentRecorder(UnitHasher(KEY))
     metrics = ExperimentMetrics(registry) if registry is not None else None
-    settings: dict[str, object] = {"batch_size": 20, "journal_interval": 0.02,
-                                   "flush_interval": 0.02, "buffer_limit": 50,
-                                   "retry_interval": 0.05}
+    settings: dict[str, object] = {
+        "batch_size": 20,
+        "journal_interval": 0.02,
+        "flush_interval": 0.02,
+        "buffer_limit": 50,
+        "retry_interval": 0.05,
+    }
     settings.update(options)
-    writer = BatchWriter(DatabaseSink(database), Journal(spill_dir), prepare=recorder.prepare,
-                         metrics=metrics, **settings)  # type: ignore[arg-type]
+    writer = BatchWriter(
+        DatabaseSink(database),
+        Journal(spill_dir),
+        prepare=recorder.prepare,
+        metrics=metrics,
+        **settings,
+    )  # type: ignore[arg-type]
     recorder.attach(writer)
     return writer, recorder
 
@@ -131,8 +156,10 @@ def test_database_down_journals_and_replays(outage: Outage, tmp_path: Path) -> N
         outage.down()
         for index in range(30, 230):
             recorder.on_decision(_decision(index), 0.0)
-        wait_for(lambda: writer.counts.journaled == 230 and not writer.database_up,
-                 what="the records to be journaled and the outage noticed")
+        wait_for(
+            lambda: writer.counts.journaled == 230 and not writer.database_up,
+            what="the records to be journaled and the outage noticed",
+        )
         assert not writer.flush(timeout=0.3)  # nothing more reaches the database meanwhile
         wait_for(lambda: writer.buffered == 0, what="memory to let go of journaled records")
         assert writer.unwritten == 200
@@ -153,19 +180,36 @@ def test_database_down_journals_and_replays(outage: Outage, tmp_path: Path) -> N
     counts = writer.counts.as_dict()
     assert counts["write_failures"] > 0
     assert {key: counts[key] for key in ("journaled", "written", "replayed", "dropped")} == {
-        "journaled": 230, "written": 230, "replayed": 200, "dropped": 0}
-    assert _metric(registry, "control_plane_experiment_records_total", table=EXPOSURES,
-                   result="written") == 230
-    assert _metric(registry, "control_plane_experiment_records_total", table=EXPOSURES,
-                   result="replayed") == 200
-    assert _metric(registry, "control_plane_experiment_records_total", table=EXPOSURES,
-                   result="dropped") == 0
+        "journaled": 230,
+        "written": 230,
+        "replayed": 200,
+        "dropped": 0,
+    }
+    assert (
+        _metric(
+            registry, "control_plane_experiment_records_total", table=EXPOSURES, result="written"
+        )
+        == 230
+    )
+    assert (
+        _metric(
+            registry, "control_plane_experiment_records_total", table=EXPOSURES, result="replayed"
+        )
+        == 200
+    )
+    assert (
+        _metric(
+            registry, "control_plane_experiment_records_total", table=EXPOSURES, result="dropped"
+        )
+        == 0
+    )
     assert _metric(registry, "control_plane_experiment_database_up") == 1
     assert list(journal.iterdir()) == []
 
 
 def test_shutdown_with_database_down_leaves_the_journal_and_next_start_replays(
-        outage: Outage, tmp_path: Path) -> None:
+    outage: Outage, tmp_path: Path
+) -> None:
     """Stopping while the database is down leaves everything in the journal; the next writer
     on the same directory stores it once the database answers."""
     writer, recorder = _writer(outage.database, tmp_path / "journal", buffer_limit=10_000)
@@ -226,9 +270,12 @@ def test_records_journaled_by_a_killed_process_are_replayed(tmp_path: Path) -> N
     script = tmp_path / "crashing_writer.py"
     script.write_text(_CRASHING_WRITER)
     spill_dir = tmp_path / "journal"
-    process = subprocess.Popen([sys.executable, str(script), refused, str(spill_dir),
-                                str(Path(__file__).parent)], stdout=subprocess.PIPE, text=True,
-                               cwd=REPO)
+    process = subprocess.Popen(
+        [sys.executable, str(script), refused, str(spill_dir), str(Path(__file__).parent)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "journaled"
@@ -263,8 +310,12 @@ def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
     accepted = [writer.offer((EXPOSURES, _decision(index), time.time())) for index in range(150)]
     assert accepted.count(True) == 100
     assert writer.counts.dropped == 50
-    assert _metric(registry, "control_plane_experiment_records_total", table=EXPOSURES,
-                   result="dropped") == 50
+    assert (
+        _metric(
+            registry, "control_plane_experiment_records_total", table=EXPOSURES, result="dropped"
+        )
+        == 50
+    )
     writer.start()
     try:
         assert writer.flush(timeout=15)
@@ -276,7 +327,8 @@ def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
 
 
 def test_a_record_the_database_refuses_does_not_block_the_others(
-        database_url: str, tmp_path: Path) -> None:
+    database_url: str, tmp_path: Path
+) -> None:
     """A record the (working) database refuses is dropped and counted; the rest of its batch is
     stored and the writer does not treat the database as down."""
     database = Database.from_url(database_url)
@@ -284,11 +336,22 @@ def test_a_record_the_database_refuses_does_not_block_the_others(
     writer, recorder = _writer(database, tmp_path / "spill", journal_interval=0.5)
     for index in range(10):
         recorder.on_decision(_decision(index), 0.0)
-    bad = Record(EXPOSURES, {"decision_id": "bad", "flag": None, "variant": "a", "unit": None,
-                             "flag_set_version": 1, "reason": "STATIC", "at": time.time()})
+    bad = Record(
+        EXPOSURES,
+        {
+            "decision_id": "bad",
+            "flag": None,
+            "variant": "a",
+            "unit": None,
+            "flag_set_version": 1,
+            "reason": "STATIC",
+            "at": time.time(),
+        },
+    )
     writer.offer((EXPOSURES, bad, 0.0))
-    writer._prepare = lambda item: item[1] if isinstance(item[1], Record) \
-        else recorder.prepare(item)
+    writer._prepare = lambda item: (
+        item[1] if isinstance(item[1], Record) else recorder.prepare(item)
+    )
     writer.start()
     try:
         assert writer.flush(timeout=15)
@@ -309,11 +372,11 @@ def test_unreadable_journal_lines_are_counted_not_silently_skipped(tmp_path: Pat
     spill_dir = tmp_path / "journal"
     spill_dir.mkdir()
     recorder = ExperimentRecorder(UnitHasher(KEY))
-    lines = [recorder.prepare((EXPOSURES, _decision(index), 1.0e9)).to_line()
-             for index in range(4)]
+    lines = [recorder.prepare((EXPOSURES, _decision(index), 1.0e9)).to_line() for index in range(4)]
     # An owner with no lock file is gone.
     (spill_dir / "journal-00000000000000000001-999999.dead-000001.jsonl").write_text(
-        "\n".join([lines[0], lines[1], '{"table": "exposures", "row": {"decis', lines[2]]) + "\n")
+        "\n".join([lines[0], lines[1], '{"table": "exposures", "row": {"decis', lines[2]]) + "\n"
+    )
     (spill_dir / "spill-00000000000000000002-1-000001.jsonl.part").write_text(lines[3] + "\n")
     registry = CollectorRegistry()
     writer, _ = _writer(database, spill_dir, registry)
@@ -326,8 +389,12 @@ def test_unreadable_journal_lines_are_counted_not_silently_skipped(tmp_path: Pat
         database.dispose()
     assert sorted(stored) == ["d00000000", "d00000001", "d00000002", "d00000003"]
     assert writer.counts.dropped == 1
-    assert _metric(registry, "control_plane_experiment_records_total", table="unreadable",
-                   result="dropped") == 1
+    assert (
+        _metric(
+            registry, "control_plane_experiment_records_total", table="unreadable", result="dropped"
+        )
+        == 1
+    )
 
 
 def test_hashing_needs_a_long_enough_key() -> None:

@@ -38,8 +38,10 @@ def document(generation: int, *, broken: str | None = None) -> dict[str, Any]:
     flags: dict[str, Any] = {}
     for index, key in enumerate(FLAGS):
         variants = {
-            name: {"backend": f"{key}-{name}",
-                   "url": f"http://127.0.0.1:{9100 + 10 * index + offset}/gen-{generation}/{name}"}
+            name: {
+                "backend": f"{key}-{name}",
+                "url": f"http://127.0.0.1:{9100 + 10 * index + offset}/gen-{generation}/{name}",
+            }
             for offset, name in enumerate(("v1", "v2", "v3"))
         }
         flags[key] = {
@@ -70,7 +72,7 @@ def write_in_place_slowly(path: Path, content: str, pause: float) -> None:
         handle.write(content[: len(content) // 2])
         handle.flush()
         time.sleep(pause)
-        handle.write(content[len(content) // 2:])
+        handle.write(content[len(content) // 2 :])
 
 
 @dataclass
@@ -84,8 +86,9 @@ class Observations:
 
     def publish(self, flag_set: FlagSet) -> None:
         generations = {key: flag_set.flags[key]["metadata"]["generation"] for key in FLAGS}
-        urls = [variant["url"] for key in FLAGS
-                for variant in flag_set.flags[key]["variants"].values()]
+        urls = [
+            variant["url"] for key in FLAGS for variant in flag_set.flags[key]["variants"].values()
+        ]
         with self.lock:
             self.published[flag_set.version] = generations
             for url in urls:  # a published set is whole: one generation throughout
@@ -111,16 +114,18 @@ def _generation(url: str) -> int:
     return int(match.group(1))
 
 
-def run_edits(path: Path, store: FlagStore, observations: Observations, rounds: int,
-              interval: float) -> tuple[int, int]:
+def run_edits(
+    path: Path, store: FlagStore, observations: Observations, rounds: int, interval: float
+) -> tuple[int, int]:
     """Edit the file `rounds` times; returns (valid edits, invalid edits). Waits for each."""
     valid = invalid = 0
     defects = ("weight", "variant", "url")
     for generation in range(2, rounds + 2):
         if generation % 4 == 0:
             failed = store.stats.reloads_failed
-            write_atomically(path, json.dumps(document(generation, broken=defects[
-                generation % 3]), indent=2))
+            write_atomically(
+                path, json.dumps(document(generation, broken=defects[generation % 3]), indent=2)
+            )
             invalid += 1
             wait_until(lambda failed=failed: store.stats.reloads_failed > failed)
         text = json.dumps(document(generation), indent=2)
@@ -173,9 +178,14 @@ def test_reloads_under_concurrent_decisions_never_fail_or_mix(flag_file: Path) -
                 if decision.error_code or decision.reason == "ERROR":
                     raise AssertionError(f"evaluation error {decision.error_code}")
                 with observations.lock:
-                    observations.decisions.append((flag, decision.flag_set_version,
-                                                   decision.url,
-                                                   decision.metadata.get("generation")))
+                    observations.decisions.append(
+                        (
+                            flag,
+                            decision.flag_set_version,
+                            decision.url,
+                            decision.metadata.get("generation"),
+                        )
+                    )
             except Exception as exc:  # any failure is a finding, reported below
                 with observations.lock:
                     observations.failures.append(f"{flag}: {exc!r}")
@@ -187,8 +197,7 @@ def test_reloads_under_concurrent_decisions_never_fail_or_mix(flag_file: Path) -
     store.start()
     try:
         wait_until(lambda: 1 in observations.seen_generations())
-        valid, invalid = run_edits(flag_file, store, observations, rounds=24,
-                                   interval=interval)
+        valid, invalid = run_edits(flag_file, store, observations, rounds=24, interval=interval)
     finally:
         stop.set()
         store.stop()
@@ -203,12 +212,18 @@ def test_reloads_under_concurrent_decisions_never_fail_or_mix(flag_file: Path) -
 
 @pytest.fixture
 def app_settings(tmp_path: Path, flag_file: Path) -> Settings:
-    return Settings(flags_dir=flag_file.parent, database_url=f"sqlite:///{tmp_path / 'cp.db'}",
-                   sync_port=0, reload_interval=0.02, flags_strict=True)
+    return Settings(
+        flags_dir=flag_file.parent,
+        database_url=f"sqlite:///{tmp_path / 'cp.db'}",
+        sync_port=0,
+        reload_interval=0.02,
+        flags_strict=True,
+    )
 
 
 def test_reloads_under_concurrent_http_requests_never_fail_or_mix(
-        flag_file: Path, app_settings: Settings) -> None:
+    flag_file: Path, app_settings: Settings
+) -> None:
     """The same through the HTTP routing API on a real server: every answer is 200 and whole."""
     app = create_app(app_settings)
     observations = Observations()
@@ -223,8 +238,9 @@ def test_reloads_under_concurrent_http_requests_never_fail_or_mix(
                 while not stop.is_set():
                     flag = FLAGS[count % 2]
                     try:
-                        response = client.post(f"/v1/route/{flag}",
-                                               headers={"x-user-id": f"u-{worker}-{count}"})
+                        response = client.post(
+                            f"/v1/route/{flag}", headers={"x-user-id": f"u-{worker}-{count}"}
+                        )
                         body = response.json()
                         if response.status_code != 200 or body.get("errorCode"):
                             raise AssertionError(f"{response.status_code} {body}")
@@ -232,7 +248,8 @@ def test_reloads_under_concurrent_http_requests_never_fail_or_mix(
                             # The HTTP answer carries no metadata; the URL and version must agree.
                             generation = _generation(body["url"] + "/")
                             observations.decisions.append(
-                                (flag, body["flagSetVersion"], body["url"] + "/", generation))
+                                (flag, body["flagSetVersion"], body["url"] + "/", generation)
+                            )
                     except Exception as exc:  # any failure is a finding, reported below
                         with observations.lock:
                             observations.failures.append(f"{flag}: {exc!r}")

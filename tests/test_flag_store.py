@@ -29,8 +29,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def boolean_flag(default: str = "off") -> dict[str, Any]:
-    return {"state": "ENABLED", "variants": {"on": True, "off": False},
-            "defaultVariant": default}
+    return {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": default}
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -49,7 +48,8 @@ def directory(tmp_path: Path) -> Path:
     write_flags(target, "a.flagd.json", {"alpha": boolean_flag()})
     (target / "b.flagd.yaml").write_text(
         "flags:\n  beta:\n    state: ENABLED\n    variants: {on: true, off: false}\n"
-        "    defaultVariant: on\n")
+        "    defaultVariant: on\n"
+    )
     return target
 
 
@@ -93,7 +93,8 @@ def test_a_formatting_only_edit_keeps_the_version(directory: Path) -> None:
 
 
 def test_invalid_edit_is_refused_counted_and_the_last_good_set_keeps_serving(
-        directory: Path) -> None:
+    directory: Path,
+) -> None:
     """A bad edit raises with issues, bumps reloads_failed, shows in status; a fix recovers."""
     store = FlagStore(directory, strict=True)
     outcomes: list[ReloadOutcome] = []
@@ -158,14 +159,15 @@ def test_half_written_file_is_refused_then_accepted_once_complete(directory: Pat
             store.poll()
         assert store.last_error is not None
         assert store.current.version == 1
-        handle.write(text[len(text) // 2:])
+        handle.write(text[len(text) // 2 :])
     assert store.poll() is True
     assert store.current.version == 2
     assert store.last_error is None
 
 
 def test_a_file_deleted_and_recreated_within_the_settle_window_never_unpublishes_its_flags(
-        directory: Path) -> None:
+    directory: Path,
+) -> None:
     """A vanished file is pending, still served, until it stays gone for the settle window."""
     store = FlagStore(directory, deletion_settle=0.3)
     store.reload()
@@ -298,19 +300,30 @@ def test_status_endpoint_reports_the_refused_edit_over_http(tmp_path: Path) -> N
     flags = tmp_path / "flags"
     shutil.copytree(FIXTURES / "good_flags", flags)
     token = "viewer-token-0123456789"
-    settings = Settings(flags_dir=flags, database_url=f"sqlite:///{tmp_path / 'cp.db'}",
-                        sync_port=0, reload_interval=0.02, flags_strict=True,
-                        admin_tokens=f"ops-viewer:viewer:{token}")
+    settings = Settings(
+        flags_dir=flags,
+        database_url=f"sqlite:///{tmp_path / 'cp.db'}",
+        sync_port=0,
+        reload_interval=0.02,
+        flags_strict=True,
+        admin_tokens=f"ops-viewer:viewer:{token}",
+    )
     app = create_app(settings)
-    with ServerThread(app) as server, httpx.Client(
-            base_url=server.url, headers={"authorization": f"Bearer {token}"}) as client:
+    with (
+        ServerThread(app) as server,
+        httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {token}"}) as client,
+    ):
         anonymous = httpx.get(server.url + "/v1/flags/status")
         assert anonymous.status_code == 401
         assert anonymous.headers["content-type"] == "application/problem+json"
         body = client.get("/v1/flags/status").json()
         assert body["state"] == "ok"
-        assert body["files"] == ["daemon-array.flagd.json", "features.flagd.yaml",
-                                 "routing.flagd.json", "shared.flagd.yml"]
+        assert body["files"] == [
+            "daemon-array.flagd.json",
+            "features.flagd.yaml",
+            "routing.flagd.json",
+            "shared.flagd.yml",
+        ]
         assert body["flagCount"] == 5
         assert body["issues"] == []
         version = body["version"]
@@ -319,12 +332,19 @@ def test_status_endpoint_reports_the_refused_edit_over_http(tmp_path: Path) -> N
         body = client.get("/v1/flags/status").json()
         assert body["version"] == version
         assert body["reloads"]["failed"] >= 1
-        zero = [issue for issue in body["issues"]
-                if issue["path"] == "$.flags.canary-router.targeting.fractional"]
-        assert zero == [{
-            "file": "fractional-all-zero.flagd.json",
-            "path": "$.flags.canary-router.targeting.fractional",
-            "line": 11, "column": 23, "severity": "error",
-            "message": zero[0]["message"],
-        }]
+        zero = [
+            issue
+            for issue in body["issues"]
+            if issue["path"] == "$.flags.canary-router.targeting.fractional"
+        ]
+        assert zero == [
+            {
+                "file": "fractional-all-zero.flagd.json",
+                "path": "$.flags.canary-router.targeting.fractional",
+                "line": 11,
+                "column": 23,
+                "severity": "error",
+                "message": zero[0]["message"],
+            }
+        ]
         assert body["lastAttemptAt"] >= body["lastSuccessAt"]

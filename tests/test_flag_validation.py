@@ -37,7 +37,8 @@ GOOD = FIXTURES / "good_flags"
 needs_shared = pytest.mark.skipif(
     not TESTKIT.is_file(),
     reason=f"the flagd testbed corpus is not at {TESTKIT} (the workplace's shared folder sits "
-           "beside the repository only on this project's machines)")
+    "beside the repository only on this project's machines)",
+)
 
 
 def _fixtures(kind: str, verdict: str) -> list[Path]:
@@ -49,8 +50,9 @@ def _ids(paths: list[Path]) -> list[str]:
     return [path.name for path in paths]
 
 
-@pytest.mark.parametrize("path", _fixtures("flags", "positive"),
-                         ids=_ids(_fixtures("flags", "positive")))
+@pytest.mark.parametrize(
+    "path", _fixtures("flags", "positive"), ids=_ids(_fixtures("flags", "positive"))
+)
 def test_official_positive_flag_fixture_is_accepted(path: Path) -> None:
     """Every positive fixture of the official flags schema validates with no error."""
     result = validate_contents({path.name: path.read_bytes()})
@@ -58,8 +60,9 @@ def test_official_positive_flag_fixture_is_accepted(path: Path) -> None:
     assert result.flags
 
 
-@pytest.mark.parametrize("path", _fixtures("flags", "negative"),
-                         ids=_ids(_fixtures("flags", "negative")))
+@pytest.mark.parametrize(
+    "path", _fixtures("flags", "negative"), ids=_ids(_fixtures("flags", "negative"))
+)
 def test_official_negative_flag_fixture_is_refused(path: Path) -> None:
     """Every negative fixture of the official flags schema is refused, naming file and path."""
     result = validate_contents({path.name: path.read_bytes()})
@@ -70,8 +73,9 @@ def test_official_negative_flag_fixture_is_refused(path: Path) -> None:
         assert issue.line is not None
 
 
-@pytest.mark.parametrize("path", _fixtures("targeting", "positive"),
-                         ids=_ids(_fixtures("targeting", "positive")))
+@pytest.mark.parametrize(
+    "path", _fixtures("targeting", "positive"), ids=_ids(_fixtures("targeting", "positive"))
+)
 def test_official_positive_targeting_fixture_is_accepted(path: Path) -> None:
     """Every positive fixture of the official targeting schema passes the rule checks."""
     issues: list[ValidationIssue] = []
@@ -79,8 +83,9 @@ def test_official_positive_targeting_fixture_is_accepted(path: Path) -> None:
     assert [issue for issue in issues if issue.is_error] == []
 
 
-@pytest.mark.parametrize("path", _fixtures("targeting", "negative"),
-                         ids=_ids(_fixtures("targeting", "negative")))
+@pytest.mark.parametrize(
+    "path", _fixtures("targeting", "negative"), ids=_ids(_fixtures("targeting", "negative"))
+)
 def test_official_negative_targeting_fixture_is_refused(path: Path) -> None:
     """Every negative fixture of the official targeting schema fails the rule checks."""
     issues: list[ValidationIssue] = []
@@ -100,90 +105,181 @@ def test_official_fixture_lists_are_not_empty() -> None:
 #: fixture -> (file named in the issue, JSON path, line or None, words the message must hold)
 BAD_CASES: dict[str, tuple[str, str, int | None, tuple[str, ...]]] = {
     "syntax-trailing-comma.flagd.json": (
-        "syntax-trailing-comma.flagd.json", "$", 7, ("invalid JSON", "trailing comma")),
+        "syntax-trailing-comma.flagd.json",
+        "$",
+        7,
+        ("invalid JSON", "trailing comma"),
+    ),
     "syntax-half-written.flagd.json": (
-        "syntax-half-written.flagd.json", "$", 5, ("invalid JSON", "unfinished edit")),
+        "syntax-half-written.flagd.json",
+        "$",
+        5,
+        ("invalid JSON", "unfinished edit"),
+    ),
     "syntax-bad-indent.flagd.yaml": (
-        "syntax-bad-indent.flagd.yaml", "$", 6, ("invalid YAML", "indentation")),
+        "syntax-bad-indent.flagd.yaml",
+        "$",
+        6,
+        ("invalid YAML", "indentation"),
+    ),
     "empty.flagd.json": ("empty.flagd.json", "$", None, ("empty",)),
     "not-utf8.flagd.json": ("not-utf8.flagd.json", "$", None, ("not UTF-8",)),
     "duplicate-key-same-file.flagd.json": (
-        "duplicate-key-same-file.flagd.json", "$.flags.checkout", 8, ("appears twice",)),
+        "duplicate-key-same-file.flagd.json",
+        "$.flags.checkout",
+        8,
+        ("appears twice",),
+    ),
     "yaml-duplicate-key.flagd.yaml": (
-        "yaml-duplicate-key.flagd.yaml", "$.flags.checkout.defaultVariant", 8,
-        ("appears twice",)),
+        "yaml-duplicate-key.flagd.yaml",
+        "$.flags.checkout.defaultVariant",
+        8,
+        ("appears twice",),
+    ),
     "duplicate-flag-across-files": (
-        "b-team.flagd.yaml", "$.flags.checkout", 7,
-        ("'checkout'", "a-team.flagd.json:3", "once per flag set")),
+        "b-team.flagd.yaml",
+        "$.flags.checkout",
+        7,
+        ("'checkout'", "a-team.flagd.json:3", "once per flag set"),
+    ),
     "evaluator-conflict": (
-        "b.flagd.json", "$.$evaluators.is-staff", 11, ("a.flagd.json:4", "differently")),
+        "b.flagd.json",
+        "$.$evaluators.is-staff",
+        11,
+        ("a.flagd.json:4", "differently"),
+    ),
     "default-variant-missing.flagd.json": (
-        "default-variant-missing.flagd.json", "$.flags.ab-test-router.defaultVariant", 9,
-        ("'model-c'", "model-a, model-b", "set it to null")),
+        "default-variant-missing.flagd.json",
+        "$.flags.ab-test-router.defaultVariant",
+        9,
+        ("'model-c'", "model-a, model-b", "set it to null"),
+    ),
     "targeting-unknown-variant.flagd.json": (
-        "targeting-unknown-variant.flagd.json", "$.flags.region-router.targeting.if[1]", 11,
-        ("'china'", "no variant")),
+        "targeting-unknown-variant.flagd.json",
+        "$.flags.region-router.targeting.if[1]",
+        11,
+        ("'china'", "no variant"),
+    ),
     "fractional-unknown-bucket.flagd.json": (
         "fractional-unknown-bucket.flagd.json",
-        "$.flags.ab-test-router.targeting.fractional[1][0]", 13, ("'model-B'", "no variant")),
+        "$.flags.ab-test-router.targeting.fractional[1][0]",
+        13,
+        ("'model-B'", "no variant"),
+    ),
     "fractional-negative-weight.flagd.json": (
         "fractional-negative-weight.flagd.json",
-        "$.flags.canary-router.targeting.fractional[0][1]", 12, ("-10", "negative")),
+        "$.flags.canary-router.targeting.fractional[0][1]",
+        12,
+        ("-10", "negative"),
+    ),
     "fractional-decimal-weight.flagd.json": (
         "fractional-decimal-weight.flagd.json",
-        "$.flags.canary-router.targeting.fractional[0][1]", 12, ("12.5", "whole number")),
+        "$.flags.canary-router.targeting.fractional[0][1]",
+        12,
+        ("12.5", "whole number"),
+    ),
     "fractional-all-zero.flagd.json": (
-        "fractional-all-zero.flagd.json", "$.flags.canary-router.targeting.fractional", 11,
-        ("every weight is 0", "positive weight")),
+        "fractional-all-zero.flagd.json",
+        "$.flags.canary-router.targeting.fractional",
+        11,
+        ("every weight is 0", "positive weight"),
+    ),
     "ref-missing-evaluator.flagd.json": (
-        "ref-missing-evaluator.flagd.json", "$.flags.beta.targeting.if[0]", 7,
-        ("'is-staf'", "did you mean 'is-staff'")),
+        "ref-missing-evaluator.flagd.json",
+        "$.flags.beta.targeting.if[0]",
+        7,
+        ("'is-staf'", "did you mean 'is-staff'"),
+    ),
     "evaluator-refers-evaluator.flagd.json": (
-        "evaluator-refers-evaluator.flagd.json", "$.$evaluators.is-beta-staff.and[0]", 12,
-        ("'is-staff'", "one level")),
+        "evaluator-refers-evaluator.flagd.json",
+        "$.$evaluators.is-beta-staff.and[0]",
+        12,
+        ("'is-staff'", "one level"),
+    ),
     "routing-missing-backend.flagd.json": (
-        "routing-missing-backend.flagd.json", "$.flags.pinned-router.variants.v2", 7,
-        ("'backend'", "routing variant")),
+        "routing-missing-backend.flagd.json",
+        "$.flags.pinned-router.variants.v2",
+        7,
+        ("'backend'", "routing variant"),
+    ),
     "routing-bad-url.flagd.json": (
-        "routing-bad-url.flagd.json", "$.flags.pinned-router.variants.v2", 7,
-        ("127.0.0.1:9132", "http://")),
+        "routing-bad-url.flagd.json",
+        "$.flags.pinned-router.variants.v2",
+        7,
+        ("127.0.0.1:9132", "http://"),
+    ),
     "routing-by-metadata.flagd.yaml": (
-        "routing-by-metadata.flagd.yaml", "$.flags.embedder-router.variants.small", 7,
-        ("routing variant", "object")),
+        "routing-by-metadata.flagd.yaml",
+        "$.flags.embedder-router.variants.small",
+        7,
+        ("routing variant", "object"),
+    ),
     "unknown-operator.flagd.json": (
-        "unknown-operator.flagd.json", "$.flags.ab-test-router.targeting.fractionnal", 8,
-        ("unknown operator", "did you mean 'fractional'")),
+        "unknown-operator.flagd.json",
+        "$.flags.ab-test-router.targeting.fractionnal",
+        8,
+        ("unknown operator", "did you mean 'fractional'"),
+    ),
     "wrong-arity.flagd.json": (
-        "wrong-arity.flagd.json", '$.flags.region-router.targeting.if[0]["=="]', 8,
-        ("exactly 2 operands", "got 3")),
+        "wrong-arity.flagd.json",
+        '$.flags.region-router.targeting.if[0]["=="]',
+        8,
+        ("exactly 2 operands", "got 3"),
+    ),
     "mixed-variant-types.flagd.yaml": (
-        "mixed-variant-types.flagd.yaml", "$.flags.max-results.variants", 5,
-        ("mix types", "same type")),
+        "mixed-variant-types.flagd.yaml",
+        "$.flags.max-results.variants",
+        5,
+        ("mix types", "same type"),
+    ),
     "unknown-flag-member.flagd.json": (
-        "unknown-flag-member.flagd.json", "$.flags.checkout.description", 5,
-        ("unknown flag member", "metadata")),
+        "unknown-flag-member.flagd.json",
+        "$.flags.checkout.description",
+        5,
+        ("unknown flag member", "metadata"),
+    ),
     "missing-state.flagd.json": (
-        "missing-state.flagd.json", "$.flags.checkout", 3, ("no \"state\"",)),
+        "missing-state.flagd.json",
+        "$.flags.checkout",
+        3,
+        ('no "state"',),
+    ),
     "flags-array-without-daemon-schema.flagd.json": (
-        "flags-array-without-daemon-schema.flagd.json", "$.flags", 3, ("array form",)),
+        "flags-array-without-daemon-schema.flagd.json",
+        "$.flags",
+        3,
+        ("array form",),
+    ),
     "boolean-result-without-variant.flagd.json": (
-        "boolean-result-without-variant.flagd.json", "$.flags.beta.targeting", 7,
-        ("true or false", "'true' or 'false'")),
+        "boolean-result-without-variant.flagd.json",
+        "$.flags.beta.targeting",
+        7,
+        ("true or false", "'true' or 'false'"),
+    ),
     "semver-bad-version.flagd.json": (
-        "semver-bad-version.flagd.json", "$.flags.new-sdk.targeting.if[0].sem_ver[2]", 7,
-        ("'2.0.0.1'", "MAJOR.MINOR.PATCH")),
+        "semver-bad-version.flagd.json",
+        "$.flags.new-sdk.targeting.if[0].sem_ver[2]",
+        7,
+        ("'2.0.0.1'", "MAJOR.MINOR.PATCH"),
+    ),
     "var-unknown-flagd-property.flagd.json": (
-        "var-unknown-flagd-property.flagd.json", '$.flags.beta.targeting.if[0]["=="][0].var', 7,
-        ("$flagd.key", "$flagd.flagKey")),
+        "var-unknown-flagd-property.flagd.json",
+        '$.flags.beta.targeting.if[0]["=="][0].var',
+        7,
+        ("$flagd.key", "$flagd.flagKey"),
+    ),
 }
 
 
 #: Bad inputs that are warnings, not refusals: a branch that returns an unknown variant may
 #: never be taken (flagd answers an error only when it is), so it does not block the flag.
-WARNING_ONLY = frozenset({
-    "targeting-unknown-variant.flagd.json", "fractional-unknown-bucket.flagd.json",
-    "boolean-result-without-variant.flagd.json",
-})
+WARNING_ONLY = frozenset(
+    {
+        "targeting-unknown-variant.flagd.json",
+        "fractional-unknown-bucket.flagd.json",
+        "boolean-result-without-variant.flagd.json",
+    }
+)
 
 
 def test_every_bad_fixture_has_an_expectation() -> None:
@@ -229,23 +325,31 @@ def test_bad_fixture_makes_the_loader_raise_with_the_issues(name: str, tmp_path:
 
 # -- good inputs --------------------------------------------------------------------------
 
+
 def test_shipped_flags_are_valid() -> None:
     """The flags shipped in flags/ validate with no error and no warning."""
     result = validate_path(FLAGS_DIR)
     assert result.issues == ()
     assert {"ab-test-router", "canary-router", "pinned-router", "region-router"} <= set(
-        result.flags)
+        result.flags
+    )
 
 
 def test_good_directory_merges_json_yaml_and_daemon_array_files() -> None:
     """JSON, YAML and array-form files merge; hidden and non-flag files are ignored."""
     result = validate_path(GOOD)
     assert result.issues == ()
-    assert result.files == ("daemon-array.flagd.json", "features.flagd.yaml",
-                            "routing.flagd.json", "shared.flagd.yml")
+    assert result.files == (
+        "daemon-array.flagd.json",
+        "features.flagd.yaml",
+        "routing.flagd.json",
+        "shared.flagd.yml",
+    )
     assert result.sources == {
-        "canary-router": "routing.flagd.json", "pinned-router": "routing.flagd.json",
-        "new-checkout": "features.flagd.yaml", "search-mode": "features.flagd.yaml",
+        "canary-router": "routing.flagd.json",
+        "pinned-router": "routing.flagd.json",
+        "new-checkout": "features.flagd.yaml",
+        "search-mode": "features.flagd.yaml",
         "max-results": "daemon-array.flagd.json",
     }
     assert "key" not in result.flags["max-results"]
@@ -269,29 +373,43 @@ def test_merged_good_flags_evaluate_in_the_official_flagd_evaluator() -> None:
 
 def test_validate_flag_checks_one_flag_in_isolation() -> None:
     """validate_flag reports a single flag's problems, with `$ref`s checked against evaluators."""
-    flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "on",
-            "targeting": {"if": [{"$ref": "staff"}, "on", "of"]}}
+    flag = {
+        "state": "ENABLED",
+        "variants": {"on": True, "off": False},
+        "defaultVariant": "on",
+        "targeting": {"if": [{"$ref": "staff"}, "on", "of"]},
+    }
     without = validate_one_flag("f", flag)
     assert [issue.path for issue in without] == ["$.flags.f.targeting.if[2]"]
     with_refs = validate_one_flag("f", flag, {"other": {"==": [1, 1]}})
-    assert {issue.path for issue in with_refs} == {"$.flags.f.targeting.if[0]",
-                                                   "$.flags.f.targeting.if[2]"}
-    assert validate_one_flag("f", {**flag, "targeting": {"if": [{"$ref": "staff"}, "on"]}},
-                             {"staff": {"==": [1, 1]}}) == []
+    assert {issue.path for issue in with_refs} == {
+        "$.flags.f.targeting.if[0]",
+        "$.flags.f.targeting.if[2]",
+    }
+    assert (
+        validate_one_flag(
+            "f", {**flag, "targeting": {"if": [{"$ref": "staff"}, "on"]}}, {"staff": {"==": [1, 1]}}
+        )
+        == []
+    )
 
 
 def test_validate_document_reports_without_a_file() -> None:
     """validate_document checks a parsed document (as the admin API holds it) standalone."""
-    issues = validate_document({"flags": {"f": {"state": "ON", "variants": {"a": 1}}}},
-                               file="api")
+    issues = validate_document({"flags": {"f": {"state": "ON", "variants": {"a": 1}}}}, file="api")
     assert [(issue.file, issue.path) for issue in issues] == [("api", "$.flags.f.state")]
 
 
 def test_refs_through_evaluators_check_the_returned_variant_names() -> None:
     """A variant name returned by an evaluator is checked for each flag that uses it."""
     document = {
-        "flags": {"f": {"state": "ENABLED", "variants": {"gold": 1, "basic": 0},
-                        "targeting": {"$ref": "tier"}}},
+        "flags": {
+            "f": {
+                "state": "ENABLED",
+                "variants": {"gold": 1, "basic": 0},
+                "targeting": {"$ref": "tier"},
+            }
+        },
         "$evaluators": {"tier": {"if": [{"var": "vip"}, "gold", "silver"]}},
     }
     issues = validate_document(document)
@@ -303,11 +421,18 @@ def test_refs_through_evaluators_check_the_returned_variant_names() -> None:
 
 def test_dynamic_weights_and_dynamic_variants_are_accepted() -> None:
     """Weights and variant names computed from the context are fine (not statically known)."""
-    flag = {"state": "ENABLED", "variants": {"a": "a", "b": "b"}, "defaultVariant": "a",
-            "targeting": {"fractional": [
+    flag = {
+        "state": "ENABLED",
+        "variants": {"a": "a", "b": "b"},
+        "defaultVariant": "a",
+        "targeting": {
+            "fractional": [
                 [{"var": "pick"}, {"var": "w"}],
                 ["b", {"-": [100, {"var": "w"}]}],
-                ["a", 0]]}}
+                ["a", 0],
+            ]
+        },
+    }
     assert validate_one_flag("f", flag) == []
 
 
@@ -332,8 +457,9 @@ def test_testkit_flags_refused_are_exactly_the_deliberately_broken_ones() -> Non
     evaluators = document["$evaluators"]
     refused: dict[str, list[ValidationIssue]] = {}
     for key, definition in document["flags"].items():
-        errors = [issue for issue in validate_one_flag(key, definition, evaluators)
-                  if issue.is_error]
+        errors = [
+            issue for issue in validate_one_flag(key, definition, evaluators) if issue.is_error
+        ]
         if errors:
             refused[key] = errors
     assert sorted(refused) == sorted(TESTKIT_REFUSED)
@@ -345,6 +471,7 @@ def test_testkit_flags_refused_are_exactly_the_deliberately_broken_ones() -> Non
 
 
 # -- the CLI ----------------------------------------------------------------------------
+
 
 def run_cli(*args: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
@@ -396,7 +523,8 @@ def test_cli_validate_single_file_and_missing_path(tmp_path: Path) -> None:
 
 
 def test_cli_validate_defaults_to_the_configured_flag_directory(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Without PATH, validate reads CP_FLAGS_DIR."""
     shutil.copytree(BAD / "evaluator-conflict", tmp_path / "flags")
     monkeypatch.setenv("CP_FLAGS_DIR", str(tmp_path / "flags"))
@@ -408,9 +536,15 @@ def test_cli_validate_defaults_to_the_configured_flag_directory(
 def test_console_script_validate_runs_as_a_process() -> None:
     """The installed `control-plane` script validates (as CI would run it)."""
     script = Path(sys.executable).with_name("control-plane")
-    command: list[Any] = [str(script)] if script.exists() else [
-        sys.executable, "-m", "control_plane.cli"]
-    done = subprocess.run([*command, "validate", str(BAD / "routing-bad-url.flagd.json")],
-                          capture_output=True, text=True, timeout=60, check=False)
+    command: list[Any] = (
+        [str(script)] if script.exists() else [sys.executable, "-m", "control_plane.cli"]
+    )
+    done = subprocess.run(
+        [*command, "validate", str(BAD / "routing-bad-url.flagd.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1
     assert "routing-bad-url.flagd.json:7:15: $.flags.pinned-router.variants.v2:" in done.stdout

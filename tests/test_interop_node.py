@@ -36,17 +36,29 @@ pytestmark = pytest.mark.node
 NODE_DIR = Path(__file__).resolve().parent / "node"
 
 TYPED_FLAGS: dict[str, Any] = {
-    "js-bool": {"state": "ENABLED", "variants": {"on": True, "off": False},
-                "defaultVariant": "off",
-                "targeting": {"if": [{"in": ["@example.com", {"var": "email"}]}, "on", None]}},
-    "js-string": {"state": "ENABLED", "variants": {"a": "alpha", "b": "beta", "c": "gamma"},
-                  "defaultVariant": "a",
-                  "targeting": {"fractional": [["a", 20], ["b", 30], ["c", 50]]}},
-    "js-number": {"state": "ENABLED", "variants": {"low": 0.25, "high": 0.75},
-                  "defaultVariant": "low",
-                  "targeting": {"if": [{">=": [{"var": "age"}, 18]}, "high", "low"]}},
-    "js-disabled": {"state": "DISABLED", "variants": {"on": True, "off": False},
-                    "defaultVariant": "on"},
+    "js-bool": {
+        "state": "ENABLED",
+        "variants": {"on": True, "off": False},
+        "defaultVariant": "off",
+        "targeting": {"if": [{"in": ["@example.com", {"var": "email"}]}, "on", None]},
+    },
+    "js-string": {
+        "state": "ENABLED",
+        "variants": {"a": "alpha", "b": "beta", "c": "gamma"},
+        "defaultVariant": "a",
+        "targeting": {"fractional": [["a", 20], ["b", 30], ["c", 50]]},
+    },
+    "js-number": {
+        "state": "ENABLED",
+        "variants": {"low": 0.25, "high": 0.75},
+        "defaultVariant": "low",
+        "targeting": {"if": [{">=": [{"var": "age"}, 18]}, "high", "low"]},
+    },
+    "js-disabled": {
+        "state": "DISABLED",
+        "variants": {"on": True, "off": False},
+        "defaultVariant": "on",
+    },
 }
 
 
@@ -57,13 +69,19 @@ def _install_node_modules() -> None:
             pytest.skip(f"{tool} is not on PATH; the Node.js interop test needs Node.js and npm")
     lock = NODE_DIR / "package-lock.json"
     digest = hashlib.sha256(
-        (NODE_DIR / "package.json").read_bytes() + lock.read_bytes()).hexdigest()
+        (NODE_DIR / "package.json").read_bytes() + lock.read_bytes()
+    ).hexdigest()
     stamp = NODE_DIR / "node_modules" / ".installed-from"
     if stamp.is_file() and stamp.read_text() == digest:
         return
     result = subprocess.run(
         ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=NODE_DIR, capture_output=True, text=True, timeout=300, check=False)
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, f"npm ci failed:\n{result.stdout}\n{result.stderr}"
     stamp.write_text(digest)
 
@@ -120,7 +138,11 @@ def node(control_plane: tuple[str, FlagStore, int]) -> Iterator[NodeClients]:
     url, _, sync_port = control_plane
     process = subprocess.Popen(
         ["node", str(NODE_DIR / "interop.mjs"), "127.0.0.1", str(sync_port), url],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     clients = NodeClients(process)
     try:
         clients.wait_ready()
@@ -147,9 +169,13 @@ def python_reference(control_plane: tuple[str, FlagStore, int]) -> OpenFeatureCl
 def _cases() -> list[dict[str, Any]]:
     cases: list[dict[str, Any]] = []
     for index in range(40):
-        context = {"targetingKey": f"user-{index}", "user-region": ["cn", "eu"][index % 2],
-                   "canary-version": ["v2", "v9", ""][index % 3], "email": f"u{index}@example.com"
-                   if index % 4 == 0 else f"u{index}@corp.test", "age": index}
+        context = {
+            "targetingKey": f"user-{index}",
+            "user-region": ["cn", "eu"][index % 2],
+            "canary-version": ["v2", "v9", ""][index % 3],
+            "email": f"u{index}@example.com" if index % 4 == 0 else f"u{index}@corp.test",
+            "age": index,
+        }
         if index % 5 == 0:
             context["canary-weight"] = index * 2
         for flag in (AB_TEST_ROUTER, CANARY_ROUTER, PINNED_ROUTER, REGION_ROUTER):
@@ -163,19 +189,29 @@ def _cases() -> list[dict[str, Any]]:
 
 
 #: The Python getter matching each JS getter (JS has one number type; ours are floats here).
-_PY_TYPES = {"object": FlagType.OBJECT, "boolean": FlagType.BOOLEAN, "string": FlagType.STRING,
-             "number": FlagType.FLOAT}
+_PY_TYPES = {
+    "object": FlagType.OBJECT,
+    "boolean": FlagType.BOOLEAN,
+    "string": FlagType.STRING,
+    "number": FlagType.FLOAT,
+}
 
 
 def _python_answer(client: OpenFeatureClient, case: dict[str, Any]) -> dict[str, Any]:
     context = dict(case["context"])
-    evaluation_context = EvaluationContext(targeting_key=context.pop("targetingKey", None),
-                                           attributes=context)
-    details = client.evaluate_flag_details(_PY_TYPES[case["type"]], case["flag"],
-                                           case["default"], evaluation_context)
-    return {"flag": case["flag"], "value": details.value, "variant": details.variant,
-            "reason": str(details.reason),
-            "errorCode": None if details.error_code is None else str(details.error_code)}
+    evaluation_context = EvaluationContext(
+        targeting_key=context.pop("targetingKey", None), attributes=context
+    )
+    details = client.evaluate_flag_details(
+        _PY_TYPES[case["type"]], case["flag"], case["default"], evaluation_context
+    )
+    return {
+        "flag": case["flag"],
+        "value": details.value,
+        "variant": details.variant,
+        "reason": str(details.reason),
+        "errorCode": None if details.error_code is None else str(details.error_code),
+    }
 
 
 def _core(answer: dict[str, Any]) -> dict[str, Any]:
@@ -196,16 +232,16 @@ def test_node_providers_answer_like_the_python_provider(
     code_default = {index for index, case in enumerate(cases) if case["flag"] == "js-disabled"}
     ofrep = [_core(a) for a in answers["ofrep"]]
     # OFREP carries flagd's DEFAULT reason as STATIC (DEFAULT is not in OFREP's list).
-    as_ofrep = [{**e, "reason": "STATIC" if e["reason"] == "DEFAULT" else e["reason"]}
-                for e in expected]
+    as_ofrep = [
+        {**e, "reason": "STATIC" if e["reason"] == "DEFAULT" else e["reason"]} for e in expected
+    ]
     assert [a for i, a in enumerate(ofrep) if i not in code_default] == [
-        e for i, e in enumerate(as_ofrep) if i not in code_default]
-    assert [ofrep[i]["value"] for i in code_default] == [expected[i]["value"]
-                                                          for i in code_default]
+        e for i, e in enumerate(as_ofrep) if i not in code_default
+    ]
+    assert [ofrep[i]["value"] for i in code_default] == [expected[i]["value"] for i in code_default]
     # Both see flagd's metadata only: none of the project's facts (issue 14).
     for answer in (answers["sync"][0], answers["ofrep"][0]):
-        assert not {"flagSetVersion", "$flagSetVersion", "bucketing"} & set(
-            answer["flagMetadata"])
+        assert not {"flagSetVersion", "$flagSetVersion", "bucketing"} & set(answer["flagMetadata"])
 
 
 def test_node_in_process_provider_picks_up_a_reload(
@@ -213,8 +249,12 @@ def test_node_in_process_provider_picks_up_a_reload(
 ) -> None:
     """After a reload, the Node in-process provider evaluates the new flag definition."""
     _, store, _ = control_plane
-    case = {"flag": REGION_ROUTER, "type": "object", "default": {},
-            "context": {"targetingKey": "u", "user-region": "cn"}}
+    case = {
+        "flag": REGION_ROUTER,
+        "type": "object",
+        "default": {},
+        "context": {"targetingKey": "u", "user-region": "cn"},
+    }
     before = node.evaluate([case])
     assert before["sync"][0]["value"]["url"] == "http://127.0.0.1:9112"
     document = json.loads((FLAGS_DIR / "routing.flagd.json").read_text())

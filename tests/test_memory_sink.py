@@ -17,8 +17,14 @@ def _prepare(item: Any) -> Record:
 
 
 def _writer(sink: MemorySink, directory: Path) -> BatchWriter:
-    return BatchWriter(sink, Journal(directory), prepare=_prepare, journal_interval=0.01,
-                       flush_interval=0.01, retry_interval=0.02)
+    return BatchWriter(
+        sink,
+        Journal(directory),
+        prepare=_prepare,
+        journal_interval=0.01,
+        flush_interval=0.01,
+        retry_interval=0.02,
+    )
 
 
 def test_records_reach_the_sink_once_each(tmp_path: Path) -> None:
@@ -34,7 +40,8 @@ def test_records_reach_the_sink_once_each(tmp_path: Path) -> None:
     finally:
         writer.stop()
     assert sorted(row["decision_id"] for row in sink.stored(EXPOSURES)) == sorted(
-        f"d{index}" for index in range(100))
+        f"d{index}" for index in range(100)
+    )
 
 
 def test_an_outage_keeps_records_until_the_sink_is_back(tmp_path: Path) -> None:

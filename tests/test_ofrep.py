@@ -19,24 +19,45 @@ from flags import FLAGS_DIR, REGION_ROUTER
 
 TYPED_FLAGS: dict[str, Any] = {
     "bool-flag": {
-        "state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "on",
+        "state": "ENABLED",
+        "variants": {"on": True, "off": False},
+        "defaultVariant": "on",
         "targeting": {"if": [{"ends_with": [{"var": "email"}, "@example.com"]}, "off", None]},
     },
-    "string-flag": {"state": "ENABLED", "variants": {"hi": "hi", "bye": "bye"},
-                    "defaultVariant": "hi"},
+    "string-flag": {
+        "state": "ENABLED",
+        "variants": {"hi": "hi", "bye": "bye"},
+        "defaultVariant": "hi",
+    },
     "int-flag": {"state": "ENABLED", "variants": {"one": 1, "ten": 10}, "defaultVariant": "ten"},
     # Numbers with a fraction make the flag a float flag; its whole-number variant stays a float.
-    "float-flag": {"state": "ENABLED", "variants": {"whole": 1, "half": 0.5},
-                   "defaultVariant": "whole"},
-    "object-flag": {"state": "ENABLED", "variants": {"a": {"size": 1}, "b": {"size": 2}},
-                    "defaultVariant": "b"},
-    "disabled-flag": {"state": "DISABLED", "variants": {"on": True, "off": False},
-                      "defaultVariant": "on"},
-    "code-default-flag": {"state": "ENABLED", "variants": {"on": True, "off": False},
-                          "defaultVariant": None},
+    "float-flag": {
+        "state": "ENABLED",
+        "variants": {"whole": 1, "half": 0.5},
+        "defaultVariant": "whole",
+    },
+    "object-flag": {
+        "state": "ENABLED",
+        "variants": {"a": {"size": 1}, "b": {"size": 2}},
+        "defaultVariant": "b",
+    },
+    "disabled-flag": {
+        "state": "DISABLED",
+        "variants": {"on": True, "off": False},
+        "defaultVariant": "on",
+    },
+    "code-default-flag": {
+        "state": "ENABLED",
+        "variants": {"on": True, "off": False},
+        "defaultVariant": None,
+    },
     # The variant comes from the context, so only evaluation can tell it does not exist.
-    "dynamic-variant-flag": {"state": "ENABLED", "variants": {"red": "red", "blue": "blue"},
-                             "defaultVariant": "red", "targeting": {"var": "color"}},
+    "dynamic-variant-flag": {
+        "state": "ENABLED",
+        "variants": {"red": "red", "blue": "blue"},
+        "defaultVariant": "red",
+        "targeting": {"var": "color"},
+    },
 }
 
 
@@ -79,8 +100,7 @@ def ofrep(tmp_path: Path) -> Iterator[OfrepServer]:
 
 def test_single_flag_answers_value_variant_reason_and_metadata(ofrep: OfrepServer) -> None:
     """A targeting match answers 200 with the variant's value, TARGETING_MATCH and metadata."""
-    response = ofrep.single(REGION_ROUTER, {"context": {"targetingKey": "u1",
-                                                        "user-region": "cn"}})
+    response = ofrep.single(REGION_ROUTER, {"context": {"targetingKey": "u1", "user-region": "cn"}})
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     body = response.json()
@@ -120,8 +140,9 @@ def test_float_flag_values_are_json_floats(ofrep: OfrepServer) -> None:
     assert '"value":1.0' in response.text
 
 
-@pytest.mark.parametrize(("key", "reason"), [("disabled-flag", "DISABLED"),
-                                             ("code-default-flag", "STATIC")])
+@pytest.mark.parametrize(
+    ("key", "reason"), [("disabled-flag", "DISABLED"), ("code-default-flag", "STATIC")]
+)
 def test_code_default_answers_leave_out_the_value(
     ofrep: OfrepServer, key: str, reason: str
 ) -> None:
@@ -214,8 +235,14 @@ def test_no_valid_flag_set_is_500_with_retry_after(tmp_path: Path) -> None:
 
 def test_bulk_answers_every_flag_as_single_evaluations_do(ofrep: OfrepServer) -> None:
     """The bulk answer lists every flag once, each item equal to that flag's single answer."""
-    body = {"context": {"targetingKey": "user-7", "user-region": "cn", "color": "green",
-                        "email": "a@example.com"}}
+    body = {
+        "context": {
+            "targetingKey": "user-7",
+            "user-region": "cn",
+            "color": "green",
+            "email": "a@example.com",
+        }
+    }
     response = ofrep.bulk(body)
     assert response.status_code == 200
     answer = response.json()
@@ -250,8 +277,10 @@ def test_bulk_etag_follows_context_and_flag_changes(ofrep: OfrepServer) -> None:
     """Another context, or a reloaded flag set, gives a new ETag and a full 200 answer."""
     body = {"context": {"targetingKey": "user-1"}}
     etag = ofrep.bulk(body).headers["etag"]
-    other = ofrep.bulk({"context": {"targetingKey": "user-1", "user-region": "cn"}},
-                       headers={"if-none-match": etag})
+    other = ofrep.bulk(
+        {"context": {"targetingKey": "user-1", "user-region": "cn"}},
+        headers={"if-none-match": etag},
+    )
     assert other.status_code == 200
     assert other.headers["etag"] != etag
     flags = dict(TYPED_FLAGS)
@@ -267,11 +296,18 @@ def test_bulk_etag_follows_context_and_flag_changes(ofrep: OfrepServer) -> None:
 
 def test_bulk_answers_never_mix_flag_set_versions(ofrep: OfrepServer) -> None:
     """While flag sets are swapped continuously, every bulk answer comes from one version."""
+
     def document(variant: str) -> dict[str, Any]:
-        return {"flags": {
-            f"mix-{index}": {"state": "ENABLED", "variants": {"a": "a", "b": "b"},
-                             "defaultVariant": variant}
-            for index in range(150)}}
+        return {
+            "flags": {
+                f"mix-{index}": {
+                    "state": "ENABLED",
+                    "variants": {"a": "a", "b": "b"},
+                    "defaultVariant": variant,
+                }
+                for index in range(150)
+            }
+        }
 
     stop = threading.Event()
 

@@ -31,7 +31,7 @@ from providers import file_provider, sync_provider
 pytestmark = pytest.mark.skipif(
     not TESTKIT.is_file(),
     reason=f"flagd testbed corpus not found at {TESTKIT} "
-           "(../shared is absent when the repository is cloned outside the workplace)",
+    "(../shared is absent when the repository is cloned outside the workplace)",
 )
 
 #: Corpus flags our validator refuses (issue 3, item 2), so they never reach an evaluator.
@@ -61,8 +61,7 @@ def _corpus() -> dict[str, Any]:
 
 def _accepted_document() -> dict[str, Any]:
     document = _corpus()
-    document["flags"] = {key: flag for key, flag in document["flags"].items()
-                         if key not in REFUSED}
+    document["flags"] = {key: flag for key, flag in document["flags"].items() if key not in REFUSED}
     return document
 
 
@@ -100,8 +99,22 @@ def _contexts() -> list[EvaluationContext]:
         "age": [0, 17, 18, 42, 99.5],
         "time": [0, 1_700_000_000, 4_102_444_800],
         "id": ["abcdef", "123xyz", "abcxyz", "xyzabc", "", 12],
-        "version": ["1.0.0", "2.0.0", "2.0.1", "1.9.9", "3.0.0", "3.1.0", "4.0.0", "v1.0.0",
-                    "1", "1.0.0+build", "1.0.0-rc.1", "not-a-version", 2, 1.2],
+        "version": [
+            "1.0.0",
+            "2.0.0",
+            "2.0.1",
+            "1.9.9",
+            "3.0.0",
+            "3.1.0",
+            "4.0.0",
+            "v1.0.0",
+            "1",
+            "1.0.0+build",
+            "1.0.0-rc.1",
+            "not-a-version",
+            2,
+            1.2,
+        ],
         "user": [{"name": name} for name in ("alice", "bob", "carol", "dave", "ева", "")],
         "tier": ["premium", "standard", "free"],
         "color": ["red", "green", "blue", "purple"],
@@ -121,8 +134,13 @@ CONTEXTS = _contexts()
 
 def _answer(details: FlagEvaluationDetails[Any]) -> tuple[Any, ...]:
     code = details.error_code
-    return (type(details.value).__name__, details.value, details.variant, str(details.reason),
-            None if code is None else str(code))
+    return (
+        type(details.value).__name__,
+        details.value,
+        details.variant,
+        str(details.reason),
+        None if code is None else str(code),
+    )
 
 
 def _as_ofrep(answer: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -135,8 +153,13 @@ def _as_ofrep(answer: tuple[Any, ...]) -> tuple[Any, ...]:
     return kind, value, variant, "STATIC" if reason == "DEFAULT" else reason, code
 
 
-def _disagreements(ours: OpenFeatureClient, reference: OpenFeatureClient,
-                   cases: list[tuple[str, FlagType]], *, ofrep: bool = False) -> list[str]:
+def _disagreements(
+    ours: OpenFeatureClient,
+    reference: OpenFeatureClient,
+    cases: list[tuple[str, FlagType]],
+    *,
+    ofrep: bool = False,
+) -> list[str]:
     """Evaluate each (flag, type) for every context on both clients; describe differences."""
     problems: list[str] = []
     for key, kind in cases:
@@ -145,12 +168,19 @@ def _disagreements(ours: OpenFeatureClient, reference: OpenFeatureClient,
             theirs = reference.evaluate_flag_details(kind, key, _DEFAULTS[kind], context)
             expected = _as_ofrep(_answer(theirs)) if ofrep else _answer(theirs)
             if _answer(mine) != expected:
-                problems.append(f"{key} as {kind} for {context}: ours {_answer(mine)} "
-                                f"!= flagd FILE {_answer(theirs)}")
-            elif (theirs.error_code is None and mine.error_code is None
-                  and dict(theirs.flag_metadata) != dict(mine.flag_metadata)):
-                problems.append(f"{key}: flag metadata {dict(theirs.flag_metadata)} is not "
-                                f"ours {dict(mine.flag_metadata)}")
+                problems.append(
+                    f"{key} as {kind} for {context}: ours {_answer(mine)} "
+                    f"!= flagd FILE {_answer(theirs)}"
+                )
+            elif (
+                theirs.error_code is None
+                and mine.error_code is None
+                and dict(theirs.flag_metadata) != dict(mine.flag_metadata)
+            ):
+                problems.append(
+                    f"{key}: flag metadata {dict(theirs.flag_metadata)} is not "
+                    f"ours {dict(mine.flag_metadata)}"
+                )
     return problems
 
 
@@ -216,8 +246,7 @@ def test_validator_refuses_exactly_the_listed_flags() -> None:
     """validate_flag finds errors in exactly the listed corpus flags, and none elsewhere."""
     corpus = _corpus()
     errors = {
-        key: [issue for issue in validate_flag(key, flag, corpus["$evaluators"])
-              if issue.is_error]
+        key: [issue for issue in validate_flag(key, flag, corpus["$evaluators"]) if issue.is_error]
         for key, flag in corpus["flags"].items()
     }
     assert sorted(key for key, found in errors.items() if found) == sorted(REFUSED)

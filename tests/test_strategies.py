@@ -49,8 +49,7 @@ def decide(decider: Decider, flag: str, headers: dict[str, str]) -> str:
 
 
 def split(decider: Decider, flag: str, extra: dict[str, str] | None = None) -> dict[str, float]:
-    counts = Counter(decide(decider, flag, {"x-user-id": user, **(extra or {})})
-                     for user in USERS)
+    counts = Counter(decide(decider, flag, {"x-user-id": user, **(extra or {})}) for user in USERS)
     return {variant: 100 * count / len(USERS) for variant, count in counts.items()}
 
 
@@ -114,8 +113,7 @@ GOLDEN_CASES: dict[str, tuple[str, dict[str, str]]] = {
 
 def current_assignments(decider: Decider) -> dict[str, dict[str, str]]:
     return {
-        case: {user: decide(decider, flag, {"x-user-id": user, **headers})
-               for user in USERS[:1000]}
+        case: {user: decide(decider, flag, {"x-user-id": user, **headers}) for user in USERS[:1000]}
         for case, (flag, headers) in GOLDEN_CASES.items()
     }
 
@@ -130,15 +128,18 @@ def test_golden_assignments_of_1000_users(decider: Decider) -> None:
         moved = [user for user in expected[case] if expected[case][user] != actual[case][user]]
         assert not moved, (
             f"{len(moved)} of 1000 users changed variant on {case} (first: {moved[:5]}); the "
-            "fractional bucketing generation changed. See README, 'Bucketing generation'.")
+            "fractional bucketing generation changed. See README, 'Bucketing generation'."
+        )
 
 
 def test_golden_assignments_follow_the_v2_algorithm() -> None:
     """The pinned assignments are exactly flagd's v2 bucketing, recomputed independently."""
     expected = json.loads(GOLDEN.read_text())
-    weights = {"ab-test-router": [("model-a", 50), ("model-b", 50)],
-               "canary-router": [("canary", 10), ("stable", 90)],
-               "canary-router@weight=30": [("canary", 30), ("stable", 70)]}
+    weights = {
+        "ab-test-router": [("model-a", 50), ("model-b", 50)],
+        "canary-router": [("canary", 10), ("stable", 90)],
+        "canary-router@weight=30": [("canary", 30), ("stable", 70)],
+    }
     for case, buckets in weights.items():
         flag = GOLDEN_CASES[case][0]
         for user, variant in expected[case].items():

@@ -27,10 +27,24 @@ def served(flags_dir: Path, tmp_path: Path) -> Iterator[tuple[int, int]]:
     """`control-plane serve` on free HTTP and sync ports; yields (http_port, sync_port)."""
     http_port, sync_port = free_port(), free_port()
     process = subprocess.Popen(
-        [*CLI, "serve", "--flags", str(flags_dir), "--host", "127.0.0.1",
-         "--port", str(http_port), "--sync-port", str(sync_port),
-         "--database-url", f"sqlite:///{tmp_path / 'cp.db'}", "--log-level", "warning"],
-        cwd=tmp_path)
+        [
+            *CLI,
+            "serve",
+            "--flags",
+            str(flags_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(http_port),
+            "--sync-port",
+            str(sync_port),
+            "--database-url",
+            f"sqlite:///{tmp_path / 'cp.db'}",
+            "--log-level",
+            "warning",
+        ],
+        cwd=tmp_path,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -63,6 +77,8 @@ def test_serve_exposes_the_sync_service_and_ofrep(
     context = EvaluationContext(targeting_key="u", attributes={"user-region": "cn"})
     details = replica.get_object_details(REGION_ROUTER, {}, context)
     assert details.variant == "cn"
-    answer = httpx.post(f"http://127.0.0.1:{http_port}/ofrep/v1/evaluate/flags/{REGION_ROUTER}",
-                        json={"context": {"targetingKey": "u", "user-region": "cn"}}).json()
+    answer = httpx.post(
+        f"http://127.0.0.1:{http_port}/ofrep/v1/evaluate/flags/{REGION_ROUTER}",
+        json={"context": {"targetingKey": "u", "user-region": "cn"}},
+    ).json()
     assert (answer["variant"], answer["value"]) == (details.variant, details.value)

@@ -40,8 +40,11 @@ def _set_pinned_url(flags_dir: Path, url: str) -> None:
 
 
 def _extra_flag(variant: str = "on", flag_set_id: str | None = None) -> dict[str, Any]:
-    flag: dict[str, Any] = {"state": "ENABLED", "variants": {"on": True, "off": False},
-                            "defaultVariant": variant}
+    flag: dict[str, Any] = {
+        "state": "ENABLED",
+        "variants": {"on": True, "off": False},
+        "defaultVariant": variant,
+    }
     if flag_set_id is not None:
         flag["metadata"] = {"flagSetId": flag_set_id}
     return flag
@@ -87,8 +90,9 @@ def test_replica_sees_a_reloaded_flag_within_one_second(
     assert _pinned_url(replica) == "http://127.0.0.1:9131"
     _set_pinned_url(flags_dir, "http://127.0.0.1:9199")
     new = store.reload()
-    assert wait_for(lambda: _pinned_url(replica) == "http://127.0.0.1:9199", timeout=1.0), \
+    assert wait_for(lambda: _pinned_url(replica) == "http://127.0.0.1:9199", timeout=1.0), (
         "the replica did not see the change within 1 s"
+    )
     details = replica.get_object_details(PINNED_ROUTER, {})
     assert details.value == {"backend": "model-v1", "url": "http://127.0.0.1:9199"}
     assert "flagSetVersion" not in details.flag_metadata  # flagd's metadata, not our facts
@@ -96,7 +100,9 @@ def test_replica_sees_a_reloaded_flag_within_one_second(
 
 
 def test_replica_keeps_the_last_good_flags_when_a_reload_is_refused(
-    flags_dir: Path, store: FlagStore, replica: OpenFeatureClient,
+    flags_dir: Path,
+    store: FlagStore,
+    replica: OpenFeatureClient,
     stub: sync_pb2_grpc.FlagSyncServiceStub,
 ) -> None:
     """A refused flag sends nothing to replicas (the set is unchanged); the next valid edit
@@ -127,10 +133,16 @@ def test_every_connected_replica_receives_each_change(
     """Twenty replicas on their own connections each get the initial set and then the change."""
     channels = [grpc.insecure_channel(f"127.0.0.1:{server.port}") for _ in range(20)]
     try:
-        streams = [sync_pb2_grpc.FlagSyncServiceStub(channel).SyncFlags(
-            sync_pb2.SyncFlagsRequest(), timeout=30) for channel in channels]
-        initial = {json.loads(next(s).flag_configuration)["controlPlane"]["flagSetVersion"]
-                   for s in streams}
+        streams = [
+            sync_pb2_grpc.FlagSyncServiceStub(channel).SyncFlags(
+                sync_pb2.SyncFlagsRequest(), timeout=30
+            )
+            for channel in channels
+        ]
+        initial = {
+            json.loads(next(s).flag_configuration)["controlPlane"]["flagSetVersion"]
+            for s in streams
+        }
         assert initial == {store.current.version}
         assert wait_for(lambda: server.streams == 20, timeout=5.0)
         _set_pinned_url(flags_dir, "http://127.0.0.1:9197")
@@ -138,7 +150,8 @@ def test_every_connected_replica_receives_each_change(
         updates = [json.loads(next(s).flag_configuration) for s in streams]
         assert {u["controlPlane"]["flagSetVersion"] for u in updates} == {new.version}
         assert {u["flags"][PINNED_ROUTER]["variants"]["v1"]["url"] for u in updates} == {
-            "http://127.0.0.1:9197"}
+            "http://127.0.0.1:9197"
+        }
         for s in streams:
             s.cancel()
     finally:
@@ -188,12 +201,23 @@ def test_source_selector_syncs_one_file(
     ],
 )
 def test_selector_header_filters_flags(
-    flags_dir: Path, store: FlagStore, stub: sync_pb2_grpc.FlagSyncServiceStub,
-    selector: str, expected: set[str],
+    flags_dir: Path,
+    store: FlagStore,
+    stub: sync_pb2_grpc.FlagSyncServiceStub,
+    selector: str,
+    expected: set[str],
 ) -> None:
     """The flagd-selector header picks flags by source file and by flagSetId metadata."""
-    write_document(flags_dir, "teams.flagd.json", {"flags": {
-        "a": _extra_flag(flag_set_id="payments"), "b": _extra_flag(flag_set_id="search")}})
+    write_document(
+        flags_dir,
+        "teams.flagd.json",
+        {
+            "flags": {
+                "a": _extra_flag(flag_set_id="payments"),
+                "b": _extra_flag(flag_set_id="search"),
+            }
+        },
+    )
     shipped = store.current
     store.reload()
     if "*" in expected:
@@ -201,8 +225,9 @@ def test_selector_header_filters_flags(
     if ROUTING_FILE in expected:
         expected = {key for key, source in shipped.sources.items() if source == ROUTING_FILE}
         assert PINNED_ROUTER in expected
-    response = stub.FetchAllFlags(sync_pb2.FetchAllFlagsRequest(), timeout=10,
-                                  metadata=(("flagd-selector", selector),))
+    response = stub.FetchAllFlags(
+        sync_pb2.FetchAllFlagsRequest(), timeout=10, metadata=(("flagd-selector", selector),)
+    )
     assert set(json.loads(response.flag_configuration)["flags"]) == expected
 
 
@@ -225,8 +250,10 @@ def test_stream_waits_for_the_first_valid_flag_set(tmp_path: Path) -> None:
     directory = tmp_path / "late"
     directory.mkdir()
     store = FlagStore(directory)
-    with start_sync_server(store, "127.0.0.1", 0) as handle, \
-            grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+    with (
+        start_sync_server(store, "127.0.0.1", 0) as handle,
+        grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel,
+    ):
         stub = sync_pb2_grpc.FlagSyncServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
             stub.FetchAllFlags(sync_pb2.FetchAllFlagsRequest(), timeout=10)
@@ -234,7 +261,8 @@ def test_stream_waits_for_the_first_valid_flag_set(tmp_path: Path) -> None:
         stream = stub.SyncFlags(sync_pb2.SyncFlagsRequest(), timeout=30)
         received: list[dict[str, Any]] = []
         reader = threading.Thread(
-            target=lambda: received.append(json.loads(next(stream).flag_configuration)))
+            target=lambda: received.append(json.loads(next(stream).flag_configuration))
+        )
         reader.start()
         assert wait_for(lambda: handle.streams == 1, timeout=5.0)
         assert received == []
@@ -259,8 +287,10 @@ def test_stop_ends_streams_and_frees_the_port(store: FlagStore) -> None:
         assert handle.streams == 0
         with pytest.raises(grpc.RpcError) as caught:
             stub.FetchAllFlags(sync_pb2.FetchAllFlagsRequest(), timeout=2)
-        assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE,
-                                       grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert caught.value.code() in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        )
     with start_sync_server(store, "127.0.0.1", handle.port) as again:
         assert again.port == handle.port
 
@@ -277,8 +307,7 @@ def test_a_taken_port_is_a_clear_error(store: FlagStore) -> None:
 
 def test_serve_accepts_sync_port_option(tmp_path: Path) -> None:
     """`control-plane serve --sync-port N` sets the sync port; 0 disables the service."""
-    args = cli.build_parser().parse_args(
-        ["serve", "--flags", str(tmp_path), "--sync-port", "0"])
+    args = cli.build_parser().parse_args(["serve", "--flags", str(tmp_path), "--sync-port", "0"])
     assert settings_from(args).sync_port == 0
     args = cli.build_parser().parse_args(["serve", "--sync-port", "18015"])
     assert settings_from(args).sync_port == 18015

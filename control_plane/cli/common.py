@@ -17,11 +17,20 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """Settings from explicit options over environment over defaults."""
     explicit = {
         name: getattr(args, name)
-        for name in ("flags_dir", "host", "port", "database_url", "sync_port", "log_format",
-                     # the sync port's own address and TLS files (trust boundary settings)
-                     "sync_host", "sync_tls_cert_file", "sync_tls_key_file",
-                     # replica mode: follow a control plane instead of reading ./flags
-                     "replica_of")
+        for name in (
+            "flags_dir",
+            "host",
+            "port",
+            "database_url",
+            "sync_port",
+            "log_format",
+            # the sync port's own address and TLS files (trust boundary settings)
+            "sync_host",
+            "sync_tls_cert_file",
+            "sync_tls_key_file",
+            # replica mode: follow a control plane instead of reading ./flags
+            "replica_of",
+        )
         if getattr(args, name, None) is not None
     }
     return Settings(**explicit)

@@ -12,9 +12,21 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_SERVER_MODULES = frozenset({"fastapi", "uvicorn", "sqlalchemy", "alembic", "pydantic",
-                             "pydantic_settings", "httpx", "prometheus_client", "yaml",
-                             "starlette", "opentelemetry"})
+_SERVER_MODULES = frozenset(
+    {
+        "fastapi",
+        "uvicorn",
+        "sqlalchemy",
+        "alembic",
+        "pydantic",
+        "pydantic_settings",
+        "httpx",
+        "prometheus_client",
+        "yaml",
+        "starlette",
+        "opentelemetry",
+    }
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,9 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in _SERVER_MODULES:
             raise
-        print(f"control-plane: the server stack is not installed (no module {exc.name!r}); "
-              "install the [server] extra (from a clone: pip install -e '.[server]')",
-              file=sys.stderr)
+        print(
+            f"control-plane: the server stack is not installed (no module {exc.name!r}); "
+            "install the [server] extra (from a clone: pip install -e '.[server]')",
+            file=sys.stderr,
+        )
         return 2
     return cli_main(argv)
 

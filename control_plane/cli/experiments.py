@@ -29,21 +29,37 @@ class _CommandFailed(Exception):
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("CP_URL", "http://127.0.0.1:8080"),
-                        help="control plane base URL (default: CP_URL or "
-                             "http://127.0.0.1:8080)")
-    parser.add_argument("--token", default=os.environ.get("CP_TOKEN"),
-                        help="admin API bearer token (default: CP_TOKEN)")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("CP_URL", "http://127.0.0.1:8080"),
+        help="control plane base URL (default: CP_URL or http://127.0.0.1:8080)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("CP_TOKEN"),
+        help="admin API bearer token (default: CP_TOKEN)",
+    )
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: Any = None,
-          params: dict[str, Any] | None = None) -> Any:
+def _call(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    body: Any = None,
+    params: dict[str, Any] | None = None,
+) -> Any:
     import httpx
 
     headers = {"authorization": f"Bearer {args.token}"} if args.token else {}
     try:
-        response = httpx.request(method, args.url.rstrip("/") + path, json=body,
-                                 params=params, headers=headers, timeout=30)
+        response = httpx.request(
+            method,
+            args.url.rstrip("/") + path,
+            json=body,
+            params=params,
+            headers=headers,
+            timeout=30,
+        )
     except httpx.HTTPError as exc:
         raise _CommandFailed(f"cannot reach {args.url}: {exc}", status=2) from exc
     try:
@@ -73,6 +89,7 @@ def _run(name: str, action: Any, args: argparse.Namespace) -> int:
 
 # -- experiments -----------------------------------------------------------------------------
 
+
 def _report(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from control_plane.experiments.report_text import report_lines
 
@@ -92,22 +109,29 @@ def _report(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 def add_experiments(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     experiments = commands.add_parser(
-        "experiments", help="experiment results (exposures, metrics, tests)",
-        description="Read experiment results from a running control plane.")
+        "experiments",
+        help="experiment results (exposures, metrics, tests)",
+        description="Read experiment results from a running control plane.",
+    )
     sub = experiments.add_subparsers(dest="experiments_command", required=True)
     report = sub.add_parser(
-        "report", help="per-variant units, metrics with 95%% intervals, lift, p-values, "
-                       "verdicts, SRM",
+        "report",
+        help="per-variant units, metrics with 95%% intervals, lift, p-values, verdicts, SRM",
         description="Print the results of the experiment on FLAG (its current phase): units "
-                    "exposed per variant, each metric's rate or mean with a 95% interval, lift "
-                    "and difference against the control variant with fixed-horizon p-values "
-                    "(two-proportion z-test, Welch's t-test), always-valid p-values and "
-                    "confidence sequences (mSPRT), CUPED with a <metric>.pre covariate, "
-                    "p-values adjusted for multiple comparisons, a verdict per metric, the "
-                    "sample ratio check, and backend calls per variant. Needs a viewer token.")
+        "exposed per variant, each metric's rate or mean with a 95% interval, lift "
+        "and difference against the control variant with fixed-horizon p-values "
+        "(two-proportion z-test, Welch's t-test), always-valid p-values and "
+        "confidence sequences (mSPRT), CUPED with a <metric>.pre covariate, "
+        "p-values adjusted for multiple comparisons, a verdict per metric, the "
+        "sample ratio check, and backend calls per variant. Needs a viewer token.",
+    )
     report.add_argument("flag", metavar="FLAG")
-    report.add_argument("--correction", choices=("holm", "bh"), default="holm",
-                        help="multiple-comparison adjustment: holm (default) or bh")
+    report.add_argument(
+        "--correction",
+        choices=("holm", "bh"),
+        default="holm",
+        help="multiple-comparison adjustment: holm (default) or bh",
+    )
     report.add_argument("--phase", type=int, help="an earlier phase (default: the current)")
     report.add_argument("--json", action="store_true", help="print the JSON report")
     _client_options(report)
@@ -115,6 +139,7 @@ def add_experiments(commands: argparse._SubParsersAction) -> None:  # type: igno
 
 
 # -- canary ----------------------------------------------------------------------------------
+
 
 def _steps(text: str) -> list[int]:
     try:
@@ -132,9 +157,13 @@ def _start(args: argparse.Namespace) -> int:
     from control_plane.experiments.report_text import canary_lines
 
     spec: dict[str, Any] = {"stableVariant": args.stable, "canaryVariant": args.canary}
-    for key, value in (("steps", args.steps), ("intervalSeconds", args.interval),
-                       ("minRequests", args.min_requests), ("maxErrorRate", args.max_error_rate),
-                       ("maxP99LatencyRatio", args.max_latency_ratio)):
+    for key, value in (
+        ("steps", args.steps),
+        ("intervalSeconds", args.interval),
+        ("minRequests", args.min_requests),
+        ("maxErrorRate", args.max_error_rate),
+        ("maxP99LatencyRatio", args.max_latency_ratio),
+    ):
         if value is not None:
             spec[key] = value
     status = _call(args, "POST", f"/v1/canaries/{args.flag}", spec)
@@ -162,8 +191,7 @@ def _watch(args: argparse.Namespace) -> int:
     # On a terminal, a live line under the events: weight and this step's numbers, each poll.
     with Progress(f"canary {args.flag}", tick=True, interval=0.2) as live:
         while True:
-            status = _call(args, "GET", f"/v1/canaries/{args.flag}",
-                           params={"after": last_event})
+            status = _call(args, "GET", f"/v1/canaries/{args.flag}", params={"after": last_event})
             for event in status["events"]:
                 live.line(canary_event_line(event))
                 last_event = max(last_event, int(event["id"]))
@@ -180,8 +208,10 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _live_status(status: dict[str, Any]) -> str:
-    text = (f"{status['state']}, step {status['step']}/{len(status['steps'])}, "
-            f"weight {status['weight']}%")
+    text = (
+        f"{status['state']}, step {status['step']}/{len(status['steps'])}, "
+        f"weight {status['weight']}%"
+    )
     current = status.get("current")
     if current:
         text += f"; this step {current['canaryCalls']} calls, {current['canaryErrors']} errors"
@@ -195,61 +225,88 @@ def _list(args: argparse.Namespace) -> int:
         print("no canaries" if args.all else "no running or paused canaries (--all: history)")
         return 0
     for run in items:
-        print(f"{run['id']:>5}  {run['flag']:<24} {run['state']:<11} step {run['step']}/"
-              f"{len(run['steps'])}  weight {run['weight']:>3}%  started {run['startedAt']}"
-              f" by {run['createdBy']}" + (f"  ({run['reason']})" if run["reason"] else ""))
+        print(
+            f"{run['id']:>5}  {run['flag']:<24} {run['state']:<11} step {run['step']}/"
+            f"{len(run['steps'])}  weight {run['weight']:>3}%  started {run['startedAt']}"
+            f" by {run['createdBy']}" + (f"  ({run['reason']})" if run["reason"] else "")
+        )
     return 0
 
 
 def add_canary(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     canary = commands.add_parser(
-        "canary", help="progressive canaries: start, pause, resume, abort, watch, list",
+        "canary",
+        help="progressive canaries: start, pause, resume, abort, watch, list",
         description="Drive progressive canaries on a running control plane. Acting needs an "
-                    "operator token; watch and list need a viewer token.")
+        "operator token; watch and list need a viewer token.",
+    )
     sub = canary.add_subparsers(dest="canary_command", required=True)
 
     start = sub.add_parser(
-        "start", help="start a canary on a routing flag",
+        "start",
+        help="start a canary on a routing flag",
         description="Start raising the canary variant's weight on FLAG step by step. Each step "
-                    "lasts --interval seconds and needs --min-requests canary requests within "
-                    "the thresholds; a broken threshold sets the canary to 0% at once; after "
-                    "the last step the canary becomes the default variant.")
+        "lasts --interval seconds and needs --min-requests canary requests within "
+        "the thresholds; a broken threshold sets the canary to 0% at once; after "
+        "the last step the canary becomes the default variant.",
+    )
     start.add_argument("flag", metavar="FLAG")
     start.add_argument("--stable", default="stable", help="stable variant (default stable)")
     start.add_argument("--canary", default="canary", help="canary variant (default canary)")
-    start.add_argument("--steps", type=_steps, help="canary weights in percent, e.g. "
-                                                    "5,10,25,50,100 (the default)")
+    start.add_argument(
+        "--steps", type=_steps, help="canary weights in percent, e.g. 5,10,25,50,100 (the default)"
+    )
     start.add_argument("--interval", type=float, help="seconds per step (default 60)")
-    start.add_argument("--min-requests", dest="min_requests", type=int,
-                       help="canary requests a step needs (default 100)")
-    start.add_argument("--max-error-rate", dest="max_error_rate", type=float,
-                       help="largest canary error rate, 0-1 (default 0.05)")
-    start.add_argument("--max-latency-ratio", dest="max_latency_ratio", type=float,
-                       help="largest canary p99 latency as a multiple of stable's (default 1.5)")
+    start.add_argument(
+        "--min-requests",
+        dest="min_requests",
+        type=int,
+        help="canary requests a step needs (default 100)",
+    )
+    start.add_argument(
+        "--max-error-rate",
+        dest="max_error_rate",
+        type=float,
+        help="largest canary error rate, 0-1 (default 0.05)",
+    )
+    start.add_argument(
+        "--max-latency-ratio",
+        dest="max_latency_ratio",
+        type=float,
+        help="largest canary p99 latency as a multiple of stable's (default 1.5)",
+    )
     _client_options(start)
     start.set_defaults(command=lambda args: _run("canary start", _start, args))
 
-    for verb, text in (("pause", "hold the canary at its current weight"),
-                       ("resume", "continue a paused canary (the step starts over)"),
-                       ("abort", "stop the canary: its weight goes to 0 at once")):
+    for verb, text in (
+        ("pause", "hold the canary at its current weight"),
+        ("resume", "continue a paused canary (the step starts over)"),
+        ("abort", "stop the canary: its weight goes to 0 at once"),
+    ):
         parser = sub.add_parser(verb, help=text, description=text[0].upper() + text[1:] + ".")
         parser.add_argument("flag", metavar="FLAG")
         parser.add_argument("--message", "-m", help="why (kept in the audit log)")
         _client_options(parser)
-        parser.set_defaults(command=lambda args, verb=verb: _run(f"canary {verb}",
-                                                                 _action(verb), args))
+        parser.set_defaults(
+            command=lambda args, verb=verb: _run(f"canary {verb}", _action(verb), args)
+        )
 
     watch = sub.add_parser(
-        "watch", help="follow a canary until it is promoted, rolled back or aborted",
+        "watch",
+        help="follow a canary until it is promoted, rolled back or aborted",
         description="Print the canary's events as they happen and its state; exit status 0 "
-                    "when it is promoted, 3 when it is rolled back or aborted.")
+        "when it is promoted, 3 when it is rolled back or aborted.",
+    )
     watch.add_argument("flag", metavar="FLAG")
     watch.add_argument("--every", type=float, default=1.0, help="poll interval in seconds")
     _client_options(watch)
     watch.set_defaults(command=lambda args: _run("canary watch", _watch, args))
 
-    listing = sub.add_parser("list", help="running and paused canaries",
-                             description="List running and paused canaries (--all: every run).")
+    listing = sub.add_parser(
+        "list",
+        help="running and paused canaries",
+        description="List running and paused canaries (--all: every run).",
+    )
     listing.add_argument("--all", action="store_true", help="include finished runs")
     _client_options(listing)
     listing.set_defaults(command=lambda args: _run("canary list", _list, args))

@@ -99,46 +99,86 @@ def _routes(flags: Mapping[str, Any], key: str) -> bool:
 
 
 def _gateway_nginx(args: argparse.Namespace) -> int:
-    return run_gateway_nginx(settings_from(args), flag=args.flag, listen=args.listen,
-                             control_plane=",".join(args.control_plane), prefix=args.prefix,
-                             log_port=args.log_port, log_host=args.log_host,
-                             decision_timeout_ms=args.decision_timeout_ms)
+    return run_gateway_nginx(
+        settings_from(args),
+        flag=args.flag,
+        listen=args.listen,
+        control_plane=",".join(args.control_plane),
+        prefix=args.prefix,
+        log_port=args.log_port,
+        log_host=args.log_host,
+        decision_timeout_ms=args.decision_timeout_ms,
+    )
 
 
 def add_gateway(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     gateway = commands.add_parser(
-        "gateway", help="print a gateway configuration that routes by a flag",
-        description="Print a complete gateway configuration for one routing flag.")
+        "gateway",
+        help="print a gateway configuration that routes by a flag",
+        description="Print a complete gateway configuration for one routing flag.",
+    )
     kinds = gateway.add_subparsers(dest="gateway", required=True)
     nginx = kinds.add_parser(
-        "nginx", help="nginx config: auth_request decisions, stable fallback, outcome log",
+        "nginx",
+        help="nginx config: auth_request decisions, stable fallback, outcome log",
         description="Print a complete nginx config (nginx -p PREFIX -c FILE) that asks the "
-                    "control plane for each request's backend, sets routing headers only from "
-                    "trusted sources, falls back to the flag's default variant when no "
-                    "decision can be had (X-Route-Fallback), and sends one outcome line per "
-                    "request to the control plane's syslog listener. Re-run after changing "
-                    "the flag's default variant. The gateway token is the first of "
-                    "CP_GATEWAY_TOKENS. Exit status 2 (one line on stderr) for an unknown or "
-                    "non-routing flag or an unusable value.")
+        "control plane for each request's backend, sets routing headers only from "
+        "trusted sources, falls back to the flag's default variant when no "
+        "decision can be had (X-Route-Fallback), and sends one outcome line per "
+        "request to the control plane's syslog listener. Re-run after changing "
+        "the flag's default variant. The gateway token is the first of "
+        "CP_GATEWAY_TOKENS. Exit status 2 (one line on stderr) for an unknown or "
+        "non-routing flag or an unusable value.",
+    )
     nginx.add_argument("--flag", required=True, help="the routing flag to route by")
-    nginx.add_argument("--listen", required=True, metavar="ADDR",
-                       help="address nginx listens on, e.g. 0.0.0.0:8000")
-    nginx.add_argument("--control-plane", dest="control_plane", required=True, metavar="ADDR",
-                       action="append",
-                       help="HOST:PORT of the control plane, e.g. 127.0.0.1:8080; repeat it "
-                            "for routing replicas (each decision asks one, and the next if "
-                            "it fails)")
-    nginx.add_argument("--prefix", type=Path, metavar="DIR",
-                       help="nginx prefix for pid, logs and temp files (default ./nginx)")
-    nginx.add_argument("--flags", dest="flags_dir", type=Path,
-                       help="flag directory (default: CP_FLAGS_DIR or ./flags)")
-    nginx.add_argument("--log-port", dest="log_port", type=int, metavar="N",
-                       help="UDP port of the control plane's outcome listener "
-                            "(default CP_GATEWAY_LOG_PORT; 0: no outcome log)")
-    nginx.add_argument("--log-host", dest="log_host", metavar="HOST",
-                       help="host of the outcome listener (default CP_GATEWAY_LOG_HOST)")
-    nginx.add_argument("--decision-timeout-ms", dest="decision_timeout_ms", type=int,
-                       default=250, metavar="N",
-                       help="how long a decision may take before the fallback serves "
-                            "(default 250)")
+    nginx.add_argument(
+        "--listen",
+        required=True,
+        metavar="ADDR",
+        help="address nginx listens on, e.g. 0.0.0.0:8000",
+    )
+    nginx.add_argument(
+        "--control-plane",
+        dest="control_plane",
+        required=True,
+        metavar="ADDR",
+        action="append",
+        help="HOST:PORT of the control plane, e.g. 127.0.0.1:8080; repeat it "
+        "for routing replicas (each decision asks one, and the next if "
+        "it fails)",
+    )
+    nginx.add_argument(
+        "--prefix",
+        type=Path,
+        metavar="DIR",
+        help="nginx prefix for pid, logs and temp files (default ./nginx)",
+    )
+    nginx.add_argument(
+        "--flags",
+        dest="flags_dir",
+        type=Path,
+        help="flag directory (default: CP_FLAGS_DIR or ./flags)",
+    )
+    nginx.add_argument(
+        "--log-port",
+        dest="log_port",
+        type=int,
+        metavar="N",
+        help="UDP port of the control plane's outcome listener "
+        "(default CP_GATEWAY_LOG_PORT; 0: no outcome log)",
+    )
+    nginx.add_argument(
+        "--log-host",
+        dest="log_host",
+        metavar="HOST",
+        help="host of the outcome listener (default CP_GATEWAY_LOG_HOST)",
+    )
+    nginx.add_argument(
+        "--decision-timeout-ms",
+        dest="decision_timeout_ms",
+        type=int,
+        default=250,
+        metavar="N",
+        help="how long a decision may take before the fallback serves (default 250)",
+    )
     nginx.set_defaults(command=_gateway_nginx)

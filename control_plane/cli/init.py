@@ -20,8 +20,11 @@ _SUFFIXES = (".flagd.json", ".flagd.yaml", ".flagd.yml")
 def shipped_flag_files() -> dict[str, str]:
     """File name -> text of every example flag file shipped in the `flags` package."""
     package = resources.files("flags")
-    return {entry.name: entry.read_text(encoding="utf-8") for entry in package.iterdir()
-            if entry.is_file() and entry.name.endswith(_SUFFIXES)}
+    return {
+        entry.name: entry.read_text(encoding="utf-8")
+        for entry in package.iterdir()
+        if entry.is_file() and entry.name.endswith(_SUFFIXES)
+    }
 
 
 def write_examples(directory: Path, *, force: bool = False) -> tuple[list[Path], list[Path]]:
@@ -61,9 +64,11 @@ def _init(args: argparse.Namespace) -> int:
 
 def add_init(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     init = commands.add_parser(
-        "init", help="write the shipped example flag files to a flag directory",
+        "init",
+        help="write the shipped example flag files to a flag directory",
         description="Write the example flag files (model routing, vector hook pipelines) to "
-                    "DIR (default ./flags), the directory `serve` reads by default.")
+        "DIR (default ./flags), the directory `serve` reads by default.",
+    )
     init.add_argument("directory", nargs="?", type=Path, default=Path("flags"), metavar="DIR")
     init.add_argument("--force", action="store_true", help="overwrite files that exist")
     init.set_defaults(command=_init)

@@ -29,11 +29,21 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="control-plane",
-        description="Feature-flag control plane for model microservices.")
+        prog="control-plane", description="Feature-flag control plane for model microservices."
+    )
     commands = parser.add_subparsers(dest="subcommand", required=True)
-    for add in (add_serve, add_validate, add_history, add_simulate, add_gateway, add_shadow,
-                add_experiments, add_canary, add_tester_token, add_init):
+    for add in (
+        add_serve,
+        add_validate,
+        add_history,
+        add_simulate,
+        add_gateway,
+        add_shadow,
+        add_experiments,
+        add_canary,
+        add_tester_token,
+        add_init,
+    ):
         add(commands)
     return parser
 

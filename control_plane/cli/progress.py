@@ -63,10 +63,18 @@ def _rate(per_second: float) -> str:
 class Progress:
     """A redrawn status line on a terminal; silent (but `line()`) anywhere else."""
 
-    def __init__(self, label: str, total: int | None = None, *, unit: str = "",
-                 stream: TextIO | None = None, out: TextIO | None = None,
-                 interval: float = 0.1, tick: bool = False, enabled: bool | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        label: str,
+        total: int | None = None,
+        *,
+        unit: str = "",
+        stream: TextIO | None = None,
+        out: TextIO | None = None,
+        interval: float = 0.1,
+        tick: bool = False,
+        enabled: bool | None = None,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.out = out  # where line() writes; None: sys.stdout at the time of the call
         self.enabled = is_terminal(self.stream) if enabled is None else enabled
@@ -123,8 +131,9 @@ class Progress:
         elapsed = time.monotonic() - self.started
         unit = f" {self.unit}" if self.unit else ""
         if self.total:
-            parts = [f"{self.label}: {self.done:,}/{self.total:,}{unit} "
-                     f"({self.done / self.total:.0%})"]
+            parts = [
+                f"{self.label}: {self.done:,}/{self.total:,}{unit} ({self.done / self.total:.0%})"
+            ]
             if self.done and elapsed > 0:
                 rate = self.done / elapsed
                 parts.append(f"{_rate(rate)}/s")
@@ -146,7 +155,7 @@ class Progress:
             return
         self._last_draw = now
         # Cut to the terminal's width: a wrapped line could not be redrawn in place.
-        self.stream.write(_CLEAR + self.render()[:max(10, _width(self.stream) - 1)])
+        self.stream.write(_CLEAR + self.render()[: max(10, _width(self.stream) - 1)])
         self.stream.flush()
         self._shown = True
 
@@ -160,13 +169,16 @@ class Progress:
     def __enter__(self) -> Progress:
         if self.enabled and self._tick and self._ticker is None:
             # Redraws while the caller blocks (a request, a sleep): spinner and clock move.
-            self._ticker = threading.Thread(target=self._run_ticker, name="progress",
-                                            daemon=True)
+            self._ticker = threading.Thread(target=self._run_ticker, name="progress", daemon=True)
             self._ticker.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self.close()
 
     def close(self, summary: str | None = None) -> None:

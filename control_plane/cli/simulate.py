@@ -55,19 +55,32 @@ def format_result(result: SimulationResult) -> str:
         lines.append(f"evaluation errors (the default variant was served): {errors}")
     if result.chi_square is not None:
         statistic, dof, p_value = result.chi_square
-        verdict = ("consistent with the configured weights" if p_value >= 0.01
-                   else "NOT consistent with the configured weights")
-        lines.append(f"chi-square {statistic:.4f}, {dof} degree{'s' if dof != 1 else ''} of "
-                     f"freedom, p = {p_value:.4g} ({verdict} at the 1% level)")
+        verdict = (
+            "consistent with the configured weights"
+            if p_value >= 0.01
+            else "NOT consistent with the configured weights"
+        )
+        lines.append(
+            f"chi-square {statistic:.4f}, {dof} degree{'s' if dof != 1 else ''} of "
+            f"freedom, p = {p_value:.4g} ({verdict} at the 1% level)"
+        )
     elif configured.kind != "fractional":
         lines.append("no goodness-of-fit test: the rule has no single fractional split here")
     return "\n".join(lines)
 
 
-def run_simulate(flags_dir: Path, flag_key: str, users: int, header_pairs: list[str],
-                 rules: tuple[HeaderRule, ...], *, key_prefix: str = "user-",
-                 out: TextIO | None = None, err: TextIO | None = None,
-                 compare_bucketing: tuple[Generation, Generation] | None = None) -> int:
+def run_simulate(
+    flags_dir: Path,
+    flag_key: str,
+    users: int,
+    header_pairs: list[str],
+    rules: tuple[HeaderRule, ...],
+    *,
+    key_prefix: str = "user-",
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    compare_bucketing: tuple[Generation, Generation] | None = None,
+) -> int:
     """`control-plane simulate`: print the report; return the exit status (1 flags, 2 usage).
 
     With `compare_bucketing` (FROM, TO) it reports who would move between those fractional
@@ -92,15 +105,23 @@ def run_simulate(flags_dir: Path, flag_key: str, users: int, header_pairs: list[
     except FlagValidationError as exc:
         print(f"control-plane simulate: the flags in {flags_dir} are invalid:", file=err)
         for issue in exc.issues:
-            formatted = issue.format(str(flags_dir / issue.file) if issue.file else None) \
-                if isinstance(issue, ValidationIssue) else str(issue)
+            formatted = (
+                issue.format(str(flags_dir / issue.file) if issue.file else None)
+                if isinstance(issue, ValidationIssue)
+                else str(issue)
+            )
             print(f"  {formatted}", file=err)
         return 1
     if compare_bucketing is not None:
         try:
             comparison = bucketing_compare.compare_bucketing(
-                store.current, flag_key, users, attributes, *compare_bucketing,
-                key_prefix=key_prefix)
+                store.current,
+                flag_key,
+                users,
+                attributes,
+                *compare_bucketing,
+                key_prefix=key_prefix,
+            )
         except FlagNotFound as exc:
             print(f"control-plane simulate: {exc.detail}", file=err)
             return 1
@@ -110,8 +131,15 @@ def run_simulate(flags_dir: Path, flag_key: str, users: int, header_pairs: list[
     started = time.monotonic()
     try:
         with progress:
-            result = simulate(store, flag_key, users, headers, attributes,
-                              key_prefix=key_prefix, progress=progress)
+            result = simulate(
+                store,
+                flag_key,
+                users,
+                headers,
+                attributes,
+                key_prefix=key_prefix,
+                progress=progress,
+            )
             elapsed = time.monotonic() - started
             progress.close(f"simulated {users:,} users in {elapsed:.1f}s")
     except FlagNotFound as exc:
@@ -124,31 +152,54 @@ def run_simulate(flags_dir: Path, flag_key: str, users: int, header_pairs: list[
 def _simulate(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     compare = tuple(args.compare_bucketing) if args.compare_bucketing else None
-    return run_simulate(settings.flags_dir, args.flag, args.users, args.header or [],
-                        settings.header_rules, key_prefix=args.key_prefix,
-                        compare_bucketing=compare)
+    return run_simulate(
+        settings.flags_dir,
+        args.flag,
+        args.users,
+        args.header or [],
+        settings.header_rules,
+        key_prefix=args.key_prefix,
+        compare_bucketing=compare,
+    )
 
 
 def add_simulate(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     simulate_parser = commands.add_parser(
-        "simulate", help="evaluate a flag for N synthetic users and compare the split",
+        "simulate",
+        help="evaluate a flag for N synthetic users and compare the split",
         description="Evaluate FLAG for N synthetic users (targeting keys user-0, user-1, ...) "
-                    "with the given request headers, through the flagd provider, and print "
-                    "the variant split beside the configured weights with a chi-square "
-                    "goodness-of-fit p-value.")
+        "with the given request headers, through the flagd provider, and print "
+        "the variant split beside the configured weights with a chi-square "
+        "goodness-of-fit p-value.",
+    )
     simulate_parser.add_argument("flag", metavar="FLAG", help="flag key, e.g. ab-test-router")
-    simulate_parser.add_argument("--users", type=positive_int, required=True,
-                                 help="number of synthetic users")
-    simulate_parser.add_argument("--header", action="append", metavar="NAME=VALUE",
-                                 help="a request header every user sends (repeatable), e.g. "
-                                      "--header x-region=cn")
-    simulate_parser.add_argument("--flags", dest="flags_dir", type=Path,
-                                 help="flag directory (default: CP_FLAGS_DIR or ./flags)")
-    simulate_parser.add_argument("--key-prefix", default="user-",
-                                 help="prefix of the synthetic targeting keys (default user-)")
     simulate_parser.add_argument(
-        "--compare-bucketing", nargs=2, metavar=("FROM", "TO"), choices=["v2", "v3"],
+        "--users", type=positive_int, required=True, help="number of synthetic users"
+    )
+    simulate_parser.add_argument(
+        "--header",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a request header every user sends (repeatable), e.g. --header x-region=cn",
+    )
+    simulate_parser.add_argument(
+        "--flags",
+        dest="flags_dir",
+        type=Path,
+        help="flag directory (default: CP_FLAGS_DIR or ./flags)",
+    )
+    simulate_parser.add_argument(
+        "--key-prefix",
+        default="user-",
+        help="prefix of the synthetic targeting keys (default user-)",
+    )
+    simulate_parser.add_argument(
+        "--compare-bucketing",
+        nargs=2,
+        metavar=("FROM", "TO"),
+        choices=["v2", "v3"],
         help="instead, list who would move from one fractional bucketing generation to the "
-             "other (counts per from->to variant, sample targeting keys), e.g. "
-             "--compare-bucketing v2 v3")
+        "other (counts per from->to variant, sample targeting keys), e.g. "
+        "--compare-bucketing v2 v3",
+    )
     simulate_parser.set_defaults(command=_simulate)

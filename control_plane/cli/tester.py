@@ -35,31 +35,48 @@ def parse_ttl(text: str) -> int:
 def _tester_token(args: argparse.Namespace) -> int:
     key = Settings().tester_token_key
     if key is None:
-        print("control-plane tester-token: CP_TESTER_TOKEN_KEY is not set (the key the "
-              "control plane verifies tester tokens with, 32+ characters)", file=sys.stderr)
+        print(
+            "control-plane tester-token: CP_TESTER_TOKEN_KEY is not set (the key the "
+            "control plane verifies tester tokens with, 32+ characters)",
+            file=sys.stderr,
+        )
         return 2
     try:
         token, expires_at = TesterTokens(key.get_secret_value()).issue(
-            args.subject, ttl_seconds=args.ttl, flags=args.flags)
+            args.subject, ttl_seconds=args.ttl, flags=args.flags
+        )
     except ValueError as exc:
         print(f"control-plane tester-token: {exc}", file=sys.stderr)
         return 2
     print(token)
-    print(f"# {TESTER_TOKEN_HEADER}: for {args.subject}, expires at unix time {expires_at}"
-          + (f", flags {', '.join(sorted(set(args.flags)))}" if args.flags else ""),
-          file=sys.stderr)
+    print(
+        f"# {TESTER_TOKEN_HEADER}: for {args.subject}, expires at unix time {expires_at}"
+        + (f", flags {', '.join(sorted(set(args.flags)))}" if args.flags else ""),
+        file=sys.stderr,
+    )
     return 0
 
 
 def add_tester_token(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     command = commands.add_parser(
-        "tester-token", help="issue a tester token (lets a tester pin a version)",
+        "tester-token",
+        help="issue a tester token (lets a tester pin a version)",
         description="Print a signed tester token for SUBJECT. Send it as the x-tester-token "
-                    "header: pins such as x-canary-version are honoured only with one. Needs "
-                    "CP_TESTER_TOKEN_KEY, the key the control plane verifies with.")
+        "header: pins such as x-canary-version are honoured only with one. Needs "
+        "CP_TESTER_TOKEN_KEY, the key the control plane verifies with.",
+    )
     command.add_argument("subject", help="who the token is for (name or e-mail)")
-    command.add_argument("--ttl", type=parse_ttl, default=3600,
-                         help="validity: seconds, or 30m, 8h, 7d (default 1h, at most 7d)")
-    command.add_argument("--flag", dest="flags", action="append", default=[],
-                         help="limit the token to this flag (repeatable; default: any flag)")
+    command.add_argument(
+        "--ttl",
+        type=parse_ttl,
+        default=3600,
+        help="validity: seconds, or 30m, 8h, 7d (default 1h, at most 7d)",
+    )
+    command.add_argument(
+        "--flag",
+        dest="flags",
+        action="append",
+        default=[],
+        help="limit the token to this flag (repeatable; default: any flag)",
+    )
     command.set_defaults(command=_tester_token)

@@ -43,12 +43,16 @@ def run_validate(path: Path, *, out: TextIO | None = None, err: TextIO | None = 
         print(issue.format(_shown_file(path, issue)), file=out)
     errors, warnings = len(result.errors), len(result.warnings)
     if errors:
-        print(f"{path}: invalid: {_plural(errors, 'error')}, {_plural(warnings, 'warning')}",
-              file=err)
+        print(
+            f"{path}: invalid: {_plural(errors, 'error')}, {_plural(warnings, 'warning')}", file=err
+        )
         return EXIT_INVALID
-    print(f"{path}: ok: {_plural(len(result.flags), 'flag')} and "
-          f"{_plural(len(result.evaluators), 'evaluator')} in "
-          f"{_plural(len(result.files), 'file')}, {_plural(warnings, 'warning')}", file=out)
+    print(
+        f"{path}: ok: {_plural(len(result.flags), 'flag')} and "
+        f"{_plural(len(result.evaluators), 'evaluator')} in "
+        f"{_plural(len(result.files), 'file')}, {_plural(warnings, 'warning')}",
+        file=out,
+    )
     return 0
 
 
@@ -59,10 +63,17 @@ def _validate(args: argparse.Namespace) -> int:
 
 def add_validate(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     validate = commands.add_parser(
-        "validate", help="check flag files (syntax, schema, meaning) without serving them",
+        "validate",
+        help="check flag files (syntax, schema, meaning) without serving them",
         description="Validate a flag directory (every *.flagd.json/.yaml/.yml, merged) or one "
-                    "flag file. Prints each issue as file:line:col: path: message; exit status "
-                    "1 on any error, 2 if PATH does not exist, 0 when valid.")
-    validate.add_argument("path", nargs="?", type=Path, metavar="PATH",
-                          help="flag directory or file (default: CP_FLAGS_DIR or ./flags)")
+        "flag file. Prints each issue as file:line:col: path: message; exit status "
+        "1 on any error, 2 if PATH does not exist, 0 when valid.",
+    )
+    validate.add_argument(
+        "path",
+        nargs="?",
+        type=Path,
+        metavar="PATH",
+        help="flag directory or file (default: CP_FLAGS_DIR or ./flags)",
+    )
     validate.set_defaults(command=_validate)

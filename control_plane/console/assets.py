@@ -32,6 +32,7 @@ def load_assets() -> dict[str, Asset]:
         if not entry.is_file() or suffix not in _TYPES:
             continue
         body = entry.read_bytes()
-        assets[entry.name] = Asset(body, _TYPES[suffix],
-                                   '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+        assets[entry.name] = Asset(
+            body, _TYPES[suffix], '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        )
     return assets

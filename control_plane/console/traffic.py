@@ -56,8 +56,9 @@ class TrafficTracker:
     Register it with `decider.listeners.append(tracker.observe)`.
     """
 
-    def __init__(self, max_seconds: int = MAX_WINDOW_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, max_seconds: int = MAX_WINDOW_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if max_seconds < 1:
             raise ValueError("max_seconds must be at least 1")
         self.max_seconds = max_seconds
@@ -117,5 +118,6 @@ class TrafficTracker:
                 for variant, number in counts.items():
                     totals[variant] = totals.get(variant, 0) + number
                     bucket[variant] = bucket.get(variant, 0) + number
-        return TrafficWindow(flag_key=flag_key, seconds=span, bucket_seconds=width,
-                             totals=totals, series=series)
+        return TrafficWindow(
+            flag_key=flag_key, seconds=span, bucket_seconds=width, totals=totals, series=series
+        )

@@ -80,31 +80,43 @@ def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def routing_flag_traffic(flag_set: FlagSet, flag_key: str, window: TrafficWindow
-                         ) -> dict[str, Any]:
+def routing_flag_traffic(flag_set: FlagSet, flag_key: str, window: TrafficWindow) -> dict[str, Any]:
     """The JSON body for one routing flag (see the module docstring)."""
     flag: Mapping[str, Any] | None = flag_set.flags.get(flag_key)
     if flag is None:
         raise FlagNotFound(f"no flag named {flag_key!r}")
     table = routing_table(flag)
     if table is None:
-        raise NotARoutingFlag(f"flag {flag_key!r} is not a routing flag: each variant must be "
-                              "an object with 'backend' and 'url'")
+        raise NotARoutingFlag(
+            f"flag {flag_key!r} is not a routing flag: each variant must be "
+            "an object with 'backend' and 'url'"
+        )
     split = configured_split(flag, flag_key, flag_set.evaluators, [(_PROBE, {})])
     shares = split.shares
     total = window.decisions
     variants = [
-        {"variant": name, "backend": backend.name, "url": backend.url,
-         "configuredShare": shares.get(name, 0.0) if shares else None,
-         "decisions": window.totals.get(name, 0),
-         "observedShare": _share(window.totals.get(name, 0), total)}
+        {
+            "variant": name,
+            "backend": backend.name,
+            "url": backend.url,
+            "configuredShare": shares.get(name, 0.0) if shares else None,
+            "decisions": window.totals.get(name, 0),
+            "observedShare": _share(window.totals.get(name, 0), total),
+        }
         for name, backend in table.items()
     ]
     # Variants counted in the window that the serving flag no longer has (it was just edited).
     variants += [
-        {"variant": name, "backend": None, "url": None, "configuredShare": None,
-         "decisions": count, "observedShare": _share(count, total)}
-        for name, count in sorted(window.totals.items()) if name not in table
+        {
+            "variant": name,
+            "backend": None,
+            "url": None,
+            "configuredShare": None,
+            "decisions": count,
+            "observedShare": _share(count, total),
+        }
+        for name, count in sorted(window.totals.items())
+        if name not in table
     ]
     metadata = flag.get("metadata") or {}
     return {
@@ -115,11 +127,18 @@ def routing_flag_traffic(flag_set: FlagSet, flag_key: str, window: TrafficWindow
         "defaultVariant": flag.get("defaultVariant"),
         "description": metadata.get("description"),
         "experiment": metadata.get("experiment") is True,
-        "configured": {"kind": split.kind, "note": split.note, "shares": shares,
-                       "context": "a request without targeting attributes"},
+        "configured": {
+            "kind": split.kind,
+            "note": split.note,
+            "shares": shares,
+            "context": "a request without targeting attributes",
+        },
         "variants": variants,
-        "window": {"seconds": window.seconds, "bucketSeconds": window.bucket_seconds,
-                   "decisions": total},
+        "window": {
+            "seconds": window.seconds,
+            "bucketSeconds": window.bucket_seconds,
+            "decisions": total,
+        },
         "series": window.series,
     }
 
@@ -132,8 +151,9 @@ def _serving(components: Components) -> FlagSet:
     return flag_set
 
 
-def _windows(components: Components, tracker: TrafficTracker, seconds: int, buckets: int
-             ) -> Callable[[str], TrafficWindow]:
+def _windows(
+    components: Components, tracker: TrafficTracker, seconds: int, buckets: int
+) -> Callable[[str], TrafficWindow]:
     """flag -> its window; with `serve --workers N` (control_plane.workers) summed over every
     process, each of which counts its own decisions."""
     if components.workers is not None:
@@ -141,25 +161,44 @@ def _windows(components: Components, tracker: TrafficTracker, seconds: int, buck
     return lambda flag_key: tracker.window(flag_key, seconds, buckets)
 
 
-@router.get("/v1/traffic", summary="Every routing flag: backends, configured and observed split",
-            response_model=AllTraffic, responses=problems(400, 401, 503))
-def all_traffic(principal: ViewerDep, components: ComponentsDep, tracker: TrackerDep,
-                minutes: Minutes = 5, buckets: Buckets = 30) -> dict[str, Any]:
+@router.get(
+    "/v1/traffic",
+    summary="Every routing flag: backends, configured and observed split",
+    response_model=AllTraffic,
+    responses=problems(400, 401, 503),
+)
+def all_traffic(
+    principal: ViewerDep,
+    components: ComponentsDep,
+    tracker: TrackerDep,
+    minutes: Minutes = 5,
+    buckets: Buckets = 30,
+) -> dict[str, Any]:
     flag_set = _serving(components)
     window = _windows(components, tracker, minutes * 60, buckets)
     flags = [
         routing_flag_traffic(flag_set, key, window(key))
-        for key in sorted(flag_set.flags) if routing_table(flag_set.flags[key]) is not None
+        for key in sorted(flag_set.flags)
+        if routing_table(flag_set.flags[key]) is not None
     ]
     return {"flagSetVersion": flag_set.version, "minutes": minutes, "flags": flags}
 
 
-@router.get("/v1/traffic/{flag_key}",
-            summary="One routing flag: backends, configured and observed split",
-            response_model=FlagTraffic, responses=problems(400, 401, 404, 422, 503))
-def flag_traffic(flag_key: str, principal: ViewerDep, components: ComponentsDep,
-                 tracker: TrackerDep, minutes: Minutes = 5,
-                 buckets: Buckets = 30) -> dict[str, Any]:
+@router.get(
+    "/v1/traffic/{flag_key}",
+    summary="One routing flag: backends, configured and observed split",
+    response_model=FlagTraffic,
+    responses=problems(400, 401, 404, 422, 503),
+)
+def flag_traffic(
+    flag_key: str,
+    principal: ViewerDep,
+    components: ComponentsDep,
+    tracker: TrackerDep,
+    minutes: Minutes = 5,
+    buckets: Buckets = 30,
+) -> dict[str, Any]:
     flag_set = _serving(components)
-    return routing_flag_traffic(flag_set, flag_key,
-                                _windows(components, tracker, minutes * 60, buckets)(flag_key))
+    return routing_flag_traffic(
+        flag_set, flag_key, _windows(components, tracker, minutes * 60, buckets)(flag_key)
+    )

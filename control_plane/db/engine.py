@@ -45,9 +45,11 @@ class DatabaseTimeouts:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DatabaseTimeouts:
-        return cls(connect=settings.database_connect_timeout,
-                   statement=settings.database_statement_timeout,
-                   sqlite_busy=settings.database_sqlite_busy_timeout)
+        return cls(
+            connect=settings.database_connect_timeout,
+            statement=settings.database_statement_timeout,
+            sqlite_busy=settings.database_sqlite_busy_timeout,
+        )
 
 
 class Database:
@@ -59,8 +61,9 @@ class Database:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def from_url(cls, url: str | URL, *, timeouts: DatabaseTimeouts | None = None,
-                 **engine_options: Any) -> Database:
+    def from_url(
+        cls, url: str | URL, *, timeouts: DatabaseTimeouts | None = None, **engine_options: Any
+    ) -> Database:
         """A Database for a SQLAlchemy URL (`sqlite:///file.db`, `postgresql+psycopg://...`)."""
         timeouts = timeouts or DatabaseTimeouts()
         parsed = make_url(url)
@@ -69,8 +72,9 @@ class Database:
             connect_args.setdefault("timeout", timeouts.sqlite_busy)
             engine = create_engine(parsed, connect_args=connect_args, **engine_options)
             busy_ms = int(timeouts.sqlite_busy * 1000)
-            event.listen(engine, "connect",
-                         lambda connection, _record: _sqlite_pragmas(connection, busy_ms))
+            event.listen(
+                engine, "connect", lambda connection, _record: _sqlite_pragmas(connection, busy_ms)
+            )
         else:
             if parsed.get_driver_name() == "psycopg":
                 connect_args = _psycopg_args(parsed, timeouts) | connect_args
@@ -137,8 +141,9 @@ def _psycopg_args(url: URL, timeouts: DatabaseTimeouts) -> dict[str, Any]:
     statement_ms = max(1, int(timeouts.statement * 1000))
     # Options given in the URL (a scratch schema's search_path) are kept: connect_args would
     # otherwise replace them.
-    options = " ".join(filter(None, [str(url.query.get("options") or ""),
-                                     f"-c statement_timeout={statement_ms}"]))
+    options = " ".join(
+        filter(None, [str(url.query.get("options") or ""), f"-c statement_timeout={statement_ms}"])
+    )
     return {
         "connect_timeout": max(2, int(timeouts.connect)),
         "options": options,

@@ -40,6 +40,7 @@ __all__ = [
 #: would overflow the driver's parameter and fail the query instead of finding nothing).
 MAX_VERSION = 2**31 - 1
 
+
 def latest_version(*, session: Session) -> FlagSetVersion | None:
     """The newest stored version, or None when nothing was recorded yet."""
     statement = select(FlagSetVersion).order_by(FlagSetVersion.version.desc()).limit(1)
@@ -49,30 +50,49 @@ def latest_version(*, session: Session) -> FlagSetVersion | None:
 def get_version(*, session: Session, version: int) -> FlagSetVersion:
     """The stored version `version`; VersionNotFound for any other number, in range or not."""
     if not 1 <= version <= MAX_VERSION:
-        raise VersionNotFound(f"no flag set version {version} is stored (versions are "
-                              f"1..{MAX_VERSION})")
+        raise VersionNotFound(
+            f"no flag set version {version} is stored (versions are 1..{MAX_VERSION})"
+        )
     row = session.get(FlagSetVersion, version)
     if row is None:
         raise VersionNotFound(f"no flag set version {version} is stored")
     return row
 
 
-def add_version(*, session: Session, content_hash: str, document: dict[str, Any],
-                diff: dict[str, Any], source: str, actor: str, message: str,
-                bucketing: str, created_at: datetime | None = None) -> FlagSetVersion:
+def add_version(
+    *,
+    session: Session,
+    content_hash: str,
+    document: dict[str, Any],
+    diff: dict[str, Any],
+    source: str,
+    actor: str,
+    message: str,
+    bucketing: str,
+    created_at: datetime | None = None,
+) -> FlagSetVersion:
     """Store the next version number; a concurrent writer that took it first makes the flush
     raise IntegrityError (the caller retries in a new unit of work)."""
     number = (session.scalar(select(func.max(FlagSetVersion.version))) or 0) + 1
-    row = FlagSetVersion(version=number, content_hash=content_hash, document=document,
-                         diff=diff, source=source, actor=actor, message=message,
-                         bucketing=bucketing, created_at=created_at or utc_now())
+    row = FlagSetVersion(
+        version=number,
+        content_hash=content_hash,
+        document=document,
+        diff=diff,
+        source=source,
+        actor=actor,
+        message=message,
+        bucketing=bucketing,
+        created_at=created_at or utc_now(),
+    )
     session.add(row)
     session.flush()
     return row
 
 
-def list_versions(*, session: Session, limit: int, before: int | None = None
-                  ) -> list[FlagSetVersion]:
+def list_versions(
+    *, session: Session, limit: int, before: int | None = None
+) -> list[FlagSetVersion]:
     """Newest first, at most `limit`, only versions below `before` when given (a cursor)."""
     statement = select(FlagSetVersion).order_by(FlagSetVersion.version.desc()).limit(limit)
     if before is not None and before <= MAX_VERSION:  # a larger cursor excludes nothing
@@ -86,23 +106,27 @@ def count_versions(*, session: Session) -> int:
 
 # -- tokens ----------------------------------------------------------------------------------
 
+
 def token_by_name(*, session: Session, name: str) -> ApiToken | None:
     return session.scalars(select(ApiToken).where(ApiToken.name == name)).first()
 
 
 def token_by_hash(*, session: Session, token_hash: str) -> ApiToken | None:
     """The active (not revoked) token with this SHA-256, if any."""
-    statement = select(ApiToken).where(ApiToken.token_hash == token_hash,
-                                       ApiToken.revoked_at.is_(None))
+    statement = select(ApiToken).where(
+        ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None)
+    )
     return session.scalars(statement).first()
 
 
-def add_token(*, session: Session, name: str, role: str, token_hash: str,
-              created_by: str) -> ApiToken:
+def add_token(
+    *, session: Session, name: str, role: str, token_hash: str, created_by: str
+) -> ApiToken:
     if token_by_name(session=session, name=name) is not None:
         raise Conflict(f"a token named {name!r} exists already (names are never reused)")
-    row = ApiToken(name=name, role=role, token_hash=token_hash, created_by=created_by,
-                   created_at=utc_now())
+    row = ApiToken(
+        name=name, role=role, token_hash=token_hash, created_by=created_by, created_at=utc_now()
+    )
     try:
         with session.begin_nested():
             session.add(row)
@@ -129,17 +153,19 @@ def revoke_token(*, session: Session, name: str, actor: str) -> ApiToken:
 
 # -- audit events ----------------------------------------------------------------------------
 
-def add_audit_event(*, session: Session, actor: str, action: str, target: str,
-                    detail: dict[str, Any] | None = None) -> AuditEvent:
-    row = AuditEvent(actor=actor, action=action, target=target, detail=detail or {},
-                     at=utc_now())
+
+def add_audit_event(
+    *, session: Session, actor: str, action: str, target: str, detail: dict[str, Any] | None = None
+) -> AuditEvent:
+    row = AuditEvent(actor=actor, action=action, target=target, detail=detail or {}, at=utc_now())
     session.add(row)
     session.flush()
     return row
 
 
-def list_audit_events(*, session: Session, limit: int, before: int | None = None
-                      ) -> list[AuditEvent]:
+def list_audit_events(
+    *, session: Session, limit: int, before: int | None = None
+) -> list[AuditEvent]:
     """Newest first; `before` is the id cursor of the previous page's last event."""
     statement = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
     if before is not None:

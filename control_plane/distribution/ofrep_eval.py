@@ -62,10 +62,15 @@ log = logging.getLogger(__name__)
 
 #: Error codes OFREP's failure bodies allow (400s, and 404 FLAG_NOT_FOUND); anything else, such
 #: as TYPE_MISMATCH (see above), is reported as GENERAL.
-_WIRE_ERROR_CODES = frozenset({
-    ErrorCode.PARSE_ERROR, ErrorCode.TARGETING_KEY_MISSING, ErrorCode.INVALID_CONTEXT,
-    ErrorCode.GENERAL, ErrorCode.FLAG_NOT_FOUND,
-})
+_WIRE_ERROR_CODES = frozenset(
+    {
+        ErrorCode.PARSE_ERROR,
+        ErrorCode.TARGETING_KEY_MISSING,
+        ErrorCode.INVALID_CONTEXT,
+        ErrorCode.GENERAL,
+        ErrorCode.FLAG_NOT_FOUND,
+    }
+)
 
 #: The reasons OFREP's evaluationSuccess lists; others are mapped (see the module docstring).
 OFREP_REASONS = ("STATIC", "TARGETING_MATCH", "SPLIT", "DISABLED", "UNKNOWN")
@@ -104,21 +109,23 @@ def parse_evaluation_request(body: bytes) -> EvaluationContext:
         # characters in any string (a surrogate in a targeting key crashed mmh3).
         data = loads_checked(body, source="body")
     except BadRequestInput as exc:
-        code = (ErrorCode.INVALID_CONTEXT if exc.source.startswith("body.")
-                else ErrorCode.PARSE_ERROR)
+        code = (
+            ErrorCode.INVALID_CONTEXT if exc.source.startswith("body.") else ErrorCode.PARSE_ERROR
+        )
         raise OfrepRequestError(code, exc.detail) from None
     if not isinstance(data, dict):
         raise OfrepRequestError(
             ErrorCode.INVALID_CONTEXT,
-            f"request body must be a JSON object like {{\"context\": {{...}}}}, "
+            f'request body must be a JSON object like {{"context": {{...}}}}, '
             f"got {_json_type(data)}",
         )
     context = data.get("context")
     if context is None:
         return EvaluationContext()
     if not isinstance(context, dict):
-        raise OfrepRequestError(ErrorCode.INVALID_CONTEXT,
-                                f"`context` must be a JSON object, got {_json_type(context)}")
+        raise OfrepRequestError(
+            ErrorCode.INVALID_CONTEXT, f"`context` must be a JSON object, got {_json_type(context)}"
+        )
     attributes = dict(context)
     targeting_key = attributes.pop("targetingKey", None)
     if targeting_key is not None and not isinstance(targeting_key, str):
@@ -176,8 +183,11 @@ class Evaluation:
     @property
     def metadata(self) -> dict[str, Any]:
         """The evaluation's metadata as flagd reports it (our version stamp removed)."""
-        return {key: value for key, value in (self.details.flag_metadata or {}).items()
-                if key != VERSION_KEY}
+        return {
+            key: value
+            for key, value in (self.details.flag_metadata or {}).items()
+            if key != VERSION_KEY
+        }
 
     @property
     def error_code(self) -> ErrorCode | None:
@@ -272,10 +282,14 @@ class OfrepEvaluator:
                 break
             time.sleep(0.001)  # a swap happened mid-way; let the provider take the new set
         else:
-            log.warning("bulk evaluation straddled flag set swaps %d times in a row; "
-                        "answering the last attempt", _BULK_ATTEMPTS)
+            log.warning(
+                "bulk evaluation straddled flag set swaps %d times in a row; "
+                "answering the last attempt",
+                _BULK_ATTEMPTS,
+            )
         return flag_set, [
-            evaluation for evaluation in evaluations
+            evaluation
+            for evaluation in evaluations
             if evaluation.error_code != ErrorCode.FLAG_NOT_FOUND
         ]
 
@@ -287,9 +301,8 @@ class OfrepEvaluator:
         reported = evaluation.version
         return reported is None or reported == flag_set.version
 
-    def _evaluate(self, key: str, flag_set: FlagSet,
-                  context: EvaluationContext) -> FlagEvaluationDetails[Any]:
+    def _evaluate(
+        self, key: str, flag_set: FlagSet, context: EvaluationContext
+    ) -> FlagEvaluationDetails[Any]:
         kind = flag_type(flag_set.flags.get(key))
-        return self._client.evaluate_flag_details(
-            kind, key, _PLACEHOLDER_DEFAULTS[kind], context
-        )
+        return self._client.evaluate_flag_details(kind, key, _PLACEHOLDER_DEFAULTS[kind], context)

@@ -107,19 +107,29 @@ class Selector:
         if set_id is not None and set_id not in flag_set.sets:
             if check:
                 known = ", ".join(repr(name) for name in sorted(flag_set.sets) if name) or "none"
-                raise SelectorNotFound(f"selector {self.text!r}: no flag set {set_id!r} "
-                                       f"(flag sets: {known})")
+                raise SelectorNotFound(
+                    f"selector {self.text!r}: no flag set {set_id!r} (flag sets: {known})"
+                )
             return flag_set.document({})
-        files = {name for sources in flag_set.set_sources.values()
-                 for name in sources.values()} | set(flag_set.file_metadata)
+        files = {
+            name for sources in flag_set.set_sources.values() for name in sources.values()
+        } | set(flag_set.file_metadata)
         wanted = _source_name(source) if source is not None else None
-        matched = {name for name in files if wanted in (name, _strip_suffix(name))} \
-            if wanted is not None else files
+        matched = (
+            {name for name in files if wanted in (name, _strip_suffix(name))}
+            if wanted is not None
+            else files
+        )
         if wanted is not None and not matched and check:
-            raise SelectorNotFound(f"selector {self.text!r}: no flag file {wanted!r} "
-                                   f"(files: {', '.join(sorted(files)) or 'none'})")
-        sets = [set_id] if set_id is not None else \
-            [DEFAULT_SET, *sorted(name for name in flag_set.sets if name)]
+            raise SelectorNotFound(
+                f"selector {self.text!r}: no flag file {wanted!r} "
+                f"(files: {', '.join(sorted(files)) or 'none'})"
+            )
+        sets = (
+            [set_id]
+            if set_id is not None
+            else [DEFAULT_SET, *sorted(name for name in flag_set.sets if name)]
+        )
         flags: dict[str, dict[str, Any]] = {}
         for chosen in sets:
             for key in flag_set.sets.get(chosen, {}):

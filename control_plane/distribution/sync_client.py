@@ -71,8 +71,7 @@ class PrimaryVersions:
 class ReplicaSync:
     """One thread streaming flags from the primary into `store`'s directory."""
 
-    def __init__(self, store: FlagStore, versions: PrimaryVersions, target: ReplicaTarget
-                 ) -> None:
+    def __init__(self, store: FlagStore, versions: PrimaryVersions, target: ReplicaTarget) -> None:
         self.store = store
         self.versions = versions
         self.target = target
@@ -136,12 +135,17 @@ class ReplicaSync:
             try:
                 with self._channel() as channel:
                     stub = sync_pb2_grpc.FlagSyncServiceStub(channel)
-                    metadata = ([("authorization", f"Bearer {self.target.token}")]
-                                if self.target.token else None)
+                    metadata = (
+                        [("authorization", f"Bearer {self.target.token}")]
+                        if self.target.token
+                        else None
+                    )
                     call = stub.SyncFlags(
-                        sync_pb2.SyncFlagsRequest(provider_id=self.target.provider_id,
-                                                  selector=self.target.selector),
-                        metadata=metadata)
+                        sync_pb2.SyncFlagsRequest(
+                            provider_id=self.target.provider_id, selector=self.target.selector
+                        ),
+                        metadata=metadata,
+                    )
                     self._call = call
                     for response in call:
                         if not self.connected:
@@ -154,8 +158,11 @@ class ReplicaSync:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 self.last_error = f"{getattr(code, 'name', 'error')}: {_details(exc)}"
                 if self.connected or attempt == 0:
-                    log.warning("replica lost its primary %s (%s); serving the last flag set",
-                                self.target.address, self.last_error)
+                    log.warning(
+                        "replica lost its primary %s (%s); serving the last flag set",
+                        self.target.address,
+                        self.last_error,
+                    )
             finally:
                 self._call = None
                 if self.connected:

@@ -94,15 +94,21 @@ class SyncTLS:
     client_ca: bytes | None = None
 
     @classmethod
-    def from_files(cls, cert_file: Path, key_file: Path,
-                   client_ca_file: Path | None = None) -> SyncTLS:
-        return cls(cert_file.read_bytes(), key_file.read_bytes(),
-                   client_ca_file.read_bytes() if client_ca_file else None)
+    def from_files(
+        cls, cert_file: Path, key_file: Path, client_ca_file: Path | None = None
+    ) -> SyncTLS:
+        return cls(
+            cert_file.read_bytes(),
+            key_file.read_bytes(),
+            client_ca_file.read_bytes() if client_ca_file else None,
+        )
 
     def server_credentials(self) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials(
-            [(self.private_key, self.cert_chain)], root_certificates=self.client_ca,
-            require_client_auth=self.client_ca is not None)
+            [(self.private_key, self.cert_chain)],
+            root_certificates=self.client_ca,
+            require_client_auth=self.client_ca is not None,
+        )
 
 
 class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
@@ -111,8 +117,9 @@ class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
     With `tokens`, every RPC first checks `authorization: Bearer <token>` in its metadata.
     """
 
-    def __init__(self, tokens: Sequence[SecretStr | str] = (),
-                 context: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, tokens: Sequence[SecretStr | str] = (), context: Mapping[str, Any] | None = None
+    ) -> None:
         self._tokens = GatewayTokenChecker(tokens)  # digests once; constant-time compare
         #: Static evaluation context (setting `sync_context`), as flagd's --context-value.
         self._context = struct_pb2.Struct()
@@ -153,8 +160,9 @@ class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
             self._documents[selector.text] = text
         return text
 
-    async def _check_exists(self, selector: Selector,
-                            context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def _check_exists(
+        self, selector: Selector, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
         """NOT_FOUND when the selector names a flag set or file the serving set lacks."""
         flag_set = self._latest
         if flag_set is None or selector.everything:
@@ -187,7 +195,8 @@ class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
                     sent = flag_set
                     yield sync_pb2.SyncFlagsResponse(
                         flag_configuration=self._document(flag_set, selector),
-                        sync_context=self._context)
+                        sync_context=self._context,
+                    )
                     continue
                 await waiter.wait()
         finally:
@@ -203,8 +212,9 @@ class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
         await self._check_exists(selector, context)
         flag_set = self._latest
         if flag_set is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                "no valid flag set has been loaded yet")
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "no valid flag set has been loaded yet"
+            )
             raise SyncServerError("unreachable: abort() raises")
         return sync_pb2.FetchAllFlagsResponse(flag_configuration=self._document(flag_set, selector))
 
@@ -250,9 +260,17 @@ class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
 class SyncServerHandle:
     """A running sync server: its bound `port`, open `streams`, and `stop()`."""
 
-    def __init__(self, *, host: str, port: int, servicer: FlagSyncServicer,
-                 server: grpc.aio.Server, loop: asyncio.AbstractEventLoop,
-                 thread: threading.Thread, unsubscribe: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        servicer: FlagSyncServicer,
+        server: grpc.aio.Server,
+        loop: asyncio.AbstractEventLoop,
+        thread: threading.Thread,
+        unsubscribe: Callable[[], None],
+    ) -> None:
         self.host = host
         self.port = port
         self._servicer = servicer
@@ -318,8 +336,9 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
-async def _serve(servicer: FlagSyncServicer, address: str,
-                 tls: SyncTLS | None) -> tuple[grpc.aio.Server, int]:
+async def _serve(
+    servicer: FlagSyncServicer, address: str, tls: SyncTLS | None
+) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(options=_SERVER_OPTIONS)
     sync_pb2_grpc.add_FlagSyncServiceServicer_to_server(servicer, server)
     if tls is None:
@@ -341,17 +360,31 @@ def serve_from_settings(store: FlagStore, settings: Settings) -> SyncServerHandl
         return None
     tls = None
     if settings.sync_tls_cert_file is not None and settings.sync_tls_key_file is not None:
-        tls = SyncTLS.from_files(settings.sync_tls_cert_file, settings.sync_tls_key_file,
-                                 settings.sync_tls_client_ca_file)
+        tls = SyncTLS.from_files(
+            settings.sync_tls_cert_file,
+            settings.sync_tls_key_file,
+            settings.sync_tls_client_ca_file,
+        )
     tokens = settings.sync_tokens or settings.gateway_tokens
-    return start_sync_server(store, settings.sync_host, settings.sync_port, tokens=tokens,
-                             tls=tls, context=settings.sync_context)
+    return start_sync_server(
+        store,
+        settings.sync_host,
+        settings.sync_port,
+        tokens=tokens,
+        tls=tls,
+        context=settings.sync_context,
+    )
 
 
-def start_sync_server(store: FlagStore, host: str = "127.0.0.1", port: int = 8015, *,
-                      tokens: Sequence[SecretStr | str] = (),
-                      tls: SyncTLS | None = None,
-                      context: Mapping[str, Any] | None = None) -> SyncServerHandle:
+def start_sync_server(
+    store: FlagStore,
+    host: str = "127.0.0.1",
+    port: int = 8015,
+    *,
+    tokens: Sequence[SecretStr | str] = (),
+    tls: SyncTLS | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> SyncServerHandle:
     """Serve flagd.sync.v1 for `store` on host:port (0 picks a free port); returns at once.
 
     With `tokens`, calls need `authorization: Bearer <token>` metadata; with `tls`, the port
@@ -361,12 +394,12 @@ def start_sync_server(store: FlagStore, host: str = "127.0.0.1", port: int = 801
     address = _address(host, port)
     servicer = FlagSyncServicer(tokens, context)
     loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=_run_loop, args=(loop,), name="flagd-sync-server",
-                              daemon=True)
+    thread = threading.Thread(target=_run_loop, args=(loop,), name="flagd-sync-server", daemon=True)
     thread.start()
     try:
         server, bound = asyncio.run_coroutine_threadsafe(
-            _serve(servicer, address, tls), loop).result(timeout=30)
+            _serve(servicer, address, tls), loop
+        ).result(timeout=30)
     except Exception as exc:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
@@ -380,8 +413,18 @@ def start_sync_server(store: FlagStore, host: str = "127.0.0.1", port: int = 801
             log.debug("sync server stopped; flag set %d not published", flag_set.version)
 
     unsubscribe = store.subscribe(on_flag_set)
-    log.info("serving flagd sync (flagd.sync.v1) on %s (%s, %s)", _address(host, bound),
-             "TLS" if tls else "plaintext",
-             "token required" if servicer.requires_token else "no token")
-    return SyncServerHandle(host=host, port=bound, servicer=servicer, server=server, loop=loop,
-                            thread=thread, unsubscribe=unsubscribe)
+    log.info(
+        "serving flagd sync (flagd.sync.v1) on %s (%s, %s)",
+        _address(host, bound),
+        "TLS" if tls else "plaintext",
+        "token required" if servicer.requires_token else "no token",
+    )
+    return SyncServerHandle(
+        host=host,
+        port=bound,
+        servicer=servicer,
+        server=server,
+        loop=loop,
+        thread=thread,
+        unsubscribe=unsubscribe,
+    )

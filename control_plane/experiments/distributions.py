@@ -33,6 +33,7 @@ _SQRT2 = math.sqrt(2.0)
 
 # -- normal ----------------------------------------------------------------------------------
 
+
 def normal_cdf(x: float) -> float:
     """P(Z <= x) for a standard normal Z (erfc keeps precision in the lower tail)."""
     return 0.5 * math.erfc(-x / _SQRT2)
@@ -57,6 +58,7 @@ def normal_ppf(p: float) -> float:
 
 # -- incomplete beta and Student t -----------------------------------------------------------
 
+
 def regularized_beta(a: float, b: float, x: float) -> float:
     """I_x(a, b), the regularized incomplete beta function, for a, b > 0 and 0 <= x <= 1."""
     if a <= 0 or b <= 0:
@@ -69,8 +71,9 @@ def regularized_beta(a: float, b: float, x: float) -> float:
     # I_x(a, b) = 1 - I_(1-x)(b, a) above it.
     if x > (a + 1.0) / (a + b + 2.0):
         return 1.0 - regularized_beta(b, a, 1.0 - x)
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
     return math.exp(log_front) / a * _beta_fraction(a, b, x)
 
 
@@ -82,8 +85,10 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
     result = d
     for m in range(1, _MAX_ITERATIONS):
         # Even term d_2m, then odd term d_2m+1 of the fraction.
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0))):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0)),
+        ):
             d = 1.0 + numerator * d
             d = 1.0 / (d if abs(d) > _TINY else _TINY)
             c = 1.0 + numerator / c
@@ -128,8 +133,12 @@ def student_t_cdf(t: float, df: float) -> float:
 
 
 def _student_t_pdf(t: float, df: float) -> float:
-    log_density = (math.lgamma((df + 1.0) / 2.0) - math.lgamma(df / 2.0)
-                   - 0.5 * math.log(df * math.pi) - (df + 1.0) / 2.0 * math.log1p(t * t / df))
+    log_density = (
+        math.lgamma((df + 1.0) / 2.0)
+        - math.lgamma(df / 2.0)
+        - 0.5 * math.log(df * math.pi)
+        - (df + 1.0) / 2.0 * math.log1p(t * t / df)
+    )
     return math.exp(log_density)
 
 
@@ -142,11 +151,18 @@ def student_t_ppf(p: float, df: float) -> float:
         return -student_t_ppf(1.0 - p, df)
     if p == 0.5:
         return 0.0
-    return _invert(lambda t: student_t_cdf(t, df), lambda t: _student_t_pdf(t, df), p,
-                   -1e12, 0.0, normal_ppf(p))
+    return _invert(
+        lambda t: student_t_cdf(t, df),
+        lambda t: _student_t_pdf(t, df),
+        p,
+        -1e12,
+        0.0,
+        normal_ppf(p),
+    )
 
 
 # -- incomplete gamma and chi-square ---------------------------------------------------------
+
 
 def regularized_gamma_q(a: float, x: float) -> float:
     """Q(a, x) = Gamma(a, x) / Gamma(a), the regularized upper incomplete gamma function."""
@@ -194,13 +210,20 @@ def chi2_sf(statistic: float, dof: int) -> float:
 
 # -- helpers ---------------------------------------------------------------------------------
 
+
 def _check_probability(p: float) -> None:
     if not 0.0 < p < 1.0:
         raise ValueError(f"probability must be strictly between 0 and 1, not {p}")
 
 
-def _invert(cdf: Callable[[float], float], pdf: Callable[[float], float], p: float,
-            low: float, high: float, start: float) -> float:
+def _invert(
+    cdf: Callable[[float], float],
+    pdf: Callable[[float], float],
+    p: float,
+    low: float,
+    high: float,
+    start: float,
+) -> float:
     """Solve cdf(x) = p for an increasing cdf: Newton steps, bisection when one overshoots."""
     x = min(max(start, low), high)
     for _ in range(200):

@@ -36,8 +36,7 @@ __all__ = ["MAX_BATCH", "EventParser"]
 MAX_BATCH = 1000
 _METRIC = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,127}$")
 _DECISION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_FIELDS = frozenset({"decisionId", "flag", "targetingKey", "metric", "value", "kind",
-                     "timestamp"})
+_FIELDS = frozenset({"decisionId", "flag", "targetingKey", "metric", "value", "kind", "timestamp"})
 _KINDS = ("binary", "continuous")
 _MAX_TARGETING_KEY = 1024
 #: Events may be sent late (batched by a client), not from the future beyond clock skew.
@@ -47,8 +46,12 @@ _MAX_SKEW_SECONDS = 300
 class EventParser:
     """Turns a request body into outcome event rows, or raises with per-item errors."""
 
-    def __init__(self, store: FlagStore, hasher: UnitHasher,
-                 known_kinds: Mapping[str, set[str]] | None = None) -> None:
+    def __init__(
+        self,
+        store: FlagStore,
+        hasher: UnitHasher,
+        known_kinds: Mapping[str, set[str]] | None = None,
+    ) -> None:
         self._store = store
         self._hasher = hasher
         self._lock = threading.Lock()
@@ -79,14 +82,21 @@ class EventParser:
                 raise InvalidEvents(
                     f"{count} of {len(items)} events are invalid; nothing was stored. First: "
                     f"events[{first['index']}].{first['field']}: {first['message']}",
-                    errors=errors)
+                    errors=errors,
+                )
             for metric, kind in batch_kinds.items():
                 self._kinds.setdefault(metric, kind)
         return rows
 
-    def _parse_item(self, index: int, item: Any, flags: Mapping[str, Any], now: float,
-                    batch_kinds: dict[str, str], errors: list[dict[str, Any]]
-                    ) -> dict[str, Any] | None:
+    def _parse_item(
+        self,
+        index: int,
+        item: Any,
+        flags: Mapping[str, Any],
+        now: float,
+        batch_kinds: dict[str, str],
+        errors: list[dict[str, Any]],
+    ) -> dict[str, Any] | None:
         def fail(field: str, message: str) -> None:
             errors.append({"index": index, "field": field, "message": message})
 
@@ -100,18 +110,24 @@ class EventParser:
         decision_id = item.get("decisionId")
         flag = item.get("flag")
         targeting_key = item.get("targetingKey")
-        if decision_id is not None and (not isinstance(decision_id, str)
-                                        or not _DECISION_ID.fullmatch(decision_id)):
-            fail("decisionId", "must be the decisionId of a routing decision (1-64 letters, "
-                               "digits, '-' or '_')")
+        if decision_id is not None and (
+            not isinstance(decision_id, str) or not _DECISION_ID.fullmatch(decision_id)
+        ):
+            fail(
+                "decisionId",
+                "must be the decisionId of a routing decision (1-64 letters, digits, '-' or '_')",
+            )
         if flag is not None and not isinstance(flag, str):
             fail("flag", "must be a flag key (a string)")
         elif flag is not None and flag not in flags:
             fail("flag", f"no flag named {flag!r} is serving")
-        if targeting_key is not None and (not isinstance(targeting_key, str)
-                                          or not 0 < len(targeting_key) <= _MAX_TARGETING_KEY):
-            fail("targetingKey", f"must be a non-empty string of at most {_MAX_TARGETING_KEY} "
-                                 "characters")
+        if targeting_key is not None and (
+            not isinstance(targeting_key, str) or not 0 < len(targeting_key) <= _MAX_TARGETING_KEY
+        ):
+            fail(
+                "targetingKey",
+                f"must be a non-empty string of at most {_MAX_TARGETING_KEY} characters",
+            )
         if decision_id is None:
             if flag is None:
                 fail("flag", "give either decisionId, or flag and targetingKey")
@@ -122,19 +138,28 @@ class EventParser:
 
         metric = item.get("metric")
         if not isinstance(metric, str) or not _METRIC.fullmatch(metric):
-            fail("metric", "must be a name of 1-128 characters: a letter, then letters, "
-                           "digits, '_', '.', ':' or '-'")
+            fail(
+                "metric",
+                "must be a name of 1-128 characters: a letter, then letters, "
+                "digits, '_', '.', ':' or '-'",
+            )
             metric = None
         elif metric.endswith(COVARIATE_SUFFIX * 2):
-            fail("metric", f"{metric!r} would be the covariate of a covariate; a covariate is "
-                           f"'<metric>{COVARIATE_SUFFIX}' for a metric that is not one itself")
+            fail(
+                "metric",
+                f"{metric!r} would be the covariate of a covariate; a covariate is "
+                f"'<metric>{COVARIATE_SUFFIX}' for a metric that is not one itself",
+            )
             metric = None
         kind, value = self._value(item, fail)
         if metric is not None and kind is not None:
             known = batch_kinds.get(metric) or self._kinds.get(metric)
             if known is not None and known != kind:
-                fail("value", f"metric {metric!r} is {known}; this value makes it {kind} "
-                              "(use another metric name)")
+                fail(
+                    "value",
+                    f"metric {metric!r} is {known}; this value makes it {kind} "
+                    "(use another metric name)",
+                )
             batch_kinds.setdefault(metric, kind)
         at = self._timestamp(item.get("timestamp"), now, fail)
         if len(errors) > before:
@@ -206,11 +231,14 @@ def _items(body: Any) -> list[Any]:
             raise BadRequestInput("body.events must be an array of events", source="body.events")
     items = body if isinstance(body, list) else [body] if isinstance(body, dict) else None
     if items is None:
-        raise BadRequestInput("the body must be an event object, an array of events, or "
-                              '{"events": [...]}', source="body")
+        raise BadRequestInput(
+            'the body must be an event object, an array of events, or {"events": [...]}',
+            source="body",
+        )
     if not items:
         raise BadRequestInput("the batch holds no events", source="body")
     if len(items) > MAX_BATCH:
-        raise BadRequestInput(f"the batch holds {len(items)} events; at most {MAX_BATCH}",
-                              source="body")
+        raise BadRequestInput(
+            f"the batch holds {len(items)} events; at most {MAX_BATCH}", source="body"
+        )
     return items

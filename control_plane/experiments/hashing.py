@@ -52,6 +52,7 @@ def load_unit_hasher(salt: SecretStr | None, database: Database) -> UnitHasher:
     if salt is not None:
         return UnitHasher(salt.get_secret_value().encode("utf-8"))
     with database.session() as session:
-        value = repository.get_or_create_key(session=session, name=_KEY_NAME,
-                                             value=secrets.token_hex(32))
+        value = repository.get_or_create_key(
+            session=session, name=_KEY_NAME, value=secrets.token_hex(32)
+        )
     return UnitHasher(bytes.fromhex(value))

@@ -62,18 +62,39 @@ class ExperimentRecorder:
                 # apart, as `anonymous` in the experiment's results.
                 self.anonymous[decision.flag_key] = self.anonymous.get(decision.flag_key, 0) + 1
             else:
-                self._offer((EXPOSURES, (decision.decision_id, decision.flag_key,
-                                         decision.variant, decision.targeting_key,
-                                         decision.flag_set_version, decision.reason),
-                             time.time()))
+                self._offer(
+                    (
+                        EXPOSURES,
+                        (
+                            decision.decision_id,
+                            decision.flag_key,
+                            decision.variant,
+                            decision.targeting_key,
+                            decision.flag_set_version,
+                            decision.reason,
+                        ),
+                        time.time(),
+                    )
+                )
 
     def on_dispatch(self, outcome: DispatchOutcome) -> None:
         decision = outcome.decision
-        if (decision.metadata.get("experiment") is True
-                or decision.flag_key in self.tracked_flags):
-            self._offer((CALL_SAMPLES, (decision.decision_id, outcome.variant,
-                                        decision.flag_key, outcome.backend, outcome.status,
-                                        outcome.seconds, outcome.error), time.time()))
+        if decision.metadata.get("experiment") is True or decision.flag_key in self.tracked_flags:
+            self._offer(
+                (
+                    CALL_SAMPLES,
+                    (
+                        decision.decision_id,
+                        outcome.variant,
+                        decision.flag_key,
+                        outcome.backend,
+                        outcome.status,
+                        outcome.seconds,
+                        outcome.error,
+                    ),
+                    time.time(),
+                )
+            )
 
     def record_outcome(self, row: dict[str, Any]) -> bool:
         """Queue one validated outcome event row (see control_plane.experiments.events)."""
@@ -89,37 +110,55 @@ class ExperimentRecorder:
         table, payload, at = item
         if table == EXPOSURES:
             if isinstance(payload, Decision):  # queued by older callers as the decision
-                payload = (payload.decision_id, payload.flag_key, payload.variant,
-                           payload.targeting_key, payload.flag_set_version, payload.reason)
+                payload = (
+                    payload.decision_id,
+                    payload.flag_key,
+                    payload.variant,
+                    payload.targeting_key,
+                    payload.flag_set_version,
+                    payload.reason,
+                )
             decision_id, flag, variant, key, version, reason = payload
             hasher = self.hasher
             if key and hasher is None:
                 raise RuntimeError("no targeting key HMAC key yet")
-            return Record(EXPOSURES, {
-                "decision_id": decision_id[:_ID],
-                "flag": flag[:_FLAG],
-                "variant": variant[:_VARIANT],
-                "unit": hasher(key) if key and hasher is not None else None,
-                "flag_set_version": version,
-                "reason": reason[:_REASON],
-                "at": at,
-            })
+            return Record(
+                EXPOSURES,
+                {
+                    "decision_id": decision_id[:_ID],
+                    "flag": flag[:_FLAG],
+                    "variant": variant[:_VARIANT],
+                    "unit": hasher(key) if key and hasher is not None else None,
+                    "flag_set_version": version,
+                    "reason": reason[:_REASON],
+                    "at": at,
+                },
+            )
         if table == CALL_SAMPLES:
             if isinstance(payload, DispatchOutcome):
-                payload = (payload.decision.decision_id, payload.variant,
-                           payload.decision.flag_key, payload.backend, payload.status,
-                           payload.seconds, payload.error)
+                payload = (
+                    payload.decision.decision_id,
+                    payload.variant,
+                    payload.decision.flag_key,
+                    payload.backend,
+                    payload.status,
+                    payload.seconds,
+                    payload.error,
+                )
             decision_id, variant, flag, backend, status, seconds, error = payload
-            return Record(CALL_SAMPLES, {
-                "decision_id": decision_id[:_ID],
-                "variant": variant[:_VARIANT],
-                "flag": flag[:_FLAG],
-                "backend": backend[:_VARIANT],
-                "status": status,
-                "seconds": seconds,
-                "error": error[:_ERROR] if error else None,
-                "at": at,
-            })
+            return Record(
+                CALL_SAMPLES,
+                {
+                    "decision_id": decision_id[:_ID],
+                    "variant": variant[:_VARIANT],
+                    "flag": flag[:_FLAG],
+                    "backend": backend[:_VARIANT],
+                    "status": status,
+                    "seconds": seconds,
+                    "error": error[:_ERROR] if error else None,
+                    "at": at,
+                },
+            )
         if table == OUTCOME_EVENTS:
             return Record(OUTCOME_EVENTS, dict(payload))
         raise ValueError(f"unknown record table {table!r}")

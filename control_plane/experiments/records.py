@@ -30,7 +30,10 @@ class Record:
     def from_line(cls, line: str) -> Record:
         """Parse one spill line; ValueError when it is not a record (a torn last line)."""
         data = json.loads(line)
-        if (not isinstance(data, dict) or data.get("table") not in TABLES
-                or not isinstance(data.get("row"), dict)):
+        if (
+            not isinstance(data, dict)
+            or data.get("table") not in TABLES
+            or not isinstance(data.get("row"), dict)
+        ):
             raise ValueError("not a record")
         return cls(data["table"], data["row"])

@@ -59,13 +59,24 @@ class Experiments:
     started: bool = field(default=False, init=False)
 
     @classmethod
-    def build(cls, settings: Settings, *, database: Database, store: FlagStore,
-              editor: FlagEditor, registry: CollectorRegistry) -> Experiments:
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        database: Database,
+        store: FlagStore,
+        editor: FlagEditor,
+        registry: CollectorRegistry,
+    ) -> Experiments:
         """Every part, unstarted: no thread, no file and no database connection yet."""
         metrics = ExperimentMetrics(registry)
         journal_dir = settings.exposure_spill_dir.resolve()
-        keys = UnitKeys(settings.exposure_salt, database, journal_dir,
-                        retry_interval=settings.exposure_retry_interval)
+        keys = UnitKeys(
+            settings.exposure_salt,
+            database,
+            journal_dir,
+            retry_interval=settings.exposure_retry_interval,
+        )
         recorder = ExperimentRecorder(None)
 
         def key() -> bytes | None:
@@ -76,32 +87,53 @@ class Experiments:
 
         config = WriterConfig(
             database_url=settings.database_url,
-            timeouts=DatabaseTimeouts.from_settings(settings), journal_dir=journal_dir,
-            options={"queue_size": settings.exposure_queue_size,
-                     "batch_size": settings.exposure_batch_size,
-                     "journal_interval": settings.exposure_journal_interval,
-                     "flush_interval": settings.exposure_flush_interval,
-                     "buffer_limit": settings.exposure_buffer_limit,
-                     "retry_interval": settings.exposure_retry_interval,
-                     "write_timeout": settings.exposure_write_timeout})
-        writer = ProcessWriter(config, key=key, queue_size=settings.exposure_queue_size,
-                               metrics=metrics)
+            timeouts=DatabaseTimeouts.from_settings(settings),
+            journal_dir=journal_dir,
+            options={
+                "queue_size": settings.exposure_queue_size,
+                "batch_size": settings.exposure_batch_size,
+                "journal_interval": settings.exposure_journal_interval,
+                "flush_interval": settings.exposure_flush_interval,
+                "buffer_limit": settings.exposure_buffer_limit,
+                "retry_interval": settings.exposure_retry_interval,
+                "write_timeout": settings.exposure_write_timeout,
+            },
+        )
+        writer = ProcessWriter(
+            config, key=key, queue_size=settings.exposure_queue_size, metrics=metrics
+        )
         recorder.attach(writer)
 
         def track(flags: frozenset[str]) -> None:
             recorder.tracked_flags = flags
 
-        service = CanaryService(database=database, store=store, editor=editor, metrics=metrics,
-                                on_tracked=track,
-                                analysis=IntervalAnalysis.from_settings(settings, registry))
+        service = CanaryService(
+            database=database,
+            store=store,
+            editor=editor,
+            metrics=metrics,
+            on_tracked=track,
+            analysis=IntervalAnalysis.from_settings(settings, registry),
+        )
         # UnitKeys hashes like a UnitHasher once the key is known, and refuses (503) before.
         parser = EventParser(store, cast(UnitHasher, keys))
-        return cls(settings=settings, database=database, store=store, metrics=metrics, keys=keys,
-                   recorder=recorder, writer=writer, parser=parser, service=service,
-                   controller=CanaryController(
-                       service, tick_interval=settings.canary_tick_interval,
-                       # one controller among control planes on one database (issue 15)
-                       leadership=leadership_for(database, registry=registry)))
+        return cls(
+            settings=settings,
+            database=database,
+            store=store,
+            metrics=metrics,
+            keys=keys,
+            recorder=recorder,
+            writer=writer,
+            parser=parser,
+            service=service,
+            controller=CanaryController(
+                service,
+                tick_interval=settings.canary_tick_interval,
+                # one controller among control planes on one database (issue 15)
+                leadership=leadership_for(database, registry=registry),
+            ),
+        )
 
     def start(self) -> None:
         """Start the writer and the canary controller (the app's startup has run)."""

@@ -51,12 +51,15 @@ class _TableInsert:
         preparer = dialect.identifier_preparer
         self.columns = [column.name for column in table.columns]
         self.processors: list[Callable[[Any], Any] | None] = [
-            column.type.dialect_impl(dialect).bind_processor(dialect)
-            for column in table.columns]
+            column.type.dialect_impl(dialect).bind_processor(dialect) for column in table.columns
+        ]
         marker = "?" if dialect.paramstyle == "qmark" else "%s"
         # Only quoted names of our own tables and bound-parameter markers: no data in the SQL.
-        self._head = (f"INSERT INTO {preparer.format_table(table)} ("  # noqa: S608
-                      + ", ".join(preparer.quote(name) for name in self.columns) + ") VALUES ")
+        self._head = (
+            f"INSERT INTO {preparer.format_table(table)} ("  # noqa: S608
+            + ", ".join(preparer.quote(name) for name in self.columns)
+            + ") VALUES "
+        )
         self._group = "(" + ", ".join([marker] * len(self.columns)) + ")"
         self._statements: dict[int, str] = {}
 
@@ -73,8 +76,9 @@ class _TableInsert:
         for row in rows:
             for name, process in pairs:
                 value = row[name]
-                values.append(process(value) if process is not None and value is not None
-                              else value)
+                values.append(
+                    process(value) if process is not None and value is not None else value
+                )
         return tuple(values)
 
 
@@ -94,8 +98,9 @@ class DatabaseSink:
         #: PostgreSQL through psycopg: COPY into a temporary table, then one INSERT ... SELECT.
         self._copy = dialect.name == "postgresql" and dialect.driver == "psycopg"
         if dialect.name in ("sqlite", "postgresql"):
-            self._inserts = {name: _TableInsert(table, dialect)
-                             for name, table in self._tables.items()}
+            self._inserts = {
+                name: _TableInsert(table, dialect) for name, table in self._tables.items()
+            }
 
     def write(self, records: Sequence[Record]) -> None:
         """Store every record in one transaction (rows already stored are skipped)."""
@@ -148,7 +153,7 @@ class DatabaseSink:
             return
         plan = self._inserts[table]
         for start in range(0, len(rows), ROWS_PER_STATEMENT):
-            chunk = rows[start:start + ROWS_PER_STATEMENT]
+            chunk = rows[start : start + ROWS_PER_STATEMENT]
             connection.exec_driver_sql(plan.statement(len(chunk)), plan.parameters(chunk))
 
 
@@ -164,13 +169,17 @@ def _copy_insert(connection: Connection, table: Table, rows: list[dict[str, Any]
     columns = [column.name for column in table.columns]
     column_list = ", ".join(preparer.quote(column) for column in columns)
     # Only quoted names of our own tables: no data in the SQL.
-    insert_sql = (f"INSERT INTO {name} ({column_list}) SELECT {column_list} "  # noqa: S608
-                  f"FROM {staging} ON CONFLICT DO NOTHING")
+    insert_sql = (
+        f"INSERT INTO {name} ({column_list}) SELECT {column_list} "  # noqa: S608
+        f"FROM {staging} ON CONFLICT DO NOTHING"
+    )
     dbapi = connection.dialect.loaded_dbapi
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} "
-                       f"(LIKE {name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} "
+            f"(LIKE {name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
         with cursor.copy(f"COPY {staging} ({column_list}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row([row[column] for column in columns])

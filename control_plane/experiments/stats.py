@@ -105,8 +105,9 @@ def summarize(values: Iterable[float]) -> Summary:
     return Summary(n, mean, variance, mean - half, mean + half)
 
 
-def summary_from_sums(n: int, total: float, total_squares: float, *,
-                      interval: bool = True) -> Summary:
+def summary_from_sums(
+    n: int, total: float, total_squares: float, *, interval: bool = True
+) -> Summary:
     """Summary of n values from their sum and sum of squares (for streams and simulations);
     `interval=False` skips the mean's interval (a t quantile: the costly part)."""
     if n == 0:
@@ -133,8 +134,9 @@ def proportion_summary(successes: int, n: int) -> Summary:
     return Summary(n, rate, variance, max(0.0, centre - half), min(1.0, centre + half))
 
 
-def compare_proportions(control_successes: int, control_n: int, treatment_successes: int,
-                        treatment_n: int) -> Comparison:
+def compare_proportions(
+    control_successes: int, control_n: int, treatment_successes: int, treatment_n: int
+) -> Comparison:
     """Two-proportion z-test (pooled) of treatment against control; two-sided p-value."""
     test = "two-proportion z-test"
     if control_n == 0 or treatment_n == 0:
@@ -151,10 +153,18 @@ def compare_proportions(control_successes: int, control_n: int, treatment_succes
     else:
         statistic = difference / pooled_se
         p_value = 2 * normal_sf(abs(statistic))
-    wald_se = math.sqrt(p_control * (1 - p_control) / control_n
-                        + p_treatment * (1 - p_treatment) / treatment_n)
-    return Comparison(difference, difference - _Z * wald_se, difference + _Z * wald_se, lift,
-                      statistic, min(1.0, p_value), test)
+    wald_se = math.sqrt(
+        p_control * (1 - p_control) / control_n + p_treatment * (1 - p_treatment) / treatment_n
+    )
+    return Comparison(
+        difference,
+        difference - _Z * wald_se,
+        difference + _Z * wald_se,
+        lift,
+        statistic,
+        min(1.0, p_value),
+        test,
+    )
 
 
 def compare_means(control: Summary, treatment: Summary) -> Comparison:
@@ -171,17 +181,31 @@ def compare_means(control: Summary, treatment: Summary) -> Comparison:
     se = math.sqrt(a + b)
     if se == 0:
         same = difference == 0
-        return Comparison(difference, difference, difference, lift, 0.0 if same else None,
-                          1.0 if same else None, test)
+        return Comparison(
+            difference,
+            difference,
+            difference,
+            lift,
+            0.0 if same else None,
+            1.0 if same else None,
+            test,
+        )
     dof = (a + b) ** 2 / (a * a / (control.n - 1) + b * b / (treatment.n - 1))
     statistic = difference / se
     half = student_t_ppf(0.5 + CONFIDENCE / 2, dof) * se
-    return Comparison(difference, difference - half, difference + half, lift, statistic,
-                      student_t_two_sided_p(statistic, dof), test, dof)
+    return Comparison(
+        difference,
+        difference - half,
+        difference + half,
+        lift,
+        statistic,
+        student_t_two_sided_p(statistic, dof),
+        test,
+        dof,
+    )
 
 
-def goodness_of_fit(observed: Mapping[str, int], shares: Mapping[str, float]
-                    ) -> GoodnessOfFit:
+def goodness_of_fit(observed: Mapping[str, int], shares: Mapping[str, float]) -> GoodnessOfFit:
     """Chi-square goodness of fit of `observed` counts to `shares` (normalised to sum to 1).
 
     Categories with a zero share are left out of the sum; a count in one of them (or in a
@@ -191,20 +215,22 @@ def goodness_of_fit(observed: Mapping[str, int], shares: Mapping[str, float]
     positive = [name for name, share in shares.items() if share > 0]
     total = sum(observed.values())
     if len(positive) < 2 or total == 0:
-        raise ValueError("a goodness-of-fit test needs at least two expected categories "
-                         "and one observation")
+        raise ValueError(
+            "a goodness-of-fit test needs at least two expected categories and one observation"
+        )
     total_share = math.fsum(shares[name] for name in positive)
     expected = {name: total * shares[name] / total_share for name in positive}
-    statistic = math.fsum((observed.get(name, 0) - count) ** 2 / count
-                          for name, count in expected.items())
+    statistic = math.fsum(
+        (observed.get(name, 0) - count) ** 2 / count for name, count in expected.items()
+    )
     dof = len(positive) - 1
     impossible = any(count and name not in expected for name, count in observed.items())
-    return GoodnessOfFit(statistic, dof, 0.0 if impossible else chi2_sf(statistic, dof),
-                         expected)
+    return GoodnessOfFit(statistic, dof, 0.0 if impossible else chi2_sf(statistic, dof), expected)
 
 
-def sample_ratio_check(observed: Mapping[str, int], shares: Mapping[str, float],
-                       threshold: float = SRM_THRESHOLD) -> SampleRatioCheck | None:
+def sample_ratio_check(
+    observed: Mapping[str, int], shares: Mapping[str, float], threshold: float = SRM_THRESHOLD
+) -> SampleRatioCheck | None:
     """Chi-square goodness of fit of units per variant to the configured shares.
 
     Variants with a share of 0 that still got units make the split impossible (p = 0).
@@ -214,8 +240,9 @@ def sample_ratio_check(observed: Mapping[str, int], shares: Mapping[str, float],
         fit = goodness_of_fit(observed, shares)
     except ValueError:
         return None
-    return SampleRatioCheck(fit.statistic, fit.dof, fit.p_value, fit.expected,
-                            fit.p_value < threshold)
+    return SampleRatioCheck(
+        fit.statistic, fit.dof, fit.p_value, fit.expected, fit.p_value < threshold
+    )
 
 
 def nearest_rank(values: Iterable[float], quantile: float) -> float | None:

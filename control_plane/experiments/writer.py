@@ -107,14 +107,23 @@ _PING = _Ping()
 class BatchWriter:
     """Journals records from any thread, then batches them into a RecordSink."""
 
-    def __init__(self, sink: RecordSink, journal: Journal, *,
-                 prepare: Callable[[Any], Record], queue_size: int = 100_000,
-                 batch_size: int = 500, journal_interval: float = 0.2,
-                 flush_interval: float = 0.2, buffer_limit: int = 50_000,
-                 retry_interval: float = 1.0, write_timeout: float = 10.0,
-                 metrics: ExperimentMetrics | None = None,
-                 ready: Callable[[], bool] | None = None,
-                 name: str = "experiment-writer") -> None:
+    def __init__(
+        self,
+        sink: RecordSink,
+        journal: Journal,
+        *,
+        prepare: Callable[[Any], Record],
+        queue_size: int = 100_000,
+        batch_size: int = 500,
+        journal_interval: float = 0.2,
+        flush_interval: float = 0.2,
+        buffer_limit: int = 50_000,
+        retry_interval: float = 1.0,
+        write_timeout: float = 10.0,
+        metrics: ExperimentMetrics | None = None,
+        ready: Callable[[], bool] | None = None,
+        name: str = "experiment-writer",
+    ) -> None:
         self.sink = sink
         self.journal = journal
         self.counts = WriterCounts()
@@ -204,10 +213,12 @@ class BatchWriter:
             return
         self._stop.clear()
         self._closing = self._closing_failed = False
-        self._journal_thread = threading.Thread(target=self._journal_run,
-                                                name=f"{self._name}-journal", daemon=True)
-        self._database_thread = threading.Thread(target=self._database_run,
-                                                 name=f"{self._name}-database", daemon=True)
+        self._journal_thread = threading.Thread(
+            target=self._journal_run, name=f"{self._name}-journal", daemon=True
+        )
+        self._database_thread = threading.Thread(
+            target=self._database_run, name=f"{self._name}-database", daemon=True
+        )
         self._journal_thread.start()
         self._database_thread.start()
 
@@ -226,8 +237,12 @@ class BatchWriter:
             self._cond.notify_all()
         database_thread.join(max(0.1, deadline - time.monotonic()))
         if database_thread.is_alive():
-            log.error("%s did not finish within %.0fs; %d records are left in the journal",
-                      self._name, timeout, self._unwritten)
+            log.error(
+                "%s did not finish within %.0fs; %d records are left in the journal",
+                self._name,
+                timeout,
+                self._unwritten,
+            )
         else:
             self.journal.close()
             self.sink.close()
@@ -257,8 +272,7 @@ class BatchWriter:
                     next_adoption = time.monotonic() + _ADOPT_EVERY
                     self._adopt()
             except Exception:  # the thread must outlive any surprise, or records pile up
-                log.exception("%s: unexpected error in the journal thread; continuing",
-                              self._name)
+                log.exception("%s: unexpected error in the journal thread; continuing", self._name)
             if stopping:
                 break
 
@@ -266,8 +280,12 @@ class BatchWriter:
         try:
             segments = self.journal.adopt_orphans()
         except OSError as exc:
-            log.error("%s: cannot use the journal directory %s: %s", self._name,
-                      self.journal.directory, exc)
+            log.error(
+                "%s: cannot use the journal directory %s: %s",
+                self._name,
+                self.journal.directory,
+                exc,
+            )
             return
         if segments:
             with self._cond:
@@ -282,8 +300,12 @@ class BatchWriter:
             return
         self._interrupted = True
         self.counts.interrupted += 1
-        log.error("%s: a database write has not finished in %.1fs; interrupting it (the "
-                  "records stay in the journal)", self._name, self._write_timeout)
+        log.error(
+            "%s: a database write has not finished in %.1fs; interrupting it (the "
+            "records stay in the journal)",
+            self._name,
+            self._write_timeout,
+        )
         self.sink.interrupt()
 
     def _journal_queue(self) -> None:
@@ -315,8 +337,11 @@ class BatchWriter:
     def _append(self, records: list[Record]) -> bool:
         """Journal `records` and hand them to the database thread (under `_cond`)."""
         last = self._handoff[-1] if self._handoff else None
-        into = last if isinstance(last, Segment) and last.path is not None \
-            and not last.adopted else None
+        into = (
+            last
+            if isinstance(last, Segment) and last.path is not None and not last.adopted
+            else None
+        )
         count = len(records)
         fits = self._in_memory + count <= self._buffer_limit
         try:
@@ -325,9 +350,14 @@ class BatchWriter:
             now = time.monotonic()
             if now - self._last_journal_error > _WARN_EVERY:
                 self._last_journal_error = now
-                log.error("%s: cannot write the journal in %s (%s); records are kept in "
-                          "memory only, up to %d", self._name, self.journal.directory, exc,
-                          self._buffer_limit)
+                log.error(
+                    "%s: cannot write the journal in %s (%s); records are kept in "
+                    "memory only, up to %d",
+                    self._name,
+                    self.journal.directory,
+                    exc,
+                    self._buffer_limit,
+                )
             if not fits:
                 for record in records:
                     self._dropped(record.table, 1, "neither the journal nor memory has room")
@@ -377,8 +407,7 @@ class BatchWriter:
                 else:
                     self._store(item)
             except Exception:  # the thread must outlive any surprise
-                log.exception("%s: unexpected error in the database thread; continuing",
-                              self._name)
+                log.exception("%s: unexpected error in the database thread; continuing", self._name)
                 time.sleep(self._retry_interval)
 
     def _next_item(self) -> Segment | _FlushRequest | _Ping | None:
@@ -398,8 +427,11 @@ class BatchWriter:
                         return _PING
                 elif not self._up and not closing and now < self._retry_at:
                     wait = self._retry_at - now
-                elif (not closing and not self._flushes_waiting
-                      and now < self._last_write + self._flush_interval):
+                elif (
+                    not closing
+                    and not self._flushes_waiting
+                    and now < self._last_write + self._flush_interval
+                ):
                     wait = self._last_write + self._flush_interval - now
                 else:
                     if self._current is not None:
@@ -420,7 +452,7 @@ class BatchWriter:
             self._count_unreadable()
         try:
             for start in range(0, len(records), self._batch_size):
-                self._write_batch(records[start:start + self._batch_size])
+                self._write_batch(records[start : start + self._batch_size])
         except Exception as exc:
             self._failed(exc)
             return
@@ -466,9 +498,14 @@ class BatchWriter:
                     self._in_memory -= len(item.records)
                     item.records = None
             if self._up:
-                log.error("%s: the database refused a write (%s); records wait in the "
-                          "journal %s; retrying every %.1fs", self._name, _first_line(exc),
-                          self.journal.directory, self._retry_interval)
+                log.error(
+                    "%s: the database refused a write (%s); records wait in the "
+                    "journal %s; retrying every %.1fs",
+                    self._name,
+                    _first_line(exc),
+                    self.journal.directory,
+                    self._retry_interval,
+                )
             self._up = False
 
     def _guarded(self, call: Callable[[], None]) -> None:
@@ -495,16 +532,24 @@ class BatchWriter:
             except Exception:
                 raise exc from None
             failure = exc
-        log.error("%s: the database refused a batch of %d (%s); retrying record by record",
-                  self._name, len(batch), _first_line(failure))
+        log.error(
+            "%s: the database refused a batch of %d (%s); retrying record by record",
+            self._name,
+            len(batch),
+            _first_line(failure),
+        )
         for record in batch:
             try:
                 self._guarded(functools.partial(self.sink.write, [record]))
             except Exception as exc:
                 if not _is_data_error(exc):
                     raise  # the database went away meanwhile: keep the batch (ids dedupe)
-                log.error("%s: dropping a %s record the database refuses: %s", self._name,
-                          record.table, _first_line(exc))
+                log.error(
+                    "%s: dropping a %s record the database refuses: %s",
+                    self._name,
+                    record.table,
+                    _first_line(exc),
+                )
                 self._dropped(record.table, 1, "the database refused the record")
 
     # -- counting --------------------------------------------------------------------------
@@ -531,8 +576,13 @@ class BatchWriter:
         now = time.monotonic()
         if now - self._last_drop_warning > _WARN_EVERY:
             self._last_drop_warning = now
-            log.warning("%s: dropping %s records: %s (dropped so far: %d)", self._name, table,
-                        why, self.counts.dropped)
+            log.warning(
+                "%s: dropping %s records: %s (dropped so far: %d)",
+                self._name,
+                table,
+                why,
+                self.counts.dropped,
+            )
 
 
 def _is_data_error(exc: BaseException) -> bool:

@@ -34,9 +34,11 @@ for _tag, _pattern, _first in (
     ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
     ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
     ("tag:yaml.org,2002:int", r"^[-+]?(?:0|[1-9][0-9]*)$", list("-+0123456789")),
-    ("tag:yaml.org,2002:float",
-     r"^[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?[0-9]+[eE][-+]?[0-9]+$",
-     list("-+0123456789.")),
+    (
+        "tag:yaml.org,2002:float",
+        r"^[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?[0-9]+[eE][-+]?[0-9]+$",
+        list("-+0123456789."),
+    ),
     ("tag:yaml.org,2002:merge", r"^(?:<<)$", ["<"]),
 ):
     _JsonLikeLoader.add_implicit_resolver(_tag, re.compile(_pattern), _first)
@@ -68,8 +70,9 @@ def _mark(node: Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _build(loader: _JsonLikeLoader, node: Node, path: Location, document: YamlDocument,
-           depth: int) -> Any:
+def _build(
+    loader: _JsonLikeLoader, node: Node, path: Location, document: YamlDocument, depth: int
+) -> Any:
     document.positions[path] = _mark(node)
     if depth > _MAX_DEPTH:
         document.problems.append((path, f"nested more than {_MAX_DEPTH} levels deep"))
@@ -80,7 +83,8 @@ def _build(loader: _JsonLikeLoader, node: Node, path: Location, document: YamlDo
         for key_node, value_node in node.value:
             if not isinstance(key_node, ScalarNode):
                 document.problems.append(
-                    (path, f"line {_mark(key_node)[0]}: a mapping key must be a plain string"))
+                    (path, f"line {_mark(key_node)[0]}: a mapping key must be a plain string")
+                )
                 continue
             key = str(key_node.value)
             if key in mapping:
@@ -88,15 +92,21 @@ def _build(loader: _JsonLikeLoader, node: Node, path: Location, document: YamlDo
             mapping[key] = _build(loader, value_node, (*path, key), document, depth + 1)
         return mapping
     if isinstance(node, SequenceNode):
-        return [_build(loader, item, (*path, index), document, depth + 1)
-                for index, item in enumerate(node.value)]
+        return [
+            _build(loader, item, (*path, index), document, depth + 1)
+            for index, item in enumerate(node.value)
+        ]
     value = loader.construct_object(node, deep=True)
     if isinstance(value, float) and not math.isfinite(value):
         document.problems.append((path, f"{value} is not a finite number; JSON cannot hold it"))
         return None
     if value is not None and not isinstance(value, str | int | float | bool):
         document.problems.append(
-            (path, f"a YAML {type(value).__name__} value cannot be written as JSON; "
-                   "quote it to make it a string"))
+            (
+                path,
+                f"a YAML {type(value).__name__} value cannot be written as JSON; "
+                "quote it to make it a string",
+            )
+        )
         return None
     return value

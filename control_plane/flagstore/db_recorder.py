@@ -46,9 +46,13 @@ def flag_set_document(flag_set: FlagSet) -> dict[str, Any]:
 
 def flag_set_from_row(row: FlagSetVersion) -> FlagSet:
     document = row.document
-    return FlagSet(version=row.version, flags=document.get("flags", {}),
-                   evaluators=document.get("$evaluators", {}),
-                   sources=document.get("sources", {}), content_hash=row.content_hash)
+    return FlagSet(
+        version=row.version,
+        flags=document.get("flags", {}),
+        evaluators=document.get("$evaluators", {}),
+        sources=document.get("sources", {}),
+        content_hash=row.content_hash,
+    )
 
 
 class DatabaseRecorder:
@@ -85,9 +89,13 @@ class DatabaseRecorder:
             if self._answered:
                 raise  # the store keeps serving what it serves and retries this edit
             self._answered = True
-            log.error("the database cannot record flag set %s (%s); serving it as version %d "
-                      "(unrecorded) so routing starts; edits wait for the database",
-                      request.flag_set.content_hash[:12], _first_line(exc), UNRECORDED)
+            log.error(
+                "the database cannot record flag set %s (%s); serving it as version %d "
+                "(unrecorded) so routing starts; edits wait for the database",
+                request.flag_set.content_hash[:12],
+                _first_line(exc),
+                UNRECORDED,
+            )
             return UNRECORDED
         self._answered = True
         return version
@@ -99,22 +107,32 @@ class DatabaseRecorder:
             try:
                 with self.database.session() as session:
                     latest = repository.latest_version(session=session)
-                    if (latest is not None and latest.content_hash == flag_set.content_hash
-                            and latest.document.get("sources") == document["sources"]):
+                    if (
+                        latest is not None
+                        and latest.content_hash == flag_set.content_hash
+                        and latest.document.get("sources") == document["sources"]
+                    ):
                         # Same flags from the same files (a restart, another replica): same
                         # version. A rollback to the newest content never gets here, because
                         # the store only records content that differs from what it serves.
                         return latest.version
                     row = repository.add_version(
-                        session=session, content_hash=flag_set.content_hash,
+                        session=session,
+                        content_hash=flag_set.content_hash,
                         document=document,
                         diff=diff_documents(latest.document if latest else None, document),
-                        source=request.source, actor=request.actor, message=request.message,
+                        source=request.source,
+                        actor=request.actor,
+                        message=request.message,
                         bucketing=BUCKETING_GENERATION,
                     )
                     version = row.version
-                log.info("flag set version %d recorded (source=%s, actor=%s)", version,
-                         request.source, request.actor)
+                log.info(
+                    "flag set version %d recorded (source=%s, actor=%s)",
+                    version,
+                    request.source,
+                    request.actor,
+                )
                 return version
             except IntegrityError:
                 if attempt == _ATTEMPTS:

@@ -40,10 +40,21 @@ class ParsedFile:
         return not any(issue.is_error for issue in self.issues)
 
 
-def _issue(name: str, message: str, line: int | None = None, column: int | None = None,
-           location: Location = ()) -> ValidationIssue:
-    return ValidationIssue(file=name, path=format_path(location), message=message, line=line,
-                           column=column, location=location)
+def _issue(
+    name: str,
+    message: str,
+    line: int | None = None,
+    column: int | None = None,
+    location: Location = (),
+) -> ValidationIssue:
+    return ValidationIssue(
+        file=name,
+        path=format_path(location),
+        message=message,
+        line=line,
+        column=column,
+        location=location,
+    )
 
 
 def parse_flag_file(name: str, content: bytes) -> ParsedFile:
@@ -52,14 +63,21 @@ def parse_flag_file(name: str, content: bytes) -> ParsedFile:
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        parsed.issues.append(_issue(
-            name, f"the file is not UTF-8 text (bad byte at offset {exc.start}); save it as "
-                  "UTF-8"))
+        parsed.issues.append(
+            _issue(
+                name,
+                f"the file is not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8",
+            )
+        )
         return parsed
     if not text.strip():
-        parsed.issues.append(_issue(
-            name, "the file is empty; a flag file holds an object with a 'flags' member "
-                  "(if an editor is still writing it, this clears up when it finishes)"))
+        parsed.issues.append(
+            _issue(
+                name,
+                "the file is empty; a flag file holds an object with a 'flags' member "
+                "(if an editor is still writing it, this clears up when it finishes)",
+            )
+        )
         return parsed
     if is_yaml_name(name):
         _parse_yaml(parsed, text)
@@ -77,9 +95,15 @@ def _parse_json(parsed: ParsedFile, text: str) -> None:
     try:
         parsed.data = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        parsed.issues.append(_issue(
-            name, f"invalid JSON: {exc.msg} (an unfinished edit, a trailing comma or a missing "
-                  "quote?)", exc.lineno, exc.colno))
+        parsed.issues.append(
+            _issue(
+                name,
+                f"invalid JSON: {exc.msg} (an unfinished edit, a trailing comma or a missing "
+                "quote?)",
+                exc.lineno,
+                exc.colno,
+            )
+        )
         return
     except ValueError as exc:  # NaN / Infinity
         parsed.issues.append(_issue(name, str(exc)))
@@ -90,9 +114,16 @@ def _parse_json(parsed: ParsedFile, text: str) -> None:
     scanned = scan_json(text)
     parsed.positions = scanned.positions
     for location, line, column in scanned.duplicates:
-        parsed.issues.append(_issue(
-            name, f"key {location[-1]!r} appears twice in the same object; JSON readers keep "
-                  "only the last one, so delete or rename one of them", line, column, location))
+        parsed.issues.append(
+            _issue(
+                name,
+                f"key {location[-1]!r} appears twice in the same object; JSON readers keep "
+                "only the last one, so delete or rename one of them",
+                line,
+                column,
+                location,
+            )
+        )
 
 
 def _parse_yaml(parsed: ParsedFile, text: str) -> None:
@@ -102,10 +133,15 @@ def _parse_yaml(parsed: ParsedFile, text: str) -> None:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(part for part in (exc.context, exc.problem) if part)
-        parsed.issues.append(_issue(
-            name, f"invalid YAML: {what or 'syntax error'} (check the indentation and quoting "
-                  "on this line and the one before)",
-            mark.line + 1 if mark else None, mark.column + 1 if mark else None))
+        parsed.issues.append(
+            _issue(
+                name,
+                f"invalid YAML: {what or 'syntax error'} (check the indentation and quoting "
+                "on this line and the one before)",
+                mark.line + 1 if mark else None,
+                mark.column + 1 if mark else None,
+            )
+        )
         return
     except yaml.YAMLError as exc:
         parsed.issues.append(_issue(name, f"invalid YAML: {exc}"))
@@ -116,10 +152,20 @@ def _parse_yaml(parsed: ParsedFile, text: str) -> None:
     parsed.data = document.data
     parsed.positions = document.positions
     for location, line, column in document.duplicates:
-        parsed.issues.append(_issue(
-            name, f"key {location[-1]!r} appears twice in the same mapping; only the last one "
-                  "would count, so delete or rename one of them", line, column, location))
+        parsed.issues.append(
+            _issue(
+                name,
+                f"key {location[-1]!r} appears twice in the same mapping; only the last one "
+                "would count, so delete or rename one of them",
+                line,
+                column,
+                location,
+            )
+        )
     for location, message in document.problems:
         found = document.positions.get(location)
-        parsed.issues.append(_issue(name, message, found[0] if found else None,
-                                    found[1] if found else None, location))
+        parsed.issues.append(
+            _issue(
+                name, message, found[0] if found else None, found[1] if found else None, location
+            )
+        )

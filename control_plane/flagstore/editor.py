@@ -76,9 +76,16 @@ class FlagEditor:
 
     # -- public operations ---------------------------------------------------------------
 
-    def put_flag(self, key: str, definition: Any, *, actor: str,
-                 message: str = "", source: str = "api",
-                 precondition: Precondition | None = None) -> WriteResult:
+    def put_flag(
+        self,
+        key: str,
+        definition: Any,
+        *,
+        actor: str,
+        message: str = "",
+        source: str = "api",
+        precondition: Precondition | None = None,
+    ) -> WriteResult:
         """Create or replace flag `key` in its file (new keys go to api.flagd.json).
 
         `source` is recorded with the new version ("canary" for the canary controller);
@@ -87,14 +94,28 @@ class FlagEditor:
         _check_text(key, definition)
         if key in RESERVED_KEYS:
             raise FlagValidationError(
-                f"flag key {key!r} is reserved", issues=[_issue(
-                    API_FILE, key, f"the key {key!r} is reserved by the admin API "
-                                   f"(/v1/flags/{key}); choose another key")])
+                f"flag key {key!r} is reserved",
+                issues=[
+                    _issue(
+                        API_FILE,
+                        key,
+                        f"the key {key!r} is reserved by the admin API "
+                        f"(/v1/flags/{key}); choose another key",
+                    )
+                ],
+            )
         if not isinstance(definition, dict):
             raise FlagValidationError(
-                "the flag definition must be a JSON object", issues=[_issue(
-                    API_FILE, key, "the request body must be a JSON object with 'state', "
-                                   "'variants', 'defaultVariant' and optional 'targeting'")])
+                "the flag definition must be a JSON object",
+                issues=[
+                    _issue(
+                        API_FILE,
+                        key,
+                        "the request body must be a JSON object with 'state', "
+                        "'variants', 'defaultVariant' and optional 'targeting'",
+                    )
+                ],
+            )
 
         def plan(snapshot: dict[str, bytes]) -> dict[str, bytes | None]:
             _check_flag(precondition, key, snapshot)
@@ -103,11 +124,19 @@ class FlagEditor:
             document.setdefault("flags", {})[key] = definition
             return {name: _serialize(name, document)}
 
-        return self._write(plan, source=source, actor=actor,
-                           message=message or f"PUT /v1/flags/{key}")
+        return self._write(
+            plan, source=source, actor=actor, message=message or f"PUT /v1/flags/{key}"
+        )
 
-    def delete_flag(self, key: str, *, actor: str, message: str = "", source: str = "api",
-                    precondition: Precondition | None = None) -> WriteResult:
+    def delete_flag(
+        self,
+        key: str,
+        *,
+        actor: str,
+        message: str = "",
+        source: str = "api",
+        precondition: Precondition | None = None,
+    ) -> WriteResult:
         """Remove flag `key` from its file (the file stays, possibly with no flags).
 
         FlagNotFound when no flag file defines it; `precondition` as for `put_flag`."""
@@ -122,12 +151,19 @@ class FlagEditor:
             del document["flags"][key]
             return {name: _serialize(name, document)}
 
-        return self._write(plan, source=source, actor=actor,
-                           message=message or f"DELETE /v1/flags/{key}")
+        return self._write(
+            plan, source=source, actor=actor, message=message or f"DELETE /v1/flags/{key}"
+        )
 
-    def restore(self, document: Mapping[str, Any], *, actor: str, message: str = "",
-                source: str = "rollback",
-                precondition: Precondition | None = None) -> WriteResult:
+    def restore(
+        self,
+        document: Mapping[str, Any],
+        *,
+        actor: str,
+        message: str = "",
+        source: str = "rollback",
+        precondition: Precondition | None = None,
+    ) -> WriteResult:
         """Rewrite the flag files so they hold exactly `document` (a stored version).
 
         `precondition` is checked against the ETag of the serving flag set."""
@@ -137,16 +173,18 @@ class FlagEditor:
 
         def plan(snapshot: dict[str, bytes]) -> dict[str, bytes | None]:
             if precondition is not None:
-                current = (flag_set_etag(self.store.current.content_hash)
-                           if self.store.loaded else None)
+                current = (
+                    flag_set_etag(self.store.current.content_hash) if self.store.loaded else None
+                )
                 precondition.check(current, what="the flag set")
             by_file: dict[str, dict[str, Any]] = {}
             for key, definition in flags.items():
                 by_file.setdefault(_flag_file_name(sources.get(key)), {})[key] = definition
             if not by_file:
                 by_file[API_FILE] = {}
-            changes: dict[str, bytes | None] = {name: None for name in snapshot
-                                                if name not in by_file}
+            changes: dict[str, bytes | None] = {
+                name: None for name in snapshot if name not in by_file
+            }
             for index, name in enumerate(sorted(by_file)):
                 file_document = self._editable(name, snapshot, required=False)
                 file_document["flags"] = by_file[name]
@@ -183,8 +221,9 @@ class FlagEditor:
             return bool(undo)
 
         with self._lock:
-            flag_set = self.store.write_and_reload(write, source=source, actor=actor,
-                                                   message=message, undo=write_back)
+            flag_set = self.store.write_and_reload(
+                write, source=source, actor=actor, message=message, undo=write_back
+            )
         changed = flag_set.version != previous[0]
         return WriteResult(flag_set=flag_set, changed=changed, files=tuple(written))
 
@@ -199,8 +238,11 @@ class FlagEditor:
 
     def _validate(self, files: FlagFiles, changes: dict[str, bytes | None]) -> None:
         """Validate the would-be directory contents with the store's own loader."""
-        contents = {name: content for name, content in {**files.contents, **changes}.items()
-                    if content is not None}
+        contents = {
+            name: content
+            for name, content in {**files.contents, **changes}.items()
+            if content is not None
+        }
         # Unreadable files still count; "the directory has no flag files" no longer applies.
         problems = tuple(problem for problem in files.problems if problem.file != files.source)
         checked = FlagFiles(files.source, contents, problems)
@@ -223,8 +265,9 @@ class FlagEditor:
                 return name
         return None
 
-    def _editable(self, name: str, snapshot: dict[str, bytes], *,
-                  required: bool = True) -> dict[str, Any]:
+    def _editable(
+        self, name: str, snapshot: dict[str, bytes], *, required: bool = True
+    ) -> dict[str, Any]:
         """The parsed document of file `name`, or a new one if the file does not exist."""
         content = snapshot.get(name)
         if content is None:
@@ -236,25 +279,36 @@ class FlagEditor:
             return {"$schema": _SCHEMA, "flags": {}}  # a rollback replaces a broken file
         # The file cannot be edited as it is: let the validator say why, naming the file.
         load_directory(self.directory)
-        raise FlagValidationError(f"{name} is not a flag file that can be edited",
-                                  issues=[_issue(name, "", "fix this file by hand first")])
+        raise FlagValidationError(
+            f"{name} is not a flag file that can be edited",
+            issues=[_issue(name, "", "fix this file by hand first")],
+        )
 
 
 def _check_key(key: str) -> None:
     problem = unsafe_character(key, key=True)
     if problem is not None:
         raise FlagValidationError(
-            f"the flag key contains {problem}", issues=[_issue(
-                API_FILE, key, f"the flag key contains {problem}; flag keys may not hold "
-                               "control characters or lone surrogates")])
+            f"the flag key contains {problem}",
+            issues=[
+                _issue(
+                    API_FILE,
+                    key,
+                    f"the flag key contains {problem}; flag keys may not hold "
+                    "control characters or lone surrogates",
+                )
+            ],
+        )
 
 
 def _check_text(key: str, definition: Any) -> None:
     """Refuse unsafe text before it is serialised (a lone surrogate cannot even be encoded)."""
     found = find_unsafe_text(definition)
     if found:
-        issues = [ValidationIssue.at(("flags", key, *location), problem, file=API_FILE)
-                  for location, problem in found]
+        issues = [
+            ValidationIssue.at(("flags", key, *location), problem, file=API_FILE)
+            for location, problem in found
+        ]
         raise FlagValidationError(f"{issues[0].path}: {found[0][1]}", issues=issues)
 
 
@@ -270,8 +324,7 @@ def current_definition(key: str, snapshot: Mapping[str, bytes]) -> Any:
     return None
 
 
-def _check_flag(precondition: Precondition | None, key: str,
-                snapshot: Mapping[str, bytes]) -> None:
+def _check_flag(precondition: Precondition | None, key: str, snapshot: Mapping[str, bytes]) -> None:
     if precondition is None or not precondition.present:
         return
     definition = current_definition(key, snapshot)
@@ -307,8 +360,9 @@ def _serialize(name: str, document: dict[str, Any]) -> bytes:
 
 def _atomic_write(target: Path, content: bytes) -> None:
     """Write via a temp file in the same directory and os.replace, so readers never see half."""
-    descriptor, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
-                                             suffix=".tmp")
+    descriptor, temp_name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(content)

@@ -64,10 +64,16 @@ class ValidationIssue:
     location: Location = field(default=(), compare=False, repr=False)
 
     @classmethod
-    def at(cls, location: Location, message: str, *, severity: Severity = ERROR,
-           file: str = "") -> ValidationIssue:
-        return cls(file=file, path=format_path(location), message=message, severity=severity,
-                   location=location)
+    def at(
+        cls, location: Location, message: str, *, severity: Severity = ERROR, file: str = ""
+    ) -> ValidationIssue:
+        return cls(
+            file=file,
+            path=format_path(location),
+            message=message,
+            severity=severity,
+            location=location,
+        )
 
     @property
     def is_error(self) -> bool:
@@ -95,8 +101,12 @@ class ValidationIssue:
         }
 
 
-def locate(issues: Iterable[ValidationIssue], *, file: str,
-           positions: Mapping[Location, tuple[int, int]] | None = None) -> list[ValidationIssue]:
+def locate(
+    issues: Iterable[ValidationIssue],
+    *,
+    file: str,
+    positions: Mapping[Location, tuple[int, int]] | None = None,
+) -> list[ValidationIssue]:
     """Attach `file` and, from `positions`, the line/column of the nearest enclosing node."""
     located = []
     for issue in issues:
@@ -111,8 +121,14 @@ def locate(issues: Iterable[ValidationIssue], *, file: str,
                 if not location:
                     break
                 location = location[:-1]
-        located.append(replace(issue, file=file, line=line if line is not None else issue.line,
-                               column=column if column is not None else issue.column))
+        located.append(
+            replace(
+                issue,
+                file=file,
+                line=line if line is not None else issue.line,
+                column=column if column is not None else issue.column,
+            )
+        )
     return located
 
 

@@ -69,9 +69,16 @@ def _problem(file: str, message: str) -> ValidationIssue:
 def read_flag_files(directory: Path) -> FlagFiles:
     """Read every flag file of `directory` (never raises: problems are carried along)."""
     if not directory.is_dir():
-        return FlagFiles(str(directory), problems=(_problem(
-            "", f"the flag directory {directory} does not exist; create it or point "
-                "CP_FLAGS_DIR / --flags at the right folder"),))
+        return FlagFiles(
+            str(directory),
+            problems=(
+                _problem(
+                    "",
+                    f"the flag directory {directory} does not exist; create it or point "
+                    "CP_FLAGS_DIR / --flags at the right folder",
+                ),
+            ),
+        )
     contents: dict[str, bytes] = {}
     problems: list[ValidationIssue] = []
     for path in flag_files(directory):
@@ -80,8 +87,9 @@ def read_flag_files(directory: Path) -> FlagFiles:
         except FileNotFoundError:
             continue  # deleted (or renamed away) between listing and reading
         except OSError as exc:
-            problems.append(_problem(path.name, f"cannot read the file: {exc.strerror}; check "
-                                                "its permissions"))
+            problems.append(
+                _problem(path.name, f"cannot read the file: {exc.strerror}; check its permissions")
+            )
     return FlagFiles(str(directory), contents, tuple(problems))
 
 
@@ -90,8 +98,9 @@ def read_flag_file(path: Path) -> FlagFiles:
     try:
         return FlagFiles(str(path), {path.name: path.read_bytes()})
     except OSError as exc:
-        return FlagFiles(str(path), problems=(_problem(
-            path.name, f"cannot read the file: {exc.strerror}"),))
+        return FlagFiles(
+            str(path), problems=(_problem(path.name, f"cannot read the file: {exc.strerror}"),)
+        )
 
 
 def check_files(files: FlagFiles) -> LoadedFlags:
@@ -107,8 +116,13 @@ def with_read_problems(files: FlagFiles, result: ValidationResult) -> Validation
     """`result` with the problems of reading `files` first (and "no flag files" if none)."""
     problems = files.problems
     if not files.contents and not problems:
-        problems = (_problem("", f"no flag files in {files.source}; flag files are named "
-                                 f"{', '.join(FLAG_FILE_PATTERNS)}"),)
+        problems = (
+            _problem(
+                "",
+                f"no flag files in {files.source}; flag files are named "
+                f"{', '.join(FLAG_FILE_PATTERNS)}",
+            ),
+        )
     if problems:
         result = ValidationResult(files=result.files, issues=(*problems, *result.issues))
     return result

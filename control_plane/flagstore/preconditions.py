@@ -30,8 +30,6 @@ __all__ = ["Precondition", "PreconditionFailed", "flag_etag", "flag_set_etag"]
 _TAG = re.compile(r'\s*(\*|(?:W/)?"[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
 
 
-
-
 def flag_etag(definition: Mapping[str, Any]) -> str:
     """Strong entity tag of one flag definition (member order does not matter)."""
     canonical = json.dumps(definition, sort_keys=True, separators=(",", ":"))

@@ -57,11 +57,17 @@ def is_routing_flag(flag: Mapping[str, Any]) -> bool:
     variants = flag.get("variants")
     return isinstance(variants, dict) and any(
         isinstance(value, dict) and ("backend" in value or "url" in value)
-        for value in variants.values())
+        for value in variants.values()
+    )
 
 
-def check_flag_semantics(flag: Any, location: Location, issues: list[ValidationIssue], *,
-                         evaluators: Mapping[str, Any] | None) -> None:
+def check_flag_semantics(
+    flag: Any,
+    location: Location,
+    issues: list[ValidationIssue],
+    *,
+    evaluators: Mapping[str, Any] | None,
+) -> None:
     """Cross-member checks of one flag; `evaluators=None` skips the `$ref` target checks."""
     if not isinstance(flag, dict):
         return
@@ -71,9 +77,12 @@ def check_flag_semantics(flag: Any, location: Location, issues: list[ValidationI
     default = flag.get("defaultVariant")
     if isinstance(default, str) and default not in variants:
         hint = "" if default else " (use null for no default)"
-        _error(issues, (*location, "defaultVariant"),
-               f"defaultVariant {default!r} is not one of the variants ({_names(variants)}); "
-               f"name one of them or set it to null{hint}")
+        _error(
+            issues,
+            (*location, "defaultVariant"),
+            f"defaultVariant {default!r} is not one of the variants ({_names(variants)}); "
+            f"name one of them or set it to null{hint}",
+        )
     targeting = flag.get("targeting")
     if isinstance(targeting, dict) and targeting:
         if evaluators is not None:
@@ -85,51 +94,74 @@ def check_flag_semantics(flag: Any, location: Location, issues: list[ValidationI
         for name, value in variants.items():
             problem = backend_problem(value)
             if problem is not None:
-                _error(issues, (*location, "variants", name),
-                       f"routing variant {name!r}: {problem}; each variant of a routing flag "
-                       "is {\"backend\": \"<name>\", \"url\": \"http://host:port\"}")
+                _error(
+                    issues,
+                    (*location, "variants", name),
+                    f"routing variant {name!r}: {problem}; each variant of a routing flag "
+                    'is {"backend": "<name>", "url": "http://host:port"}',
+                )
 
 
-def _missing_evaluator(issues: list[ValidationIssue], name: str, where: Location,
-                       evaluators: Mapping[str, Any]) -> None:
+def _missing_evaluator(
+    issues: list[ValidationIssue], name: str, where: Location, evaluators: Mapping[str, Any]
+) -> None:
     known = ", ".join(sorted(evaluators)) or "none are defined"
     close = difflib.get_close_matches(name, list(evaluators), n=1)
     hint = f"did you mean {close[0]!r}? Else " if close else ""
-    _error(issues, where, f"$ref {name!r} names no evaluator (known: {known}); {hint}define it "
-                          "under \"$evaluators\" or fix the name")
+    _error(
+        issues,
+        where,
+        f"$ref {name!r} names no evaluator (known: {known}); {hint}define it "
+        'under "$evaluators" or fix the name',
+    )
 
 
-def _check_results(targeting: dict[str, Any], location: Location, variants: Mapping[str, Any],
-                   evaluators: Mapping[str, Any], issues: list[ValidationIssue]) -> None:
+def _check_results(
+    targeting: dict[str, Any],
+    location: Location,
+    variants: Mapping[str, Any],
+    evaluators: Mapping[str, Any],
+    issues: list[ValidationIssue],
+) -> None:
     reported: set[tuple[Location, str]] = set()
     for where, kind, value, via in _results(targeting, location, evaluators, None, 0):
         through = f" (through evaluator {via!r})" if via else ""
         if kind == "name" and value not in variants:
-            message = (f"targeting returns {value!r} here{through}, but the flag has no variant "
-                       f"{value!r} (variants: {_names(variants)}); return one of them, or null "
-                       "to serve the default")
+            message = (
+                f"targeting returns {value!r} here{through}, but the flag has no variant "
+                f"{value!r} (variants: {_names(variants)}); return one of them, or null "
+                "to serve the default"
+            )
         elif kind == "boolean" and not {"true", "false"} <= set(variants):
-            missing = " or ".join(repr(name) for name in ("true", "false")
-                                  if name not in variants)
-            message = (f"this {value!r} rule returns true or false here{through}, which flagd "
-                       f"looks up as variants \"true\"/\"false\", but the flag has no variant "
-                       f"named {missing}; wrap it: {{\"if\": [<rule>, \"<variant>\", "
-                       "\"<variant>\"]}")
+            missing = " or ".join(repr(name) for name in ("true", "false") if name not in variants)
+            message = (
+                f"this {value!r} rule returns true or false here{through}, which flagd "
+                f'looks up as variants "true"/"false", but the flag has no variant '
+                f'named {missing}; wrap it: {{"if": [<rule>, "<variant>", '
+                '"<variant>"]}'
+            )
         elif kind == "value":
-            message = (f"targeting returns {value} here{through}, which cannot name a variant; "
-                       "return a variant name (a string) or null")
+            message = (
+                f"targeting returns {value} here{through}, which cannot name a variant; "
+                "return a variant name (a string) or null"
+            )
         else:
             continue
         if (where, message) not in reported:
             reported.add((where, message))
             # A warning: the branch may never be taken (flagd answers an error only if it is).
-            issues.append(ValidationIssue.at(
-                where, message + "; flagd answers an error if this branch is reached",
-                severity=WARNING))
+            issues.append(
+                ValidationIssue.at(
+                    where,
+                    message + "; flagd answers an error if this branch is reached",
+                    severity=WARNING,
+                )
+            )
 
 
-def _results(node: Any, location: Location, evaluators: Mapping[str, Any], via: str | None,
-             depth: int) -> Iterator[tuple[Location, str, str, str | None]]:
+def _results(
+    node: Any, location: Location, evaluators: Mapping[str, Any], via: str | None, depth: int
+) -> Iterator[tuple[Location, str, str, str | None]]:
     """(where, kind, value, evaluator) for each statically known result of `node`.
 
     kind is "name" (a variant name), "boolean" (an operator returning true/false; value is the
@@ -151,22 +183,26 @@ def _results(node: Any, location: Location, evaluators: Mapping[str, Any], via: 
             target = evaluators.get(arguments) if isinstance(arguments, str) else None
             if target is not None:
                 # Report at the $ref, where the flag's author can act; name the evaluator.
-                for _, kind, value, _via in _results(target, location, evaluators,
-                                                     via or str(arguments), depth + 1):
+                for _, kind, value, _via in _results(
+                    target, location, evaluators, via or str(arguments), depth + 1
+                ):
                     yield location, kind, value, via or str(arguments)
         elif operator == "if" and isinstance(arguments, list):
             count = len(arguments)
             for index in range(1, count, 2):
-                yield from _results(arguments[index], (*location, "if", index), evaluators,
-                                    via, depth + 1)
+                yield from _results(
+                    arguments[index], (*location, "if", index), evaluators, via, depth + 1
+                )
             if count % 2 == 1:
-                yield from _results(arguments[-1], (*location, "if", count - 1), evaluators,
-                                    via, depth + 1)
+                yield from _results(
+                    arguments[-1], (*location, "if", count - 1), evaluators, via, depth + 1
+                )
         elif operator == "fractional" and isinstance(arguments, list):
             for index, bucket in enumerate(arguments):
                 if isinstance(bucket, list) and bucket:
-                    yield from _results(bucket[0], (*location, "fractional", index, 0),
-                                        evaluators, via, depth + 1)
+                    yield from _results(
+                        bucket[0], (*location, "fractional", index, 0), evaluators, via, depth + 1
+                    )
         elif operator in BOOLEAN_OPERATORS:
             yield location, "boolean", operator, via
 
@@ -178,6 +214,10 @@ def check_evaluator_refs(evaluators: Mapping[str, Any], issues: list[ValidationI
             if target not in evaluators:
                 _missing_evaluator(issues, target, where, evaluators)
             else:
-                _error(issues, where, f"evaluator {name!r} refers to evaluator {target!r}; "
-                                      "flagd expands $ref one level only (and in an order that "
-                                      f"differs between SDKs), so copy {target!r}'s rule here")
+                _error(
+                    issues,
+                    where,
+                    f"evaluator {name!r} refers to evaluator {target!r}; "
+                    "flagd expands $ref one level only (and in an order that "
+                    f"differs between SDKs), so copy {target!r}'s rule here",
+                )

@@ -80,9 +80,13 @@ def _resolve_refs(node: Any, evaluators: Mapping[str, Any], depth: int = 0) -> A
     return node
 
 
-def configured_split(flag: Mapping[str, Any], flag_key: str, evaluators: Mapping[str, Any],
-                     contexts: list[tuple[str, dict[str, Any]]],
-                     progress: ProgressSink | None = None) -> ConfiguredSplit:
+def configured_split(
+    flag: Mapping[str, Any],
+    flag_key: str,
+    evaluators: Mapping[str, Any],
+    contexts: list[tuple[str, dict[str, Any]]],
+    progress: ProgressSink | None = None,
+) -> ConfiguredSplit:
     """The split the flag's targeting configures for these (targeting key, attributes) pairs."""
     default = flag.get("defaultVariant")
     if flag.get("state") == "DISABLED":
@@ -95,8 +99,11 @@ def configured_split(flag: Mapping[str, Any], flag_key: str, evaluators: Mapping
     for index, (targeting_key, attributes) in enumerate(contexts, 1):
         if progress is not None:
             progress.update(index)
-        data = {**attributes, "targetingKey": targeting_key,
-                "$flagd": {"flagKey": flag_key, "timestamp": now}}
+        data = {
+            **attributes,
+            "targetingKey": targeting_key,
+            "$flagd": {"flagKey": flag_key, "timestamp": now},
+        }
         try:
             result = jsonLogic(targeting, data, _RECORDING_OPERATORS)
         except _Reached as reached:
@@ -105,15 +112,20 @@ def configured_split(flag: Mapping[str, Any], flag_key: str, evaluators: Mapping
             outcomes.add(("fixed", default))
         else:
             variants = flag.get("variants", {})
-            outcomes.add(("fixed", result if isinstance(result, str) and result in variants
-                          else default))
+            outcomes.add(
+                ("fixed", result if isinstance(result, str) and result in variants else default)
+            )
         if len(outcomes) > 1:
-            return ConfiguredSplit("varies", note="the targeting gives these users different "
-                                                  "rules, so there is no single configured split")
+            return ConfiguredSplit(
+                "varies",
+                note="the targeting gives these users different "
+                "rules, so there is no single configured split",
+            )
     kind, detail = outcomes.pop()
     if kind == "fixed":
-        return ConfiguredSplit("fixed", {str(detail): 1.0},
-                               f"the targeting sends every such user to {detail}")
+        return ConfiguredSplit(
+            "fixed", {str(detail): 1.0}, f"the targeting sends every such user to {detail}"
+        )
     if detail is None:
         return ConfiguredSplit("varies", note="the fractional rule's weights are not numbers")
     weights: dict[str, float] = {}

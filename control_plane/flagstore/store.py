@@ -49,8 +49,14 @@ from control_plane.flagstore.loader import FlagFiles, flag_files, read_flag_file
 from control_plane.flagstore.partial import Composed, RefusedPart, compose
 from control_plane.flagstore.validate import describe
 
-__all__ = ["FlagStore", "Listener", "PendingDeletion", "ReloadListener", "ReloadOutcome",
-           "ReloadStats"]
+__all__ = [
+    "FlagStore",
+    "Listener",
+    "PendingDeletion",
+    "ReloadListener",
+    "ReloadOutcome",
+    "ReloadStats",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +80,11 @@ class PendingDeletion:
     due: float  # the same moment on the monotonic clock
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "since": _iso(self.since),
-                "effectiveAt": _iso(self.effective_at)}
+        return {
+            "file": self.file,
+            "since": _iso(self.since),
+            "effectiveAt": _iso(self.effective_at),
+        }
 
 
 @dataclass(frozen=True)
@@ -117,9 +126,15 @@ def _iso(moment: float | None) -> str | None:
 class FlagStore:
     """Serving flag set of one flag directory, with change notification."""
 
-    def __init__(self, directory: Path, *, reload_interval: float = 0.2,
-                 recorder: VersionRecorder | None = None,
-                 deletion_settle: float = 2.0, strict: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        reload_interval: float = 0.2,
+        recorder: VersionRecorder | None = None,
+        deletion_settle: float = 2.0,
+        strict: bool = False,
+    ) -> None:
         self.directory = directory
         self.recorder: VersionRecorder = recorder or InMemoryRecorder()
         self.reload_interval = reload_interval
@@ -198,8 +213,9 @@ class FlagStore:
         if error is not None:
             state = "error"
             issues = [_as_issue(item) for item in error.issues]
-            serving = f"version {current.version} keeps serving" if current else \
-                "no flag set is serving"
+            serving = (
+                f"version {current.version} keeps serving" if current else "no flag set is serving"
+            )
             message = f"the last edit was refused ({serving}): {error.detail}"
         elif current is not None and self._refusals:
             state = "partial"
@@ -207,15 +223,19 @@ class FlagStore:
             issues.extend(self._warnings)
             names = ", ".join(item.key or item.file for item in self._refusals[:5])
             more = f" and {len(self._refusals) - 5} more" if len(self._refusals) > 5 else ""
-            message = (f"version {current.version} is serving; {len(self._refusals)} "
-                       f"refused ({names}{more}): see refused")
+            message = (
+                f"version {current.version} is serving; {len(self._refusals)} "
+                f"refused ({names}{more}): see refused"
+            )
         elif current is not None:
             state = "ok"
             issues = list(self._warnings)
             message = f"version {current.version} is serving"
             if pending:
-                message += (f"; deleting {', '.join(item.file for item in pending)} takes "
-                            "effect if the file stays gone (see pendingDeletions)")
+                message += (
+                    f"; deleting {', '.join(item.file for item in pending)} takes "
+                    "effect if the file stays gone (see pendingDeletions)"
+                )
         else:
             state, issues, message = "unloaded", [], "flags have not been loaded yet"
         return {
@@ -232,8 +252,9 @@ class FlagStore:
             "issues": [issue.to_dict() for issue in issues],
             "pendingDeletions": [item.to_dict() for item in pending],
             "strict": self.strict,
-            "refused": [item.to_dict(current.version if current else None)
-                        for item in self._refusals],
+            "refused": [
+                item.to_dict(current.version if current else None) for item in self._refusals
+            ],
         }
 
     # -- subscribing ---------------------------------------------------------------------
@@ -246,9 +267,7 @@ class FlagStore:
                 listener(self._current)
         return lambda: _discard(self._listeners, listener)
 
-    def subscribe_documents(
-        self, listener: Callable[[dict[str, Any]], None]
-    ) -> Callable[[], None]:
+    def subscribe_documents(self, listener: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
         """FlagDocumentSource: the same notifications, as flagd documents for our own evaluator
         (each flag's metadata stamped with the version, see flagset.VERSION_KEY)."""
         return self.subscribe(lambda flag_set: listener(flag_set.to_flagd(stamped=True)))
@@ -261,8 +280,9 @@ class FlagStore:
 
     # -- reloading -----------------------------------------------------------------------
 
-    def reload(self, *, source: str = "file", actor: str = "file-watcher",
-               message: str = "") -> FlagSet:
+    def reload(
+        self, *, source: str = "file", actor: str = "file-watcher", message: str = ""
+    ) -> FlagSet:
         """Load the directory; swap in and announce a new version if it is valid and different.
 
         Raises FlagValidationError (the last good flag set keeps serving) on invalid flags.
@@ -272,8 +292,7 @@ class FlagStore:
         with self._reload_lock:
             self._signature = self._directory_signature()
             files = self.read_files()
-            return self._apply(files, trigger="call", source=source, actor=actor,
-                               message=message)
+            return self._apply(files, trigger="call", source=source, actor=actor, message=message)
 
     def read_files(self) -> FlagFiles:
         """The directory as the store sees it: files whose deletion is pending are still there.
@@ -288,9 +307,15 @@ class FlagStore:
             self._removed.add(name)
             self._pending.pop(name, None)
 
-    def write_and_reload(self, write: Callable[[], None], *, source: str, actor: str,
-                         message: str = "", undo: Callable[[], bool] | None = None
-                         ) -> FlagSet:
+    def write_and_reload(
+        self,
+        write: Callable[[], None],
+        *,
+        source: str,
+        actor: str,
+        message: str = "",
+        undo: Callable[[], bool] | None = None,
+    ) -> FlagSet:
         """Run `write` (which edits the flag files), then reload, with no watcher poll between,
         so the new version is recorded as `source`/`actor` (the admin API), not as a file edit.
 
@@ -312,8 +337,9 @@ class FlagStore:
         try:
             if not undo():
                 return
-            self.reload(source="file", actor="file-watcher", message="restored after a "
-                                                                     "refused API write")
+            self.reload(
+                source="file", actor="file-watcher", message="restored after a refused API write"
+            )
         except Exception:  # the original error matters more; the watcher retries this
             log.exception("could not restore the flag files after a refused API write")
 
@@ -329,25 +355,41 @@ class FlagStore:
             if name in files.contents or name in self._removed:
                 continue
             item = self._pending.get(name) or PendingDeletion(
-                file=name, since=wall, effective_at=wall + self.deletion_settle,
-                due=now + self.deletion_settle)
+                file=name,
+                since=wall,
+                effective_at=wall + self.deletion_settle,
+                due=now + self.deletion_settle,
+            )
             if now < item.due:
                 held[name] = content
                 pending[name] = item
             else:
-                log.info("flag file %s stayed deleted for %.1f s; its flags are unpublished",
-                         name, self.deletion_settle)
+                log.info(
+                    "flag file %s stayed deleted for %.1f s; its flags are unpublished",
+                    name,
+                    self.deletion_settle,
+                )
         for name in pending.keys() - self._pending.keys():
-            log.info("flag file %s vanished; its deletion takes effect in %.1f s unless it "
-                     "comes back", name, self.deletion_settle)
+            log.info(
+                "flag file %s vanished; its deletion takes effect in %.1f s unless it comes back",
+                name,
+                self.deletion_settle,
+            )
         self._pending = pending
         self._removed.clear()
         if not held:
             return files
         return FlagFiles(files.source, {**files.contents, **held}, files.problems)
 
-    def _apply(self, files: FlagFiles, *, trigger: str, source: str = "file",
-               actor: str = "file-watcher", message: str = "") -> FlagSet:
+    def _apply(
+        self,
+        files: FlagFiles,
+        *,
+        trigger: str,
+        source: str = "file",
+        actor: str = "file-watcher",
+        message: str = "",
+    ) -> FlagSet:
         started = time.perf_counter()
         at = time.time()
         self._attempt_digest = files.digest
@@ -355,29 +397,40 @@ class FlagStore:
         current = self._current
         result = self._cache.check_files(files)  # = check_files(files), re-reading changes only
         composed = compose(result, current)
-        if result.blocking or (not result.ok and (self.strict or (
-                current is None and composed.flag_count == 0))):
+        if result.blocking or (
+            not result.ok and (self.strict or (current is None and composed.flag_count == 0))
+        ):
             exc = FlagValidationError(describe(list(result.issues)), issues=result.issues)
             self._refused(exc, at, started, trigger)
             raise exc
-        digest = self._hasher.digest(*_default_view(composed), sets=composed.sets,
-                                     file_metadata=composed.file_metadata)
+        digest = self._hasher.digest(
+            *_default_view(composed), sets=composed.sets, file_metadata=composed.file_metadata
+        )
         changed = current is None or current.content_hash != digest
         if current is not None and not changed:
             # Same definitions (whitespace, order or a flag moved between files): same version.
             flag_set = _flag_set(composed, current.version, digest)
         else:
             try:
-                flag_set = self._versioned(composed, digest, source=source, actor=actor,
-                                           message=message)
+                flag_set = self._versioned(
+                    composed, digest, source=source, actor=actor, message=message
+                )
             except Exception as exc:
                 self._attempt_digest = None  # retry the same bytes once the recorder is back
                 self._retry_after = time.monotonic() + _RECORDER_RETRY_SECONDS
                 refusal = FlagValidationError(
                     f"the flag set is valid but its version could not be recorded: {exc}",
-                    issues=(ValidationIssue(file="", path="$", message=(
-                        f"could not record the new version ({type(exc).__name__}: {exc}); "
-                        "check the database; the store retries")),))
+                    issues=(
+                        ValidationIssue(
+                            file="",
+                            path="$",
+                            message=(
+                                f"could not record the new version ({type(exc).__name__}: {exc}); "
+                                "check the database; the store retries"
+                            ),
+                        ),
+                    ),
+                )
                 self._refused(refusal, at, started, trigger)
                 raise
         self._current = flag_set
@@ -388,24 +441,46 @@ class FlagStore:
         self._retry_after = 0.0
         seconds = time.perf_counter() - started
         self._stats = dataclasses.replace(
-            self._stats, reloads_ok=self._stats.reloads_ok + 1, last_reload_at=at,
-            last_success_at=at, last_reload_seconds=seconds)
+            self._stats,
+            reloads_ok=self._stats.reloads_ok + 1,
+            last_reload_at=at,
+            last_success_at=at,
+            last_reload_seconds=seconds,
+        )
         for item in composed.refused:
-            log.warning("flag %s refused (%s); the rest of the edit is live: %s",
-                        item.key or f"file {item.file}", item.serving,
-                        "; ".join(issue.format() for issue in item.issues[:3]))
+            log.warning(
+                "flag %s refused (%s); the rest of the edit is live: %s",
+                item.key or f"file {item.file}",
+                item.serving,
+                "; ".join(issue.format() for issue in item.issues[:3]),
+            )
         if changed:
-            log.info("flag set version %d is live (%s, %d flags from %s)", flag_set.version,
-                     flag_set.content_hash[:12], len(flag_set.flags), ", ".join(result.files))
+            log.info(
+                "flag set version %d is live (%s, %d flags from %s)",
+                flag_set.version,
+                flag_set.content_hash[:12],
+                len(flag_set.flags),
+                ", ".join(result.files),
+            )
             for listener in list(self._listeners):
                 _call(listener, flag_set)
-        self._announce(ReloadOutcome(ok=True, changed=changed, version=flag_set.version,
-                                     issues=tuple(result.issues), at=at, seconds=seconds,
-                                     trigger=trigger, refused=composed.refused))
+        self._announce(
+            ReloadOutcome(
+                ok=True,
+                changed=changed,
+                version=flag_set.version,
+                issues=tuple(result.issues),
+                at=at,
+                seconds=seconds,
+                trigger=trigger,
+                refused=composed.refused,
+            )
+        )
         return flag_set
 
-    def _versioned(self, composed: Composed, digest: str, *, source: str, actor: str,
-                   message: str) -> FlagSet:
+    def _versioned(
+        self, composed: Composed, digest: str, *, source: str, actor: str, message: str
+    ) -> FlagSet:
         candidate = _flag_set(composed, 0, digest)
         if self._current is None:
             # A restart over unchanged flags keeps the recorded version instead of bumping it.
@@ -413,24 +488,38 @@ class FlagStore:
             if latest is not None and latest.content_hash == digest:
                 return dataclasses.replace(candidate, version=latest.version)
         version = self.recorder.record(
-            RecordRequest(flag_set=candidate, source=source, actor=actor, message=message))
+            RecordRequest(flag_set=candidate, source=source, actor=actor, message=message)
+        )
         return dataclasses.replace(candidate, version=version)
 
-    def _refused(self, exc: FlagValidationError, at: float, started: float,
-                 trigger: str) -> None:
+    def _refused(self, exc: FlagValidationError, at: float, started: float, trigger: str) -> None:
         self.last_error = exc
         self._refusals = ()
         seconds = time.perf_counter() - started
         self._stats = dataclasses.replace(
-            self._stats, reloads_failed=self._stats.reloads_failed + 1, last_reload_at=at,
-            last_failure_at=at, last_reload_seconds=seconds)
-        serving = (f"version {self._current.version} keeps serving" if self._current
-                   else "no flag set is serving yet")
+            self._stats,
+            reloads_failed=self._stats.reloads_failed + 1,
+            last_reload_at=at,
+            last_failure_at=at,
+            last_reload_seconds=seconds,
+        )
+        serving = (
+            f"version {self._current.version} keeps serving"
+            if self._current
+            else "no flag set is serving yet"
+        )
         log.warning("flag reload refused (%s): %s", serving, exc.detail)
-        self._announce(ReloadOutcome(
-            ok=False, changed=False, version=self._current.version if self._current else None,
-            issues=tuple(_as_issue(item) for item in exc.issues), at=at, seconds=seconds,
-            trigger=trigger))
+        self._announce(
+            ReloadOutcome(
+                ok=False,
+                changed=False,
+                version=self._current.version if self._current else None,
+                issues=tuple(_as_issue(item) for item in exc.issues),
+                at=at,
+                seconds=seconds,
+                trigger=trigger,
+            )
+        )
 
     def _announce(self, outcome: ReloadOutcome) -> None:
         for listener in list(self._reload_listeners):
@@ -467,10 +556,15 @@ class FlagStore:
             if time.monotonic() < self._retry_after:
                 return False
             signature = self._directory_signature()
-            recent = any(time.time() - mtime_ns / 1e9 < _RECENT_SECONDS
-                         for _, mtime_ns, _, _ in signature)
-            if (signature == self._signature and not recent and self._attempt_digest
-                    and not self._pending):
+            recent = any(
+                time.time() - mtime_ns / 1e9 < _RECENT_SECONDS for _, mtime_ns, _, _ in signature
+            )
+            if (
+                signature == self._signature
+                and not recent
+                and self._attempt_digest
+                and not self._pending
+            ):
                 return False
             files = self.read_files()  # a vanished file is held back until its window passes
             if files.digest == self._attempt_digest:
@@ -501,10 +595,15 @@ def _default_view(composed: Composed) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _flag_set(composed: Composed, version: int, digest: str) -> FlagSet:
-    return FlagSet.from_sets(version=version, sets=composed.sets,
-                             set_sources=composed.set_sources, evaluators=composed.evaluators,
-                             file_metadata=composed.file_metadata,
-                             evaluator_sources=composed.evaluator_sources, digest=digest)
+    return FlagSet.from_sets(
+        version=version,
+        sets=composed.sets,
+        set_sources=composed.set_sources,
+        evaluators=composed.evaluators,
+        file_metadata=composed.file_metadata,
+        evaluator_sources=composed.evaluator_sources,
+        digest=digest,
+    )
 
 
 def _as_issue(item: Any) -> ValidationIssue:

@@ -49,10 +49,27 @@ _SEMVER_OPERATORS = ("=", "!=", ">", "<", ">=", "<=", "~", "^")
 _FLAGD_PROPERTIES = ("$flagd.timestamp", "$flagd.flagKey")
 
 #: Operators whose result is always true or false (a flag returning one needs "true"/"false").
-BOOLEAN_OPERATORS = frozenset({
-    "==", "===", "!=", "!==", ">", ">=", "<", "<=", "!", "!!", "in", "all", "none", "some",
-    "starts_with", "ends_with", "sem_ver",
-})
+BOOLEAN_OPERATORS = frozenset(
+    {
+        "==",
+        "===",
+        "!=",
+        "!==",
+        ">",
+        ">=",
+        "<",
+        "<=",
+        "!",
+        "!!",
+        "in",
+        "all",
+        "none",
+        "some",
+        "starts_with",
+        "ends_with",
+        "sem_ver",
+    }
+)
 
 _Check = Callable[[Any, Location, list[ValidationIssue]], None]
 
@@ -87,8 +104,12 @@ def _kind(value: Any) -> str:
 def check_targeting(rule: Any, location: Location, issues: list[ValidationIssue]) -> None:
     """Check a flag's `targeting` (or an `$evaluators` entry): `{}` or one JSONLogic rule."""
     if not isinstance(rule, dict):
-        _error(issues, location, f"targeting must be a JSON object (a JSONLogic rule, or {{}} "
-                                 f"for none), got {_kind(rule)}")
+        _error(
+            issues,
+            location,
+            f"targeting must be a JSON object (a JSONLogic rule, or {{}} "
+            f"for none), got {_kind(rule)}",
+        )
         return
     if rule:
         _check_rule(rule, location, issues)
@@ -100,9 +121,13 @@ def check_argument(value: Any, location: Location, issues: list[ValidationIssue]
         if value:
             _check_rule(value, location, issues)
         else:  # the official schema refuses it, and the evaluators disagree on what it means
-            _error(issues, location, "an empty object {} is not a rule (flagd's schema refuses "
-                                     "it; the Python evaluator reads it as true, Node's as "
-                                     "false); write the condition, or true/false")
+            _error(
+                issues,
+                location,
+                "an empty object {} is not a rule (flagd's schema refuses "
+                "it; the Python evaluator reads it as true, Node's as "
+                "false); write the condition, or true/false",
+            )
     elif isinstance(value, list):
         for index, item in enumerate(value):
             check_argument(item, (*location, index), issues)
@@ -112,33 +137,48 @@ def _check_rule(rule: dict[str, Any], location: Location, issues: list[Validatio
     if "$ref" in rule:
         if len(rule) != 1:
             others = ", ".join(repr(key) for key in rule if key != "$ref")
-            _error(issues, location, f"a $ref object holds only \"$ref\"; remove {others}")
+            _error(issues, location, f'a $ref object holds only "$ref"; remove {others}')
         elif not isinstance(rule["$ref"], str) or not rule["$ref"]:
-            _error(issues, (*location, "$ref"),
-                   f"$ref must name an evaluator (a string), got {_kind(rule['$ref'])}")
+            _error(
+                issues,
+                (*location, "$ref"),
+                f"$ref must name an evaluator (a string), got {_kind(rule['$ref'])}",
+            )
         return
     if len(rule) != 1:
         keys = ", ".join(repr(key) for key in rule)
-        _error(issues, location, f"a rule object holds exactly one operator, found {keys}; "
-                                 "combine conditions with \"and\" / \"or\"")
+        _error(
+            issues,
+            location,
+            f"a rule object holds exactly one operator, found {keys}; "
+            'combine conditions with "and" / "or"',
+        )
         return
     operator, arguments = next(iter(rule.items()))
     check = OPERATORS.get(operator)
     if check is None:
         close = difflib.get_close_matches(operator, OPERATORS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else \
-            "; see https://flagd.dev/reference/flag-definitions/#targeting-rules"
+        hint = (
+            f"; did you mean {close[0]!r}?"
+            if close
+            else "; see https://flagd.dev/reference/flag-definitions/#targeting-rules"
+        )
         _error(issues, (*location, operator), f"unknown operator {operator!r}{hint}")
         return
     check(arguments, (*location, operator), issues)
 
 
-def _operands(operator: str, arguments: Any, location: Location, issues: list[ValidationIssue],
-              minimum: int, maximum: int | None = None) -> list[Any] | None:
+def _operands(
+    operator: str,
+    arguments: Any,
+    location: Location,
+    issues: list[ValidationIssue],
+    minimum: int,
+    maximum: int | None = None,
+) -> list[Any] | None:
     """The operand list if its length fits, else one issue and None."""
     if not isinstance(arguments, list):
-        _error(issues, location, f"{operator!r} takes an array of operands, got "
-                                 f"{_kind(arguments)}")
+        _error(issues, location, f"{operator!r} takes an array of operands, got {_kind(arguments)}")
         return None
     count = len(arguments)
     if count < minimum or (maximum is not None and count > maximum):
@@ -159,7 +199,9 @@ def _fixed(minimum: int, maximum: int | None) -> Callable[[str], _Check]:
             operands = _operands(operator, arguments, location, issues, minimum, maximum)
             for index, operand in enumerate(operands or ()):
                 check_argument(operand, (*location, index), issues)
+
         return check
+
     return for_operator
 
 
@@ -170,8 +212,11 @@ def _check_var(arguments: Any, location: Location, issues: list[ValidationIssue]
         return
     if isinstance(name, str) and name.startswith("$flagd.") and name not in _FLAGD_PROPERTIES:
         where = (*location, 0) if isinstance(arguments, list) else location
-        _error(issues, where, f"flagd provides only {', '.join(_FLAGD_PROPERTIES)}; "
-                              f"{name!r} does not exist")
+        _error(
+            issues,
+            where,
+            f"flagd provides only {', '.join(_FLAGD_PROPERTIES)}; {name!r} does not exist",
+        )
     check_argument(arguments, location, issues)
 
 
@@ -181,29 +226,37 @@ def _check_unary(operator: str) -> _Check:
             _fixed(1, 1)(operator)(arguments, location, issues)
         else:
             check_argument(arguments, location, issues)
+
     return check
 
 
 def _check_missing(arguments: Any, location: Location, issues: list[ValidationIssue]) -> None:
     if not isinstance(arguments, list):
-        _error(issues, location, f"'missing' takes an array of attribute names, got "
-                                 f"{_kind(arguments)}")
+        _error(
+            issues, location, f"'missing' takes an array of attribute names, got {_kind(arguments)}"
+        )
         return
     for index, name in enumerate(arguments):
         if not isinstance(name, str):
-            _error(issues, (*location, index),
-                   f"'missing' takes attribute names (strings), got {_kind(name)}")
+            _error(
+                issues,
+                (*location, index),
+                f"'missing' takes attribute names (strings), got {_kind(name)}",
+            )
 
 
-def _check_missing_some(arguments: Any, location: Location,
-                        issues: list[ValidationIssue]) -> None:
+def _check_missing_some(arguments: Any, location: Location, issues: list[ValidationIssue]) -> None:
     operands = _operands("missing_some", arguments, location, issues, 2, 2)
     if operands is None:
         return
     if isinstance(operands[0], bool) or not isinstance(operands[0], int | float):
-        _error(issues, (*location, 0), "the first operand of 'missing_some' is how many "
-                                       f"attributes must be present (a number), got "
-                                       f"{_kind(operands[0])}")
+        _error(
+            issues,
+            (*location, 0),
+            "the first operand of 'missing_some' is how many "
+            f"attributes must be present (a number), got "
+            f"{_kind(operands[0])}",
+        )
     _check_missing(operands[1], (*location, 1), issues)
 
 
@@ -214,9 +267,13 @@ def _check_string_compare(operator: str) -> _Check:
             if isinstance(operand, dict) and operand:
                 _check_rule(operand, (*location, index), issues)
             elif not isinstance(operand, str):
-                _error(issues, (*location, index),
-                       f"{operator!r} compares strings: operand {index + 1} must be a string "
-                       f"or a rule such as {{\"var\": \"email\"}}, got {_kind(operand)}")
+                _error(
+                    issues,
+                    (*location, index),
+                    f"{operator!r} compares strings: operand {index + 1} must be a string "
+                    f'or a rule such as {{"var": "email"}}, got {_kind(operand)}',
+                )
+
     return check
 
 
@@ -226,31 +283,51 @@ def _check_sem_ver(arguments: Any, location: Location, issues: list[ValidationIs
         return
     comparison = operands[1]
     if comparison not in _SEMVER_OPERATORS:
-        _error(issues, (*location, 1), f"sem_ver compares with one of "
-                                       f"{' '.join(_SEMVER_OPERATORS)}, got {_kind(comparison)}")
+        _error(
+            issues,
+            (*location, 1),
+            f"sem_ver compares with one of {' '.join(_SEMVER_OPERATORS)}, got {_kind(comparison)}",
+        )
     for index in (0, 2):
         operand = operands[index]
         where = (*location, index)
         if isinstance(operand, dict) and operand:
             _check_rule(operand, where, issues)
         elif not isinstance(operand, str):
-            _error(issues, where, f"a sem_ver version must be a string like \"1.2.3\" or a rule "
-                                  f"such as {{\"var\": \"version\"}}, got {_kind(operand)}")
+            _error(
+                issues,
+                where,
+                f'a sem_ver version must be a string like "1.2.3" or a rule '
+                f'such as {{"var": "version"}}, got {_kind(operand)}',
+            )
         elif not _SEMVER.match(operand):
             if _LOOSE_SEMVER.match(operand):
-                issues.append(ValidationIssue.at(
-                    where, f"{operand!r} is not a full semantic version; flagd reads it, but "
-                           "write MAJOR.MINOR.PATCH (for example \"1.0.0\") to follow the "
-                           "flagd schema", severity=WARNING))
+                issues.append(
+                    ValidationIssue.at(
+                        where,
+                        f"{operand!r} is not a full semantic version; flagd reads it, but "
+                        'write MAJOR.MINOR.PATCH (for example "1.0.0") to follow the '
+                        "flagd schema",
+                        severity=WARNING,
+                    )
+                )
             else:
-                _error(issues, where, f"{operand!r} is not a semantic version; write "
-                                      "MAJOR.MINOR.PATCH, for example \"2.0.0\"")
+                _error(
+                    issues,
+                    where,
+                    f"{operand!r} is not a semantic version; write "
+                    'MAJOR.MINOR.PATCH, for example "2.0.0"',
+                )
 
 
 def _check_fractional(arguments: Any, location: Location, issues: list[ValidationIssue]) -> None:
     if not isinstance(arguments, list) or not arguments:
-        _error(issues, location, "fractional takes an array of [variant, weight] buckets, "
-                                 "optionally after a bucketing rule")
+        _error(
+            issues,
+            location,
+            "fractional takes an array of [variant, weight] buckets, "
+            "optionally after a bucketing rule",
+        )
         return
     first = arguments[0]
     start = 0
@@ -258,13 +335,19 @@ def _check_fractional(arguments: Any, location: Location, issues: list[Validatio
         if first:
             _check_rule(first, (*location, 0), issues)
         else:
-            _error(issues, (*location, 0), "the bucketing rule is empty; use for example "
-                                           "{\"var\": \"email\"}")
+            _error(
+                issues,
+                (*location, 0),
+                'the bucketing rule is empty; use for example {"var": "email"}',
+            )
         start = 1
     elif not isinstance(first, list):
-        _error(issues, (*location, 0),
-               f"the first item of fractional must be a bucketing rule such as "
-               f"{{\"var\": \"email\"}} or a [variant, weight] bucket, got {_kind(first)}")
+        _error(
+            issues,
+            (*location, 0),
+            f"the first item of fractional must be a bucketing rule such as "
+            f'{{"var": "email"}} or a [variant, weight] bucket, got {_kind(first)}',
+        )
         start = 1
     buckets = arguments[start:]
     if not buckets:
@@ -277,8 +360,9 @@ def _check_fractional(arguments: Any, location: Location, issues: list[Validatio
         where = (*location, offset)
         if not isinstance(bucket, list) or not 1 <= len(bucket) <= 2:
             got = f"{len(bucket)} items" if isinstance(bucket, list) else _kind(bucket)
-            _error(issues, where, f"a fractional bucket is [variant] or [variant, weight], "
-                                  f"got {got}")
+            _error(
+                issues, where, f"a fractional bucket is [variant] or [variant, weight], got {got}"
+            )
             broken = True
             continue
         check_argument(bucket[0], (*where, 0), issues)
@@ -291,30 +375,52 @@ def _check_fractional(arguments: Any, location: Location, issues: list[Validatio
             _check_rule(weight, weight_at, issues)
             dynamic = True
         elif isinstance(weight, bool) or not isinstance(weight, int | float):
-            _error(issues, weight_at, f"a weight is a whole number >= 0 or a rule computing "
-                                      f"one, got {_kind(weight)}")
+            _error(
+                issues,
+                weight_at,
+                f"a weight is a whole number >= 0 or a rule computing one, got {_kind(weight)}",
+            )
             broken = True
         elif isinstance(weight, float):
-            hint = f"write {int(weight)}" if weight.is_integer() else \
-                f"scale every weight of this split by 10 (or 100) ({weight:g} -> {weight * 10:g})"
-            _error(issues, weight_at, f"weight {weight} is not a whole number; flagd only "
-                                      f"accepts integer weights, so {hint}")
+            hint = (
+                f"write {int(weight)}"
+                if weight.is_integer()
+                else f"scale every weight of this split by 10 (or 100) ({weight:g} -> {weight * 10:g})"
+            )
+            _error(
+                issues,
+                weight_at,
+                f"weight {weight} is not a whole number; flagd only "
+                f"accepts integer weights, so {hint}",
+            )
             broken = True
         elif weight < 0:
-            _error(issues, weight_at, f"weight {weight} is negative; weights are whole numbers "
-                                      ">= 0 (0 sends no traffic to this bucket)")
+            _error(
+                issues,
+                weight_at,
+                f"weight {weight} is negative; weights are whole numbers "
+                ">= 0 (0 sends no traffic to this bucket)",
+            )
             broken = True
         else:
             total += weight
     if broken:
         return
     if not dynamic and total == 0:
-        _error(issues, location, "every weight is 0, so no user falls in any bucket and every "
-                                 "evaluation falls back to the default; give at least one "
-                                 "bucket a positive weight")
+        _error(
+            issues,
+            location,
+            "every weight is 0, so no user falls in any bucket and every "
+            "evaluation falls back to the default; give at least one "
+            "bucket a positive weight",
+        )
     elif total > MAX_TOTAL_WEIGHT:
-        _error(issues, location, f"the weights add up to {total}, more than flagd's limit of "
-                                 f"{MAX_TOTAL_WEIGHT}; use smaller numbers in the same ratio")
+        _error(
+            issues,
+            location,
+            f"the weights add up to {total}, more than flagd's limit of "
+            f"{MAX_TOTAL_WEIGHT}; use smaller numbers in the same ratio",
+        )
 
 
 def _js_numeric(value: Any) -> bool:
@@ -349,10 +455,14 @@ def _numeric(operator: str, check: _Check) -> _Check:
         check(arguments, location, issues)
         if isinstance(arguments, list) and arguments and _node_refuses(operator, arguments):
             shown = ", ".join(_kind(operand) for operand in arguments)
-            _error(issues, location,
-                   f"{operator!r} over {shown}: Node's flagd evaluator refuses the flag (it "
-                   "throws on an operand that is no number) while Python's reads it as false; "
-                   "compare strings with \"===\" or \"!==\", or write numbers")
+            _error(
+                issues,
+                location,
+                f"{operator!r} over {shown}: Node's flagd evaluator refuses the flag (it "
+                "throws on an operand that is no number) while Python's reads it as false; "
+                'compare strings with "===" or "!==", or write numbers',
+            )
+
     return checked
 
 
@@ -364,8 +474,22 @@ def _operator_table() -> dict[str, _Check]:
         "sem_ver": _check_sem_ver,
         "fractional": _check_fractional,
     }
-    for operator in ("==", "===", "!=", "!==", ">", ">=", "%", "/", "map", "filter", "all",
-                     "none", "some", "in"):
+    for operator in (
+        "==",
+        "===",
+        "!=",
+        "!==",
+        ">",
+        ">=",
+        "%",
+        "/",
+        "map",
+        "filter",
+        "all",
+        "none",
+        "some",
+        "in",
+    ):
         table[operator] = _fixed(2, 2)(operator)
     for operator in ("substr", "<", "<="):
         table[operator] = _fixed(2, 3)(operator)

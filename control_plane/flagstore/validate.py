@@ -39,8 +39,13 @@ __all__ = [
 ]
 
 
-def validate_flag(key: str, definition: Any, evaluators: Mapping[str, Any] | None = None, *,
-                  location: Location | None = None) -> list[ValidationIssue]:
+def validate_flag(
+    key: str,
+    definition: Any,
+    evaluators: Mapping[str, Any] | None = None,
+    *,
+    location: Location | None = None,
+) -> list[ValidationIssue]:
     """Check one flag on its own: members, types, targeting rules and what they mean together.
 
     Pass the flag set's `evaluators` to check `$ref` targets (None skips that check). Issues
@@ -72,11 +77,17 @@ def validate_document(document: Any, *, file: str = "") -> list[ValidationIssue]
     parts = check_document(document, issues)
     seen: dict[tuple[str, str], Location] = {}
     for key, definition, where in parts.flags:
-        set_id = flag_set_id(definition, parts.metadata) if isinstance(definition, dict) \
-            else DEFAULT_SET
+        set_id = (
+            flag_set_id(definition, parts.metadata) if isinstance(definition, dict) else DEFAULT_SET
+        )
         if (set_id, key) in seen:
-            issues.append(ValidationIssue.at(where, f"flag {key!r} is defined twice in flag set "
-                                                    f"{set_id!r}; a key is unique per flag set"))
+            issues.append(
+                ValidationIssue.at(
+                    where,
+                    f"flag {key!r} is defined twice in flag set "
+                    f"{set_id!r}; a key is unique per flag set",
+                )
+            )
         seen[(set_id, key)] = where
         issues.extend(validate_flag(key, definition, parts.evaluators, location=where))
     issues.extend(validate_evaluators(parts.evaluators))
@@ -159,12 +170,12 @@ _FlagId = tuple[str, str]  # (flagSetId, key)
 
 #: validate_flag(key, definition, evaluators, location) with the definition's exact text
 #: (None when unknown), so a cache can answer for a definition it has seen.
-FlagCheck = Callable[[str, Any, Mapping[str, Any], Location, "str | None"],
-                     list[ValidationIssue]]
+FlagCheck = Callable[[str, Any, Mapping[str, Any], Location, "str | None"], list[ValidationIssue]]
 
 
-def _check_flag(key: str, definition: Any, evaluators: Mapping[str, Any], where: Location,
-                identity: str | None) -> list[ValidationIssue]:
+def _check_flag(
+    key: str, definition: Any, evaluators: Mapping[str, Any], where: Location, identity: str | None
+) -> list[ValidationIssue]:
     return validate_flag(key, definition, evaluators, location=where)
 
 
@@ -194,24 +205,36 @@ def read_file(name: str, content: bytes) -> FileRead:
     return read_parsed(name, parsed.data, tuple(parsed.issues), parsed.positions)
 
 
-def read_parsed(name: str, data: Any, issues: tuple[ValidationIssue, ...],
-                positions: Mapping[Location, tuple[int, int]],
-                identities: Mapping[str, str] | None = None,
-                text_clean: bool = False) -> FileRead:
+def read_parsed(
+    name: str,
+    data: Any,
+    issues: tuple[ValidationIssue, ...],
+    positions: Mapping[Location, tuple[int, int]],
+    identities: Mapping[str, str] | None = None,
+    text_clean: bool = False,
+) -> FileRead:
     """The FileRead of parsed `data`; `text_clean` when its text was checked already."""
     found: list[ValidationIssue] = []
     if not text_clean:
         check_text_values(data, found)
     if found:  # refused before merging: nothing downstream sees (or hashes) the text
-        return FileRead(name, (*issues, *locate(found, file=name, positions=positions)),
-                        positions=positions)
+        return FileRead(
+            name, (*issues, *locate(found, file=name, positions=positions)), positions=positions
+        )
     parts = check_document(data, found)
     set_ids = tuple(
         flag_set_id(definition, parts.metadata) if isinstance(definition, dict) else DEFAULT_SET
-        for _, definition, _ in parts.flags)
-    return FileRead(name, issues, parts, set_ids,
-                    tuple(locate(found, file=name, positions=positions)), positions,
-                    identities)
+        for _, definition, _ in parts.flags
+    )
+    return FileRead(
+        name,
+        issues,
+        parts,
+        set_ids,
+        tuple(locate(found, file=name, positions=positions)),
+        positions,
+        identities,
+    )
 
 
 class _Merge:
@@ -260,14 +283,29 @@ class _Merge:
                 # good one (if any) keeps serving until one of them is removed or renamed.
                 first_file, first_where = self.flag_where[flag_id]
                 in_set = f" in flag set {set_id!r}" if set_id else ""
-                advice = ("a flag key may be defined once per flag set, so remove or rename one "
-                          "of them (or give one a different flagSetId)")
-                found.append(ValidationIssue.at(
-                    where, f"flag {key!r}{in_set} is also defined in "
-                           f"{self._line(first_file, first_where)}; {advice}"))
-                self.issues.extend(locate([ValidationIssue.at(
-                    first_where, f"flag {key!r}{in_set} is also defined in {name}; {advice}")],
-                    file=first_file, positions=self.positions.get(first_file)))
+                advice = (
+                    "a flag key may be defined once per flag set, so remove or rename one "
+                    "of them (or give one a different flagSetId)"
+                )
+                found.append(
+                    ValidationIssue.at(
+                        where,
+                        f"flag {key!r}{in_set} is also defined in "
+                        f"{self._line(first_file, first_where)}; {advice}",
+                    )
+                )
+                self.issues.extend(
+                    locate(
+                        [
+                            ValidationIssue.at(
+                                first_where,
+                                f"flag {key!r}{in_set} is also defined in {name}; {advice}",
+                            )
+                        ],
+                        file=first_file,
+                        positions=self.positions.get(first_file),
+                    )
+                )
                 continue
             self.flags[flag_id] = definition
             self.flag_where[flag_id] = (name, where)
@@ -277,10 +315,13 @@ class _Merge:
             if evaluator in self.evaluators:
                 if self.evaluators[evaluator] != rule:
                     first = self.evaluator_file[evaluator]
-                    found.append(ValidationIssue.at(
-                        ("$evaluators", evaluator),
-                        f"evaluator {evaluator!r} is also defined, differently, in "
-                        f"{self._line(first, ('$evaluators', evaluator))}; keep one definition"))
+                    found.append(
+                        ValidationIssue.at(
+                            ("$evaluators", evaluator),
+                            f"evaluator {evaluator!r} is also defined, differently, in "
+                            f"{self._line(first, ('$evaluators', evaluator))}; keep one definition",
+                        )
+                    )
                 continue
             self.evaluators[evaluator] = rule
             self.evaluator_file[evaluator] = name
@@ -291,17 +332,27 @@ class _Merge:
         check = self.check_flag or _check_flag
         for flag_id, definition in self.flags.items():
             file, where = self.flag_where[flag_id]
-            found = check(flag_id[1], definition, self.evaluators, where,
-                          self.identities.get(flag_id))
+            found = check(
+                flag_id[1], definition, self.evaluators, where, self.identities.get(flag_id)
+            )
             if found:
                 self.issues.extend(locate(found, file=file, positions=self.positions.get(file)))
         for issue in validate_evaluators(self.evaluators):
-            file = self.evaluator_file.get(str(issue.location[1]), "") \
-                if len(issue.location) > 1 else ""
+            file = (
+                self.evaluator_file.get(str(issue.location[1]), "")
+                if len(issue.location) > 1
+                else ""
+            )
             self.issues.extend(locate([issue], file=file, positions=self.positions.get(file)))
-        ordered = sorted(self.issues, key=lambda issue: (
-            files.index(issue.file) if issue.file in files else -1, issue.line or 0,
-            issue.column or 0, issue.path))
+        ordered = sorted(
+            self.issues,
+            key=lambda issue: (
+                files.index(issue.file) if issue.file in files else -1,
+                issue.line or 0,
+                issue.column or 0,
+                issue.path,
+            ),
+        )
         refused = self._refusals(ordered)
         refused_files = {item.file for item in refused if item.key is None}
         refused_flags = {(item.file, item.location) for item in refused if item.key}
@@ -310,25 +361,35 @@ class _Merge:
         for flag_id, definition in self.flags.items():
             file = self.flag_where[flag_id][0]
             where = self.flag_where[flag_id][1][:2]
-            if file in refused_files or (file, where) in refused_flags or \
-                    not isinstance(definition, dict):
+            if (
+                file in refused_files
+                or (file, where) in refused_flags
+                or not isinstance(definition, dict)
+            ):
                 continue
             sets.setdefault(flag_id[0], {})[flag_id[1]] = definition  # shared, never mutated
             set_sources.setdefault(flag_id[0], {})[flag_id[1]] = file
         flags, sources = default_view(sets, set_sources)
         return ValidationResult(
             flags=dict(flags),  # type: ignore[arg-type]  # shared definitions, never mutated
-            evaluators={name: rule for name, rule in self.evaluators.items()
-                        if self.evaluator_file[name] not in refused_files},
+            evaluators={
+                name: rule
+                for name, rule in self.evaluators.items()
+                if self.evaluator_file[name] not in refused_files
+            },
             sources=sources,
             files=files,
             issues=tuple(ordered),
             sets=sets,
             set_sources=set_sources,
-            file_metadata={name: meta for name, meta in self.file_metadata.items()
-                           if name not in refused_files},
-            evaluator_sources={name: file for name, file in self.evaluator_file.items()
-                               if file not in refused_files},
+            file_metadata={
+                name: meta for name, meta in self.file_metadata.items() if name not in refused_files
+            },
+            evaluator_sources={
+                name: file
+                for name, file in self.evaluator_file.items()
+                if file not in refused_files
+            },
             refused=refused,
         )
 
@@ -344,12 +405,21 @@ class _Merge:
                 by_flag.setdefault((issue.file, owner, issue.location[:2]), []).append(issue)
             else:
                 by_file.setdefault(issue.file, []).append(issue)
-        refused = [Refusal(file=file, key=None, flag_set_id=DEFAULT_SET, issues=tuple(found))
-                   for file, found in by_file.items()]
+        refused = [
+            Refusal(file=file, key=None, flag_set_id=DEFAULT_SET, issues=tuple(found))
+            for file, found in by_file.items()
+        ]
         refused.extend(
-            Refusal(file=file, key=flag_id[1], flag_set_id=flag_id[0], issues=tuple(found),
-                    location=where)
-            for (file, flag_id, where), found in by_flag.items() if file not in by_file)
+            Refusal(
+                file=file,
+                key=flag_id[1],
+                flag_set_id=flag_id[0],
+                issues=tuple(found),
+                location=where,
+            )
+            for (file, flag_id, where), found in by_flag.items()
+            if file not in by_file
+        )
         return tuple(refused)
 
 
@@ -360,4 +430,3 @@ def describe(issues: list[ValidationIssue], *, limit: int = 3) -> str:
     more = f" (and {len(errors) - limit} more)" if len(errors) > limit else ""
     noun = "problem" if len(errors) == 1 else "problems"
     return f"{len(errors)} {noun} in the flags: {shown}{more}"
-

@@ -28,16 +28,18 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def diff_values(before: Any, after: Any, path: list[str | int] | None = None
-                ) -> list[dict[str, Any]]:
+def diff_values(
+    before: Any, after: Any, path: list[str | int] | None = None
+) -> list[dict[str, Any]]:
     """Leaf-level changes that turn `before` into `after` (add / remove / replace)."""
     path = path or []
     if isinstance(before, Mapping) and isinstance(after, Mapping):
         changes: list[dict[str, Any]] = []
         for key in before:
             if key not in after:
-                changes.append({"op": "remove", "path": pointer([*path, key]),
-                                "before": before[key]})
+                changes.append(
+                    {"op": "remove", "path": pointer([*path, key]), "before": before[key]}
+                )
             else:
                 changes.extend(diff_values(before[key], after[key], [*path, key]))
         for key in after:
@@ -49,8 +51,9 @@ def diff_values(before: Any, after: Any, path: list[str | int] | None = None
         for index in range(min(len(before), len(after))):
             changes.extend(diff_values(before[index], after[index], [*path, index]))
         for index in range(len(after), len(before)):
-            changes.append({"op": "remove", "path": pointer([*path, index]),
-                            "before": before[index]})
+            changes.append(
+                {"op": "remove", "path": pointer([*path, index]), "before": before[index]}
+            )
         for index in range(len(before), len(after)):
             changes.append({"op": "add", "path": pointer([*path, index]), "after": after[index]})
         return changes
@@ -59,9 +62,13 @@ def diff_values(before: Any, after: Any, path: list[str | int] | None = None
     return [{"op": "replace", "path": pointer(path), "before": before, "after": after}]
 
 
-def _entries(before: Mapping[str, Any], after: Mapping[str, Any],
-             sources_before: Mapping[str, str], sources_after: Mapping[str, str],
-             kind: str) -> list[dict[str, Any]]:
+def _entries(
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    sources_before: Mapping[str, str],
+    sources_after: Mapping[str, str],
+    kind: str,
+) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     for key in sorted(set(before) | set(after)):
         entry: dict[str, Any] = {"key": key}
@@ -87,16 +94,23 @@ def _entries(before: Mapping[str, Any], after: Mapping[str, Any],
     return entries
 
 
-def diff_documents(before: Mapping[str, Any] | None, after: Mapping[str, Any]
-                   ) -> dict[str, Any]:
+def diff_documents(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> dict[str, Any]:
     """The diff of two version documents; `before` None (the first version) adds everything."""
     previous = before or {}
-    flags = _entries(previous.get("flags", {}), after.get("flags", {}),
-                     previous.get("sources", {}), after.get("sources", {}), "flag")
-    evaluators = _entries(previous.get("$evaluators", {}), after.get("$evaluators", {}),
-                          {}, {}, "evaluator")
-    summary = {change: [e["key"] for e in flags if e["change"] == change]
-               for change in ("added", "removed", "changed", "moved")}
+    flags = _entries(
+        previous.get("flags", {}),
+        after.get("flags", {}),
+        previous.get("sources", {}),
+        after.get("sources", {}),
+        "flag",
+    )
+    evaluators = _entries(
+        previous.get("$evaluators", {}), after.get("$evaluators", {}), {}, {}, "evaluator"
+    )
+    summary = {
+        change: [e["key"] for e in flags if e["change"] == change]
+        for change in ("added", "removed", "changed", "moved")
+    }
     return {"summary": summary, "flags": flags, "evaluators": evaluators}
 
 
@@ -109,8 +123,10 @@ def describe_diff(diff: Mapping[str, Any]) -> list[str]:
     """One readable line per change: `~ ab-test-router /targeting/fractional/0/1: 50 -> 30`."""
     lines: list[str] = []
     marks = {"added": "+", "removed": "-", "changed": "~", "moved": ">"}
-    for kind, entries in (("flag", diff.get("flags", [])),
-                          ("evaluator", diff.get("evaluators", []))):
+    for kind, entries in (
+        ("flag", diff.get("flags", [])),
+        ("evaluator", diff.get("evaluators", [])),
+    ):
         for entry in entries:
             label = entry["key"] if kind == "flag" else f"$evaluators.{entry['key']}"
             mark = marks[entry["change"]]
@@ -124,8 +140,9 @@ def describe_diff(diff: Mapping[str, Any]) -> list[str]:
                         what = f"removed {_short(change['before'])}"
                     lines.append(f"{mark} {label} {change['path'] or '/'}: {what}")
             elif entry["change"] == "moved":
-                lines.append(f"{mark} {label} moved {entry.get('previousSource')} -> "
-                             f"{entry.get('source')}")
+                lines.append(
+                    f"{mark} {label} moved {entry.get('previousSource')} -> {entry.get('source')}"
+                )
             else:
                 where = f" ({entry['source']})" if entry.get("source") else ""
                 lines.append(f"{mark} {label} {entry['change']}{where}")

@@ -77,8 +77,10 @@ class NginxGateway:
                 f"prefix {str(self.prefix)!r} must be an absolute path "
                 "without spaces, quotes, ';', '{', '}', '$' or '#'"
             )
-        for name, value in (("listen", self.listen),
-                            *(("control plane", address) for address in self.decision_servers)):
+        for name, value in (
+            ("listen", self.listen),
+            *(("control plane", address) for address in self.decision_servers),
+        ):
             if not _ADDRESS.fullmatch(value):
                 raise GatewayConfigError(
                     f"{name} address {value!r} must look like HOST:PORT (or PORT)"
@@ -114,8 +116,9 @@ class NginxGateway:
             return f"        server {servers[0]};"
         # Several replicas: one that fails is left out for a second while the next answers
         # (proxy_next_upstream in /_route), so losing a replica fails no request.
-        return "\n".join(f"        server {address} max_fails=1 fail_timeout=1s;"
-                         for address in servers)
+        return "\n".join(
+            f"        server {address} max_fails=1 fail_timeout=1s;" for address in servers
+        )
 
     def render(self) -> str:
         self.check()

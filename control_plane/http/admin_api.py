@@ -58,6 +58,7 @@ _MAX_MESSAGE = 2000
 
 # -- wire models -----------------------------------------------------------------------------
 
+
 class WhoAmI(BaseModel):
     name: str
     role: Literal["viewer", "operator", "admin"]
@@ -140,8 +141,9 @@ class HistoryPage(WireModel):
 
 
 class RollbackRequest(BaseModel):
-    message: str | None = Field(default=None, max_length=_MAX_MESSAGE,
-                                description="Why (kept in the history)")
+    message: str | None = Field(
+        default=None, max_length=_MAX_MESSAGE, description="Why (kept in the history)"
+    )
 
 
 class RollbackResult(WireModel):
@@ -153,8 +155,10 @@ class RollbackResult(WireModel):
 
 
 class TokenRequest(BaseModel):
-    name: str = Field(pattern=_TOKEN_NAME.pattern,
-                      description="1-64 letters, digits, . _ @ - (starting with a letter or digit)")
+    name: str = Field(
+        pattern=_TOKEN_NAME.pattern,
+        description="1-64 letters, digits, . _ @ - (starting with a letter or digit)",
+    )
     role: Literal["viewer", "operator", "admin"] = "viewer"
 
     @field_validator("role", mode="before")
@@ -197,8 +201,9 @@ class AuditPage(WireModel):
     next_before: int | None
 
 
-_ETAG = {"ETag": {"description": "The entity tag to send as If-Match",
-                  "schema": {"type": "string"}}}
+_ETAG = {
+    "ETag": {"description": "The entity tag to send as If-Match", "schema": {"type": "string"}}
+}
 #: Every admin read: a malformed request (400), no valid token (401).
 _VIEWER = problems(400, 401)
 #: Writes also need the role (403).
@@ -209,10 +214,12 @@ _WRITER = problems(400, 401, 403)
 
 #: A stored version number: path parameters outside this range are a 400, never a query.
 VersionParam = Annotated[int, Path(ge=1, le=MAX_VERSION, description="a stored version number")]
-IfMatch = Annotated[str | None, Header(alias="If-Match",
-                                       description="ETag the edit starts from; 412 if stale")]
-IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match",
-                                           description="'*': create only; 412 if it exists")]
+IfMatch = Annotated[
+    str | None, Header(alias="If-Match", description="ETag the edit starts from; 412 if stale")
+]
+IfNoneMatch = Annotated[
+    str | None, Header(alias="If-None-Match", description="'*': create only; 412 if it exists")
+]
 
 
 def _checked_key(key: str) -> str:
@@ -232,9 +239,15 @@ def _checked_definition(definition: Any) -> Any:
 
 def _flag_write_json(key: str, result: WriteResult) -> dict[str, Any]:
     flag_set = result.flag_set
-    return {"key": key, "source": flag_set.sources.get(key),
-            "flagSetVersion": flag_set.version, "contentHash": flag_set.content_hash,
-            "changed": result.changed, "flag": flag_set.flags.get(key)}
+    return {
+        "key": key,
+        "source": flag_set.sources.get(key),
+        "flagSetVersion": flag_set.version,
+        "contentHash": flag_set.content_hash,
+        "changed": result.changed,
+        "flag": flag_set.flags.get(key),
+    }
+
 
 def _version_json(row: FlagSetVersion, *, document: bool = False) -> dict[str, Any]:
     body: dict[str, Any] = {
@@ -266,54 +279,86 @@ def _token_json(row: ApiToken) -> dict[str, Any]:
 
 
 def _audit_json(row: AuditEvent) -> dict[str, Any]:
-    return {"id": row.id, "at": row.at.isoformat(), "actor": row.actor, "action": row.action,
-            "target": row.target, "detail": row.detail}
+    return {
+        "id": row.id,
+        "at": row.at.isoformat(),
+        "actor": row.actor,
+        "action": row.action,
+        "target": row.target,
+        "detail": row.detail,
+    }
 
 
-def _audit(admin: Components, principal: Principal, action: str, target: str,
-           detail: dict[str, Any]) -> None:
+def _audit(
+    admin: Components, principal: Principal, action: str, target: str, detail: dict[str, Any]
+) -> None:
     with admin.database.session() as session:
-        repository.add_audit_event(session=session, actor=principal.name, action=action,
-                                   target=target, detail=detail)
+        repository.add_audit_event(
+            session=session, actor=principal.name, action=action, target=target, detail=detail
+        )
 
 
 # -- endpoints: who am I ---------------------------------------------------------------------
 
-@router.get("/v1/whoami", summary="The token's name and role", response_model=WhoAmI,
-            responses=_VIEWER)
+
+@router.get(
+    "/v1/whoami", summary="The token's name and role", response_model=WhoAmI, responses=_VIEWER
+)
 def whoami(principal: ViewerDep) -> dict[str, str]:
     return {"name": principal.name, "role": principal.role.label, "source": principal.source}
 
 
 # -- endpoints: flags (fixed paths first: /v1/flags/{key} must not capture them) -------------
 
-@router.get("/v1/flags", summary="All serving flags with their source file and version",
-            response_model=FlagList,
-            responses={200: {"description": "The serving flags", "headers": _ETAG},
-                       **_VIEWER, **problems(503)})
+
+@router.get(
+    "/v1/flags",
+    summary="All serving flags with their source file and version",
+    response_model=FlagList,
+    responses={
+        200: {"description": "The serving flags", "headers": _ETAG},
+        **_VIEWER,
+        **problems(503),
+    },
+)
 def list_flags(principal: ViewerDep, admin: ComponentsDep) -> JSONResponse:
     flag_set = admin.store.current
     etag = flag_set_etag(flag_set.content_hash)
-    return JSONResponse({
-        "flagSetVersion": flag_set.version,
-        "contentHash": flag_set.content_hash,
-        "etag": etag,
-        "flags": [
-            {"key": key, "source": flag_set.sources.get(key), "flagSetVersion": flag_set.version,
-             "state": definition.get("state"), "defaultVariant": definition.get("defaultVariant"),
-             "variants": sorted(definition.get("variants", {})), "etag": flag_etag(definition)}
-            for key, definition in sorted(flag_set.flags.items())
-        ],
-    }, headers={"ETag": etag})
+    return JSONResponse(
+        {
+            "flagSetVersion": flag_set.version,
+            "contentHash": flag_set.content_hash,
+            "etag": etag,
+            "flags": [
+                {
+                    "key": key,
+                    "source": flag_set.sources.get(key),
+                    "flagSetVersion": flag_set.version,
+                    "state": definition.get("state"),
+                    "defaultVariant": definition.get("defaultVariant"),
+                    "variants": sorted(definition.get("variants", {})),
+                    "etag": flag_etag(definition),
+                }
+                for key, definition in sorted(flag_set.flags.items())
+            ],
+        },
+        headers={"ETag": etag},
+    )
 
 
-@router.get("/v1/flags/history", summary="Flag set versions, newest first, with diffs",
-            response_model=HistoryPage, responses=_VIEWER)
+@router.get(
+    "/v1/flags/history",
+    summary="Flag set versions, newest first, with diffs",
+    response_model=HistoryPage,
+    responses=_VIEWER,
+)
 def history(
-    principal: ViewerDep, admin: ComponentsDep,
+    principal: ViewerDep,
+    admin: ComponentsDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    before: Annotated[int | None, Query(ge=1, le=MAX_VERSION + 1,
-                                        description="versions below this one")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=MAX_VERSION + 1, description="versions below this one")
+    ] = None,
 ) -> dict[str, Any]:
     with admin.database.session() as session:
         rows = repository.list_versions(session=session, limit=limit + 1, before=before)
@@ -325,28 +370,45 @@ def history(
         "items": items,
         "total": total,
         "nextBefore": next_before,
-        "next": (f"/v1/flags/history?limit={limit}&before={next_before}"
-                 if next_before is not None else None),
+        "next": (
+            f"/v1/flags/history?limit={limit}&before={next_before}"
+            if next_before is not None
+            else None
+        ),
     }
 
 
-@router.get("/v1/flags/history/{version}", summary="One stored version with its full document",
-            response_model=VersionDocument, responses={**_VIEWER, **problems(404)})
-def history_version(version: VersionParam, principal: ViewerDep,
-                    admin: ComponentsDep) -> dict[str, Any]:
+@router.get(
+    "/v1/flags/history/{version}",
+    summary="One stored version with its full document",
+    response_model=VersionDocument,
+    responses={**_VIEWER, **problems(404)},
+)
+def history_version(
+    version: VersionParam, principal: ViewerDep, admin: ComponentsDep
+) -> dict[str, Any]:
     with admin.database.session() as session:
-        return _version_json(repository.get_version(session=session, version=version),
-                             document=True)
+        return _version_json(
+            repository.get_version(session=session, version=version), document=True
+        )
 
 
-@router.post("/v1/flags/rollback/{version}",
-             summary="Rewrite the flag files to a stored version (recorded as a rollback)",
-             response_model=RollbackResult,
-             responses={**_WRITER, **problems(404, 412, 413, 422, 503)},
-             openapi_extra=json_body(RollbackRequest, required=False,
-                                     description='Optional: {"message": "why"}'))
-async def rollback(version: VersionParam, request: Request, principal: AdminDep,
-                   admin: ComponentsDep, if_match: IfMatch = None) -> dict[str, Any]:
+@router.post(
+    "/v1/flags/rollback/{version}",
+    summary="Rewrite the flag files to a stored version (recorded as a rollback)",
+    response_model=RollbackResult,
+    responses={**_WRITER, **problems(404, 412, 413, 422, 503)},
+    openapi_extra=json_body(
+        RollbackRequest, required=False, description='Optional: {"message": "why"}'
+    ),
+)
+async def rollback(
+    version: VersionParam,
+    request: Request,
+    principal: AdminDep,
+    admin: ComponentsDep,
+    if_match: IfMatch = None,
+) -> dict[str, Any]:
     """`If-Match` takes the flag set's ETag (from `GET /v1/flags`): 412 if it changed since."""
     precondition = Precondition.parse(if_match=if_match)
     body = await read_json_body(request, required=False, limit=_MAX_BODY)
@@ -356,22 +418,37 @@ async def rollback(version: VersionParam, request: Request, principal: AdminDep,
         with admin.database.session() as session:
             document = repository.get_version(session=session, version=version).document
         message = f"rollback to version {version}" + (f": {note}" if note else "")
-        result = admin.editor.restore(document, actor=principal.name, message=message,
-                                      precondition=precondition)
-        _audit(admin, principal, "flags.rollback", f"version {version}",
-               {"flagSetVersion": result.flag_set.version, "changed": result.changed,
-                "files": list(result.files)})
-        return {"rolledBackTo": version, "flagSetVersion": result.flag_set.version,
-                "contentHash": result.flag_set.content_hash, "changed": result.changed,
-                "files": list(result.files)}
+        result = admin.editor.restore(
+            document, actor=principal.name, message=message, precondition=precondition
+        )
+        _audit(
+            admin,
+            principal,
+            "flags.rollback",
+            f"version {version}",
+            {
+                "flagSetVersion": result.flag_set.version,
+                "changed": result.changed,
+                "files": list(result.files),
+            },
+        )
+        return {
+            "rolledBackTo": version,
+            "flagSetVersion": result.flag_set.version,
+            "contentHash": result.flag_set.content_hash,
+            "changed": result.changed,
+            "files": list(result.files),
+        }
 
     return await run_in_threadpool(work)
 
 
-@router.get("/v1/flags/{key}", summary="One serving flag's definition, source file and version",
-            response_model=FlagDocument,
-            responses={200: {"description": "The flag", "headers": _ETAG},
-                       **_VIEWER, **problems(404, 503)})
+@router.get(
+    "/v1/flags/{key}",
+    summary="One serving flag's definition, source file and version",
+    response_model=FlagDocument,
+    responses={200: {"description": "The flag", "headers": _ETAG}, **_VIEWER, **problems(404, 503)},
+)
 def get_flag(key: str, principal: ViewerDep, admin: ComponentsDep) -> JSONResponse:
     """The `ETag` (also in the body as `etag`) is what PUT and DELETE take as `If-Match`."""
     flag_set = admin.store.current
@@ -379,40 +456,67 @@ def get_flag(key: str, principal: ViewerDep, admin: ComponentsDep) -> JSONRespon
     if definition is None:
         raise FlagNotFound(f"no flag named {key!r}")
     etag = flag_etag(definition)
-    return JSONResponse({"key": key, "source": flag_set.sources.get(key),
-                         "flagSetVersion": flag_set.version,
-                         "contentHash": flag_set.content_hash, "etag": etag,
-                         "flag": definition}, headers={"ETag": etag})
+    return JSONResponse(
+        {
+            "key": key,
+            "source": flag_set.sources.get(key),
+            "flagSetVersion": flag_set.version,
+            "contentHash": flag_set.content_hash,
+            "etag": etag,
+            "flag": definition,
+        },
+        headers={"ETag": etag},
+    )
 
 
-MessageQuery = Annotated[str | None, Query(max_length=_MAX_MESSAGE,
-                                           description="why (kept in the history)")]
+MessageQuery = Annotated[
+    str | None, Query(max_length=_MAX_MESSAGE, description="why (kept in the history)")
+]
 
 
-@router.put("/v1/flags/{key}", summary="Create or replace a flag (validated, versioned)",
-            response_model=FlagWrite,
-            responses={200: {"description": "Replaced", "headers": _ETAG},
-                       201: {"description": "Created", "model": FlagWrite, "headers": _ETAG},
-                       **_WRITER, **problems(404, 412, 413, 422, 503)},
-            openapi_extra=json_body(FlagDefinition, description="The flagd flag definition"))
+@router.put(
+    "/v1/flags/{key}",
+    summary="Create or replace a flag (validated, versioned)",
+    response_model=FlagWrite,
+    responses={
+        200: {"description": "Replaced", "headers": _ETAG},
+        201: {"description": "Created", "model": FlagWrite, "headers": _ETAG},
+        **_WRITER,
+        **problems(404, 412, 413, 422, 503),
+    },
+    openapi_extra=json_body(FlagDefinition, description="The flagd flag definition"),
+)
 async def put_flag(
-    key: str, request: Request, principal: OperatorDep, admin: ComponentsDep,
-    message: MessageQuery = None, if_match: IfMatch = None, if_none_match: IfNoneMatch = None,
+    key: str,
+    request: Request,
+    principal: OperatorDep,
+    admin: ComponentsDep,
+    message: MessageQuery = None,
+    if_match: IfMatch = None,
+    if_none_match: IfNoneMatch = None,
 ) -> Response:
     """`If-Match: <ETag>` makes a read-modify-write safe: 412 if the flag changed meanwhile."""
     _checked_key(key)
     precondition = Precondition.parse(if_match=if_match, if_none_match=if_none_match)
-    definition = _checked_definition(
-        await read_json_body(request, required=True, limit=_MAX_BODY))
+    definition = _checked_definition(await read_json_body(request, required=True, limit=_MAX_BODY))
 
     def work() -> tuple[int, dict[str, Any]]:
         existed = admin.store.loaded and key in admin.store.current.flags
-        result = admin.editor.put_flag(key, definition, actor=principal.name,
-                                       message=message or "", precondition=precondition)
+        result = admin.editor.put_flag(
+            key, definition, actor=principal.name, message=message or "", precondition=precondition
+        )
         flag_set = result.flag_set
-        _audit(admin, principal, "flag.put", key,
-               {"flagSetVersion": flag_set.version, "changed": result.changed,
-                "source": flag_set.sources.get(key)})
+        _audit(
+            admin,
+            principal,
+            "flag.put",
+            key,
+            {
+                "flagSetVersion": flag_set.version,
+                "changed": result.changed,
+                "source": flag_set.sources.get(key),
+            },
+        )
         return (200 if existed else 201), _flag_write_json(key, result)
 
     status, body = await run_in_threadpool(work)
@@ -421,41 +525,56 @@ async def put_flag(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-@router.delete("/v1/flags/{key}", summary="Remove a flag from its file (validated, versioned)",
-               response_model=FlagDeleted,
-               responses={**_WRITER, **problems(404, 412, 422, 503)})
+@router.delete(
+    "/v1/flags/{key}",
+    summary="Remove a flag from its file (validated, versioned)",
+    response_model=FlagDeleted,
+    responses={**_WRITER, **problems(404, 412, 422, 503)},
+)
 async def delete_flag(
-    key: str, principal: OperatorDep, admin: ComponentsDep,
-    message: MessageQuery = None, if_match: IfMatch = None,
+    key: str,
+    principal: OperatorDep,
+    admin: ComponentsDep,
+    message: MessageQuery = None,
+    if_match: IfMatch = None,
 ) -> dict[str, Any]:
     """`If-Match: <ETag>` refuses (412) to delete a flag that changed since it was read."""
     _checked_key(key)
     precondition = Precondition.parse(if_match=if_match)
 
     def work() -> dict[str, Any]:
-        result = admin.editor.delete_flag(key, actor=principal.name, message=message or "",
-                                          precondition=precondition)
-        _audit(admin, principal, "flag.delete", key,
-               {"flagSetVersion": result.flag_set.version, "changed": result.changed,
-                "files": list(result.files)})
-        return {**_flag_write_json(key, result), "deleted": True,
-                "files": list(result.files)}
+        result = admin.editor.delete_flag(
+            key, actor=principal.name, message=message or "", precondition=precondition
+        )
+        _audit(
+            admin,
+            principal,
+            "flag.delete",
+            key,
+            {
+                "flagSetVersion": result.flag_set.version,
+                "changed": result.changed,
+                "files": list(result.files),
+            },
+        )
+        return {**_flag_write_json(key, result), "deleted": True, "files": list(result.files)}
 
     return await run_in_threadpool(work)
 
 
 # -- endpoints: tokens and audit -------------------------------------------------------------
 
-@router.post("/v1/tokens", status_code=201,
-             summary="Create a token; the secret is in this answer only",
-             response_model=CreatedToken,
-             responses={**_WRITER, **problems(409, 413)},
-             openapi_extra=json_body(TokenRequest,
-                                     description='{"name": "...", "role": "viewer"}'))
-async def create_token(request: Request, principal: AdminDep,
-                       admin: ComponentsDep) -> JSONResponse:
-    asked = parse_body(TokenRequest,
-                       await read_json_body(request, required=True, limit=_MAX_BODY))
+
+@router.post(
+    "/v1/tokens",
+    status_code=201,
+    summary="Create a token; the secret is in this answer only",
+    response_model=CreatedToken,
+    responses={**_WRITER, **problems(409, 413)},
+    openapi_extra=json_body(TokenRequest, description='{"name": "...", "role": "viewer"}'),
+)
+async def create_token(request: Request, principal: AdminDep, admin: ComponentsDep) -> JSONResponse:
+    asked = parse_body(TokenRequest, await read_json_body(request, required=True, limit=_MAX_BODY))
     name, role = asked.name, Role.parse(asked.role)
     if any(spec.name == name for spec in admin.authenticator.settings_tokens):
         raise Conflict(f"a token named {name!r} is defined in settings (CP_ADMIN_TOKENS)")
@@ -463,44 +582,72 @@ async def create_token(request: Request, principal: AdminDep,
 
     def work() -> dict[str, Any]:
         with admin.database.session() as session:
-            row = repository.add_token(session=session, name=name, role=role.label,
-                                       token_hash=hash_token(secret),
-                                       created_by=principal.name)
-            repository.add_audit_event(session=session, actor=principal.name,
-                                       action="token.create", target=name,
-                                       detail={"role": role.label})
+            row = repository.add_token(
+                session=session,
+                name=name,
+                role=role.label,
+                token_hash=hash_token(secret),
+                created_by=principal.name,
+            )
+            repository.add_audit_event(
+                session=session,
+                actor=principal.name,
+                action="token.create",
+                target=name,
+                detail={"role": role.label},
+            )
             return {**_token_json(row), "token": secret}
 
     return JSONResponse(await run_in_threadpool(work), status_code=201)
 
 
-@router.get("/v1/tokens", summary="Tokens (names, roles, state; never secrets)",
-            response_model=TokenList, response_model_exclude_unset=True, responses=_WRITER)
+@router.get(
+    "/v1/tokens",
+    summary="Tokens (names, roles, state; never secrets)",
+    response_model=TokenList,
+    response_model_exclude_unset=True,
+    responses=_WRITER,
+)
 def list_tokens(principal: AdminDep, admin: ComponentsDep) -> dict[str, Any]:
-    configured = [{"name": spec.name, "role": spec.role, "source": "settings"}
-                  for spec in admin.authenticator.settings_tokens]
+    configured = [
+        {"name": spec.name, "role": spec.role, "source": "settings"}
+        for spec in admin.authenticator.settings_tokens
+    ]
     with admin.database.session() as session:
         stored = [_token_json(row) for row in repository.list_tokens(session=session)]
     return {"items": configured + stored}
 
 
-@router.delete("/v1/tokens/{name}", status_code=204, summary="Revoke a database token",
-               response_class=Response, responses={**_WRITER, **problems(404, 409)})
+@router.delete(
+    "/v1/tokens/{name}",
+    status_code=204,
+    summary="Revoke a database token",
+    response_class=Response,
+    responses={**_WRITER, **problems(404, 409)},
+)
 def revoke_token(name: str, principal: AdminDep, admin: ComponentsDep) -> Response:
     if any(spec.name == name for spec in admin.authenticator.settings_tokens):
-        raise Conflict(f"token {name!r} is defined in settings; remove it from CP_ADMIN_TOKENS "
-                       "and restart to revoke it")
+        raise Conflict(
+            f"token {name!r} is defined in settings; remove it from CP_ADMIN_TOKENS "
+            "and restart to revoke it"
+        )
     with admin.database.session() as session:
         repository.revoke_token(session=session, name=name, actor=principal.name)
-        repository.add_audit_event(session=session, actor=principal.name,
-                                   action="token.revoke", target=name, detail={})
+        repository.add_audit_event(
+            session=session, actor=principal.name, action="token.revoke", target=name, detail={}
+        )
     return Response(status_code=204)
 
 
-@router.get("/v1/audit", summary="Audit log of writes, newest first",
-            response_model=AuditPage, responses=_WRITER)
+@router.get(
+    "/v1/audit",
+    summary="Audit log of writes, newest first",
+    response_model=AuditPage,
+    responses=_WRITER,
+)
 def audit_log(
-    principal: AdminDep, admin: ComponentsDep,
+    principal: AdminDep,
+    admin: ComponentsDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[int | None, Query(ge=1)] = None,
 ) -> dict[str, Any]:

@@ -51,8 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The control plane's ASGI app for `settings` (environment and defaults when None)."""
     settings = settings or Settings()
     # A replica (CP_REPLICA_OF) routes from flags it syncs; it has no database and no admin API.
-    components: RoutingComponents = (build_replica_components(settings) if settings.replica_of
-                                     else build_components(settings))
+    components: RoutingComponents = (
+        build_replica_components(settings) if settings.replica_of else build_components(settings)
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -62,15 +63,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await lifecycle.stop(components)
 
-    app = ControlPlaneApp(title="Model routing control plane", version="0.1.0",
-                          lifespan=lifespan, telemetry=components.tracing.fastapi_telemetry(),
-                          # No /x -> /x/ redirects: Starlette builds their absolute Location
-                          # from the client's Host header. Routes that need both forms
-                          # register both (/console, /v1/dispatch/{flag}); others are a 404.
-                          redirect_slashes=False,
-                          # operationIds are the endpoint names (unique in the app; methods of
-                          # a multi-method route get a suffix in ControlPlaneApp.openapi).
-                          generate_unique_id_function=_operation_id)
+    app = ControlPlaneApp(
+        title="Model routing control plane",
+        version="0.1.0",
+        lifespan=lifespan,
+        telemetry=components.tracing.fastapi_telemetry(),
+        # No /x -> /x/ redirects: Starlette builds their absolute Location
+        # from the client's Host header. Routes that need both forms
+        # register both (/console, /v1/dispatch/{flag}); others are a 404.
+        redirect_slashes=False,
+        # operationIds are the endpoint names (unique in the app; methods of
+        # a multi-method route get a suffix in ControlPlaneApp.openapi).
+        generate_unique_id_function=_operation_id,
+    )
     app.state.components = components
     install_problem_handlers(app)
     app.include_router(health.router)
@@ -79,8 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ofrep.router)  # issue 14: OFREP checks Bearer or X-API-Key itself
     if isinstance(components, Components):  # the control plane's own APIs (not on replicas)
         # The status route must precede the admin router's /v1/flags/{key}.
-        app.include_router(flags_status.router,
-                           dependencies=[Depends(require_role(Role.VIEWER))])
+        app.include_router(flags_status.router, dependencies=[Depends(require_role(Role.VIEWER))])
         app.include_router(admin_api.router)
         app.include_router(tester_api.router)  # operators issue tester tokens (pins)
         app.include_router(experiments_api.router)  # /v1/events, /v1/experiments

@@ -23,15 +23,17 @@ async def read_body(request: Request, *, limit: int) -> bytes:
     """The raw body, at most `limit` bytes; PayloadTooLarge as soon as it is longer."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is {int(declared)} bytes; at most {limit} are accepted",
-                              limit=limit)
+        raise PayloadTooLarge(
+            f"the body is {int(declared)} bytes; at most {limit} are accepted", limit=limit
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"the body is over {limit} bytes; at most {limit} are accepted",
-                                  limit=limit)
+            raise PayloadTooLarge(
+                f"the body is over {limit} bytes; at most {limit} are accepted", limit=limit
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 

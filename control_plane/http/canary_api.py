@@ -45,8 +45,11 @@ def _service(experiments: Any) -> CanaryService:
 class CanaryAction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    message: str = Field(default="", max_length=_MAX_MESSAGE,
-                         description="Why (kept in the run's events and the audit log)")
+    message: str = Field(
+        default="",
+        max_length=_MAX_MESSAGE,
+        description="Why (kept in the run's events and the audit log)",
+    )
 
 
 class CanaryRun(OpenWireModel):
@@ -70,7 +73,8 @@ class CanaryRun(OpenWireModel):
 class CanaryStatus(CanaryRun):
     events: list[dict[str, Any]]
     controller: dict[str, Any] | None = Field(
-        default=None, description='{"leader": true} on the control plane that steps canaries')
+        default=None, description='{"leader": true} on the control plane that steps canaries'
+    )
 
 
 class CanaryRuns(BaseModel):
@@ -89,63 +93,98 @@ async def _message(request: Request) -> str:
     return "" if body is None else parse_body(CanaryAction, body).message
 
 
-@router.get("/v1/canaries", summary="Canary runs, newest first", response_model=CanaryRuns,
-            responses=_READ)
-def list_canaries(principal: ViewerDep, experiments: ExperimentsDep,
-                  active: Annotated[bool, Query(description="only running or paused")] = False,
-                  limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
+@router.get(
+    "/v1/canaries", summary="Canary runs, newest first", response_model=CanaryRuns, responses=_READ
+)
+def list_canaries(
+    principal: ViewerDep,
+    experiments: ExperimentsDep,
+    active: Annotated[bool, Query(description="only running or paused")] = False,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
     return {"items": _service(experiments).list_runs(active_only=active, limit=limit)}
 
 
-@router.post("/v1/canaries/{flag_key}", status_code=201,
-             summary="Start a progressive canary on a routing flag",
-             response_model=CanaryStatus,
-             # 422: a spec that cannot run on this flag (errors name each field)
-             responses={**_ACT, **problems(422)},
-             openapi_extra=json_body(CanarySpec, required=False,
-                                     description="The canary spec; every field is optional"))
-async def start_canary(flag_key: str, request: Request, principal: OperatorDep,
-                       experiments: ExperimentsDep) -> JSONResponse:
+@router.post(
+    "/v1/canaries/{flag_key}",
+    status_code=201,
+    summary="Start a progressive canary on a routing flag",
+    response_model=CanaryStatus,
+    # 422: a spec that cannot run on this flag (errors name each field)
+    responses={**_ACT, **problems(422)},
+    openapi_extra=json_body(
+        CanarySpec, required=False, description="The canary spec; every field is optional"
+    ),
+)
+async def start_canary(
+    flag_key: str, request: Request, principal: OperatorDep, experiments: ExperimentsDep
+) -> JSONResponse:
     spec = parse_spec(await read_json_body(request, required=False, limit=MAX_BODY))
     service = _service(experiments)
     body = await run_in_threadpool(service.start, flag_key, spec, principal.name)
     return JSONResponse(body, status_code=201)
 
 
-@router.get("/v1/canaries/{flag_key}", summary="A flag's canary: state, step, numbers, events",
-            response_model=CanaryStatus, responses={**_READ, **problems(404)})
-def canary_status(flag_key: str, principal: ViewerDep, experiments: ExperimentsDep,
-                  after: Annotated[int, Query(ge=0, description="only events after this id")]
-                  = 0) -> dict[str, Any]:
+@router.get(
+    "/v1/canaries/{flag_key}",
+    summary="A flag's canary: state, step, numbers, events",
+    response_model=CanaryStatus,
+    responses={**_READ, **problems(404)},
+)
+def canary_status(
+    flag_key: str,
+    principal: ViewerDep,
+    experiments: ExperimentsDep,
+    after: Annotated[int, Query(ge=0, description="only events after this id")] = 0,
+) -> dict[str, Any]:
     body = _service(experiments).status(flag_key, after_event=after)
     # Whether this control plane is the one stepping canaries (canary/leadership.py).
     body["controller"] = {"leader": experiments.controller.leadership.leader}
     return body
 
 
-async def _act(action: Callable[..., dict[str, Any]], flag_key: str, request: Request,
-               principal_name: str) -> dict[str, Any]:
+async def _act(
+    action: Callable[..., dict[str, Any]], flag_key: str, request: Request, principal_name: str
+) -> dict[str, Any]:
     message = await _message(request)
     result: dict[str, Any] = await run_in_threadpool(action, flag_key, principal_name, message)
     return result
 
 
-@router.post("/v1/canaries/{flag_key}/pause", summary="Hold the canary at its current weight",
-             response_model=CanaryStatus, responses=_ACT, openapi_extra=_ACTION_BODY)
-async def pause_canary(flag_key: str, request: Request, principal: OperatorDep,
-                       experiments: ExperimentsDep) -> dict[str, Any]:
+@router.post(
+    "/v1/canaries/{flag_key}/pause",
+    summary="Hold the canary at its current weight",
+    response_model=CanaryStatus,
+    responses=_ACT,
+    openapi_extra=_ACTION_BODY,
+)
+async def pause_canary(
+    flag_key: str, request: Request, principal: OperatorDep, experiments: ExperimentsDep
+) -> dict[str, Any]:
     return await _act(_service(experiments).pause, flag_key, request, principal.name)
 
 
-@router.post("/v1/canaries/{flag_key}/resume", summary="Continue a paused canary",
-             response_model=CanaryStatus, responses=_ACT, openapi_extra=_ACTION_BODY)
-async def resume_canary(flag_key: str, request: Request, principal: OperatorDep,
-                        experiments: ExperimentsDep) -> dict[str, Any]:
+@router.post(
+    "/v1/canaries/{flag_key}/resume",
+    summary="Continue a paused canary",
+    response_model=CanaryStatus,
+    responses=_ACT,
+    openapi_extra=_ACTION_BODY,
+)
+async def resume_canary(
+    flag_key: str, request: Request, principal: OperatorDep, experiments: ExperimentsDep
+) -> dict[str, Any]:
     return await _act(_service(experiments).resume, flag_key, request, principal.name)
 
 
-@router.post("/v1/canaries/{flag_key}/abort", summary="Stop the canary: its weight goes to 0",
-             response_model=CanaryStatus, responses=_ACT, openapi_extra=_ACTION_BODY)
-async def abort_canary(flag_key: str, request: Request, principal: OperatorDep,
-                       experiments: ExperimentsDep) -> dict[str, Any]:
+@router.post(
+    "/v1/canaries/{flag_key}/abort",
+    summary="Stop the canary: its weight goes to 0",
+    response_model=CanaryStatus,
+    responses=_ACT,
+    openapi_extra=_ACTION_BODY,
+)
+async def abort_canary(
+    flag_key: str, request: Request, principal: OperatorDep, experiments: ExperimentsDep
+) -> dict[str, Any]:
     return await _act(_service(experiments).abort, flag_key, request, principal.name)

@@ -86,16 +86,17 @@ class RoutingComponents:
     events: EventPipeline | None = None
     #: Started services to stop on shutdown (sync server, listeners), filled at startup.
     closers: list[Callable[[], Any]] = field(default_factory=list)
-    _decision_children: dict[tuple[str, str, str], tuple[Any, Any]] = field(
-        default_factory=dict)
+    _decision_children: dict[tuple[str, str, str], tuple[Any, Any]] = field(default_factory=dict)
 
     def observe_decision(self, decision: Decision, seconds: float) -> None:
         """Decider listener: count the decision (label children cached: hot path)."""
         key = (decision.flag_key, decision.variant, decision.reason)
         children = self._decision_children.get(key)
         if children is None:
-            children = (self.metrics.decisions.labels(*key),
-                        self.metrics.decision_latency.labels(decision.flag_key))
+            children = (
+                self.metrics.decisions.labels(*key),
+                self.metrics.decision_latency.labels(decision.flag_key),
+            )
             self._decision_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
@@ -127,44 +128,68 @@ class Components(RoutingComponents):
 
 def build_components(settings: Settings) -> Components:
     """Every component for `settings`, unstarted."""
-    database = Database.from_url(settings.database_url,
-                                 timeouts=DatabaseTimeouts.from_settings(settings))
-    store = FlagStore(settings.flags_dir, reload_interval=settings.reload_interval,
-                      recorder=DatabaseRecorder(database),
-                      deletion_settle=settings.deletion_settle,
-                      strict=settings.flags_strict)  # issue 14: all-or-nothing if set
+    database = Database.from_url(
+        settings.database_url, timeouts=DatabaseTimeouts.from_settings(settings)
+    )
+    store = FlagStore(
+        settings.flags_dir,
+        reload_interval=settings.reload_interval,
+        recorder=DatabaseRecorder(database),
+        deletion_settle=settings.deletion_settle,
+        strict=settings.flags_strict,
+    )  # issue 14: all-or-nothing if set
     domain = f"control-plane-{next(_app_ids)}"
     client = openfeature_api.get_client(domain)
     tracing = tracing_from_settings(settings)  # no tracer (and no hook) unless configured
     client.add_hooks(tracing.openfeature_hooks())
     metrics = RouterMetrics()
-    tester_tokens = (TesterTokens(settings.tester_token_key.get_secret_value())
-                     if settings.tester_token_key else None)
+    tester_tokens = (
+        TesterTokens(settings.tester_token_key.get_secret_value())
+        if settings.tester_token_key
+        else None
+    )
     editor = FlagEditor(store)
     decider = Decider(client, store, tracer=tracing.tracer, ids=DecisionIds())
     compiled_decider = CompiledDecider(store, ids=decider.ids, listeners=decider.listeners)
     store.subscribe(compiled_decider.update)  # compiles each flag set the store loads
-    experiments = Experiments.build(settings, database=database, store=store, editor=editor,
-                                    registry=metrics.registry)
+    experiments = Experiments.build(
+        settings, database=database, store=store, editor=editor, registry=metrics.registry
+    )
     components = Components(
-        settings=settings, database=database, store=store, openfeature_domain=domain,
-        openfeature_client=client, provider=source_fed_provider(store), tracing=tracing,
+        settings=settings,
+        database=database,
+        store=store,
+        openfeature_domain=domain,
+        openfeature_client=client,
+        provider=source_fed_provider(store),
+        tracing=tracing,
         metrics=metrics,
-        mapper=ContextMapper(settings.header_rules, max_header_bytes=settings.max_header_bytes,
-                             tester_tokens=tester_tokens),
-        decider=decider, compiled_decider=compiled_decider,
-        dispatcher=Dispatcher(timeout=settings.dispatch_timeout,
-                              max_connections=settings.dispatch_max_connections,
-                              tracer=tracing.tracer,
-                              # which headers reach backends (dispatch_strip_headers)
-                              policy=ForwardPolicy.from_settings(settings)),
+        mapper=ContextMapper(
+            settings.header_rules,
+            max_header_bytes=settings.max_header_bytes,
+            tester_tokens=tester_tokens,
+        ),
+        decider=decider,
+        compiled_decider=compiled_decider,
+        dispatcher=Dispatcher(
+            timeout=settings.dispatch_timeout,
+            max_connections=settings.dispatch_max_connections,
+            tracer=tracing.tracer,
+            # which headers reach backends (dispatch_strip_headers)
+            policy=ForwardPolicy.from_settings(settings),
+        ),
         authenticator=Authenticator.from_settings(settings, database),
         gateway=GatewayTokenChecker.from_settings(settings),
         editor=editor,
         experiments=experiments,
         # CP_EVENTS_URL: the recorder feeds JetStream, and this control plane stores from it.
-        events=build_pipeline(settings, experiments.recorder, keys=experiments.keys,
-                              database=database, registry=metrics.registry),
+        events=build_pipeline(
+            settings,
+            experiments.recorder,
+            keys=experiments.keys,
+            database=database,
+            registry=metrics.registry,
+        ),
         ofrep=OfrepEvaluator(client, store),
         ofrep_limiter=TokenBucketLimiter(settings.ofrep_rate_limit, settings.ofrep_rate_burst),
         traffic=TrafficTracker(),
@@ -175,13 +200,21 @@ def build_components(settings: Settings) -> Components:
     )
     # Every listener, in one place. Decision listeners run on the request path: each only
     # counts or queues (see their docstrings).
-    components.decider.listeners.extend([
-        components.observe_decision, log_decision, components.traffic.observe,
-        components.experiments.recorder.on_decision,
-    ])
-    components.dispatcher.listeners.extend([
-        components.observe_dispatch, log_dispatch, components.experiments.recorder.on_dispatch,
-    ])
+    components.decider.listeners.extend(
+        [
+            components.observe_decision,
+            log_decision,
+            components.traffic.observe,
+            components.experiments.recorder.on_decision,
+        ]
+    )
+    components.dispatcher.listeners.extend(
+        [
+            components.observe_dispatch,
+            log_dispatch,
+            components.experiments.recorder.on_dispatch,
+        ]
+    )
     components.dispatcher.mirror = components.shadow.on_dispatch  # queues copies, never waits
     return components
 
@@ -195,40 +228,64 @@ def build_replica_components(settings: Settings) -> RoutingComponents:
     if settings.replica_of is None:
         raise ValueError("build_replica_components needs settings.replica_of")
     versions = PrimaryVersions()
-    store = FlagStore(settings.replica_dir, reload_interval=settings.reload_interval,
-                      recorder=versions, deletion_settle=0)
+    store = FlagStore(
+        settings.replica_dir,
+        reload_interval=settings.reload_interval,
+        recorder=versions,
+        deletion_settle=0,
+    )
     domain = f"control-plane-replica-{next(_app_ids)}"
     client = openfeature_api.get_client(domain)
     tracing = tracing_from_settings(settings)
     client.add_hooks(tracing.openfeature_hooks())
-    tester_tokens = (TesterTokens(settings.tester_token_key.get_secret_value())
-                     if settings.tester_token_key else None)
+    tester_tokens = (
+        TesterTokens(settings.tester_token_key.get_secret_value())
+        if settings.tester_token_key
+        else None
+    )
     decider = Decider(client, store, tracer=tracing.tracer, ids=DecisionIds())
     compiled_decider = CompiledDecider(store, ids=decider.ids, listeners=decider.listeners)
     store.subscribe(compiled_decider.update)
     token = settings.replica_token.get_secret_value() if settings.replica_token else None
     metrics = RouterMetrics()
     components = RoutingComponents(
-        settings=settings, store=store, openfeature_domain=domain, openfeature_client=client,
-        provider=source_fed_provider(store), tracing=tracing, metrics=metrics,
+        settings=settings,
+        store=store,
+        openfeature_domain=domain,
+        openfeature_client=client,
+        provider=source_fed_provider(store),
+        tracing=tracing,
+        metrics=metrics,
         # CP_EVENTS_URL: this replica publishes its records to JetStream (control_plane.events).
         events=build_replica_pipeline(settings, registry=metrics.registry),
-        mapper=ContextMapper(settings.header_rules, max_header_bytes=settings.max_header_bytes,
-                             tester_tokens=tester_tokens),
-        decider=decider, compiled_decider=compiled_decider,
-        dispatcher=Dispatcher(timeout=settings.dispatch_timeout,
-                              max_connections=settings.dispatch_max_connections,
-                              tracer=tracing.tracer, policy=ForwardPolicy.from_settings(settings)),
+        mapper=ContextMapper(
+            settings.header_rules,
+            max_header_bytes=settings.max_header_bytes,
+            tester_tokens=tester_tokens,
+        ),
+        decider=decider,
+        compiled_decider=compiled_decider,
+        dispatcher=Dispatcher(
+            timeout=settings.dispatch_timeout,
+            max_connections=settings.dispatch_max_connections,
+            tracer=tracing.tracer,
+            policy=ForwardPolicy.from_settings(settings),
+        ),
         authenticator=Authenticator.from_settings(settings, None),
         gateway=GatewayTokenChecker.from_settings(settings),
-        ofrep=OfrepEvaluator(client, store), traffic=TrafficTracker(),
+        ofrep=OfrepEvaluator(client, store),
+        traffic=TrafficTracker(),
         ofrep_limiter=TokenBucketLimiter(settings.ofrep_rate_limit, settings.ofrep_rate_burst),
         tester_tokens=tester_tokens,
-        replica=ReplicaSync(store, versions, ReplicaTarget(
-            settings.replica_of, token=token, ca_file=settings.replica_ca_file)),
+        replica=ReplicaSync(
+            store,
+            versions,
+            ReplicaTarget(settings.replica_of, token=token, ca_file=settings.replica_ca_file),
+        ),
     )
     components.decider.listeners.extend(
-        [components.observe_decision, log_decision, components.traffic.observe])
+        [components.observe_decision, log_decision, components.traffic.observe]
+    )
     components.dispatcher.listeners.extend([components.observe_dispatch, log_dispatch])
     if components.events is not None:  # the replica's exposures and call samples, published
         components.decider.listeners.append(components.events.recorder.on_decision)

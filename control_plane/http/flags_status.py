@@ -43,7 +43,8 @@ class RefusedBody(BaseModel):
     flag: str | None = Field(description="The refused flag; null when the whole file was")
     flagSetId: str
     serving: Literal["previous", "absent"] = Field(
-        description="previous: its last good definition keeps serving; absent: nothing does")
+        description="previous: its last good definition keeps serving; absent: nothing does"
+    )
     message: str
     issues: list[IssueBody]
 
@@ -69,17 +70,24 @@ class FlagStatus(BaseModel):
     reloads: ReloadCounts
     issues: list[IssueBody] = Field(
         description="Errors of the refused edit (state error), else warnings about the "
-                    "serving flag set")
+        "serving flag set"
+    )
     pendingDeletions: list[PendingDeletionBody] = Field(
         default_factory=list,
-        description="Deleted flag files still served until their settle window passes")
+        description="Deleted flag files still served until their settle window passes",
+    )
     strict: bool = Field(default=False, description="All-or-nothing reloads (flags_strict)")
     refused: list[RefusedBody] = Field(
         default_factory=list,
-        description="Flags (or files) of the last edit refused while the rest went live")
+        description="Flags (or files) of the last edit refused while the rest went live",
+    )
 
 
-@router.get("/v1/flags/status", summary="Serving flag set and the outcome of the last reload",
-            response_model=FlagStatus, responses=problems(400, 401))
+@router.get(
+    "/v1/flags/status",
+    summary="Serving flag set and the outcome of the last reload",
+    response_model=FlagStatus,
+    responses=problems(400, 401),
+)
 async def flags_status(components: ComponentsDep) -> FlagStatus:
     return FlagStatus.model_validate(components.store.status())

@@ -45,9 +45,12 @@ async def healthz() -> Alive:
     return Alive(status="ok")
 
 
-@router.get("/readyz", summary="Ready once a valid flag set is loaded", response_model=Ready,
-            responses={503: {"model": NotReady, "description": "No valid flag set yet"},
-                       **problems(400)})
+@router.get(
+    "/readyz",
+    summary="Ready once a valid flag set is loaded",
+    response_model=Ready,
+    responses={503: {"model": NotReady, "description": "No valid flag set yet"}, **problems(400)},
+)
 async def readyz(components: ComponentsDep) -> Response:
     store = components.store
     replica = components.replica
@@ -59,8 +62,14 @@ async def readyz(components: ComponentsDep) -> Response:
             detail = f"waiting for the first flag set from {replica.target.address}"
         return JSONResponse({"status": "not ready", "detail": detail, **extra}, status_code=503)
     flag_set = store.current
-    return JSONResponse({"status": "ready", "flagSetVersion": flag_set.version,
-                         "flagSetHash": flag_set.content_hash, **extra})
+    return JSONResponse(
+        {
+            "status": "ready",
+            "flagSetVersion": flag_set.version,
+            "flagSetHash": flag_set.content_hash,
+            **extra,
+        }
+    )
 
 
 def metrics_access(request: Request, components: ComponentsDep) -> None:
@@ -75,21 +84,29 @@ def metrics_access(request: Request, components: ComponentsDep) -> None:
     authenticator.authorize(principal, Role.VIEWER)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            dependencies=[Depends(metrics_access)],
-            responses={200: {"description": "Prometheus text exposition format",
-                             "content": {CONTENT_TYPE_LATEST.split(";")[0]: {
-                                 "schema": {"type": "string"}}}},
-                       # 401/403 only with CP_METRICS_REQUIRE_AUTH on
-                       **problems(400, 401, 403)})
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    dependencies=[Depends(metrics_access)],
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+        },
+        # 401/403 only with CP_METRICS_REQUIRE_AUTH on
+        **problems(400, 401, 403),
+    },
+)
 async def metrics(components: ComponentsDep) -> Response:
     registry = components.metrics.registry
     refresh_metrics(components)
     # -- workers (control_plane.workers): with `serve --workers N`, every process's metrics
     # on one page, with a `worker` label (the primary is "0").
     if isinstance(components, Components) and components.workers is not None:
-        return Response(await components.workers.exposition(registry),
-                        media_type=CONTENT_TYPE_LATEST)
+        return Response(
+            await components.workers.exposition(registry), media_type=CONTENT_TYPE_LATEST
+        )
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

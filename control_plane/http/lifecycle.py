@@ -35,8 +35,11 @@ async def start(components: RoutingComponents) -> None:
         reloads.labels(result)
     # A reload that went live but refused some flags (partial acceptance) counts as refused:
     # the alert on refused edits must fire whether the whole edit or one flag was refused.
-    store.subscribe_reloads(lambda outcome: reloads.labels(
-        "ok" if outcome.ok and not outcome.refused else "refused").inc())
+    store.subscribe_reloads(
+        lambda outcome: reloads.labels(
+            "ok" if outcome.ok and not outcome.refused else "refused"
+        ).inc()
+    )
     quiet_anonymous_fractional()  # requests without a user id are traffic, not errors
     if components.events is not None:  # CP_EVENTS_URL: the JetStream record pipeline
         components.events.start()
@@ -55,10 +58,8 @@ async def start(components: RoutingComponents) -> None:
     try:
         store.reload()
     except FlagValidationError as exc:
-        log.error("flags in %s are invalid; not ready until fixed: %s", store.directory,
-                  exc.detail)
-    openfeature_api.set_provider_and_wait(components.provider,
-                                          domain=components.openfeature_domain)
+        log.error("flags in %s are invalid; not ready until fixed: %s", store.directory, exc.detail)
+    openfeature_api.set_provider_and_wait(components.provider, domain=components.openfeature_domain)
     store.start()
     components.closers.append(store.stop)
     # Replicas (any flagd in-process provider) sync flags from here over flagd.sync.v1, on
@@ -85,17 +86,22 @@ async def _start_replica(components: RoutingComponents, replica: ReplicaSync) ->
     """Serve what the replica kept from its last sync, then follow the primary."""
     replica.start()
     components.closers.append(replica.stop)
-    openfeature_api.set_provider_and_wait(components.provider,
-                                          domain=components.openfeature_domain)
+    openfeature_api.set_provider_and_wait(components.provider, domain=components.openfeature_domain)
     if components.events is not None:
         exposures = "published to JetStream"
-    elif any(getattr(listener, "__name__", "") == "on_decision"
-             for listener in components.decider.listeners):
+    elif any(
+        getattr(listener, "__name__", "") == "on_decision"
+        for listener in components.decider.listeners
+    ):
         exposures = "recorded by this process's writer"  # a --workers decide worker
     else:
         exposures = "not recorded (set CP_EVENTS_URL to publish them)"
-    log.info("routing replica of %s: flags in %s; exposures %s", replica.target.address,
-             components.store.directory, exposures)
+    log.info(
+        "routing replica of %s: flags in %s; exposures %s",
+        replica.target.address,
+        components.store.directory,
+        exposures,
+    )
 
 
 async def stop(components: RoutingComponents) -> None:

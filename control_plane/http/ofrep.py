@@ -57,11 +57,15 @@ _JSON = "application/json"
 _FAILURE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["key", "errorCode"],
-    "properties": {"key": {"type": "string"}, "errorCode": {"type": "string"},
-                   "errorDetails": {"type": "string"}},
+    "properties": {
+        "key": {"type": "string"},
+        "errorCode": {"type": "string"},
+        "errorDetails": {"type": "string"},
+    },
 }
 _GENERAL_SCHEMA: dict[str, Any] = {
-    "type": "object", "properties": {"errorDetails": {"type": "string"}},
+    "type": "object",
+    "properties": {"errorDetails": {"type": "string"}},
 }
 
 
@@ -86,9 +90,11 @@ def _general(status: int, detail: str) -> Response:
 
 
 def _facts(flag_set: FlagSet) -> dict[str, str]:
-    return {"X-Flag-Set-Version": str(flag_set.version),
-            "X-Flag-Set-Hash": flag_set.content_hash[:12],
-            "X-Bucketing": str(flag_set.facts["bucketing"])}
+    return {
+        "X-Flag-Set-Version": str(flag_set.version),
+        "X-Flag-Set-Hash": flag_set.content_hash[:12],
+        "X-Bucketing": str(flag_set.facts["bucketing"]),
+    }
 
 
 def _credential(request: Request) -> str | None:
@@ -117,8 +123,11 @@ def _guard(request: Request, components: ComponentsDep) -> Response | None:
         client = "addr:" + (request.client.host if request.client else "unknown")
     wait = limiter.acquire(client)
     if wait > 0:
-        return _json(429, {"errorDetails": "rate limit reached; retry later"},
-                     {"Retry-After": TokenBucketLimiter.retry_after(wait)})
+        return _json(
+            429,
+            {"errorDetails": "rate limit reached; retry later"},
+            {"Retry-After": TokenBucketLimiter.retry_after(wait)},
+        )
     return None
 
 
@@ -153,16 +162,19 @@ def etag_matches(if_none_match: list[str], etag: str) -> bool:
     summary="OFREP single flag evaluation",
     responses={
         200: {"description": "evaluationSuccess", "model": OfrepEvaluation},
-        400: {"description": "evaluationFailure (problem+json when the request target holds a "
-                             "control character: refused before routing)",
-              "content": {**_content(_FAILURE_SCHEMA)["content"], **PROBLEM_CONTENT}},
+        400: {
+            "description": "evaluationFailure (problem+json when the request target holds a "
+            "control character: refused before routing)",
+            "content": {**_content(_FAILURE_SCHEMA)["content"], **PROBLEM_CONTENT},
+        },
         404: {"description": "flagNotFound", **_content(_FAILURE_SCHEMA)},
         401: {"description": "no valid token", **_content(_GENERAL_SCHEMA)},
         429: {"description": "rate limit reached (Retry-After)", **_content(_GENERAL_SCHEMA)},
         500: {"description": "no flag set loaded yet", **_content(_GENERAL_SCHEMA)},
     },
-    openapi_extra=json_body(OfrepRequest, required=False,
-                            description='{"context": {"targetingKey": "...", ...}}'),
+    openapi_extra=json_body(
+        OfrepRequest, required=False, description='{"context": {"targetingKey": "...", ...}}'
+    ),
 )
 async def evaluate_flag(key: str, request: Request, components: ComponentsDep) -> Response:
     """Evaluate one flag for the request's `context`."""
@@ -172,11 +184,18 @@ async def evaluate_flag(key: str, request: Request, components: ComponentsDep) -
     try:
         context = parse_evaluation_request(await read_body(request, limit=MAX_BODY_BYTES))
     except PayloadTooLarge:
-        return _json(400, {"key": key, "errorCode": "PARSE_ERROR",
-                           "errorDetails": f"request body larger than {MAX_BODY_BYTES} bytes"})
+        return _json(
+            400,
+            {
+                "key": key,
+                "errorCode": "PARSE_ERROR",
+                "errorDetails": f"request body larger than {MAX_BODY_BYTES} bytes",
+            },
+        )
     except OfrepRequestError as exc:
-        return _json(400, {"key": key, "errorCode": str(exc.error_code),
-                           "errorDetails": exc.detail})
+        return _json(
+            400, {"key": key, "errorCode": str(exc.error_code), "errorDetails": exc.detail}
+        )
     try:
         flag_set, evaluation = components.ofrep.evaluate_at(key, context)
     except FlagsNotLoaded as exc:
@@ -191,19 +210,26 @@ async def evaluate_flag(key: str, request: Request, components: ComponentsDep) -
     "/evaluate/flags",
     summary="OFREP bulk evaluation",
     responses={
-        200: {"description": "bulkEvaluationSuccess", "model": OfrepBulkEvaluation,
-              "headers": {"ETag": {
-            "description": "Digest of this exact answer", "schema": {"type": "string"}}}},
+        200: {
+            "description": "bulkEvaluationSuccess",
+            "model": OfrepBulkEvaluation,
+            "headers": {
+                "ETag": {"description": "Digest of this exact answer", "schema": {"type": "string"}}
+            },
+        },
         304: {"description": "Not modified: If-None-Match names the current answer"},
-        400: {"description": "bulkEvaluationFailure (problem+json when the request target holds "
-                             "a control character: refused before routing)",
-              "content": {**_content(_GENERAL_SCHEMA)["content"], **PROBLEM_CONTENT}},
+        400: {
+            "description": "bulkEvaluationFailure (problem+json when the request target holds "
+            "a control character: refused before routing)",
+            "content": {**_content(_GENERAL_SCHEMA)["content"], **PROBLEM_CONTENT},
+        },
         401: {"description": "no valid token", **_content(_GENERAL_SCHEMA)},
         429: {"description": "rate limit reached (Retry-After)", **_content(_GENERAL_SCHEMA)},
         500: {"description": "no flag set loaded yet", **_content(_GENERAL_SCHEMA)},
     },
-    openapi_extra=json_body(OfrepRequest, required=False,
-                            description='{"context": {"targetingKey": "...", ...}}'),
+    openapi_extra=json_body(
+        OfrepRequest, required=False, description='{"context": {"targetingKey": "...", ...}}'
+    ),
 )
 async def evaluate_flags(request: Request, components: ComponentsDep) -> Response:
     """Evaluate every flag for the request's `context`; answers 304 when unchanged."""
@@ -213,8 +239,13 @@ async def evaluate_flags(request: Request, components: ComponentsDep) -> Respons
     try:
         context = parse_evaluation_request(await read_body(request, limit=MAX_BODY_BYTES))
     except PayloadTooLarge:
-        return _json(400, {"errorCode": "PARSE_ERROR",
-                           "errorDetails": f"request body larger than {MAX_BODY_BYTES} bytes"})
+        return _json(
+            400,
+            {
+                "errorCode": "PARSE_ERROR",
+                "errorDetails": f"request body larger than {MAX_BODY_BYTES} bytes",
+            },
+        )
     except OfrepRequestError as exc:
         return _json(400, {"errorCode": str(exc.error_code), "errorDetails": exc.detail})
     evaluator = components.ofrep
@@ -225,8 +256,9 @@ async def evaluate_flags(request: Request, components: ComponentsDep) -> Respons
         return _general(500, exc.detail)
     for evaluation in evaluations:
         if evaluation.status >= 500:
-            return _general(evaluation.status, evaluation.details.error_message
-                            or str(evaluation.error_code))
+            return _general(
+                evaluation.status, evaluation.details.error_message or str(evaluation.error_code)
+            )
     payload = _dumps({"flags": [evaluation.body() for evaluation in evaluations]})
     digest = hashlib.sha256(f"{flag_set.version}\0".encode() + payload).hexdigest()
     etag = f'"{digest}"'

@@ -19,8 +19,14 @@ from starlette.types import Send
 
 from control_plane import errors
 
-__all__ = ["PROBLEM_JSON", "install_problem_handlers", "problem_body", "problem_response",
-           "send_problem", "status_for"]
+__all__ = [
+    "PROBLEM_JSON",
+    "install_problem_handlers",
+    "problem_body",
+    "problem_response",
+    "send_problem",
+    "status_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +66,26 @@ def _type_slug(title: str) -> str:
 
 
 def problem_body(status: int, title: str, detail: str, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": _type_slug(title), "title": title, "status": status,
-                            "detail": detail}
+    body: dict[str, Any] = {
+        "type": _type_slug(title),
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
     body.update({key: value for key, value in extra.items() if value is not None})
     return body
 
 
-def problem_response(status: int, title: str, detail: str,
-                     headers: dict[str, str] | None = None, **extra: Any) -> Response:
+def problem_response(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
     body = problem_body(status, title, detail, **extra)
-    return Response(json.dumps(body, default=_jsonable), status_code=status,
-                    media_type=PROBLEM_JSON, headers=headers)
+    return Response(
+        json.dumps(body, default=_jsonable),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -84,10 +99,13 @@ def _jsonable(value: Any) -> Any:
 async def send_problem(send: Send, exc: errors.ControlPlaneError) -> None:
     """Answer `exc` as problem+json straight over ASGI (for code in front of FastAPI)."""
     status = status_for(exc)
-    body = json.dumps(problem_body(status, exc.title, exc.detail, **dict(exc.extra)),
-                      default=_jsonable).encode()
-    headers = [(b"content-type", PROBLEM_JSON.encode()),
-               (b"content-length", str(len(body)).encode())]
+    body = json.dumps(
+        problem_body(status, exc.title, exc.detail, **dict(exc.extra)), default=_jsonable
+    ).encode()
+    headers = [
+        (b"content-type", PROBLEM_JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -117,13 +135,17 @@ def install_problem_handlers(app: FastAPI) -> None:
         if not isinstance(exc, RequestValidationError):  # registered for that class only
             return await on_crash(request, exc)
         problems = [
-            {"location": ".".join(str(part) for part in err.get("loc", ())),
-             "message": err.get("msg", "")}
+            {
+                "location": ".".join(str(part) for part in err.get("loc", ())),
+                "message": err.get("msg", ""),
+            }
             for err in exc.errors()
         ]
         first = problems[0] if problems else {"location": "request", "message": "invalid"}
         return problem_response(
-            400, "Malformed request", f"{first['location']}: {first['message']}",
+            400,
+            "Malformed request",
+            f"{first['location']}: {first['message']}",
             errors=problems,
         )
 
@@ -131,13 +153,15 @@ def install_problem_handlers(app: FastAPI) -> None:
         if not isinstance(exc, StarletteHTTPException):  # registered for that class only
             return await on_crash(request, exc)
         title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
-        return problem_response(exc.status_code, title, str(exc.detail),
-                                headers=dict(exc.headers or {}))
+        return problem_response(
+            exc.status_code, title, str(exc.detail), headers=dict(exc.headers or {})
+        )
 
     async def on_crash(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(500, "Internal error",
-                                "the control plane failed; the error is logged")
+        return problem_response(
+            500, "Internal error", "the control plane failed; the error is logged"
+        )
 
     async def on_client_gone(request: Request, exc: Exception) -> Response:
         # The client left before its request body was in: nobody is there to answer, and it

@@ -30,11 +30,14 @@ _MAX_BODY = 16 * 1024
 class TesterTokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    subject: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$",
-                         description="Who the token is for (a tester's name or e-mail)")
+    subject: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$",
+        description="Who the token is for (a tester's name or e-mail)",
+    )
     ttl_seconds: int = Field(default=3600, alias="ttlSeconds", ge=1, le=MAX_TTL_SECONDS)
-    flags: list[str] = Field(default_factory=list, max_length=100,
-                             description="Flags the token may pin; empty: any flag")
+    flags: list[str] = Field(
+        default_factory=list, max_length=100, description="Flags the token may pin; empty: any flag"
+    )
 
 
 class IssuedTesterToken(BaseModel):
@@ -47,35 +50,53 @@ class IssuedTesterToken(BaseModel):
     header: str = Field(description="The request header to send the token in")
 
 
-@router.post("/v1/tester-tokens", status_code=201, response_model_by_alias=True,
-             summary="Issue a tester token (lets its holder pin versions through the gateway)",
-             # 409: tester tokens are not enabled (no CP_TESTER_TOKEN_KEY)
-             responses=problems(400, 401, 403, 409, 413),
-             openapi_extra=json_body(TesterTokenRequest))
-async def issue_tester_token(request: Request, principal: OperatorDep,
-                             components: ComponentsDep) -> IssuedTesterToken:
+@router.post(
+    "/v1/tester-tokens",
+    status_code=201,
+    response_model_by_alias=True,
+    summary="Issue a tester token (lets its holder pin versions through the gateway)",
+    # 409: tester tokens are not enabled (no CP_TESTER_TOKEN_KEY)
+    responses=problems(400, 401, 403, 409, 413),
+    openapi_extra=json_body(TesterTokenRequest),
+)
+async def issue_tester_token(
+    request: Request, principal: OperatorDep, components: ComponentsDep
+) -> IssuedTesterToken:
     tokens = components.tester_tokens
     if tokens is None:
-        raise Conflict("tester tokens are not enabled: set CP_TESTER_TOKEN_KEY "
-                       "(32+ characters) on the control plane")
-    asked = parse_body(TesterTokenRequest,
-                       await read_json_body(request, required=True, limit=_MAX_BODY))
+        raise Conflict(
+            "tester tokens are not enabled: set CP_TESTER_TOKEN_KEY "
+            "(32+ characters) on the control plane"
+        )
+    asked = parse_body(
+        TesterTokenRequest, await read_json_body(request, required=True, limit=_MAX_BODY)
+    )
     store = components.store
     unknown = [key for key in asked.flags if not store.loaded or key not in store.current.flags]
     if unknown:
-        raise BadRequestInput(f"body.flags: no flag named {unknown[0]!r} is serving",
-                              source="body.flags")
-    token, expires_at = tokens.issue(asked.subject, ttl_seconds=asked.ttl_seconds,
-                                     flags=asked.flags)
+        raise BadRequestInput(
+            f"body.flags: no flag named {unknown[0]!r} is serving", source="body.flags"
+        )
+    token, expires_at = tokens.issue(
+        asked.subject, ttl_seconds=asked.ttl_seconds, flags=asked.flags
+    )
     expires = datetime.fromtimestamp(expires_at, UTC)
 
     def audit() -> None:
         with components.database.session() as session:
             repository.add_audit_event(
-                session=session, actor=principal.name, action="tester-token.issue",
+                session=session,
+                actor=principal.name,
+                action="tester-token.issue",
                 target=asked.subject,
-                detail={"flags": sorted(asked.flags), "expiresAt": expires.isoformat()})
+                detail={"flags": sorted(asked.flags), "expiresAt": expires.isoformat()},
+            )
 
     await run_in_threadpool(audit)
-    return IssuedTesterToken(token=token, subject=asked.subject, expires_at=expires,
-                             flags=sorted(set(asked.flags)), header=TESTER_TOKEN_HEADER)
+    return IssuedTesterToken(
+        token=token,
+        subject=asked.subject,
+        expires_at=expires,
+        flags=sorted(set(asked.flags)),
+        header=TESTER_TOKEN_HEADER,
+    )

@@ -18,8 +18,9 @@ __all__ = ["SampledTracingHook"]
 
 
 class SampledTracingHook(TracingHook):
-    def finally_after(self, hook_context: HookContext, details: FlagEvaluationDetails[Any],
-                      hints: HookHints) -> None:
+    def finally_after(
+        self, hook_context: HookContext, details: FlagEvaluationDetails[Any], hints: HookHints
+    ) -> None:
         if trace.get_current_span().is_recording():
             super().finally_after(hook_context, details, hints)
 

@@ -22,14 +22,17 @@ from typing import Any, Literal, TextIO
 
 from opentelemetry import trace
 
-__all__ = ["JsonFormatter", "LogFormat", "configure_logging", "logging_config",
-           "resolve_format"]
+__all__ = ["JsonFormatter", "LogFormat", "configure_logging", "logging_config", "resolve_format"]
 
 LogFormat = Literal["auto", "json", "text"]
 
 #: Attributes every LogRecord has; anything else on a record came from `extra=`.
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "color_message", "taskName"}
+    "message",
+    "asctime",
+    "color_message",
+    "taskName",
+}
 _ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
 _TEXT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 #: Chatty at INFO and said better elsewhere: httpx logs each backend call the dispatch line
@@ -42,14 +45,18 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds").replace("+00:00", "Z"),
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if (record.name == "uvicorn.access" and isinstance(record.args, tuple)
-                and len(record.args) == len(_ACCESS_FIELDS)):
+        if (
+            record.name == "uvicorn.access"
+            and isinstance(record.args, tuple)
+            and len(record.args) == len(_ACCESS_FIELDS)
+        ):
             entry.update(zip(_ACCESS_FIELDS, record.args, strict=True))
         for key, value in vars(record).items():
             if key not in _RECORD_FIELDS and not key.startswith("_"):
@@ -82,19 +89,22 @@ def logging_config(log_format: LogFormat, level: str = "info") -> dict[str, Any]
     """A dictConfig for the root logger and uvicorn's loggers, all to stderr."""
     resolved = resolve_format(log_format)
     formatter: dict[str, Any] = (
-        {"()": f"{JsonFormatter.__module__}.JsonFormatter"} if resolved == "json"
-        else {"format": _TEXT})
+        {"()": f"{JsonFormatter.__module__}.JsonFormatter"}
+        if resolved == "json"
+        else {"format": _TEXT}
+    )
     handler = {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
     level_name = level.upper()
-    quiet = {name: {"level": "WARNING"} for name in _QUIET_BELOW_DEBUG
-             if level_name != "DEBUG"}
+    quiet = {name: {"level": "WARNING"} for name in _QUIET_BELOW_DEBUG if level_name != "DEBUG"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         # uvicorn looks these two formatter names up when told to use colours.
         "formatters": {"default": formatter, "access": dict(formatter)},
-        "handlers": {"default": {**handler, "formatter": "default"},
-                     "access": {**handler, "formatter": "access"}},
+        "handlers": {
+            "default": {**handler, "formatter": "default"},
+            "access": {**handler, "formatter": "access"},
+        },
         "root": {"handlers": ["default"], "level": level_name},
         "loggers": {
             "uvicorn": {"handlers": [], "level": level_name, "propagate": True},

@@ -26,13 +26,23 @@ def log_decision(decision: Decision, seconds: float) -> None:
     if not decisions_log.isEnabledFor(logging.DEBUG):
         return
     decisions_log.debug(
-        "decision %s: flag %s -> %s (%s, %s)", decision.decision_id, decision.flag_key,
-        decision.variant, decision.backend, decision.reason,
-        extra={"decision_id": decision.decision_id, "flag": decision.flag_key,
-               "variant": decision.variant, "backend": decision.backend,
-               "reason": decision.reason, "flag_set_version": decision.flag_set_version,
-               "error_code": decision.error_code,
-               "latency_ms": round(seconds * 1000, 3)})
+        "decision %s: flag %s -> %s (%s, %s)",
+        decision.decision_id,
+        decision.flag_key,
+        decision.variant,
+        decision.backend,
+        decision.reason,
+        extra={
+            "decision_id": decision.decision_id,
+            "flag": decision.flag_key,
+            "variant": decision.variant,
+            "backend": decision.backend,
+            "reason": decision.reason,
+            "flag_set_version": decision.flag_set_version,
+            "error_code": decision.error_code,
+            "latency_ms": round(seconds * 1000, 3),
+        },
+    )
 
 
 def log_dispatch(outcome: DispatchOutcome) -> None:
@@ -43,11 +53,23 @@ def log_dispatch(outcome: DispatchOutcome) -> None:
     fallback = outcome.variant != decision.variant
     answer = str(outcome.status) if outcome.status is not None else outcome.error or "no answer"
     dispatch_log.info(
-        "dispatch %s: flag %s %s -> %s answered %s in %.1f ms%s", decision.decision_id,
-        decision.flag_key, outcome.variant, outcome.backend, answer, outcome.seconds * 1000,
+        "dispatch %s: flag %s %s -> %s answered %s in %.1f ms%s",
+        decision.decision_id,
+        decision.flag_key,
+        outcome.variant,
+        outcome.backend,
+        answer,
+        outcome.seconds * 1000,
         f" (fallback from {decision.variant})" if fallback else "",
-        extra={"decision_id": decision.decision_id, "flag": decision.flag_key,
-               "variant": outcome.variant, "backend": outcome.backend,
-               "status": outcome.status, "error": outcome.error,
-               "latency_ms": round(outcome.seconds * 1000, 3), "fallback": fallback,
-               "fallback_from": decision.variant if fallback else None})
+        extra={
+            "decision_id": decision.decision_id,
+            "flag": decision.flag_key,
+            "variant": outcome.variant,
+            "backend": outcome.backend,
+            "status": outcome.status,
+            "error": outcome.error,
+            "latency_ms": round(outcome.seconds * 1000, 3),
+            "fallback": fallback,
+            "fallback_from": decision.variant if fallback else None,
+        },
+    )

@@ -29,8 +29,14 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 
-__all__ = ["TRACER_NAME", "Tracing", "TracingConfigError", "remote_parent",
-           "traces_endpoint", "tracing_from_settings"]
+__all__ = [
+    "TRACER_NAME",
+    "Tracing",
+    "TracingConfigError",
+    "remote_parent",
+    "traces_endpoint",
+    "tracing_from_settings",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +55,31 @@ def traces_endpoint(setting: str | None, environ: Mapping[str, str]) -> str | No
         url, source = setting.rstrip("/") + _TRACES_PATH, "CP_OTLP_ENDPOINT"
     elif environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         # The signal-specific variable is a full URL, used as given (OTLP exporter spec).
-        url, source = environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"], \
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        url, source = (
+            environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"],
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        )
     elif environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        url, source = environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + _TRACES_PATH, \
-            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        url, source = (
+            environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + _TRACES_PATH,
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        )
     else:
         return None
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise TracingConfigError(f"{source}: {url!r} is not an http(s) URL")
-    protocol = (environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-                or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
+    protocol = (
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    )
     if protocol != "http/protobuf":
         raise TracingConfigError(
             f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol}: the control plane exports traces over "
             "OTLP/HTTP (http/protobuf) only; point the endpoint at the collector's HTTP port "
-            "(4318 by default)")
+            "(4318 by default)"
+        )
     return url
 
 
@@ -92,8 +106,12 @@ class Tracing:
         this module owns the export pipeline (on, it would add a second exporter); its metrics
         and logs stay off: Prometheus and our JSON logs carry those.
         """
-        config: TelemetryConfig = {"auto_configure": False, "metrics": False, "logs": False,
-                                   "operation_spans": False}
+        config: TelemetryConfig = {
+            "auto_configure": False,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+        }
         if self.provider is None:
             config["tracing"] = False
         else:
@@ -117,11 +135,15 @@ class Tracing:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(
-            endpoint=self.endpoint)))
+        self.provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=self.endpoint))
+        )
         self._started = True
-        log.info("exporting traces to %s (OTLP/HTTP)", self.endpoint,
-                 extra={"otlp_endpoint": self.endpoint})
+        log.info(
+            "exporting traces to %s (OTLP/HTTP)",
+            self.endpoint,
+            extra={"otlp_endpoint": self.endpoint},
+        )
 
     def shutdown(self) -> None:
         """Flush and stop the exporters of a provider this app owns."""
@@ -145,8 +167,7 @@ def tracing_from_settings(settings: Any, environ: Mapping[str, str] | None = Non
     global_provider = trace.get_tracer_provider()
     if _is_sdk_provider(global_provider) and endpoint is None:
         # Someone set up tracing for the whole process (opentelemetry-instrument): join it.
-        return Tracing(tracer=global_provider.get_tracer(TRACER_NAME),
-                       provider=global_provider)
+        return Tracing(tracer=global_provider.get_tracer(TRACER_NAME), provider=global_provider)
     if not wanted and endpoint is None:
         return Tracing()
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -157,8 +178,9 @@ def tracing_from_settings(settings: Any, environ: Mapping[str, str] | None = Non
         # Neither OTEL_SERVICE_NAME nor OTEL_RESOURCE_ATTRIBUTES named the service.
         resource = resource.merge(Resource({SERVICE_NAME: _DEFAULT_SERVICE_NAME}))
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-    return Tracing(tracer=provider.get_tracer(TRACER_NAME), provider=provider,
-                   endpoint=endpoint, owned=True)
+    return Tracing(
+        tracer=provider.get_tracer(TRACER_NAME), provider=provider, endpoint=endpoint, owned=True
+    )
 
 
 def _is_sdk_provider(provider: object) -> bool:

@@ -61,8 +61,13 @@ class ContextMapper:
     and the request context says why.
     """
 
-    def __init__(self, rules: Iterable[HeaderRule], *, max_header_bytes: int = 4096,
-                 tester_tokens: TesterTokens | None = None) -> None:
+    def __init__(
+        self,
+        rules: Iterable[HeaderRule],
+        *,
+        max_header_bytes: int = 4096,
+        tester_tokens: TesterTokens | None = None,
+    ) -> None:
         self.rules = tuple(rules)
         self.max_header_bytes = max_header_bytes
         self.tester_tokens = tester_tokens
@@ -70,19 +75,23 @@ class ContextMapper:
             rule.header: re.compile(rule.pattern) for rule in self.rules if rule.pattern
         }
         self._by_header_bytes: dict[bytes, HeaderRule | None] = {
-            rule.header.encode(): rule for rule in self.rules}
+            rule.header.encode(): rule for rule in self.rules
+        }
         self._by_header_bytes[TESTER_TOKEN_HEADER.encode()] = None  # the token itself
         self._by_attribute = {rule.attribute: rule for rule in self.rules}
 
-    def from_headers(self, headers: Mapping[str, str],
-                     flag_key: str | None = None) -> RequestContext:
+    def from_headers(
+        self, headers: Mapping[str, str], flag_key: str | None = None
+    ) -> RequestContext:
         """The request context from a case-insensitive header mapping of text values."""
-        pairs = [(rule, raw) for rule in self.rules
-                 if (raw := headers.get(rule.header)) is not None]
+        pairs = [
+            (rule, raw) for rule in self.rules if (raw := headers.get(rule.header)) is not None
+        ]
         return self._collect(pairs, headers.get(TESTER_TOKEN_HEADER), flag_key)
 
-    def from_raw_headers(self, raw_headers: Iterable[tuple[bytes, bytes]],
-                         flag_key: str | None = None) -> RequestContext:
+    def from_raw_headers(
+        self, raw_headers: Iterable[tuple[bytes, bytes]], flag_key: str | None = None
+    ) -> RequestContext:
         """The same as `from_headers`, straight from ASGI's (lower-cased) header pairs."""
         by_header = self._by_header_bytes
         pairs: list[tuple[HeaderRule, str]] = []
@@ -96,8 +105,9 @@ class ContextMapper:
                     pairs.append((rule, _utf8(rule, raw)))
         return self._collect(pairs, token, flag_key)
 
-    def _collect(self, values: Iterable[tuple[HeaderRule, str]], token: str | None,
-                 flag_key: str | None) -> RequestContext:
+    def _collect(
+        self, values: Iterable[tuple[HeaderRule, str]], token: str | None, flag_key: str | None
+    ) -> RequestContext:
         """Convert each (rule, header text) and file it as targeting key or attribute."""
         context = RequestContext(None, {})
         if token is not None:
@@ -203,23 +213,21 @@ class ContextMapper:
                 return True
             if lowered in _FALSE:
                 return False
-            raise BadRequestInput(f"{header} must be true or false, got {value!r}",
-                                  source=source)
+            raise BadRequestInput(f"{header} must be true or false, got {value!r}", source=source)
         number: float
         try:
             number = float(value)
         except ValueError:
             kind = "an integer" if rule.type == "integer" else "a number"
-            raise BadRequestInput(f"{header} must be {kind}, got {value!r}",
-                                  source=source) from None
+            raise BadRequestInput(
+                f"{header} must be {kind}, got {value!r}", source=source
+            ) from None
         if not math.isfinite(number):
-            raise BadRequestInput(f"{header} must be a finite number, got {value!r}",
-                                  source=source)
+            raise BadRequestInput(f"{header} must be a finite number, got {value!r}", source=source)
         if rule.type == "integer" and not number.is_integer():
             # Weights feed flagd's fractional, which takes whole numbers only; 12.5 would make
             # the evaluation fail and serve the default variant silently. Refuse it instead.
-            raise BadRequestInput(f"{header} must be a whole number, got {value!r}",
-                                  source=source)
+            raise BadRequestInput(f"{header} must be a whole number, got {value!r}", source=source)
         if rule.minimum is not None and number < rule.minimum:
             raise BadRequestInput(
                 f"{header} must be at least {_fmt(rule.minimum)}, got {value}",
@@ -259,6 +267,5 @@ def _is_context_value(value: Any, depth: int = 0) -> bool:
     if isinstance(value, list):
         return all(_is_context_value(item, depth + 1) for item in value)
     if isinstance(value, Mapping):
-        return all(isinstance(k, str) and _is_context_value(v, depth + 1)
-                   for k, v in value.items())
+        return all(isinstance(k, str) and _is_context_value(v, depth + 1) for k, v in value.items())
     return False

@@ -141,8 +141,14 @@ class Decider:
     event to it); without one (tracing off) no span is even attempted.
     """
 
-    def __init__(self, client: OpenFeatureClient, store: FlagStore,
-                 tracer: Tracer | None = None, *, ids: DecisionIds | None = None) -> None:
+    def __init__(
+        self,
+        client: OpenFeatureClient,
+        store: FlagStore,
+        tracer: Tracer | None = None,
+        *,
+        ids: DecisionIds | None = None,
+    ) -> None:
         self._client = client
         self._store = store
         self.tracer = tracer
@@ -150,20 +156,34 @@ class Decider:
         self.listeners: list[DecisionListener] = []
         self.ids = ids or DecisionIds()
 
-    def decide(self, flag_key: str, targeting_key: str | None, attributes: dict[str, Any],
-               *, ignored: list[str] | None = None, tester: str | None = None) -> Decision:
+    def decide(
+        self,
+        flag_key: str,
+        targeting_key: str | None,
+        attributes: dict[str, Any],
+        *,
+        ignored: list[str] | None = None,
+        tester: str | None = None,
+    ) -> Decision:
         """Decide `flag_key`; `ignored` and `tester` (from the request context) are reported."""
         if self.tracer is None:
             return self._decide(flag_key, targeting_key, attributes, ignored, tester)
-        with self.tracer.start_as_current_span(DECIDE_SPAN,
-                                               attributes={FLAG_KEY: flag_key}) as span:
+        with self.tracer.start_as_current_span(
+            DECIDE_SPAN, attributes={FLAG_KEY: flag_key}
+        ) as span:
             decision = self._decide(flag_key, targeting_key, attributes, ignored, tester)
             if span.is_recording():  # not when sampled out: then the span records nothing
                 span.set_attributes(decision_attributes(decision))
             return decision
 
-    def _decide(self, flag_key: str, targeting_key: str | None, attributes: dict[str, Any],
-                ignored: list[str] | None, tester: str | None) -> Decision:
+    def _decide(
+        self,
+        flag_key: str,
+        targeting_key: str | None,
+        attributes: dict[str, Any],
+        ignored: list[str] | None,
+        tester: str | None,
+    ) -> Decision:
         started = time.perf_counter()
         flag_set = self._store.current
         routing = self._routing_for(flag_set, flag_key)
@@ -176,8 +196,11 @@ class Decider:
         error_code = details.error_code.value if details.error_code else None
         if details.error_code is not None and error_code == "FLAG_NOT_FOUND":
             raise FlagNotFound(f"no flag named {shown_key(flag_key)}")
-        reason = str(details.reason.value if isinstance(details.reason, Reason)
-                     else details.reason or "UNKNOWN")
+        reason = str(
+            details.reason.value
+            if isinstance(details.reason, Reason)
+            else details.reason or "UNKNOWN"
+        )
         # The backend comes from the evaluated value itself, so it always belongs to the same
         # flag set version as the variant, even while a reload swaps flag sets under us.
         value = details.value

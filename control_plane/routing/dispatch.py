@@ -33,10 +33,19 @@ from control_plane.routing.forwarding import ForwardPolicy, backend_url, resolve
 __all__ = ["HOP_BY_HOP", "DispatchOutcome", "DispatchResult", "Dispatcher"]
 
 #: RFC 9110 section 7.6.1 connection-specific headers, never forwarded in either direction.
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "transfer-encoding", "upgrade",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
 
 
@@ -69,24 +78,35 @@ class DispatchResult:
     close: Callable[[], Any] | None = None
 
 
-def _forward_headers(headers: Iterable[tuple[str, str]],
-                     drop: frozenset[str] = _NOT_FORWARDED) -> list[tuple[str, str]]:
+def _forward_headers(
+    headers: Iterable[tuple[str, str]], drop: frozenset[str] = _NOT_FORWARDED
+) -> list[tuple[str, str]]:
     """Headers minus hop-by-hop ones, including those the Connection header lists."""
     pairs = list(headers)
     listed = {
         token.strip().lower()
-        for name, value in pairs if name.lower() == "connection"
+        for name, value in pairs
+        if name.lower() == "connection"
         for token in value.split(",")
     }
-    return [(name, value) for name, value in pairs
-            if name.lower() not in drop and name.lower() not in listed]
+    return [
+        (name, value)
+        for name, value in pairs
+        if name.lower() not in drop and name.lower() not in listed
+    ]
 
 
 class Dispatcher:
-    def __init__(self, *, timeout: float = 10.0, max_connections: int = 200,
-                 buffer_limit: int = 8 * 1024 * 1024,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 tracer: Tracer | None = None, policy: ForwardPolicy | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float = 10.0,
+        max_connections: int = 200,
+        buffer_limit: int = 8 * 1024 * 1024,
+        transport: httpx.AsyncBaseTransport | None = None,
+        tracer: Tracer | None = None,
+        policy: ForwardPolicy | None = None,
+    ) -> None:
         self.buffer_limit = buffer_limit
         self.policy = policy or ForwardPolicy()
         self.tracer = tracer
@@ -95,8 +115,9 @@ class Dispatcher:
         self.mirror: MirrorHook | None = None
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=max_connections,
-                                max_keepalive_connections=max_connections),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
             follow_redirects=False,
             transport=transport,
         )
@@ -105,9 +126,17 @@ class Dispatcher:
         await self._client.aclose()
 
     async def dispatch(
-        self, decision: Decision, fallback: Backend | None, *, method: str, path: str,
-        query: str, headers: Iterable[tuple[str, str]], body: AsyncIterator[bytes],
-        client_host: str | None = None, original_host: str | None = None,
+        self,
+        decision: Decision,
+        fallback: Backend | None,
+        *,
+        method: str,
+        path: str,
+        query: str,
+        headers: Iterable[tuple[str, str]],
+        body: AsyncIterator[bytes],
+        client_host: str | None = None,
+        original_host: str | None = None,
         scheme: str | None = None,
     ) -> DispatchResult:
         """Send the request to the decision's backend; on failure retry once on `fallback`.
@@ -122,11 +151,15 @@ class Dispatcher:
 
         content, replayable = await _buffer(body, self.buffer_limit)
         # Shadow copies (control_plane.shadow): queued here, compared with what the client gets.
-        watch = (self.mirror(decision, method, path, query, forward, content)
-                 if self.mirror is not None and isinstance(content, bytes) else None)
+        watch = (
+            self.mirror(decision, method, path, query, forward, content)
+            if self.mirror is not None and isinstance(content, bytes)
+            else None
+        )
         try:
-            result = await self._choose(decision, fallback, method, path, query, forward,
-                                        content, replayable)
+            result = await self._choose(
+                decision, fallback, method, path, query, forward, content, replayable
+            )
         except BaseException:
             if watch is not None:
                 watch.failed()
@@ -135,38 +168,77 @@ class Dispatcher:
             watch.watch(result)
         return result
 
-    async def _choose(self, decision: Decision, fallback: Backend | None, method: str,
-                      path: str, query: str, forward: list[tuple[str, str]],
-                      content: bytes | AsyncIterator[bytes], replayable: bool,
-                      ) -> DispatchResult:
+    async def _choose(
+        self,
+        decision: Decision,
+        fallback: Backend | None,
+        method: str,
+        path: str,
+        query: str,
+        forward: list[tuple[str, str]],
+        content: bytes | AsyncIterator[bytes],
+        replayable: bool,
+    ) -> DispatchResult:
         target = Backend(decision.backend, decision.url)
-        if (fallback is None or not replayable
-                or decision.variant == decision.default_variant):
+        if fallback is None or not replayable or decision.variant == decision.default_variant:
             try:
-                return await self._send(decision, decision.variant, target, method, path,
-                                        query, forward, content, retry_on_5xx=False)
+                return await self._send(
+                    decision,
+                    decision.variant,
+                    target,
+                    method,
+                    path,
+                    query,
+                    forward,
+                    content,
+                    retry_on_5xx=False,
+                )
             except _Retryable as failure:
                 raise UpstreamError(failure.detail, backend=target.name) from failure
         try:
-            return await self._send(decision, decision.variant, target, method, path, query,
-                                    forward, content, retry_on_5xx=True)
+            return await self._send(
+                decision,
+                decision.variant,
+                target,
+                method,
+                path,
+                query,
+                forward,
+                content,
+                retry_on_5xx=True,
+            )
         except _Retryable as failure:
             first = failure
         try:
-            result = await self._send(decision, decision.default_variant, fallback, method,
-                                      path, query, forward, content, retry_on_5xx=False)
+            result = await self._send(
+                decision,
+                decision.default_variant,
+                fallback,
+                method,
+                path,
+                query,
+                forward,
+                content,
+                retry_on_5xx=False,
+            )
         except _Retryable as second:
             # Both refused (or timed out): one 502 naming both, not an unhandled error.
-            raise UpstreamError(f"{first.detail}; fallback to the default variant failed too: "
-                                f"{second.detail}", backend=target.name,
-                                fallback=fallback.name) from second
+            raise UpstreamError(
+                f"{first.detail}; fallback to the default variant failed too: {second.detail}",
+                backend=target.name,
+                fallback=fallback.name,
+            ) from second
         result.fallback_from = decision.variant
         result.fallback_cause = first.cause
         return result
 
-    def _forward_headers(self, headers: Iterable[tuple[str, str]], client_host: str | None,
-                         original_host: str | None, scheme: str | None,
-                         ) -> list[tuple[str, str]]:
+    def _forward_headers(
+        self,
+        headers: Iterable[tuple[str, str]],
+        client_host: str | None,
+        original_host: str | None,
+        scheme: str | None,
+    ) -> list[tuple[str, str]]:
         """End-to-end headers the policy lets through, plus this hop's X-Forwarded-* values.
 
         X-Forwarded-For gets the peer address appended to whatever chain survived the policy
@@ -186,45 +258,75 @@ class Dispatcher:
             forward.append(("x-forwarded-proto", scheme))
         return forward
 
-    async def _send(self, decision: Decision, variant: str, backend: Backend, method: str,
-                    path: str, query: str, headers: list[tuple[str, str]],
-                    content: bytes | AsyncIterator[bytes], *, retry_on_5xx: bool,
-                    ) -> DispatchResult:
+    async def _send(
+        self,
+        decision: Decision,
+        variant: str,
+        backend: Backend,
+        method: str,
+        path: str,
+        query: str,
+        headers: list[tuple[str, str]],
+        content: bytes | AsyncIterator[bytes],
+        *,
+        retry_on_5xx: bool,
+    ) -> DispatchResult:
         url = backend_url(backend.url, path, query)
         if self.tracer is None:
-            return await self._attempt(decision, variant, backend, method, url, headers,
-                                       content, retry_on_5xx=retry_on_5xx)
+            return await self._attempt(
+                decision, variant, backend, method, url, headers, content, retry_on_5xx=retry_on_5xx
+            )
         span_attributes: dict[str, str | bool] = {
-            attr.FLAG_KEY: decision.flag_key, attr.FLAG_VARIANT: variant,
-            attr.BACKEND: backend.name, attr.DECISION_ID: decision.decision_id,
-            attr.FALLBACK: variant != decision.variant, attr.HTTP_METHOD: method,
+            attr.FLAG_KEY: decision.flag_key,
+            attr.FLAG_VARIANT: variant,
+            attr.BACKEND: backend.name,
+            attr.DECISION_ID: decision.decision_id,
+            attr.FALLBACK: variant != decision.variant,
+            attr.HTTP_METHOD: method,
             attr.URL_FULL: url.partition("?")[0],  # the query may carry user data
             attr.SERVER_ADDRESS: urlsplit(backend.url).hostname or "",
         }
         if variant != decision.variant:
             span_attributes[attr.FALLBACK_FROM] = decision.variant
-        with self.tracer.start_as_current_span(attr.DISPATCH_SPAN, kind=SpanKind.CLIENT,
-                                               attributes=span_attributes):
+        with self.tracer.start_as_current_span(
+            attr.DISPATCH_SPAN, kind=SpanKind.CLIENT, attributes=span_attributes
+        ):
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
             fields = {name.lower() for name in propagate.get_global_textmap().fields}
             traced = [(k, v) for k, v in headers if k.lower() not in fields]
-            return await self._attempt(decision, variant, backend, method, url,
-                                       traced + list(carrier.items()), content,
-                                       retry_on_5xx=retry_on_5xx)
+            return await self._attempt(
+                decision,
+                variant,
+                backend,
+                method,
+                url,
+                traced + list(carrier.items()),
+                content,
+                retry_on_5xx=retry_on_5xx,
+            )
 
-    async def _attempt(self, decision: Decision, variant: str, backend: Backend, method: str,
-                       url: str, headers: list[tuple[str, str]],
-                       content: bytes | AsyncIterator[bytes], *, retry_on_5xx: bool,
-                       ) -> DispatchResult:
+    async def _attempt(
+        self,
+        decision: Decision,
+        variant: str,
+        backend: Backend,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        content: bytes | AsyncIterator[bytes],
+        *,
+        retry_on_5xx: bool,
+    ) -> DispatchResult:
         started = time.perf_counter()
         request = self._client.build_request(method, url, headers=headers, content=content)
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException as exc:
             self._report(decision, variant, backend, None, started, "timeout")
-            raise _Retryable("timeout",
-                             f"backend {backend.name} ({backend.url}) timed out") from exc
+            raise _Retryable(
+                "timeout", f"backend {backend.name} ({backend.url}) timed out"
+            ) from exc
         except httpx.TransportError as exc:
             self._report(decision, variant, backend, None, started, "refused")
             raise _Retryable(
@@ -233,8 +335,10 @@ class Dispatcher:
         self._report(decision, variant, backend, response.status_code, started, None)
         if retry_on_5xx and response.status_code >= 500:
             await response.aclose()
-            raise _Retryable(f"status-{response.status_code}",
-                             f"backend {backend.name} answered {response.status_code}")
+            raise _Retryable(
+                f"status-{response.status_code}",
+                f"backend {backend.name} answered {response.status_code}",
+            )
         return DispatchResult(
             status=response.status_code,
             # Raw (still encoded) bytes are streamed, so Content-Length stays true.
@@ -245,11 +349,23 @@ class Dispatcher:
             close=response.aclose,
         )
 
-    def _report(self, decision: Decision, variant: str, backend: Backend, status: int | None,
-                started: float, error: str | None) -> None:
-        outcome = DispatchOutcome(decision=decision, variant=variant, backend=backend.name,
-                                  status=status, seconds=time.perf_counter() - started,
-                                  error=error)
+    def _report(
+        self,
+        decision: Decision,
+        variant: str,
+        backend: Backend,
+        status: int | None,
+        started: float,
+        error: str | None,
+    ) -> None:
+        outcome = DispatchOutcome(
+            decision=decision,
+            variant=variant,
+            backend=backend.name,
+            status=status,
+            seconds=time.perf_counter() - started,
+            error=error,
+        )
         if self.tracer is not None:
             _annotate(trace.get_current_span(), status, error)
         for listener in self.listeners:
@@ -272,8 +388,9 @@ class _Retryable(Exception):
         self.detail = detail
 
 
-async def _buffer(body: AsyncIterator[bytes], limit: int) -> tuple[bytes | AsyncIterator[bytes],
-                                                                     bool]:
+async def _buffer(
+    body: AsyncIterator[bytes], limit: int
+) -> tuple[bytes | AsyncIterator[bytes], bool]:
     """The whole body if it fits in `limit` (replayable), else a stream of all of it."""
     chunks: list[bytes] = []
     size = 0

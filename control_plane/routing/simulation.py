@@ -42,8 +42,10 @@ _domains = itertools.count(1)
 
 # -- chi-square ------------------------------------------------------------------------------
 
-def chi_square_test(observed: Mapping[str, int], expected_shares: Mapping[str, float]
-                    ) -> tuple[float, int, float]:
+
+def chi_square_test(
+    observed: Mapping[str, int], expected_shares: Mapping[str, float]
+) -> tuple[float, int, float]:
     """(statistic, degrees of freedom, p-value) of observed counts against expected shares:
     experiments.stats.goodness_of_fit (ValueError with fewer than two expected categories)."""
     fit = goodness_of_fit(observed, expected_shares)
@@ -51,6 +53,7 @@ def chi_square_test(observed: Mapping[str, int], expected_shares: Mapping[str, f
 
 
 # -- the simulation --------------------------------------------------------------------------
+
 
 @dataclass
 class SimulationResult:
@@ -64,8 +67,9 @@ class SimulationResult:
     chi_square: tuple[float, int, float] | None = None
 
 
-def parse_headers(pairs: list[str], rules: tuple[HeaderRule, ...]
-                  ) -> tuple[dict[str, str], dict[str, Any]]:
+def parse_headers(
+    pairs: list[str], rules: tuple[HeaderRule, ...]
+) -> tuple[dict[str, str], dict[str, Any]]:
     """`["x-region=cn"]` -> (headers, context attributes), by the service's header mapping.
 
     Raises BadRequestInput naming the header (its `source`) for a malformed pair, an unmapped
@@ -76,19 +80,26 @@ def parse_headers(pairs: list[str], rules: tuple[HeaderRule, ...]
         name, sep, value = pair.partition("=")
         name = name.strip().lower()
         if not sep or not name:
-            raise BadRequestInput(f"--header {pair!r} must look like NAME=VALUE",
-                                  source=name or pair)
+            raise BadRequestInput(
+                f"--header {pair!r} must look like NAME=VALUE", source=name or pair
+            )
         headers[name] = value
     by_header = {rule.header: rule for rule in rules}
     for name in headers:
         rule = by_header.get(name)
         if rule is None:
             mapped = ", ".join(sorted(by_header))
-            raise BadRequestInput(f"header {name} is not mapped to an evaluation context "
-                                  f"attribute (mapped headers: {mapped})", source=name)
+            raise BadRequestInput(
+                f"header {name} is not mapped to an evaluation context "
+                f"attribute (mapped headers: {mapped})",
+                source=name,
+            )
         if rule.attribute == "targetingKey":
-            raise BadRequestInput(f"header {name} sets the targeting key, which simulate varies "
-                                  "per synthetic user; leave it out", source=name)
+            raise BadRequestInput(
+                f"header {name} sets the targeting key, which simulate varies "
+                "per synthetic user; leave it out",
+                source=name,
+            )
     # A simulation shows what a request with these headers would get, pins included (the
     # operator asking is no client steering itself), so no rule needs a tester token here.
     unpinned = [rule.model_copy(update={"tester_only": False}) for rule in rules]
@@ -96,9 +107,16 @@ def parse_headers(pairs: list[str], rules: tuple[HeaderRule, ...]
     return headers, attributes
 
 
-def simulate(store: FlagStore, flag_key: str, users: int, headers: Mapping[str, str],
-             attributes: Mapping[str, Any], *, key_prefix: str = "user-",
-             progress: ProgressSink | None = None) -> SimulationResult:
+def simulate(
+    store: FlagStore,
+    flag_key: str,
+    users: int,
+    headers: Mapping[str, str],
+    attributes: Mapping[str, Any],
+    *,
+    key_prefix: str = "user-",
+    progress: ProgressSink | None = None,
+) -> SimulationResult:
     """Evaluate `users` synthetic users through the flagd provider fed by `store`.
 
     `progress` (optional) is told each user done, in two phases: evaluating, then reading the
@@ -143,10 +161,15 @@ def simulate(store: FlagStore, flag_key: str, users: int, headers: Mapping[str, 
     if progress is not None:
         progress.phase("reading the configured split", users)
     configured = configured_split(flag, flag_key, flag_set.evaluators, contexts, progress)
-    result = SimulationResult(flag_key=flag_key, users=users,
-                              flag_set_hash=flag_set.content_hash,
-                              headers=dict(headers), counts=counts, errors=errors,
-                              configured=configured)
+    result = SimulationResult(
+        flag_key=flag_key,
+        users=users,
+        flag_set_hash=flag_set.content_hash,
+        headers=dict(headers),
+        counts=counts,
+        errors=errors,
+        configured=configured,
+    )
     if configured.kind == "fractional" and len(configured.weights) >= 2:
         result.chi_square = chi_square_test(counts, configured.shares)
     return result

@@ -76,8 +76,9 @@ class TesterTokens:
     def _sign(self, signed_part: str) -> str:
         return _b64(hmac.new(self._key, signed_part.encode("ascii"), hashlib.sha256).digest())
 
-    def issue(self, subject: str, *, ttl_seconds: int, flags: Sequence[str] = (),
-              now: float | None = None) -> tuple[str, int]:
+    def issue(
+        self, subject: str, *, ttl_seconds: int, flags: Sequence[str] = (), now: float | None = None
+    ) -> tuple[str, int]:
         """A token for `subject`, valid `ttl_seconds` (at most seven days), and its expiry."""
         if not _SUBJECT.fullmatch(subject):
             raise ValueError("a tester subject is 1-128 letters, digits or ._@+- characters")
@@ -91,8 +92,7 @@ class TesterTokens:
         signed_part = _PREFIX + payload
         return f"{signed_part}.{self._sign(signed_part)}", expires_at
 
-    def verify(self, token: str, flag_key: str | None, *,
-               now: float | None = None) -> TesterClaim:
+    def verify(self, token: str, flag_key: str | None, *, now: float | None = None) -> TesterClaim:
         """The claim of a valid token for `flag_key`; InvalidTesterToken saying why not."""
         if len(token) > _MAX_TOKEN_CHARS or not token.startswith(_PREFIX):
             raise InvalidTesterToken("not a tester token")
@@ -100,9 +100,12 @@ class TesterTokens:
         if not hmac.compare_digest(signature.encode(), self._sign(signed_part).encode()):
             raise InvalidTesterToken("bad signature")
         try:
-            claims = json.loads(_unb64(signed_part[len(_PREFIX):]))
-            claim = TesterClaim(subject=str(claims["sub"]), expires_at=int(claims["exp"]),
-                                flags=tuple(str(key) for key in claims.get("flags", ())))
+            claims = json.loads(_unb64(signed_part[len(_PREFIX) :]))
+            claim = TesterClaim(
+                subject=str(claims["sub"]),
+                expires_at=int(claims["exp"]),
+                flags=tuple(str(key) for key in claims.get("flags", ())),
+            )
         except (binascii.Error, ValueError, KeyError, TypeError):
             raise InvalidTesterToken("malformed token") from None
         if claim.expires_at <= (time.time() if now is None else now):

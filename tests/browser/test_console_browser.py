@@ -37,8 +37,13 @@ from servers import BackendApp, ServerThread
 from control_plane.db import Database
 
 CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync"]
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = REPO / "test-artifacts" / "screenshots"
 README_SHOTS = Path(__file__).parent / "screenshots"
 CHAT = "chat-router"
@@ -46,9 +51,11 @@ AB = "ab-test-router"
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="Debian's chromium is not installed at /usr/bin/chromium "
-                              "(apt-get install chromium chromium-driver; .ci/run does)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian's chromium is not installed at /usr/bin/chromium "
+        "(apt-get install chromium chromium-driver; .ci/run does)",
+    ),
 ]
 
 if CHROMIUM.exists():
@@ -89,14 +96,22 @@ def console(flags_dir: Path, tmp_path: Path) -> Iterator[Console]:
     url = f"sqlite:///{tmp_path / 'console.db'}"
     database = Database.from_url(url)
     with ServerThread(stable) as stable_server, ServerThread(canary) as canary_server:
-        write_flags(flags_dir, "chat.flagd.json", {CHAT: {
-            "state": "ENABLED",
-            "metadata": {"description": "Chat model: v1 serves, v2 goes out as a canary."},
-            "variants": {"stable": {"backend": "chat-v1", "url": stable_server.url},
-                         "canary": {"backend": "chat-v2", "url": canary_server.url}},
-            "defaultVariant": "stable",
-            "targeting": {"fractional": [["canary", 0], ["stable", 100]]},
-        }})
+        write_flags(
+            flags_dir,
+            "chat.flagd.json",
+            {
+                CHAT: {
+                    "state": "ENABLED",
+                    "metadata": {"description": "Chat model: v1 serves, v2 goes out as a canary."},
+                    "variants": {
+                        "stable": {"backend": "chat-v1", "url": stable_server.url},
+                        "canary": {"backend": "chat-v2", "url": canary_server.url},
+                    },
+                    "defaultVariant": "stable",
+                    "targeting": {"fractional": [["canary", 0], ["stable", 100]]},
+                }
+            },
+        )
         with running(make_settings(flags_dir, url, tmp_path), database) as plane:
             yield Console(plane, stable, canary)
     database.dispose()
@@ -139,8 +154,10 @@ def sign_out(page: Page) -> None:
 
 
 def decide(client: httpx.Client, flag: str, users: range | list[str]) -> list[dict[str, Any]]:
-    return [client.get(f"/v1/decide/{flag}", headers={"x-user-id": f"user-{user}"}).json()
-            for user in users]
+    return [
+        client.get(f"/v1/decide/{flag}", headers={"x-user-id": f"user-{user}"}).json()
+        for user in users
+    ]
 
 
 def text_of(locator: Any) -> str:
@@ -167,12 +184,15 @@ def start_canary(console: Console, calls: int) -> dict[str, Any]:
     two seconds (so the timeline has several points). The run needs 500 canary calls per
     step, so it holds its first step whatever loopback latencies do."""
     with console.client(OPERATOR) as client:
-        response = client.post(f"/v1/canaries/{CHAT}", json={
-            "steps": [20, 50, 100], "intervalSeconds": 600, "minRequests": 500})
+        response = client.post(
+            f"/v1/canaries/{CHAT}",
+            json={"steps": [20, 50, 100], "intervalSeconds": 600, "minRequests": 500},
+        )
         assert response.status_code == 201, response.text
         for index in range(calls):
-            answer = client.get(f"/v1/dispatch/{CHAT}/v1/chat",
-                                headers={"x-user-id": f"chat-user-{index}"})
+            answer = client.get(
+                f"/v1/dispatch/{CHAT}/v1/chat", headers={"x-user-id": f"chat-user-{index}"}
+            )
             assert answer.status_code == 200, answer.text
             time.sleep(2.0 / calls)
     console.plane.flush()
@@ -180,8 +200,9 @@ def start_canary(console: Console, calls: int) -> dict[str, Any]:
     return body
 
 
-def test_sign_in_with_a_token_shows_the_flag_set_and_its_flags(console: Console,
-                                                              page: Page) -> None:
+def test_sign_in_with_a_token_shows_the_flag_set_and_its_flags(
+    console: Console, page: Page
+) -> None:
     """An unknown token is refused with a clear 401; a viewer token opens the console on the
     serving flag set (version and status as the API says) and its routing flags."""
     page.goto(f"{console.url}/console")
@@ -213,10 +234,13 @@ def test_sign_in_with_a_token_shows_the_flag_set_and_its_flags(console: Console,
     flags_dir = console.plane.app.state.components.settings.flags_dir
     (flags_dir / "broken.flagd.json").write_text(
         '{"flags": {\n  "broken": {"state": "ENABLED", "variants": {"on": true},\n'
-        '             "defaultVariant": "missing"}}}\n')
+        '             "defaultVariant": "missing"}}}\n'
+    )
     with console.client(VIEWER) as client:
-        wait_for(lambda: client.get("/v1/flags/status").json()["state"] == "partial",
-                 what="the refused flag")
+        wait_for(
+            lambda: client.get("/v1/flags/status").json()["state"] == "partial",
+            what="the refused flag",
+        )
     page.click("button[data-minutes='1']")  # re-reads everything at once
     expect(panel.locator(".card-title .badge")).to_have_text("partial")
     expect(page.locator("#flag-set-message")).to_contain_text("1 refused (broken)")
@@ -240,12 +264,14 @@ def test_split_chart_shows_the_observed_decisions(console: Console, page: Page) 
         assert text_of(label).endswith(f" · {count}")
         assert_shows(text_of(label), count / 400)
         expect(chart.locator(f".label-configured[data-variant={variant}]")).to_have_text(
-            "configured 50.0%")
+            "configured 50.0%"
+        )
         cell = page.locator(f"#flag-{AB} tr[data-variant={variant}] .observed-cell")
         assert text_of(cell).endswith(f"({count})")
         assert_shows(text_of(cell), count / 400)
     expect(page.locator(f"#flag-{AB} .window-note")).to_have_text(
-        "400 decisions in the last 5 min.")
+        "400 decisions in the last 5 min."
+    )
     expect(page.locator(f"#flag-{AB} .series-chart svg rect").first).to_be_visible()
     shoot(page, "split-chart", readme=True)
 
@@ -254,13 +280,16 @@ def test_split_chart_shows_the_observed_decisions(console: Console, page: Page) 
     page.click("button[data-minutes='1']")  # a new window re-reads the counts at once
     for variant, count in counts.items():
         expect(chart.locator(f".label-observed[data-variant={variant}]")).to_have_attribute(
-            "data-decisions", str(count))
+            "data-decisions", str(count)
+        )
     expect(page.locator(f"#flag-{AB} .window-note")).to_have_text(
-        "500 decisions in the last 1 min.")
+        "500 decisions in the last 1 min."
+    )
 
 
 def test_operator_aborts_a_canary_with_the_button_and_sees_it_in_the_history(
-        console: Console, page: Page) -> None:
+    console: Console, page: Page
+) -> None:
     """An operator sees the running canary with its numbers against the thresholds, aborts
     it with the button (weight to 0, as the API confirms), and finds the abort in the flag
     history and, signed in as admin, in the audit log with the operator's message."""
@@ -278,7 +307,8 @@ def test_operator_aborts_a_canary_with_the_button_and_sees_it_in_the_history(
     canary_calls = sum(bucket["canaryCalls"] for bucket in timeline["buckets"])
     assert canary_calls > 0
     expect(card.locator(".canary-calls-chart svg")).to_have_attribute(
-        "aria-label", re.compile(r"canary calls latest \d+"))
+        "aria-label", re.compile(r"canary calls latest \d+")
+    )
     expect(card.locator("button[data-action=pause]")).to_be_visible()
     shoot(page, "canary-running", full_page=True, readme=True)
 
@@ -313,8 +343,7 @@ def test_operator_aborts_a_canary_with_the_button_and_sees_it_in_the_history(
     shoot(page, "history-audit", full_page=True, readme=True)
 
 
-def test_viewer_sees_no_action_buttons_and_is_refused_actions(console: Console,
-                                                             page: Page) -> None:
+def test_viewer_sees_no_action_buttons_and_is_refused_actions(console: Console, page: Page) -> None:
     """A viewer sees the canary, flags and history but no pause/resume/abort, weight or
     rollback button; the audit log answers 403, and so does an abort the viewer's token
     sends anyway, while the canary keeps running."""
@@ -335,12 +364,15 @@ def test_viewer_sees_no_action_buttons_and_is_refused_actions(console: Console,
     expect(refusal).to_contain_text("needs admin")
     shoot(page, "viewer-history")
 
-    answer = page.evaluate("""async (flag) => {
+    answer = page.evaluate(
+        """async (flag) => {
         const session = JSON.parse(sessionStorage.getItem("control-plane-console"));
         const response = await fetch(`/v1/canaries/${flag}/abort`, {
             method: "POST", headers: {Authorization: `Bearer ${session.token}`}});
         return {status: response.status, body: await response.json()};
-    }""", CHAT)
+    }""",
+        CHAT,
+    )
     assert answer["status"] == 403
     assert "role viewer; this needs operator" in answer["body"]["detail"]
     with console.client(VIEWER) as client:
@@ -359,8 +391,7 @@ def test_operator_edits_weights_and_admin_rolls_back(console: Console, page: Pag
     editor.locator("input[name=message]").fill("more traffic to the incumbent")
     shoot(page, "edit-weights")
     editor.locator("button[type=submit]").click()
-    expect(card.locator(".label-configured[data-variant=model-a]")).to_have_text(
-        "configured 80.0%")
+    expect(card.locator(".label-configured[data-variant=model-a]")).to_have_text("configured 80.0%")
     with console.client(VIEWER) as client:
         edited = client.get(f"/v1/flags/{AB}").json()
     assert edited["flag"]["targeting"] == {"fractional": [["model-a", 80], ["model-b", 20]]}
@@ -392,19 +423,29 @@ def test_experiment_results_show_rates_with_intervals(console: Console, page: Pa
     sample ratio check of the report."""
     with httpx.Client(base_url=console.url, timeout=15) as client:
         decisions = decide(client, AB, range(500))
-        events = [{"decisionId": body["decisionId"], "metric": "converted",
-                   "value": index % (5 if body["variant"] == "model-a" else 3) == 0}
-                  for index, body in enumerate(decisions)]
+        events = [
+            {
+                "decisionId": body["decisionId"],
+                "metric": "converted",
+                "value": index % (5 if body["variant"] == "model-a" else 3) == 0,
+            }
+            for index, body in enumerate(decisions)
+        ]
         # Revenue with a pre-exposure covariate (revenue.pre): the report adds CUPED.
         for index, body in enumerate(decisions):
             before = 20.0 + (index * 37 % 41)
-            events += [{"decisionId": body["decisionId"], "metric": "revenue.pre",
-                        "value": before},
-                       {"decisionId": body["decisionId"], "metric": "revenue",
-                        "value": 0.8 * before + (index * 13 % 17) + (1.5 if body["variant"]
-                                                                     == "model-b" else 0.0)}]
+            events += [
+                {"decisionId": body["decisionId"], "metric": "revenue.pre", "value": before},
+                {
+                    "decisionId": body["decisionId"],
+                    "metric": "revenue",
+                    "value": 0.8 * before
+                    + (index * 13 % 17)
+                    + (1.5 if body["variant"] == "model-b" else 0.0),
+                },
+            ]
         for start in range(0, len(events), 1000):
-            batch = {"events": events[start:start + 1000]}
+            batch = {"events": events[start : start + 1000]}
             assert client.post("/v1/events", json=batch).status_code == 202
     console.plane.flush()
     with console.client(VIEWER) as client:
@@ -415,7 +456,8 @@ def test_experiment_results_show_rates_with_intervals(console: Console, page: Pa
     card = page.locator(f"#experiment-{AB}")
     for row in converted:
         label = card.locator(
-            f"[data-metric=converted] .label-estimate[data-variant={row['variant']}]")
+            f"[data-metric=converted] .label-estimate[data-variant={row['variant']}]"
+        )
         expect(label).to_be_visible()
         assert_shows(text_of(label), row["rate"], *row["ci95"])
     treatment = converted[1]["comparison"]
@@ -426,16 +468,19 @@ def test_experiment_results_show_rates_with_intervals(console: Console, page: Pa
     assert_shows(text_of(row_b.locator(".lift")), treatment["lift"])
     srm = report["sampleRatio"]
     expect(card.locator("[data-srm]")).to_have_attribute(
-        "data-srm", "mismatch" if srm["mismatch"] else "ok")
+        "data-srm", "mismatch" if srm["mismatch"] else "ok"
+    )
     # The verdict per treatment, from the always-valid adjusted p-value, in plain words.
     verdict = converted[1]["verdict"]
     shown_verdict = card.locator("[data-metric=converted] .verdict[data-variant=model-b]")
     expect(shown_verdict).to_contain_text(verdict["text"])
     always = treatment["alwaysValid"]["pValueAdjusted"]
-    expect(card.locator("[data-metric=converted] tr[data-variant=model-b] .always-valid")
-           ).to_contain_text("< 0.0001" if always < 0.0001 else f"{always:.4f}")
+    expect(
+        card.locator("[data-metric=converted] tr[data-variant=model-b] .always-valid")
+    ).to_contain_text("< 0.0001" if always < 0.0001 else f"{always:.4f}")
     expect(card.locator("[data-metric=revenue] [data-cuped=shown]")).to_contain_text(
-        "CUPED with revenue.pre")
+        "CUPED with revenue.pre"
+    )
     shoot(page, "experiment", full_page=True, readme=True)
 
 

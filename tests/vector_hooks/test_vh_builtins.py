@@ -18,8 +18,14 @@ NOW = 1_800_000_000.0
 
 def _request(limit: int = 3) -> SearchRequest:
     return SearchRequest(
-        tenant="acme", backend="test", operation="search", collection="docs", limit=limit,
-        fetch_limit=limit, params={"filter": 'lang == "en"'}, output_fields=["title"],
+        tenant="acme",
+        backend="test",
+        operation="search",
+        collection="docs",
+        limit=limit,
+        fetch_limit=limit,
+        params={"filter": 'lang == "en"'},
+        output_fields=["title"],
         principal="svc-search",
     )
 
@@ -30,8 +36,14 @@ def _rerank(config: dict[str, object]) -> TenantAwareRerankHook:
 
 def test_rerank_over_fetches_and_asks_for_the_fields_it_scores() -> None:
     """before_search raises the fetch limit to the candidate count and requires its fields."""
-    hook = _rerank({"candidates": 50, "boosts": {"stars": 0.1}, "mmr_lambda": 0.5,
-                    "recency": {"field": "updated_at", "half_life_s": 60}})
+    hook = _rerank(
+        {
+            "candidates": 50,
+            "boosts": {"stars": 0.1},
+            "mmr_lambda": 0.5,
+            "recency": {"field": "updated_at", "half_life_s": 60},
+        }
+    )
     request = _request(limit=10)
     hook.before_search(request)
     assert request.fetch_limit == 50
@@ -56,8 +68,12 @@ def test_field_boosts_reorder_by_fused_score() -> None:
 
 def test_recency_decay_halves_per_half_life() -> None:
     """A document one half-life old gets half the recency bonus of a fresh one."""
-    hook = _rerank({"vector_weight": 0.0,
-                    "recency": {"field": "updated_at", "half_life_s": 3600, "weight": 1.0}})
+    hook = _rerank(
+        {
+            "vector_weight": 0.0,
+            "recency": {"field": "updated_at", "half_life_s": 3600, "weight": 1.0},
+        }
+    )
     fresh = dt.datetime.fromtimestamp(NOW, tz=dt.UTC)
     hits = [
         Hit("old", 0.9, {"updated_at": NOW - 3600}),
@@ -98,8 +114,9 @@ def test_mmr_without_vectors_fails_and_the_pipeline_keeps_backend_order(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Rerank is a quality hook: missing vectors make it fail open, not fail the search."""
-    pipeline = build_pipeline({"hooks": [
-        {"name": "tenant-aware-rerank", "config": {"mmr_lambda": 0.5}}, "tenant-filter"]})
+    pipeline = build_pipeline(
+        {"hooks": [{"name": "tenant-aware-rerank", "config": {"mmr_lambda": 0.5}}, "tenant-filter"]}
+    )
 
     def backend(request: SearchRequest) -> Hits:
         return [[Hit(i, 1.0 - i / 10, {}) for i in range(5)]]
@@ -112,20 +129,30 @@ def test_mmr_without_vectors_fails_and_the_pipeline_keeps_backend_order(
 
 def test_redact_allows_denies_and_masks_nested_values() -> None:
     """Allow list first, then deny list, then masking of e-mails/phones in nested strings."""
-    hook = RedactHook.from_config({
-        "allow": ["title", "body", "notes", "contacts", "score"],
-        "deny": ["notes"],
-        "mask": ["email", "phone", {"name": "ticket", "regex": "TCK-[0-9]+"}],
-        "replacement": "***",
-    })
-    hits: Hits = [[Hit(1, 1.0, {
-        "title": "Mail jane.doe@example.com about TCK-1234",
-        "body": "Call +1 (555) 123-4567 or 030 1234567",
-        "notes": "internal only",
-        "secret": "never shown",
-        "contacts": ["a@b.io", {"fax": "+49 30 1234 5678"}],
-        "score": 7,
-    })]]
+    hook = RedactHook.from_config(
+        {
+            "allow": ["title", "body", "notes", "contacts", "score"],
+            "deny": ["notes"],
+            "mask": ["email", "phone", {"name": "ticket", "regex": "TCK-[0-9]+"}],
+            "replacement": "***",
+        }
+    )
+    hits: Hits = [
+        [
+            Hit(
+                1,
+                1.0,
+                {
+                    "title": "Mail jane.doe@example.com about TCK-1234",
+                    "body": "Call +1 (555) 123-4567 or 030 1234567",
+                    "notes": "internal only",
+                    "secret": "never shown",
+                    "contacts": ["a@b.io", {"fax": "+49 30 1234 5678"}],
+                    "score": 7,
+                },
+            )
+        ]
+    ]
     out = hook.after_search(_request(), hits)
     assert out is not None
     fields = out[0][0].fields

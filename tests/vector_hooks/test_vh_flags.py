@@ -29,8 +29,9 @@ SHIPPED = FLAGS_DIR / "vector-hooks.flagd.json"
 DIM = 4
 
 
-def _document(variants: dict[str, Any], targeting: dict[str, Any] | None = None,
-              default: str = "base") -> str:
+def _document(
+    variants: dict[str, Any], targeting: dict[str, Any] | None = None, default: str = "base"
+) -> str:
     flag: dict[str, Any] = {"state": "ENABLED", "variants": variants, "defaultVariant": default}
     if targeting is not None:
         flag["targeting"] = targeting
@@ -63,7 +64,8 @@ def test_the_shipped_flag_file_is_a_valid_flagd_file_with_a_new_key() -> None:
     assert result.issues == ()
     assert set(result.flags) == {VECTOR_HOOK_PIPELINE}
     owners = [
-        path.name for path in FLAGS_DIR.glob("*.flagd.json")
+        path.name
+        for path in FLAGS_DIR.glob("*.flagd.json")
         if VECTOR_HOOK_PIPELINE in json.loads(path.read_text()).get("flags", {})
     ]
     assert owners == [SHIPPED.name]
@@ -75,10 +77,17 @@ def test_the_shipped_flag_picks_each_tenants_pipeline(tmp_path: Path, selector_f
     shutil.copy(SHIPPED, path)
     selector = selector_for(path)
     assert selector.select("acme").names == (
-        "audit", "redact", "tenant-aware-rerank", "tenant-filter")
+        "audit",
+        "redact",
+        "tenant-aware-rerank",
+        "tenant-filter",
+    )
     assert selector.select("sandbox").names == ("tenant-filter",)
     assert selector.select("someone-else").names == (
-        "audit", "tenant-aware-rerank", "tenant-filter")
+        "audit",
+        "tenant-aware-rerank",
+        "tenant-filter",
+    )
     assert selector.select("someone-else") is selector.select("another-one")  # cached by value
 
 
@@ -87,8 +96,12 @@ def docs_collection(vh_milvus: MilvusClient, vh_collection: str) -> Iterator[str
     """Two tenants whose documents mention e-mail addresses."""
     rng = np.random.default_rng(5)
     rows = [
-        {"id": i, "vector": rng.random(DIM).tolist(), "tenant_id": tenant,
-         "body": f"contact {tenant}{i}@example.com"}
+        {
+            "id": i,
+            "vector": rng.random(DIM).tolist(),
+            "tenant_id": tenant,
+            "body": f"contact {tenant}{i}@example.com",
+        }
         for i, tenant in enumerate(["acme", "globex"] * 5)
     ]
     make_docs(vh_milvus, vh_collection, rows, dim=DIM)
@@ -111,29 +124,47 @@ def test_editing_the_flag_file_changes_a_running_services_pipeline(
         return [hit["entity"]["body"] for hit in hits[0]]
 
     assert all("@example.com" in body for body in bodies("acme"))
-    replace_file(path, _document(
-        {"base": base, "masked": masked},
-        targeting={"if": [{"==": [{"var": "tenant"}, "acme"]}, "masked", "base"]},
-    ))
-    wait_until(lambda: all(b.endswith("[redacted]") for b in bodies("acme")),
-               what="the edited flag to mask acme's e-mails")
+    replace_file(
+        path,
+        _document(
+            {"base": base, "masked": masked},
+            targeting={"if": [{"==": [{"var": "tenant"}, "acme"]}, "masked", "base"]},
+        ),
+    )
+    wait_until(
+        lambda: all(b.endswith("[redacted]") for b in bodies("acme")),
+        what="the edited flag to mask acme's e-mails",
+    )
     assert all("@example.com" in body for body in bodies("globex"))
 
 
 @pytest.mark.parametrize(
     ("bad_value", "reason"),
     [
-        ({"hooks": [{"name": "redact", "config": {"mask": ["email"]}}]},
-         "must include 'tenant-filter'"),
+        (
+            {"hooks": [{"name": "redact", "config": {"mask": ["email"]}}]},
+            "must include 'tenant-filter'",
+        ),
         ({"hooks": ["tenant-filter", "no-such-hook"]}, "no hook named 'no-such-hook'"),
-        ({"hooks": [{"name": "tenant-aware-rerank", "config": {"mmr_lambda": -1}},
-                    "tenant-filter"]}, "mmr_lambda must be a number in [0, 1]"),
+        (
+            {
+                "hooks": [
+                    {"name": "tenant-aware-rerank", "config": {"mmr_lambda": -1}},
+                    "tenant-filter",
+                ]
+            },
+            "mmr_lambda must be a number in [0, 1]",
+        ),
         ({"pipeline": []}, "unknown key(s) ['pipeline']"),
     ],
 )
 def test_a_bad_flag_value_falls_back_to_the_safe_pipeline_and_says_why(
-    tmp_path: Path, selector_for: Any, vh_metrics: HookMetrics, caplog: pytest.LogCaptureFixture,
-    bad_value: dict[str, Any], reason: str,
+    tmp_path: Path,
+    selector_for: Any,
+    vh_metrics: HookMetrics,
+    caplog: pytest.LogCaptureFixture,
+    bad_value: dict[str, Any],
+    reason: str,
 ) -> None:
     """An unusable variant yields the isolate-only default, one warning naming the problem,
     and a fallback count per use."""
@@ -157,16 +188,40 @@ def test_a_flag_that_cannot_be_evaluated_falls_back_to_the_safe_pipeline(
 ) -> None:
     """A missing flag or a non-object flag gives the default pipeline and logs the error code."""
     path = tmp_path / "pipeline.flagd.json"
-    replace_file(path, json.dumps({"flags": {"something-else": {
-        "state": "ENABLED", "variants": {"on": True}, "defaultVariant": "on"}}}))
+    replace_file(
+        path,
+        json.dumps(
+            {
+                "flags": {
+                    "something-else": {
+                        "state": "ENABLED",
+                        "variants": {"on": True},
+                        "defaultVariant": "on",
+                    }
+                }
+            }
+        ),
+    )
     selector = selector_for(path)
     with caplog.at_level(logging.WARNING, logger="vector_hooks.selector"):
         assert selector.select("acme") is selector.default
     assert "FLAG_NOT_FOUND" in caplog.text
     assert vh_metrics.pipeline_fallbacks("evaluation-error") == 1
 
-    replace_file(path, json.dumps({"flags": {VECTOR_HOOK_PIPELINE: {
-        "state": "ENABLED", "variants": {"on": True}, "defaultVariant": "on"}}}))
+    replace_file(
+        path,
+        json.dumps(
+            {
+                "flags": {
+                    VECTOR_HOOK_PIPELINE: {
+                        "state": "ENABLED",
+                        "variants": {"on": True},
+                        "defaultVariant": "on",
+                    }
+                }
+            }
+        ),
+    )
 
     def mismatch_reported() -> bool:
         assert selector.select("acme") is selector.default

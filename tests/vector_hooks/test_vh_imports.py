@@ -41,8 +41,9 @@ def test_only_the_adapters_import_their_clients() -> None:
 def test_the_sdk_never_imports_the_control_plane_or_web_and_db_stacks() -> None:
     """No module of vector_hooks imports control_plane, providers, FastAPI or SQLAlchemy."""
     forbidden = {"control_plane", "providers", "fastapi", "starlette", "sqlalchemy", "httpx"}
-    offenders = {m: sorted(names & forbidden) for m, names in _modules().items()
-                 if names & forbidden}
+    offenders = {
+        m: sorted(names & forbidden) for m, names in _modules().items() if names & forbidden
+    }
     assert offenders == {}
 
 
@@ -57,8 +58,9 @@ def test_importing_everything_loads_no_forbidden_package_at_run_time() -> None:
         " & {'control_plane', 'fastapi', 'sqlalchemy', 'providers'})\n"
         "print(json.dumps({'light': light, 'bad': bad}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"light": [], "bad": []}
 
@@ -73,8 +75,10 @@ def test_public_modules_have_a_docstring_and_all() -> None:
         public = not path.name.startswith("_") or path.name == "__init__.py"
         has_all = any(
             isinstance(node, ast.Assign | ast.AnnAssign)
-            and any(getattr(t, "id", None) == "__all__"
-                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target]))
+            and any(
+                getattr(t, "id", None) == "__all__"
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            )
             for node in tree.body
         )
         if public and not has_all:

@@ -42,8 +42,14 @@ pytest_plugins = ["vh_fixtures"]
 
 def _request(tenant: str = "acme") -> SearchRequest:
     return SearchRequest(
-        tenant=tenant, backend="test", operation="search", collection="docs", limit=2,
-        fetch_limit=2, params={"filter": "n > 1"}, output_fields=["title"],
+        tenant=tenant,
+        backend="test",
+        operation="search",
+        collection="docs",
+        limit=2,
+        fetch_limit=2,
+        params={"filter": "n > 1"},
+        output_fields=["title"],
     )
 
 
@@ -118,8 +124,15 @@ def test_before_hooks_run_in_order_and_after_hooks_in_reverse() -> None:
     pipeline.run(_request(), _backend([], []))  # type: ignore[arg-type]
     pipeline.close()
     assert journal[:9] == [
-        "init:a", "init:b", "init:c",
-        "before:a", "before:b", "before:c", "backend", "after:c", "after:b",
+        "init:a",
+        "init:b",
+        "init:c",
+        "before:a",
+        "before:b",
+        "before:c",
+        "backend",
+        "after:c",
+        "after:b",
     ]
     assert journal[9] == "after:a"
     assert journal[-3:] == ["close:c", "close:b", "close:a"]
@@ -255,7 +268,8 @@ def test_built_ins_are_declared_in_the_entry_point_group() -> None:
 def third_party_package(tmp_path: Path) -> Iterator[str]:
     """A real installed distribution (dist-info on sys.path) contributing two entry points."""
     module = "vh_thirdparty_hooks"
-    (tmp_path / f"{module}.py").write_text(textwrap.dedent('''
+    (tmp_path / f"{module}.py").write_text(
+        textwrap.dedent("""
         from vector_hooks import BaseHook, HookKind
 
         class Pinned(BaseHook):
@@ -267,15 +281,15 @@ def third_party_package(tmp_path: Path) -> Iterator[str]:
 
         class NoFilter(BaseHook):
             name = "tenant-filter"
-    '''))
+    """)
+    )
     dist = tmp_path / "vh_thirdparty_hooks-1.0.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vh-thirdparty-hooks\n"
-                                   "Version: 1.0\n")
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: vh-thirdparty-hooks\nVersion: 1.0\n"
+    )
     (dist / "entry_points.txt").write_text(
-        "[vector_hooks.hooks]\n"
-        f"boost-pinned = {module}:Pinned\n"
-        f"tenant-filter = {module}:NoFilter\n"
+        f"[vector_hooks.hooks]\nboost-pinned = {module}:Pinned\ntenant-filter = {module}:NoFilter\n"
     )
     sys.path.insert(0, str(tmp_path))
     try:
@@ -329,25 +343,69 @@ def test_bad_pipeline_values_are_refused_naming_the_part(value: object, fragment
     [
         ({"hooks": ["audit"]}, PipelineConfigError, "must include 'tenant-filter'"),
         ({"hooks": ["tenant-filter", "nope"]}, HookNotFound, "no hook named 'nope'"),
-        ({"hooks": [{"name": "tenant-filter", "config": {"x": 1}}]}, HookConfigError,
-         "hooks[0] (tenant-filter): takes no configuration"),
-        ({"hooks": [{"name": "tenant-aware-rerank", "config": {"mmr_lambda": 2}}, "tenant-filter"]},
-         HookConfigError, "hooks[0] (tenant-aware-rerank): mmr_lambda must be a number in [0, 1]"),
-        ({"hooks": [{"name": "tenant-aware-rerank", "config": {"candidates": "50"}},
-                    "tenant-filter"]}, HookConfigError, "candidates must be an integer"),
-        ({"hooks": [{"name": "tenant-aware-rerank", "config": {"recency": {"field": "ts",
-                    "half_life_s": 0}}}, "tenant-filter"]}, HookConfigError,
-         "recency.half_life_s must be > 0"),
-        ({"hooks": [{"name": "tenant-aware-rerank", "config": {"boost": {}}}, "tenant-filter"]},
-         HookConfigError, "unknown key(s) ['boost']"),
-        ({"hooks": [{"name": "redact", "config": {"mask": ["ssn"]}}, "tenant-filter"]},
-         HookConfigError, "mask[0]: unknown pattern 'ssn'"),
-        ({"hooks": [{"name": "redact", "config": {"mask": [{"regex": "("}]}}, "tenant-filter"]},
-         HookConfigError, "mask[0].regex does not compile"),
-        ({"hooks": [{"name": "redact", "config": {"deny": "email"}}, "tenant-filter"]},
-         HookConfigError, "deny must be a list of field names"),
-        ({"hooks": [{"name": "audit", "config": {"include_ids": "yes"}}, "tenant-filter"]},
-         HookConfigError, "include_ids must be true or false"),
+        (
+            {"hooks": [{"name": "tenant-filter", "config": {"x": 1}}]},
+            HookConfigError,
+            "hooks[0] (tenant-filter): takes no configuration",
+        ),
+        (
+            {
+                "hooks": [
+                    {"name": "tenant-aware-rerank", "config": {"mmr_lambda": 2}},
+                    "tenant-filter",
+                ]
+            },
+            HookConfigError,
+            "hooks[0] (tenant-aware-rerank): mmr_lambda must be a number in [0, 1]",
+        ),
+        (
+            {
+                "hooks": [
+                    {"name": "tenant-aware-rerank", "config": {"candidates": "50"}},
+                    "tenant-filter",
+                ]
+            },
+            HookConfigError,
+            "candidates must be an integer",
+        ),
+        (
+            {
+                "hooks": [
+                    {
+                        "name": "tenant-aware-rerank",
+                        "config": {"recency": {"field": "ts", "half_life_s": 0}},
+                    },
+                    "tenant-filter",
+                ]
+            },
+            HookConfigError,
+            "recency.half_life_s must be > 0",
+        ),
+        (
+            {"hooks": [{"name": "tenant-aware-rerank", "config": {"boost": {}}}, "tenant-filter"]},
+            HookConfigError,
+            "unknown key(s) ['boost']",
+        ),
+        (
+            {"hooks": [{"name": "redact", "config": {"mask": ["ssn"]}}, "tenant-filter"]},
+            HookConfigError,
+            "mask[0]: unknown pattern 'ssn'",
+        ),
+        (
+            {"hooks": [{"name": "redact", "config": {"mask": [{"regex": "("}]}}, "tenant-filter"]},
+            HookConfigError,
+            "mask[0].regex does not compile",
+        ),
+        (
+            {"hooks": [{"name": "redact", "config": {"deny": "email"}}, "tenant-filter"]},
+            HookConfigError,
+            "deny must be a list of field names",
+        ),
+        (
+            {"hooks": [{"name": "audit", "config": {"include_ids": "yes"}}, "tenant-filter"]},
+            HookConfigError,
+            "include_ids must be true or false",
+        ),
     ],
 )
 def test_bad_hook_configs_are_refused_naming_hook_and_key(

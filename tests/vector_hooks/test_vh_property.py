@@ -40,21 +40,44 @@ INJECTED_TENANTS = (
     "t1\u200b",
 )
 FRAGMENTS = (
-    'lang == "en"', "n > 2", "n < 0", 'tenant_id != "t1"', 'tenant_id in ["t1", "t2"]',
-    'note == "a\\"b"', "note like \"%)%\"", "1 == 1", 'tenant_id != ""', "(n >= 0)",
+    'lang == "en"',
+    "n > 2",
+    "n < 0",
+    'tenant_id != "t1"',
+    'tenant_id in ["t1", "t2"]',
+    'note == "a\\"b"',
+    'note like "%)%"',
+    "1 == 1",
+    'tenant_id != ""',
+    "(n >= 0)",
     'note == "x) or (1 == 1"',
 )
 ESCAPES = (
-    ") or (1 == 1", ') or (tenant_id != "', 'n > 0) or (tenant_id != "t1"',
-    'lang == "en" or tenant_id != "t1"', '"', "\\", "((", "))", "n > 1\nor 1 == 1",
-    'note == "unterminated', "n > {p}", "]", "n in [1, 2", "tenant_id == \"t1\" or true",
+    ") or (1 == 1",
+    ') or (tenant_id != "',
+    'n > 0) or (tenant_id != "t1"',
+    'lang == "en" or tenant_id != "t1"',
+    '"',
+    "\\",
+    "((",
+    "))",
+    "n > 1\nor 1 == 1",
+    'note == "unterminated',
+    "n > {p}",
+    "]",
+    "n in [1, 2",
+    'tenant_id == "t1" or true',
 )
 _filters = st.one_of(
     st.just(""),
     st.sampled_from(FRAGMENTS),
     st.sampled_from(ESCAPES),
-    st.builds(lambda a, op, b: f"{a} {op} {b}", st.sampled_from(FRAGMENTS + ESCAPES),
-              st.sampled_from(["and", "or", "||", "&&"]), st.sampled_from(FRAGMENTS + ESCAPES)),
+    st.builds(
+        lambda a, op, b: f"{a} {op} {b}",
+        st.sampled_from(FRAGMENTS + ESCAPES),
+        st.sampled_from(["and", "or", "||", "&&"]),
+        st.sampled_from(FRAGMENTS + ESCAPES),
+    ),
     st.text(alphabet='"\'\\()[]{} \n\ttenant_id!=<>orand1t"', max_size=40),
     st.text(max_size=30),
 )
@@ -62,7 +85,7 @@ _tenants = st.one_of(
     st.sampled_from(TENANTS),
     st.sampled_from(INJECTED_TENANTS),
     st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True),
-    st.text(alphabet='t12"\'\\ ()=!orand\n', min_size=1, max_size=30),
+    st.text(alphabet="t12\"'\\ ()=!orand\n", min_size=1, max_size=30),
     st.text(max_size=80),
 )
 
@@ -75,9 +98,16 @@ def docs(vh_milvus: MilvusClient) -> Iterator[TenantMilvus]:
         vh_milvus.drop_collection(name)
     rng = np.random.default_rng(3)
     rows = [
-        {"id": t * 100 + i, "vector": rng.random(DIM).tolist(), "tenant_id": tenant,
-         "lang": "en" if i % 2 else "de", "n": i, "note": ['a"b', "x) or (1 == 1", "p)q"][i % 3]}
-        for t, tenant in enumerate(TENANTS) for i in range(8)
+        {
+            "id": t * 100 + i,
+            "vector": rng.random(DIM).tolist(),
+            "tenant_id": tenant,
+            "lang": "en" if i % 2 else "de",
+            "n": i,
+            "note": ['a"b', "x) or (1 == 1", "p)q"][i % 3],
+        }
+        for t, tenant in enumerate(TENANTS)
+        for i in range(8)
     ]
     make_docs(vh_milvus, name, rows, dim=DIM)
     yield TenantMilvus(vh_milvus, name)
@@ -96,13 +126,19 @@ def _clear(error: InvalidTenantId) -> bool:
     )
 
 
-def _attempt(docs: TenantMilvus, operation: str, tenant: str,
-             expr: str) -> tuple[set[str] | None, Exception | None]:
+def _attempt(
+    docs: TenantMilvus, operation: str, tenant: str, expr: str
+) -> tuple[set[str] | None, Exception | None]:
     """The tenants owning the answered rows, or the refusal the call raised."""
     try:
         if operation == "search":
-            hits = docs.search(tenant, data=[[0.3, 0.1, 0.7, 0.2]], limit=50, filter=expr,
-                               output_fields=["tenant_id"])
+            hits = docs.search(
+                tenant,
+                data=[[0.3, 0.1, 0.7, 0.2]],
+                limit=50,
+                filter=expr,
+                output_fields=["tenant_id"],
+            )
             return {hit["entity"]["tenant_id"] for hit in hits[0]}, None
         rows = docs.query(tenant, filter=expr, output_fields=["tenant_id"])
         return {row["tenant_id"] for row in rows}, None
@@ -130,4 +166,5 @@ def test_no_search_or_query_ever_returns_another_tenants_row(
             assert _valid(tenant)
             assert owners is not None
             assert owners <= {tenant}, (
-                f"{operation} for {tenant!r} with {expr!r} returned rows of {owners}")
+                f"{operation} for {tenant!r} with {expr!r} returned rows of {owners}"
+            )

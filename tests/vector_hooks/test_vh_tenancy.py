@@ -66,8 +66,14 @@ def test_compose_wraps_the_caller_filter_in_parentheses() -> None:
 
 @pytest.mark.parametrize(
     "expr",
-    ['lang == "en"', "n > 3 and (m < 2 or m > 5)", 'title like "a)%"', "id in [1, 2]",
-     "x == 'it\\'s'", '  lang == "(" '],
+    [
+        'lang == "en"',
+        "n > 3 and (m < 2 or m > 5)",
+        'title like "a)%"',
+        "id in [1, 2]",
+        "x == 'it\\'s'",
+        '  lang == "(" ',
+    ],
 )
 def test_balanced_filters_are_accepted(expr: str) -> None:
     """Filters whose brackets balance outside string literals pass the check."""
@@ -101,7 +107,7 @@ def test_template_placeholders_are_allowed_where_the_server_supports_them() -> N
 
 def test_in_list_quotes_string_ids_and_refuses_other_types() -> None:
     """Primary-key lists quote strings, keep integers and refuse anything else."""
-    assert in_list("id", [1, "a\"b"]) == 'id in [1, "a\\"b"]'
+    assert in_list("id", [1, 'a"b']) == 'id in [1, "a\\"b"]'
     with pytest.raises(UnsafeArgument):
         in_list("id", [1.5])
     with pytest.raises(UnsafeArgument):
@@ -110,8 +116,15 @@ def test_in_list_quotes_string_ids_and_refuses_other_types() -> None:
 
 @pytest.mark.parametrize(
     ("version", "expected"),
-    [("milvus_lite-3.2.2", False), ("v2.4.9", False), ("v2.5.0", True), ("2.6.1", True),
-     ("v3.0.0", True), ("", False), ("unknown", False)],
+    [
+        ("milvus_lite-3.2.2", False),
+        ("v2.4.9", False),
+        ("v2.5.0", True),
+        ("2.6.1", True),
+        ("v3.0.0", True),
+        ("", False),
+        ("unknown", False),
+    ],
 )
 def test_filter_params_support_follows_the_server_version(version: str, expected: bool) -> None:
     """Only Milvus servers >= 2.5 get template parameters; Milvus Lite never does."""

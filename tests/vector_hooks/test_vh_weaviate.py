@@ -37,7 +37,7 @@ pytest_plugins = ["vh_fixtures"]
 TENANTS = ("acme", "globex", "initech")
 OPS = {
     "near_vector": ([1.0, 0.2, 0.1], {}),
-    "near_text": ("report",  {}),
+    "near_text": ("report", {}),
     "hybrid": ("report", {"vector": [1.0, 0.2, 0.1], "alpha": 0.5}),
     "bm25": ("report", {}),
     "fetch_objects": (None, {}),
@@ -57,8 +57,7 @@ def _seed(fake: FakeWeaviate) -> dict[str, list[uuid.UUID]]:
                 "n": i,
             }
             vector = [1.0, (i + t) / 10, (i % 3) / 5]
-            ids.setdefault(tenant, []).append(
-                fake.add_object("Docs", props, vector, tenant=tenant))
+            ids.setdefault(tenant, []).append(fake.add_object("Docs", props, vector, tenant=tenant))
             fake.add_object("Shared", {**props, "tenant_id": tenant}, vector)
     return ids
 
@@ -97,8 +96,11 @@ def test_the_client_starts_against_the_fake(client: Any, vh_fake_weaviate: FakeW
 @pytest.mark.parametrize("op", sorted(OPS))
 @pytest.mark.parametrize("tenant", ["acme", "initech"])
 def test_native_multi_tenancy_sends_the_tenant_for_every_operation(
-    client: Any, vh_fake_weaviate: FakeWeaviate, seeded: dict[str, list[uuid.UUID]],
-    op: str, tenant: str,
+    client: Any,
+    vh_fake_weaviate: FakeWeaviate,
+    seeded: dict[str, list[uuid.UUID]],
+    op: str,
+    tenant: str,
 ) -> None:
     """Each query operation runs on the caller's tenant shard, with real object ids."""
     docs = TenantWeaviate(client.collections.get("Docs"))
@@ -117,8 +119,14 @@ def test_property_mode_ands_the_tenant_filter_with_the_callers(
 ) -> None:
     """Without native tenants, the wire filter is AND(tenant_id == t, caller filter)."""
     docs = TenantWeaviate(client.collections.get("Shared"), multi_tenancy=False)
-    result = _call(docs, op, "globex", limit=6, filters=Filter.by_property("lang").equal("en"),
-                   return_properties=["title", "lang"])
+    result = _call(
+        docs,
+        op,
+        "globex",
+        limit=6,
+        filters=Filter.by_property("lang").equal("en"),
+        return_properties=["title", "lang"],
+    )
     sent = vh_fake_weaviate.search_requests[-1]
     assert sent.tenant == ""
     assert sent.filters.operator == base_pb2.Filters.OPERATOR_AND
@@ -141,7 +149,10 @@ def test_property_mode_without_caller_filters_sends_the_tenant_condition_alone(
     result = docs.fetch_objects("initech", limit=20)
     sent = vh_fake_weaviate.search_requests[-1].filters
     assert (sent.operator, sent.target.property, sent.value_text) == (
-        base_pb2.Filters.OPERATOR_EQUAL, "tenant_id", "initech")
+        base_pb2.Filters.OPERATOR_EQUAL,
+        "tenant_id",
+        "initech",
+    )
     assert len(result.objects) == 12
     assert {obj.properties["tenant_id"] for obj in result.objects} == {"initech"}
 
@@ -150,14 +161,19 @@ def test_rerank_and_redact_run_around_weaviate(
     client: Any, vh_fake_weaviate: FakeWeaviate, seeded: dict[str, list[uuid.UUID]]
 ) -> None:
     """The pipeline over-fetches with vectors for MMR, returns the limit and masks e-mails."""
-    pipeline = build_pipeline({"hooks": [
-        {"name": "redact", "config": {"mask": ["email"]}},
-        {"name": "tenant-aware-rerank", "config": {"candidates": 10, "mmr_lambda": 0.5}},
-        "tenant-filter",
-    ]})
+    pipeline = build_pipeline(
+        {
+            "hooks": [
+                {"name": "redact", "config": {"mask": ["email"]}},
+                {"name": "tenant-aware-rerank", "config": {"candidates": 10, "mmr_lambda": 0.5}},
+                "tenant-filter",
+            ]
+        }
+    )
     docs = TenantWeaviate(client.collections.get("Docs"), pipeline=pipeline)
-    result = docs.near_vector("globex", [1.0, 0.5, 0.2], limit=4,
-                              return_properties=["title", "body"])
+    result = docs.near_vector(
+        "globex", [1.0, 0.5, 0.2], limit=4, return_properties=["title", "body"]
+    )
     sent = vh_fake_weaviate.search_requests[-1]
     assert (sent.limit, sent.metadata.vector, sent.metadata.distance) == (10, True, True)
     assert len(result.objects) == 4
@@ -193,11 +209,21 @@ def _instance(cls: type[Exception]) -> Exception:
     """Build any weaviate exception from its constructor's parameter names."""
     request = httpx.Request("GET", "http://127.0.0.1/v1/x")
     values = {
-        "message": "boom", "res": httpx.Response(500, request=request),
-        "response": httpx.Response(500, request=request), "location": "here",
-        "protocol_type": "GRPC", "count": 3, "feature": "x", "current": "1", "minimum": "2",
-        "type_": "x", "url": "http://x", "data": {}, "additional_dict": "a",
-        "additional_dataclass": "b", "weaviate_version": "1.30.5",
+        "message": "boom",
+        "res": httpx.Response(500, request=request),
+        "response": httpx.Response(500, request=request),
+        "location": "here",
+        "protocol_type": "GRPC",
+        "count": 3,
+        "feature": "x",
+        "current": "1",
+        "minimum": "2",
+        "type_": "x",
+        "url": "http://x",
+        "data": {},
+        "additional_dict": "a",
+        "additional_dataclass": "b",
+        "weaviate_version": "1.30.5",
     }
     params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
     return cls(**{p.name: values[p.name] for p in params if p.name in values})
@@ -228,8 +254,11 @@ _EXPECTED = {
     "WeaviateBatchValidationError": BackendRequestError,
 }
 _CLASSES = sorted(
-    {cls for _, cls in inspect.getmembers(wexc, inspect.isclass)
-     if issubclass(cls, wexc.WeaviateBaseError)},
+    {
+        cls
+        for _, cls in inspect.getmembers(wexc, inspect.isclass)
+        if issubclass(cls, wexc.WeaviateBaseError)
+    },
     key=lambda cls: cls.__name__,
 )
 

@@ -67,4 +67,3 @@ def vh_fake_weaviate() -> Iterator[FakeWeaviate]:
     fake.start()
     yield fake
     fake.stop()
-

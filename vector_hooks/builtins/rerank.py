@@ -57,8 +57,10 @@ class RerankConfig:
         if unknown:
             raise HookConfigError(f"unknown key(s) {unknown}; allowed: {sorted(known)}")
         candidates = config.get("candidates", 50)
-        if isinstance(candidates, bool) or not isinstance(candidates, int) or not (
-            1 <= candidates <= 16384
+        if (
+            isinstance(candidates, bool)
+            or not isinstance(candidates, int)
+            or not (1 <= candidates <= 16384)
         ):
             raise HookConfigError(
                 f"candidates must be an integer in [1, 16384], got {candidates!r}"

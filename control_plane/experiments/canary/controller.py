@@ -20,8 +20,13 @@ log = logging.getLogger(__name__)
 
 
 class CanaryController:
-    def __init__(self, service: CanaryService, *, tick_interval: float = 1.0,
-                 leadership: Leadership | None = None) -> None:
+    def __init__(
+        self,
+        service: CanaryService,
+        *,
+        tick_interval: float = 1.0,
+        leadership: Leadership | None = None,
+    ) -> None:
         self.service = service
         self.tick_interval = tick_interval
         #: Only the leader among control planes on one database steps runs (leadership.py).
@@ -38,8 +43,7 @@ class CanaryController:
             log.exception("canary controller: cannot read the active canaries yet")
         self._stop.clear()
         self.leadership.start()
-        self._thread = threading.Thread(target=self._run, name="canary-controller",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="canary-controller", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -26,13 +26,17 @@ def check_flag(flag_key: str, flag: Mapping[str, Any] | None, stable: str, canar
     if flag is None:
         raise InvalidCanary(f"no flag named {flag_key!r} is serving")
     if routing_table(flag) is None:
-        raise InvalidCanary(f"flag {flag_key!r} is not a routing flag (each variant must be "
-                            "an object with 'backend' and 'url')")
+        raise InvalidCanary(
+            f"flag {flag_key!r} is not a routing flag (each variant must be "
+            "an object with 'backend' and 'url')"
+        )
     variants = flag.get("variants") or {}
     for role, name in (("stableVariant", stable), ("canaryVariant", canary)):
         if name not in variants:
-            raise InvalidCanary(f"flag {flag_key!r} has no variant {name!r} ({role}); its "
-                                f"variants are {', '.join(sorted(variants))}")
+            raise InvalidCanary(
+                f"flag {flag_key!r} has no variant {name!r} ({role}); its "
+                f"variants are {', '.join(sorted(variants))}"
+            )
     if flag.get("state") != "ENABLED":
         raise InvalidCanary(f"flag {flag_key!r} is {flag.get('state')}; enable it first")
     targeting = flag.get("targeting")
@@ -40,7 +44,8 @@ def check_flag(flag_key: str, flag: Mapping[str, Any] | None, stable: str, canar
         raise InvalidCanary(
             f"flag {flag_key!r} has targeting but no fractional split between {canary!r} and "
             f"{stable!r} with fixed weights for the controller to set; add one, e.g. "
-            f'{{"fractional": [["{canary}", 0], ["{stable}", 100]]}}')
+            f'{{"fractional": [["{canary}", 0], ["{stable}", 100]]}}'
+        )
 
 
 def current_weight(flag: Mapping[str, Any], stable: str, canary: str) -> int | None:
@@ -104,10 +109,14 @@ def _rules(node: Any, stable: str, canary: str) -> Iterator[list[list[Any]]]:
                 buckets = [item for item in arguments if isinstance(item, list)]
                 names = {bucket[0] for bucket in buckets if bucket}
                 literal = all(
-                    1 <= len(bucket) <= 2 and isinstance(bucket[0], str)
-                    and (len(bucket) == 1 or (isinstance(bucket[1], int)
-                                              and not isinstance(bucket[1], bool)))
-                    for bucket in buckets)
+                    1 <= len(bucket) <= 2
+                    and isinstance(bucket[0], str)
+                    and (
+                        len(bucket) == 1
+                        or (isinstance(bucket[1], int) and not isinstance(bucket[1], bool))
+                    )
+                    for bucket in buckets
+                )
                 if literal and names == {stable, canary} and len(buckets) == 2:
                     yield buckets
                     continue

@@ -32,8 +32,9 @@ def upgrade() -> None:
         sa.Column("diff", _JSON, nullable=False),
         sa.PrimaryKeyConstraint("version", name=op.f("pk_flag_set_versions")),
     )
-    op.create_index(op.f("ix_flag_set_versions_content_hash"), "flag_set_versions",
-                    ["content_hash"])
+    op.create_index(
+        op.f("ix_flag_set_versions_content_hash"), "flag_set_versions", ["content_hash"]
+    )
 
 
 def downgrade() -> None:

@@ -24,8 +24,14 @@ _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 def upgrade() -> None:
     with op.batch_alter_table("flag_set_versions") as batch:
-        batch.add_column(sa.Column("bucketing", sa.String(length=32), nullable=False,
-                                   server_default="flagd-fractional-v2"))
+        batch.add_column(
+            sa.Column(
+                "bucketing",
+                sa.String(length=32),
+                nullable=False,
+                server_default="flagd-fractional-v2",
+            )
+        )
     op.create_table(
         "api_tokens",
         sa.Column("id", sa.Integer(), nullable=False),

@@ -59,8 +59,7 @@ def upgrade() -> None:
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("decision_id", "variant", name=op.f("pk_call_samples")),
     )
-    op.create_index("ix_call_samples_flag_variant_at", "call_samples",
-                    ["flag", "variant", "at"])
+    op.create_index("ix_call_samples_flag_variant_at", "call_samples", ["flag", "variant", "at"])
     op.create_table(
         "experiment_keys",
         sa.Column("name", sa.String(length=64), nullable=False),
@@ -98,8 +97,9 @@ def upgrade() -> None:
         sa.Column("weight", sa.Integer(), nullable=True),
         sa.Column("flag_set_version", sa.Integer(), nullable=True),
         sa.Column("detail", _JSON, nullable=False),
-        sa.ForeignKeyConstraint(["run_id"], ["canary_runs.id"],
-                                name=op.f("fk_canary_events_run_id_canary_runs")),
+        sa.ForeignKeyConstraint(
+            ["run_id"], ["canary_runs.id"], name=op.f("fk_canary_events_run_id_canary_runs")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_canary_events")),
     )
     op.create_index(op.f("ix_canary_events_run_id"), "canary_events", ["run_id"])
