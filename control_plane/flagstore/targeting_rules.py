@@ -385,7 +385,8 @@ def _check_fractional(arguments: Any, location: Location, issues: list[Validatio
             hint = (
                 f"write {int(weight)}"
                 if weight.is_integer()
-                else f"scale every weight of this split by 10 (or 100) ({weight:g} -> {weight * 10:g})"
+                else "scale every weight of this split by 10 (or 100) "
+                f"({weight:g} -> {weight * 10:g})"
             )
             _error(
                 issues,
