@@ -177,6 +177,7 @@ class Settings(BaseSettings):
     #: OFREP requests per second allowed per client (token bucket, burst `ofrep_rate_burst`);
     #: 0 (default) disables the limit. Over it: 429 with Retry-After.
     ofrep_rate_limit: float = Field(default=0.0, ge=0, le=1_000_000)
+    #: OFREP requests a client may make at once above the rate (token bucket size).
     ofrep_rate_burst: int = Field(default=20, ge=1, le=1_000_000)
     header_rules: tuple[HeaderRule, ...] = DEFAULT_HEADER_RULES
     #: Largest header value accepted for any mapped header, whatever its rule says.
@@ -462,24 +463,30 @@ class Settings(BaseSettings):
     events_url: str | None = Field(default=None, pattern=r"^(nats|tls)://[^\s]+$")
     #: Token for NATS (CP_EVENTS_TOKEN), when the server wants one.
     events_token: SecretStr | None = None
-    #: JetStream stream, subject prefix and durable consumer names (CP_EVENTS_STREAM, ...).
+    #: JetStream stream the records go to (CP_EVENTS_STREAM).
     events_stream: str = Field(default="CP_RECORDS", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    #: Subject prefix of the records (`<prefix>.<table>`; CP_EVENTS_SUBJECT_PREFIX).
     events_subject_prefix: str = Field(
         default="cp.records", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
     )
+    #: Durable pull consumer shared by every control plane that stores records.
     events_consumer: str = Field(default="cp-records-writer", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     #: Stream limits (control_plane.events.stream): bytes kept before publishes are refused
     #: (and records wait in publishers' journals), seconds a record may wait to be stored
     #: (0: forever), the duplicate window (seconds), and replicas on a NATS cluster.
     events_stream_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    #: Seconds a record may wait in the stream to be stored (0: forever).
     events_stream_max_age: float = Field(default=7 * 24 * 3600.0, ge=0)
+    #: Seconds JetStream remembers message ids to drop re-published records.
     events_duplicate_window: float = Field(default=120.0, gt=0, le=24 * 3600)
+    #: Copies of the stream on a NATS cluster.
     events_stream_replicas: int = Field(default=1, ge=1, le=5)
     #: Seconds before a message the consumer took and did not acknowledge is delivered again.
     events_ack_wait: float = Field(default=30.0, ge=1, le=3600)
     #: Publisher: records queued in memory before new ones are dropped (and counted), and
     #: seconds between two publishing rounds (a kill -9 loses about this much).
     events_queue_size: int = Field(default=100_000, ge=100, le=10_000_000)
+    #: Seconds between two publishing rounds (a kill -9 loses about this much).
     events_publish_interval: float = Field(default=0.02, ge=0.001, le=1)
     #: Publisher's local journal while NATS is unreachable (CP_EVENTS_JOURNAL_DIR), replayed
     #: once it is back; a directory of its own (the in-process writer's is apart).
