@@ -246,9 +246,10 @@ def add_canary(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "start",
         help="start a canary on a routing flag",
         description="Start raising the canary variant's weight on FLAG step by step. Each step "
-        "lasts --interval seconds and needs --min-requests canary requests within "
-        "the thresholds; a broken threshold sets the canary to 0% at once; after "
-        "the last step the canary becomes the default variant.",
+        "lasts --interval seconds and needs --min-requests canary requests; the "
+        "canary is compared with stable by the spec's checks (errors, latency, "
+        "Prometheus metrics), and failureThreshold failed checks roll it back to 0%; "
+        "after the last step the canary becomes the default variant.",
     )
     start.add_argument("flag", metavar="FLAG")
     start.add_argument("--stable", default="stable", help="stable variant (default stable)")
