@@ -80,6 +80,7 @@ def run_in_terminal(
     finally:
         if process.poll() is None:
             process.kill()
+            process.wait()  # reaped here, never left to the garbage collector
         os.close(controller)
     return status, output.decode()
 
@@ -217,6 +218,8 @@ def test_canary_watch_keeps_a_live_line_in_a_terminal(plane: Any, tmp_path: Path
                 "intervalSeconds": 0.3,
                 "minRequests": 3,
                 "maxP99LatencyRatio": 200,
+                # Few samples suffice here: the gates may not promote before they judged.
+                "checks": {"errorRate": {"minSamples": 20}, "latency": {"minSamples": 20}},
             },
         )
         assert started.status_code == 201, started.text
