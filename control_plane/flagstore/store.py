@@ -109,7 +109,7 @@ ReloadListener = Callable[[ReloadOutcome], None]
 
 @dataclass(frozen=True)
 class ReloadStats:
-    """Counters of reload attempts since the store was created (the lead exports them)."""
+    """Counters of reload attempts since the store was created (the app exports them as metrics)."""
 
     reloads_ok: int = 0
     reloads_failed: int = 0

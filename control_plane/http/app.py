@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     gateway_only = [Depends(require_gateway_token)]
     app.include_router(routing_api.router, dependencies=gateway_only)
-    app.include_router(ofrep.router)  # issue 14: OFREP checks Bearer or X-API-Key itself
+    app.include_router(ofrep.router)  # OFREP checks Bearer or X-API-Key itself
     if isinstance(components, Components):  # the control plane's own APIs (not on replicas)
         # The status route must precede the admin router's /v1/flags/{key}.
         app.include_router(flags_status.router, dependencies=[Depends(require_role(Role.VIEWER))])

@@ -137,7 +137,7 @@ def build_components(settings: Settings) -> Components:
         recorder=DatabaseRecorder(database),
         deletion_settle=settings.deletion_settle,
         strict=settings.flags_strict,
-    )  # issue 14: all-or-nothing if set
+    )  # CP_FLAGS_STRICT: all-or-nothing reloads
     domain = f"control-plane-{next(_app_ids)}"
     client = openfeature_api.get_client(domain)
     tracing = tracing_from_settings(settings)  # no tracer (and no hook) unless configured
