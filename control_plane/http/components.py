@@ -126,6 +126,26 @@ class Components(RoutingComponents):
     workers: WorkerPool | None = None
 
 
+def _routing_parts(
+    settings: Settings, tracing: Tracing, tester_tokens: TesterTokens | None
+) -> dict[str, Any]:
+    """The request mapper and the dispatch proxy, built alike for a control plane and a replica."""
+    return {
+        "mapper": ContextMapper(
+            settings.header_rules,
+            max_header_bytes=settings.max_header_bytes,
+            tester_tokens=tester_tokens,
+        ),
+        "dispatcher": Dispatcher(
+            timeout=settings.dispatch_timeout,
+            max_connections=settings.dispatch_max_connections,
+            tracer=tracing.tracer,
+            # which headers reach backends (dispatch_strip_headers)
+            policy=ForwardPolicy.from_settings(settings),
+        ),
+    }
+
+
 def build_components(settings: Settings) -> Components:
     """Every component for `settings`, unstarted."""
     database = Database.from_url(
@@ -164,20 +184,9 @@ def build_components(settings: Settings) -> Components:
         provider=source_fed_provider(store),
         tracing=tracing,
         metrics=metrics,
-        mapper=ContextMapper(
-            settings.header_rules,
-            max_header_bytes=settings.max_header_bytes,
-            tester_tokens=tester_tokens,
-        ),
+        **_routing_parts(settings, tracing, tester_tokens),
         decider=decider,
         compiled_decider=compiled_decider,
-        dispatcher=Dispatcher(
-            timeout=settings.dispatch_timeout,
-            max_connections=settings.dispatch_max_connections,
-            tracer=tracing.tracer,
-            # which headers reach backends (dispatch_strip_headers)
-            policy=ForwardPolicy.from_settings(settings),
-        ),
         authenticator=Authenticator.from_settings(settings, database),
         gateway=GatewayTokenChecker.from_settings(settings),
         editor=editor,
@@ -258,19 +267,9 @@ def build_replica_components(settings: Settings) -> RoutingComponents:
         metrics=metrics,
         # CP_EVENTS_URL: this replica publishes its records to JetStream (control_plane.events).
         events=build_replica_pipeline(settings, registry=metrics.registry),
-        mapper=ContextMapper(
-            settings.header_rules,
-            max_header_bytes=settings.max_header_bytes,
-            tester_tokens=tester_tokens,
-        ),
+        **_routing_parts(settings, tracing, tester_tokens),
         decider=decider,
         compiled_decider=compiled_decider,
-        dispatcher=Dispatcher(
-            timeout=settings.dispatch_timeout,
-            max_connections=settings.dispatch_max_connections,
-            tracer=tracing.tracer,
-            policy=ForwardPolicy.from_settings(settings),
-        ),
         authenticator=Authenticator.from_settings(settings, None),
         gateway=GatewayTokenChecker.from_settings(settings),
         ofrep=OfrepEvaluator(client, store),
