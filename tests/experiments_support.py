@@ -187,19 +187,26 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
+                if self._listener is not listener:
+                    # cut() ran while this connection was being set up: it must not survive
+                    # the outage (a pooled connection that did kept "the database" up).
+                    for connection in (client, upstream):
+                        connection.close()
+                    continue
                 self._connections += [client, upstream]
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=_pipe, args=(source, sink), daemon=True).start()
 
     def cut(self) -> None:
         """Stop listening (new connections are refused) and drop every open connection."""
-        if self._listener is not None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
             # shutdown() wakes the thread blocked in accept(); close() alone would not, and
             # the socket would go on accepting.
             with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
-            self._listener = None
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
         with self._lock:
             for connection in self._connections:
                 with contextlib.suppress(OSError):

@@ -212,12 +212,6 @@ def test_shutdown_with_database_down_leaves_the_journal_and_next_start_replays(
 ) -> None:
     """Stopping while the database is down leaves everything in the journal; the next writer
     on the same directory stores it once the database answers."""
-    if outage.database.engine.url.get_backend_name() != "sqlite":
-        pytest.skip(
-            "known flake on PostgreSQL: through the test proxy the writer does not "
-            "always see the outage within 30 s (failed 1 in 3 runs); the SQLite variant "
-            "and tests/test_exposure_durability.py cover the behaviour"
-        )
     writer, recorder = _writer(outage.database, tmp_path / "journal", buffer_limit=10_000)
     writer.start()
     outage.down()
@@ -424,3 +418,21 @@ def test_rows_count_query_sees_all(tmp_path: Path) -> None:
     with database.session() as session:
         assert session.scalar(select(func.count()).select_from(Exposure)) == 100
     database.dispose()
+
+
+def test_the_lock_of_an_owner_that_died_with_nothing_journaled_is_removed(tmp_path: Path) -> None:
+    """A crashed process leaves its owner lock even when it had no segment; the next journal
+    on the directory removes it (one stale file per crash would pile up), never a live one."""
+    directory = tmp_path / "journal"
+    dead, alive = Journal(directory), Journal(directory)
+    dead.open()
+    alive.open()
+    assert dead._lock is not None
+    dead._lock.close()  # the process is gone: its lock is released, the file stays
+    dead._lock = None
+    successor = Journal(directory)
+    assert successor.adopt_orphans() == []
+    locks = sorted(path.name for path in directory.glob("owner-*.lock"))
+    assert locks == sorted([f"owner-{alive.owner}.lock", f"owner-{successor.owner}.lock"])
+    alive.close()
+    successor.close()

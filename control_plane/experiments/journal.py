@@ -163,6 +163,11 @@ class Journal:
         for pattern in _LEGACY_GLOBS:
             for path in sorted(self.directory.glob(pattern)):
                 self._claim_legacy(path, claimed)
+        # The locks of owners that died with nothing journaled: each crash would leave one.
+        for lock_path in self.directory.glob("owner-*.lock"):
+            owner = lock_path.name[len("owner-") : -len(".lock")]
+            if owner != self.owner and owner not in alive:
+                self._owner_alive(owner)  # removes the lock of an owner that is gone
         if claimed:
             log.warning(
                 "found %d experiment records of a process that is gone in %s; replaying them",
