@@ -61,18 +61,25 @@ def exposure(index: int, run: str = "r") -> Record:
 class NatsServer:
     """`nats-server -js` on loopback; `restart()` keeps the port and the stored streams."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, *, config: str = "") -> None:
         if NATS_BINARY is None:
             raise RuntimeError("no nats-server binary")
         self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.store = store
         self.log = store.parent / f"nats-{self.port}.log"
+        #: Extra nats-server configuration (its config file syntax), e.g. "max_payload: 512".
+        self.config = config
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.store.mkdir(parents=True, exist_ok=True)
         assert NATS_BINARY is not None
+        options: list[str] = []
+        if self.config:
+            config_file = self.store.parent / f"nats-{self.port}.conf"
+            config_file.write_text(self.config + "\n")
+            options = ["-c", str(config_file)]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -84,6 +91,7 @@ class NatsServer:
                     str(self.port),
                     "-sd",
                     str(self.store),
+                    *options,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

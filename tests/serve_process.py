@@ -71,7 +71,8 @@ class ServeProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> ServeProcess:
-        with self.stderr_path.open("wb") as stderr:
+        # Appended: a restarted process keeps its earlier run's log above its own.
+        with self.stderr_path.open("ab") as stderr:
             self.process = subprocess.Popen(
                 [*CLI, *self.args],
                 env=self.env,

@@ -164,6 +164,78 @@ def _wait(predicate: Any, timeout: float, what: str) -> float:
     raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
+def _event_counters(url: str) -> dict[str, float]:
+    """A replica's record-pipeline counters from its /metrics (published, journaled, ...)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    counters: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name.startswith("control_plane_events_"):
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                counters[f"{sample.name}{{{labels}}}"] = sample.value
+    return counters
+
+
+def _stream_state(url: str) -> str:
+    """What JetStream holds: messages not yet stored, and the consumer's pending counts."""
+    import asyncio
+
+    import nats
+
+    async def state() -> str:
+        nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
+        try:
+            js = nc.jetstream()
+            stream = await js.stream_info("CP_RECORDS")
+            consumer = await js.consumer_info("CP_RECORDS", "cp-records-writer")
+            return (
+                f"{stream.state.messages} messages in the stream; consumer: "
+                f"{consumer.num_pending} pending, {consumer.num_ack_pending} unacknowledged, "
+                f"{consumer.num_redelivered} redelivered"
+            )
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(state())
+    except Exception as exc:  # a report must not hide the failure it reports
+        return f"unknown ({exc!r})"
+
+
+def _loss_report(
+    missing: set[str],
+    answered: int,
+    answered_at: dict[str, float],
+    prefixes: dict[str, str],
+    timeline: list[tuple[str, float]],
+    root: Path,
+) -> str:
+    """What a failed drill needs to be understood: who lost what, when, and what was left."""
+    start = timeline[0][1]
+    lines = [f"{len(missing)} of {answered} answered decisions have no stored exposure"]
+    by_process: dict[str, list[float]] = {}
+    for decision in missing:
+        name = prefixes.get(decision[:12], decision[:12])
+        by_process.setdefault(name, []).append(answered_at[decision] - start)
+    for name, times in sorted(by_process.items()):
+        lines.append(f"  {name}: {len(times)} answered at {min(times):.2f}..{max(times):.2f} s")
+    lines.append("timeline: " + ", ".join(f"{what} {at - start:.2f} s" for what, at in timeline))
+    left = sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*")
+        if path.is_file() and "journal" in str(path)
+    )
+    lines.append(f"journal files left: {left}")
+    for log in sorted(root.rglob("serve-*.stderr")):
+        lines.append(f"--- {log.relative_to(root)} (last 2000 characters)")
+        lines.append(log.read_text(errors="replace")[-2000:])
+    return "\n".join(lines)
+
+
 @pytest.fixture
 def drill_dirs(tmp_path: Path) -> Path:
     for name in ("primary", "r0", "r1", "r2", "nats", "nginx"):
@@ -223,12 +295,21 @@ def test_the_drill_loses_no_request_and_no_exposure(drill_dirs: Path, flags_dir:
             running: list[ServeProcess] = []  # stopped at the end, whatever happens
             stack.callback(lambda: [process.__exit__(None, None, None) for process in running])
 
-            def start(process: ServeProcess) -> ServeProcess:
+            #: what happened when (monotonic), and which process each decision-id prefix is
+            timeline: list[tuple[str, float]] = []
+            prefixes: dict[str, str] = {}
+
+            def start(process: ServeProcess, name: str = "control plane") -> ServeProcess:
                 running.append(process)
-                return process.__enter__()
+                process.__enter__()
+                timeline.append((f"{name} started", time.monotonic()))
+                if name != "control plane":
+                    probe = httpx.get(f"{process.url}/v1/decide/{FLAG}", timeout=5)
+                    prefixes[probe.headers["x-route-decision-id"][:12]] = name
+                return process
 
             control = start(primary())
-            replicas = [start(replica(index)) for index in range(3)]
+            replicas = [start(replica(index), f"r{index}") for index in range(3)]
             nginx = stack.enter_context(
                 Nginx(
                     root / "nginx",
@@ -244,13 +325,17 @@ def test_the_drill_loses_no_request_and_no_exposure(drill_dirs: Path, flags_dir:
                 killed_at = time.monotonic()
                 replicas[1].process.kill()  # type: ignore[union-attr]
                 replicas[1].process.wait()  # type: ignore[union-attr]
+                timeline.append(("r1 killed", killed_at))
                 _wait(lambda: load.total >= 500, 60, "load with a replica down")
-                replicas[1] = start(replica(1))
+                replicas[1] = start(replica(1), "r1 (restarted)")
                 control.__exit__(None, None, None)  # the control plane restarts
+                timeline.append(("control plane stopped", time.monotonic()))
                 control = start(primary())
                 nats.stop()  # the NATS server restarts
+                timeline.append(("NATS stopped", time.monotonic()))
                 time.sleep(0.5)
                 nats.start()
+                timeline.append(("NATS started", time.monotonic()))
                 _wait(lambda: load.total >= 900, 90, "load after the restarts")
                 for process in replicas:  # "live": following the restarted control plane
                     _wait(
@@ -287,8 +372,15 @@ def test_the_drill_loses_no_request_and_no_exposure(drill_dirs: Path, flags_dir:
                         probe.close()
                 assert len(edit_latency) == len(replicas), edit_latency
                 _wait(lambda: load.total >= 1200, 90, "load after the edit")
-            for process in replicas:
+            timeline.append(("load stopped", time.monotonic()))
+            counters = {
+                name: _event_counters(process.url)
+                for name, process in zip(("r0", "r1 (restarted)", "r2"), replicas, strict=True)
+            }
+            for name, process in zip(("r0", "r1 (restarted)", "r2"), replicas, strict=True):
                 process.__exit__(None, None, None)
+                code = None if process.process is None else process.process.returncode
+                timeline.append((f"{name} stopped (exit {code})", time.monotonic()))
             answered = Counter(load.decisions)
 
             # Every answered decision reaches the database through JetStream exactly once.
@@ -307,11 +399,12 @@ def test_the_drill_loses_no_request_and_no_exposure(drill_dirs: Path, flags_dir:
                     "every exposure stored",
                 )
             except AssertionError:
-                missing = lost()
-                prefixes = Counter(decision[:12] for decision in missing)
+                report = _loss_report(
+                    lost(), len(answered), load.answered_at, prefixes, timeline, root
+                )
                 raise AssertionError(
-                    f"{len(missing)} of {len(answered)} answered decisions "
-                    f"have no stored exposure (by process: {prefixes})"
+                    f"{report}\npublisher counters before the stop: {counters}"
+                    f"\nstream: {_stream_state(nats.url)}"
                 ) from None
             stored = _stored_exposures(database_url)
             in_window = lost()

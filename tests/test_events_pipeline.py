@@ -18,7 +18,14 @@ from typing import Any
 import db_support
 import nats
 import pytest
-from events_support import NatsServer, exposure, nats_server, nats_url, stream_settings
+from events_support import (
+    NATS_BINARY,
+    NatsServer,
+    exposure,
+    nats_server,
+    nats_url,
+    stream_settings,
+)
 from experiments_support import wait_for
 from nats.js.api import RetentionPolicy
 from sqlalchemy import text
@@ -282,6 +289,65 @@ def test_a_dead_publishers_journal_is_replayed_by_the_next(
         publisher.stop()
     _wait_stored(database, 200)
     assert _stored(database) == (200, 200)
+
+
+def test_a_stop_right_after_start_replays_the_journal_it_found(
+    nats_url: str,
+    database: Database,
+    stream: StreamSettings,
+    consumer: EventConsumer,
+    tmp_path: Path,
+) -> None:
+    """A publisher stopped while it still holds a journal (here: stopped at once, before its
+    first replay) publishes it on the way out while NATS answers, instead of leaving it on a
+    disk that a scaled-in replica never comes back to."""
+    journal_dir = tmp_path / "journal"
+    dead = Journal(journal_dir)
+    dead.append([exposure(index, run="left") for index in range(300)])
+    assert dead._lock is not None
+    dead._lock.close()  # its owner is gone, as after a crash
+    dead._lock = None
+    publisher = _publisher(nats_url, journal_dir, stream)
+    publisher.start()
+    publisher.stop()
+    assert publisher.counts.replayed == 300
+    assert not list(journal_dir.glob("journal-*.jsonl"))
+    _wait_stored(database, 300)
+    assert _stored(database) == (300, 300)
+
+
+def test_a_record_too_large_for_nats_is_dropped_and_counted_and_the_rest_arrive(
+    tmp_path: Path, database: Database, stream: StreamSettings
+) -> None:
+    """nats-py refuses a message over the server's max_payload before sending it. That record
+    is dropped and counted (no retry could send it, and journaled it would hold back everything
+    behind it); the records after it in the same batch are published, not lost."""
+    if NATS_BINARY is None:
+        pytest.skip("no nats-server binary: the test needs a server with a small max_payload")
+    server = NatsServer(tmp_path / "nats-store", config="max_payload: 1024")
+    server.start()
+    consumer = EventConsumer(
+        server.url, DatabaseSink(database), stream=stream, retry_interval=0.2, fetch_timeout=0.2
+    )
+    consumer.start()
+    publisher = _publisher(server.url, tmp_path / "journal", stream)
+    try:
+        publisher.start()
+        wait_for(lambda: publisher.connected, what="the publisher connecting")
+        records = [exposure(index) for index in range(100)]
+        huge = Record(records[50].table, {**records[50].row, "variant": "v" * 2000})
+        for record in [*records[:50], huge, *records[51:]]:
+            assert publisher.offer(_item(record))
+        assert publisher.flush(timeout=20)
+        _wait_stored(database, 99)
+    finally:
+        publisher.stop()
+        consumer.stop()
+        server.stop()
+    assert _stored(database) == (99, 99)
+    assert publisher.counts.dropped == 1
+    assert publisher.counts.published == 99
+    assert publisher.pending == 0
 
 
 def test_full_queue_drops_and_counts(tmp_path: Path, stream: StreamSettings) -> None:

@@ -38,6 +38,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError
 
 from control_plane.events.loop import LoopThread
 from control_plane.events.messages import MSG_ID_HEADER, encode, message_id, subject
@@ -106,6 +107,7 @@ class EventPublisher:
         ack_timeout: float = 5.0,
         retry_interval: float = 1.0,
         buffer_limit: int = 50_000,
+        stop_replay_seconds: float = 3.0,
         metrics: EventMetrics | None = None,
         connect_options: dict[str, Any] | None = None,
         name: str = "event-publisher",
@@ -122,6 +124,8 @@ class EventPublisher:
         self._ack_timeout = ack_timeout
         self._retry_interval = retry_interval
         self._buffer_limit = buffer_limit
+        #: How long a stop may spend replaying the journal while NATS answers.
+        self.stop_replay_seconds = stop_replay_seconds
         self._metrics = metrics
         self._connect_options = connect_options or {}
         self._name = name
@@ -185,7 +189,8 @@ class EventPublisher:
         self._main = self._loop.submit(self._run())
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Publish what is queued if NATS takes it, journal the rest, then end the thread."""
+        """Publish what is queued if NATS takes it, replay the journal for up to
+        `stop_replay_seconds`, journal the rest, then end the thread."""
         main = self._main
         if main is None:
             return
@@ -196,9 +201,42 @@ class EventPublisher:
             log.exception("%s did not stop cleanly", self._name)
         self._loop.stop()
         self._main = None
+        self._journal_leftovers()
         for request in self._flushes:
             request.done.set()
         self._flushes.clear()
+
+    def _journal_leftovers(self) -> None:
+        """After the loop is gone: what is still queued (a stop that timed out) and what the
+        backlog holds only in memory go to the journal, for the next start to replay."""
+        queued, _ = self._take()
+        records = [
+            record
+            for segment in self._backlog
+            if segment.path is None and segment.records
+            for record in segment.records
+        ]
+        records += queued
+        self._backlog = [segment for segment in self._backlog if segment.path is not None]
+        self._in_memory = 0
+        if not records:
+            return
+        try:
+            self.journal.append(records)
+        except OSError as exc:
+            for table, count in collections.Counter(r.table for r in records).items():
+                self._dropped(table, count, f"the journal refused them at stop ({exc})")
+            return
+        finally:
+            self.journal.close()
+        self.counts.journaled += len(queued)  # the rest were counted when they were kept
+        self._count(queued, "journaled")
+        log.warning(
+            "%s: %d records journaled at stop in %s; the next start publishes them",
+            self._name,
+            len(records),
+            self.journal.directory,
+        )
 
     # -- the publisher loop ----------------------------------------------------------------
 
@@ -211,6 +249,8 @@ class EventPublisher:
             stopping = self._stop.is_set()
             try:
                 await self._round(stopping)
+                if stopping:
+                    await self._replay_before_stop(connecting)
                 if time.monotonic() >= next_adoption:
                     next_adoption = time.monotonic() + _ADOPT_EVERY
                     self._adopt()
@@ -222,6 +262,20 @@ class EventPublisher:
         connecting.cancel()
         await asyncio.gather(connecting, return_exceptions=True)
         await self._close()
+
+    async def _replay_before_stop(self, connecting: asyncio.Future[None]) -> None:
+        """Replay the journal while NATS answers, for at most `stop_replay_seconds` (waiting
+        for a connection still being made); what is left stays journaled for the next start,
+        which may be long in coming for a replica that is scaled in."""
+        if not self._backlog:
+            return
+        deadline = time.monotonic() + self.stop_replay_seconds
+        while not self.connected and not connecting.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        remaining = deadline - time.monotonic()
+        if self.connected and remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._replay(), remaining)
 
     async def _connect(self) -> None:
         """Connect (retrying forever), make the stream, subscribe to the acknowledgements."""
@@ -278,14 +332,23 @@ class EventPublisher:
     async def _round(self, stopping: bool) -> None:
         """Publish what was queued (journal what NATS did not take), then replay the journal."""
         records, flushes = self._take()
-        for start in range(0, len(records), self._batch_size):
-            chunk = records[start : start + self._batch_size]
-            if self._backlog or not self.connected:
-                failed = chunk  # keep the order: older journaled records go first
-            else:
-                failed = await self._publish(chunk, "published")
-            if failed:
-                self._journal_records(failed)
+        handled = 0
+        try:
+            for start in range(0, len(records), self._batch_size):
+                chunk = records[start : start + self._batch_size]
+                if self._backlog or not self.connected:
+                    failed = chunk  # keep the order: older journaled records go first
+                else:
+                    failed = await self._publish(chunk, "published")
+                if failed:
+                    self._journal_records(failed)
+                handled = start + len(chunk)
+        except BaseException:
+            # Whatever went wrong (or cancelled the round), the records taken and not yet
+            # published or journaled go to the backlog: republished later, never lost.
+            self._keep_in_memory(records[handled:])
+            self._flushes.extend(flushes)
+            raise
         if self._backlog and self.connected and not stopping:
             await self._replay()
         self._flushes.extend(flushes)
@@ -322,19 +385,32 @@ class EventPublisher:
         tokens = self._inflight
         first = self._tokens
         self._tokens += len(records)
-        sent = 0
+        # Every record waits for its acknowledgement before the first is sent: one the send
+        # never reached stays in batch.records and is journaled, never counted as stored.
+        for offset, record in enumerate(records):
+            batch.records[first + offset] = record
+            tokens[first + offset] = batch
+        oversized: list[Record] = []
         try:
             for offset, record in enumerate(records):
-                token = first + offset
-                batch.records[token] = record
-                tokens[token] = batch
-                await nc.publish(
-                    subject(self.stream.subject_prefix, record),
-                    encode(record),
-                    reply=f"{self._inbox}.{token}",
-                    headers={MSG_ID_HEADER: message_id(record)},
-                )
-                sent += 1
+                try:
+                    await nc.publish(
+                        subject(self.stream.subject_prefix, record),
+                        encode(record),
+                        reply=f"{self._inbox}.{first + offset}",
+                        headers={MSG_ID_HEADER: message_id(record)},
+                    )
+                except MaxPayloadError:
+                    # No retry could ever send it: journaled, it would hold back every
+                    # record behind it for good.
+                    del batch.records[first + offset]
+                    tokens.pop(first + offset, None)
+                    oversized.append(record)
+                    self._dropped(
+                        record.table, 1, f"larger than NATS's max_payload ({nc.max_payload} B)"
+                    )
+            if not batch.records:
+                batch.done.set()
             await nc.flush(timeout=max(1, round(self._ack_timeout)))
             await asyncio.wait_for(batch.done.wait(), self._ack_timeout)
         except (NatsError, OSError, TimeoutError) as exc:
@@ -349,12 +425,10 @@ class EventPublisher:
             )
         for token in list(batch.records):
             tokens.pop(token, None)
-        for token in range(first + sent, first + len(records)):
-            tokens.pop(token, None)
         failed = [*batch.failed, *batch.records.values()]
-        stored = len(records) - len(failed)
+        stored = len(records) - len(failed) - len(oversized)
         if stored:
-            self._count_stored(records, failed, result)
+            self._count_stored(records, [*failed, *oversized], result)
             self.counts.duplicates += batch.duplicates
             if result == "published":
                 self.counts.published += stored
@@ -414,18 +488,28 @@ class EventPublisher:
                 exc,
                 self._buffer_limit,
             )
-            if self._in_memory + len(records) > self._buffer_limit:
-                for record in records:
-                    self._dropped(record.table, 1, "neither the journal nor memory has room")
+            if not self._keep_in_memory(records):
                 return
-            self._backlog.append(Segment(None, len(records), records=list(records)))
-            self._in_memory += len(records)
         else:
             if segment is not self._current:
                 self._backlog.append(segment)
                 self._current = segment
         self.counts.journaled += len(records)
         self._count(records, "journaled")
+
+    def _keep_in_memory(self, records: Sequence[Record]) -> bool:
+        """Put `records` at the end of the backlog without the journal (False: no room, they
+        are dropped and counted)."""
+        if not records:
+            return True
+        if self._in_memory + len(records) > self._buffer_limit:
+            for record in records:
+                self._dropped(record.table, 1, "neither the journal nor memory has room")
+            return False
+        self._backlog.append(Segment(None, len(records), records=list(records)))
+        self._in_memory += len(records)
+        self._current = None  # later failures go after these, not into an earlier segment
+        return True
 
     async def _replay(self) -> None:
         """Republish journal segments, oldest first; a segment leaves once all of it is in."""
