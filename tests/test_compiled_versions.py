@@ -86,3 +86,28 @@ def test_provider_follows_the_flag_store(tmp_path: Path) -> None:
     )
     official.shutdown()
     assert client.get_string_details("region-flag", "x", context).error_code == "TYPE_MISMATCH"
+
+
+def test_an_edit_of_one_flag_through_the_store_recompiles_only_that_flag(tmp_path: Path) -> None:
+    """The store's stamped documents carry the version in the flag-set metadata, not in each
+    flag: an edit of one flag of many leaves every other flag's compiled targeting in use, and
+    every evaluation still reports the version that answered."""
+    from control_plane.flagstore.flagset import VERSION_KEY
+
+    path = tmp_path / "many.flagd.json"
+    flags = {f"flag-{index}": flag("cn") for index in range(50)}
+    path.write_text(json.dumps({"flags": flags}))
+    store = FlagStore(tmp_path)
+    first_set = store.reload()
+    first = CompiledFlagSet.from_document(first_set.to_flagd(stamped=True))
+    path.write_text(json.dumps({"flags": {**flags, "flag-7": flag("us")}}))
+    second_set = store.reload()
+    second = CompiledFlagSet.from_document(second_set.to_flagd(stamped=True), first)
+    assert second.reused == 49
+    assert second.changed_keys(first) == ["flag-7"]
+    assert second_set.version == first_set.version + 1
+    for key in ("flag-7", "flag-8"):
+        assert second.evaluate(key, "u", {"region": "us"}).metadata == {
+            VERSION_KEY: second_set.version
+        }
+    assert second.evaluate("flag-7", "u", {"region": "us"}).variant == "on"

@@ -155,3 +155,36 @@ def test_concurrent_records_get_distinct_numbers(database: Database) -> None:
         thread.join()
     assert errors == []
     assert sorted(results) == list(range(1, len(recorders) + 1))
+
+
+def test_an_edit_is_diffed_against_the_newest_version_even_when_another_process_wrote_it(
+    database: Database,
+) -> None:
+    """The recorder diffs an edit against the version it last recorded, kept in memory, only
+    while that is still the newest in the database: a version another control plane recorded
+    meanwhile is read back, so every stored diff is against its real predecessor."""
+    here, elsewhere = DatabaseRecorder(database), DatabaseRecorder(database)
+    flags = {f"flag-{index}": _flag("a") for index in range(20)}
+    sources = dict.fromkeys(flags, "f.flagd.json")
+    first = here.record(RecordRequest(flag_set=_flag_set(flags, sources), source="file", actor="t"))
+    edited = {**flags, "flag-3": _flag("b")}  # the other 19 are the very same objects
+    second = here.record(
+        RecordRequest(flag_set=_flag_set(edited, sources), source="file", actor="t")
+    )
+    by_other = {**edited, "flag-7": _flag("a", 10)}
+    third = elsewhere.record(
+        RecordRequest(flag_set=_flag_set(by_other, sources), source="api", actor="t")
+    )
+    last = {**by_other, "flag-3": _flag("a"), "flag-12": _flag("b")}
+    fourth = here.record(RecordRequest(flag_set=_flag_set(last, sources), source="file", actor="t"))
+    assert [first, second, third, fourth] == [1, 2, 3, 4]
+    with database.session() as session:
+        diffs = {
+            version: repository.get_version(session=session, version=version).diff["summary"]
+            for version in (2, 3, 4)
+        }
+    assert diffs[2]["changed"] == ["flag-3"]
+    assert diffs[3]["changed"] == ["flag-7"]
+    # Against version 3 (written by the other recorder), not version 2 held in memory here:
+    # flag-7's change is already in, flag-3 goes back and flag-12 changes.
+    assert diffs[4]["changed"] == ["flag-12", "flag-3"]

@@ -47,6 +47,12 @@ def latest_version(*, session: Session) -> FlagSetVersion | None:
     return session.scalars(statement).first()
 
 
+def latest_version_number(*, session: Session) -> int | None:
+    """The newest stored version's number (without loading its document), or None."""
+    statement = select(FlagSetVersion.version).order_by(FlagSetVersion.version.desc()).limit(1)
+    return session.scalars(statement).first()
+
+
 def get_version(*, session: Session, version: int) -> FlagSetVersion:
     """The stored version `version`; VersionNotFound for any other number, in range or not."""
     if not 1 <= version <= MAX_VERSION:

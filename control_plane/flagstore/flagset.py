@@ -226,7 +226,10 @@ class FlagSet:
 
         As flagd's sync service sends it: each flag carries its merged metadata and there is
         no top-level `metadata`, so an evaluator reports exactly what the files say.
-        `stamped` adds VERSION_KEY to every flag's metadata (for our own evaluator only).
+        `stamped` (for our own evaluators only) adds a top-level `metadata` holding VERSION_KEY:
+        flagd-core and the compiled evaluator merge flag-set metadata into every evaluation's
+        metadata, and the flags' own definitions stay as they were, so an edit of one flag
+        leaves the others' compiled targeting reusable.
         """
         if set_id is None:
             chosen = {
@@ -240,14 +243,10 @@ class FlagSet:
         flags = {
             key: self._merged(definition, source) for key, (definition, source) in chosen.items()
         }
+        document = self.document(flags)
         if stamped:
-            for flag in flags.values():
-                own = flag.get("metadata")
-                flag["metadata"] = {
-                    **(own if isinstance(own, Mapping) else {}),
-                    VERSION_KEY: self.version,
-                }
-        return self.document(flags)
+            document["metadata"] = {VERSION_KEY: self.version}
+        return document
 
     def document(self, flags: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         """A flagd document of `flags` (already merged) with this set's evaluators and facts."""

@@ -269,7 +269,7 @@ class FlagStore:
 
     def subscribe_documents(self, listener: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
         """FlagDocumentSource: the same notifications, as flagd documents for our own evaluator
-        (each flag's metadata stamped with the version, see flagset.VERSION_KEY)."""
+        (stamped with the version in the flag-set metadata, see flagset.VERSION_KEY)."""
         return self.subscribe(lambda flag_set: listener(flag_set.to_flagd(stamped=True)))
 
     def subscribe_reloads(self, listener: ReloadListener) -> Callable[[], None]:
