@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from openfeature import api as openfeature_api
 
 from flags import FLAGS_DIR
+
+# Property tests draw the same examples on every run (a red CI must mean a change broke
+# something, not that a run drew a new example); HYPOTHESIS_PROFILE=explore draws new ones
+# each run, for looking for bugs on purpose.
+hypothesis_settings.register_profile("default", derandomize=True)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 REPO = Path(__file__).resolve().parents[1]
 #: The workplace's shared folder (flagd schemas, testbed corpus), beside the repository.

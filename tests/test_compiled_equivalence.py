@@ -198,6 +198,10 @@ def operator_flag(targeting: Any, **extra: Any) -> dict[str, Any]:
 
 #: Rules at the edges of the operators flagd supports (and some it doesn't).
 OPERATOR_RULES: dict[str, Any] = {
+    # A list literal holding operations that fold to constants is the list of their values
+    # (found by the hypothesis test: [{"if": []}] is [None], not the rule itself).
+    "list-of-folded": {"if": [True, [{"if": []}]]},
+    "list-of-folded-ops": {"in": ["a", [{"cat": ["a"]}, {"if": [False, "x", "b"]}]]},
     "eq-mixed": {"if": [{"==": [{"var": "n"}, "1"]}, "a", "b"]},
     "eq-bool": {"if": [{"==": [{"var": "n"}, True]}, "a", "b"]},
     "eq-list": {"==": [{"var": "l"}, {"var": "l"}]},

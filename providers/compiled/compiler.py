@@ -158,7 +158,9 @@ class _Compiler:
         if isinstance(logic, list):
             items = [self.node(item) for item in logic]
             if all(_is_const(item) for item in items):
-                return _const(logic)
+                # The items' values, not `logic`: an item may be an operation that folded to a
+                # constant ([{"if": []}] is [None], as JSONLogic evaluates it).
+                return _const([item.const for item in items])
             fns = tuple(item.fn for item in items)
             shape = None
             if len(items) == 2 and _is_const(items[0]) and not _is_const(items[1]):
