@@ -1,6 +1,6 @@
 """Reload latency: from a flag file edit to the first routing decision that reflects it.
 
-    python bench/reload_latency.py [--edits 50] [--interval 0.2] [--http]
+    python bench/reload_latency.py [--edits 50] [--interval 0.2] [--http] [--other-flags 10000]
 
 Each edit atomically rewrites a routing flag file so every variant URL carries a new generation
 number, at a random moment relative to the watcher's poll; a client then decides continuously
@@ -11,6 +11,11 @@ requests to the real app on a uvicorn server on loopback.
 Prints a JSON report. Baselines measured in the same run: the cost of one direct
 `store.reload()` (read + validate + version + swap + notify) and the poll interval; the latency
 is also given as a ratio to the interval, since detection waits for the next poll.
+
+`--other-flags N` puts N more flags beside the edited one (100 per file, untouched): the edit
+of one flag in a large flag set. Every decision's own duration is kept too, before the first
+edit (the baseline) and while edits go live, so a reload that stalls decisions shows as the
+ratio of their p99 and max.
 """
 
 from __future__ import annotations
@@ -60,6 +65,26 @@ def document(generation: int) -> dict[str, Any]:
             }
         }
     }
+
+
+def write_other_flags(directory: Path, count: int) -> None:
+    """`count` routing flags in files of 100 that no edit touches."""
+    for start in range(0, count, 100):
+        flags = {
+            f"other-{index}": {
+                "state": "ENABLED",
+                "variants": {
+                    name: {"backend": f"model-{name}", "url": f"http://127.0.0.1:{9300 + i}/"}
+                    for i, name in enumerate(("a", "b"))
+                },
+                "defaultVariant": "a",
+                "targeting": {"fractional": [["a", 50], ["b", 50]]},
+            }
+            for index in range(start, min(count, start + 100))
+        }
+        (directory / f"other-{start // 100:05d}.flagd.json").write_text(
+            json.dumps({"flags": flags})
+        )
 
 
 def write(path: Path, generation: int) -> None:
@@ -133,6 +158,7 @@ def main() -> None:
     parser.add_argument("--edits", type=int, default=50)
     parser.add_argument("--interval", type=float, default=0.2, help="watcher poll interval, s")
     parser.add_argument("--http", action="store_true", help="decide through the HTTP API")
+    parser.add_argument("--other-flags", type=int, default=0, help="untouched flags beside it")
     args = parser.parse_args()
     rng = random.Random(7)
 
@@ -141,6 +167,7 @@ def main() -> None:
         directory.mkdir()
         path = directory / "bench.flagd.json"
         write(path, 0)
+        write_other_flags(directory, args.other_flags)
 
         # Baseline: the work of one reload, without waiting for a poll.
         baseline_store = FlagStore(directory)
@@ -161,8 +188,19 @@ def main() -> None:
             decide = in_process_decide(store)
             store.start()
         latencies: list[float] = []
+        calm: list[float] = []  # decisions before any edit
+        during: list[float] = []  # decisions while edits go live
         probes = 0
+
+        def timed(user: str, into: list[float]) -> str:
+            begun = time.perf_counter()
+            url = decide(user)
+            into.append(time.perf_counter() - begun)
+            return url
+
         try:
+            for probe in range(2000):
+                timed(f"calm-{probe}", calm)
             for generation in range(1, args.edits + 1):
                 time.sleep(rng.uniform(0, args.interval))  # a random phase against the poll
                 marker = f"/gen-{generation}"
@@ -170,7 +208,7 @@ def main() -> None:
                 started = time.perf_counter()
                 while True:
                     probes += 1
-                    if decide(f"user-{probes}").endswith(marker):
+                    if timed(f"user-{probes}", during).endswith(marker):
                         break
                     time.sleep(0.0005)
                 latencies.append(time.perf_counter() - started)
@@ -185,13 +223,25 @@ def main() -> None:
         "configuration": {
             "mode": "http" if args.http else "in-process",
             "edits": args.edits,
+            "other_flags": args.other_flags,
             "poll_interval_s": args.interval,
             "python": platform.python_version(),
             "machine": platform.machine(),
         },
         "edit_to_decision": edit_to_live,
         "baseline_direct_reload": summary_ms(direct),
+        "decision_seconds": {
+            "before_edits": {**summary_ms(calm), "p99_ms": round(percentile(calm, 0.99) * 1000, 2)},
+            "during_edits": {
+                **summary_ms(during),
+                "p99_ms": round(percentile(during, 0.99) * 1000, 2),
+            },
+        },
         "ratios": {
+            "decision_p99_during_to_before": round(
+                percentile(during, 0.99) / percentile(calm, 0.99), 2
+            ),
+            "decision_max_during_to_before": round(max(during) / max(calm), 2),
             "p95_to_poll_interval": round(edit_to_live["p95_ms"] / (args.interval * 1000), 3),
             "p50_to_poll_interval": round(edit_to_live["p50_ms"] / (args.interval * 1000), 3),
         },
