@@ -15,6 +15,7 @@ the `controlPlane` member of sync documents, which flagd evaluators ignore).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -221,6 +222,20 @@ class FlagSet:
             merged.update(own)
         return merged
 
+    @functools.cached_property
+    def stamped_document(self) -> dict[str, Any]:
+        """`to_flagd(stamped=True)`, built once per flag set for every evaluator of ours that
+        is fed it, holding the flag set's own definitions where no file metadata is merged
+        in (no copies: at 10,000 flags copying was 0.2 s per build, and the compiled
+        evaluator knows an unchanged flag by its object). Shared: read only."""
+        flags = {
+            key: self._merged(definition, self.sources.get(key), copy=False)
+            for key, definition in self.flags.items()
+        }
+        document = self.document(flags, copy=False)
+        document["metadata"] = {VERSION_KEY: self.version}
+        return document
+
     def to_flagd(self, set_id: str | None = None, *, stamped: bool = False) -> dict[str, Any]:
         """One flagd document: the default view (None) or one flag set, metadata merged.
 
@@ -243,16 +258,19 @@ class FlagSet:
         flags = {
             key: self._merged(definition, source) for key, (definition, source) in chosen.items()
         }
-        document = self.document(flags)
+        document = self.document(flags, copy=False)  # each already a dict of its own
         if stamped:
             document["metadata"] = {VERSION_KEY: self.version}
         return document
 
-    def document(self, flags: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-        """A flagd document of `flags` (already merged) with this set's evaluators and facts."""
+    def document(
+        self, flags: Mapping[str, Mapping[str, Any]], *, copy: bool = True
+    ) -> dict[str, Any]:
+        """A flagd document of `flags` (already merged) with this set's evaluators and facts
+        (`copy`: each flag a dict of its own)."""
         document: dict[str, Any] = {
             "$schema": "https://flagd.dev/schema/v0/flags.json",
-            "flags": {key: dict(value) for key, value in flags.items()},
+            "flags": {key: dict(value) for key, value in flags.items()} if copy else dict(flags),
             FACTS_MEMBER: self.facts,
         }
         if self.evaluators:
@@ -261,14 +279,17 @@ class FlagSet:
 
     def merged(self, set_id: str, key: str) -> dict[str, Any]:
         """The definition of `key` in `set_id` with its file's metadata merged in."""
-        return self._merged(self.sets[set_id][key], self.source_of(set_id, key))
+        return dict(self._merged(self.sets[set_id][key], self.source_of(set_id, key)))
 
-    def _merged(self, definition: Mapping[str, Any], source: str | None) -> dict[str, Any]:
-        flag = dict(definition)
+    def _merged(
+        self, definition: Mapping[str, Any], source: str | None, *, copy: bool = True
+    ) -> Mapping[str, Any]:
         inherited = self.file_metadata.get(source or "")
-        if inherited:
-            own = flag.get("metadata")
-            flag["metadata"] = {**inherited, **(own if isinstance(own, Mapping) else {})}
+        if not inherited:
+            return dict(definition) if copy else definition
+        flag = dict(definition)
+        own = flag.get("metadata")
+        flag["metadata"] = {**inherited, **(own if isinstance(own, Mapping) else {})}
         return flag
 
     def to_json(self) -> str:

@@ -270,7 +270,7 @@ class FlagStore:
     def subscribe_documents(self, listener: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
         """FlagDocumentSource: the same notifications, as flagd documents for our own evaluator
         (stamped with the version in the flag-set metadata, see flagset.VERSION_KEY)."""
-        return self.subscribe(lambda flag_set: listener(flag_set.to_flagd(stamped=True)))
+        return self.subscribe(lambda flag_set: listener(flag_set.stamped_document))
 
     def subscribe_reloads(self, listener: ReloadListener) -> Callable[[], None]:
         """Call `listener` with the outcome of every reload attempt (for metrics and logs)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from providers.compiled.bucketing import Generation, parse_generation
@@ -48,7 +48,11 @@ class FlagDefinition:
 class FlagDocument:
     flags: dict[str, FlagDefinition]
     metadata: dict[str, Any]
+    #: The document's own object for each flag that uses no $ref: a next document holding
+    #: that very object (the flag store passes unchanged flags on as they are) has the same
+    #: flag, and it is not serialised again to find out.
     generation: Generation
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def _check_metadata(key: Any, value: Any) -> None:
@@ -125,9 +129,12 @@ def _declared_generation(document: Mapping[str, Any], metadata: Mapping[str, Any
 
 
 def read_document(
-    document: Mapping[str, Any], known: Mapping[str, FlagDefinition] | None = None
+    document: Mapping[str, Any],
+    known: Mapping[str, FlagDefinition] | None = None,
+    known_raw: Mapping[str, Any] | None = None,
 ) -> FlagDocument:
-    """Parse `document`; flags whose text equals their entry in `known` reuse that entry."""
+    """Parse `document`; flags whose text equals their entry in `known` reuse that entry, and
+    so do flags whose object is the one `known_raw` (the previous FlagDocument.raw) holds."""
     if not isinstance(document, Mapping):
         raise InvalidFlagSet("a flag configuration must be an object")
     flags = document.get("flags", {})
@@ -144,17 +151,25 @@ def read_document(
     except ValueError as exc:
         raise InvalidFlagSet(str(exc)) from exc
     known = known or {}
+    known_raw = known_raw or {}
     parsed: dict[str, FlagDefinition] = {}
+    raws: dict[str, Any] = {}
     for key, raw in flags.items():
+        previous = known.get(key)
+        if previous is not None and known_raw.get(key) is raw:
+            parsed[key] = previous
+            raws[key] = raw
+            continue
         try:
             text = json.dumps(raw)
         except (TypeError, ValueError) as exc:
             raise InvalidFlagSet(f"flag {key} is not JSON: {exc}") from exc
-        if substitutions and '"$ref"' in text:
+        if '"$ref"' in text:  # its meaning changes with $evaluators: not remembered by object
             for pattern, replacement in substitutions:
                 text = pattern.sub(replacement, text)
-        previous = known.get(key)
+        else:
+            raws[key] = raw
         parsed[key] = (
             previous if previous is not None and previous.text == text else _flag(key, text)
         )
-    return FlagDocument(flags=parsed, metadata=dict(metadata), generation=generation)
+    return FlagDocument(flags=parsed, metadata=dict(metadata), generation=generation, raw=raws)
