@@ -10,10 +10,14 @@ on against off.
    offer to the last row stored. Baseline: the same records written by the same sink in the
    same batch size with no NATS in between. Ratio = pipeline / baseline.
 2. Decisions/s of GET /v1/decide/ab-test-router (an experiment flag) under wrk (closed loop,
-   distinct x-user-id per request, as bench/decide.py), on two uvicorn servers with the same
-   settings and CP_EVENTS_URL: the recorder's listener removed (off), then in place (on),
-   alternating `--rounds` times, best of each. Ratio = on / off (target >= 0.9). Server CPU per
-   request from /proc over the measured run.
+   distinct x-user-id per request, as bench/decide.py) on a routing replica (`--server
+   replica`, the default: it publishes, a control plane in another process stores; the shape
+   of issue 15) or on a control plane that publishes and consumes itself (`--server
+   control-plane`), with the same settings and CP_EVENTS_URL: the recorder's listener removed
+   (off), then in place (on), alternating `--rounds` times, best of each. Ratio = on / off
+   (target >= 0.9). CPU per request from /proc over the measured run, for the measured server
+   and, beside it, the nats-server and (replica mode) the storing control plane: on a 2-core
+   machine they all share the cores wrk leaves.
 
 Runs its own `nats-server -js` on a free port (a temp store). Prints one JSON report.
 """
@@ -21,6 +25,7 @@ Runs its own `nats-server -js` on a free port (a temp store). Prints one JSON re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -55,7 +60,9 @@ def _app(publishing: bool) -> Any:
     app = create_app(Settings())
     components = app.state.components
     if not publishing:  # the baseline: the same app without the exposure listener
-        components.decider.listeners.remove(components.experiments.recorder.on_decision)
+        events = components.events
+        recorder = events.recorder if events is not None else components.experiments.recorder
+        components.decider.listeners.remove(recorder.on_decision)
     return app
 
 
@@ -68,7 +75,8 @@ def publishing_off() -> Any:
 
 
 @contextmanager
-def _nats(tmp: Path) -> Iterator[str]:
+def _nats(tmp: Path) -> Iterator[tuple[str, int]]:
+    """A nats-server -js of the run's own: (URL, pid)."""
     binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
     port = free_port()
     process = subprocess.Popen(
@@ -78,10 +86,25 @@ def _nats(tmp: Path) -> Iterator[str]:
     )
     try:
         time.sleep(0.5)
-        yield f"nats://127.0.0.1:{port}"
+        yield f"nats://127.0.0.1:{port}", process.pid
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def _wait_ready(base: str, timeout: float = 60) -> None:
+    """Until /readyz answers 200 (a replica is ready once it holds a flag set)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{base} never became ready")
 
 
 @contextmanager
@@ -192,35 +215,70 @@ def _published(base: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def decide_on_off(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]:
+def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) -> dict[str, Any]:
     off: list[dict[str, Any]] = []
     on: list[dict[str, Any]] = []
     script = tmp / "users.lua"
     script.write_text(_LUA)
-    for round_ in range(args.rounds):
-        for publishing, results in ((False, off), (True, on)):
-            with _scratch(args.database_url, tmp) as database_url:
-                pid_file = tmp / f"server-{publishing}-{round_}.pid"
-                env = {
-                    "DATABASE_URL": database_url,
-                    "CP_SYNC_PORT": "0",
-                    "CP_EVENTS_URL": url,
-                    "CP_EXPOSURE_SALT": "bench-salt-0123456789abcdef",
-                    "CP_EVENTS_JOURNAL_DIR": str(tmp / f"journal-{round_}-{publishing}"),
-                    "CP_EXPOSURE_SPILL_DIR": str(tmp / f"spill-{round_}-{publishing}"),
-                    "BENCH_PID_FILE": str(pid_file),
-                    "PYTHONPATH": str(Path(__file__).resolve().parent),
-                }
-                target_app = "events:publishing_on" if publishing else "events:publishing_off"
-                with uvicorn_process(target_app, factory=True, env=env) as base:
+    common = {
+        "CP_EVENTS_URL": url,
+        "CP_EXPOSURE_SALT": "bench-salt-0123456789abcdef",
+        "PYTHONPATH": str(Path(__file__).resolve().parent),
+    }
+    with contextlib.ExitStack() as stack:
+        storing_pid = None
+        sync_port = free_port()
+        if args.server == "replica":  # the control plane that stores what replicas publish
+            database_url = stack.enter_context(_scratch(args.database_url, tmp))
+            pid_file = tmp / "control-plane.pid"
+            stack.enter_context(
+                uvicorn_process(
+                    "events:publishing_on",
+                    factory=True,
+                    env={
+                        **common,
+                        "DATABASE_URL": database_url,
+                        "CP_SYNC_PORT": str(sync_port),
+                        "CP_EVENTS_JOURNAL_DIR": str(tmp / "journal-control-plane"),
+                        "CP_EXPOSURE_SPILL_DIR": str(tmp / "spill-control-plane"),
+                        "BENCH_PID_FILE": str(pid_file),
+                    },
+                )
+            )
+            storing_pid = int(pid_file.read_text())
+        for round_ in range(args.rounds):
+            for publishing, results in ((False, off), (True, on)):
+                with contextlib.ExitStack() as server:
+                    pid_file = tmp / f"server-{publishing}-{round_}.pid"
+                    env = {
+                        **common,
+                        "CP_EVENTS_JOURNAL_DIR": str(tmp / f"journal-{round_}-{publishing}"),
+                        "CP_EXPOSURE_SPILL_DIR": str(tmp / f"spill-{round_}-{publishing}"),
+                        "BENCH_PID_FILE": str(pid_file),
+                    }
+                    if args.server == "replica":
+                        env["CP_REPLICA_OF"] = f"127.0.0.1:{sync_port}"
+                        env["CP_REPLICA_DIR"] = str(tmp / f"replica-{round_}-{publishing}")
+                    else:
+                        env["DATABASE_URL"] = server.enter_context(_scratch(args.database_url, tmp))
+                        env["CP_SYNC_PORT"] = "0"
+                    target_app = "events:publishing_on" if publishing else "events:publishing_off"
+                    base = server.enter_context(uvicorn_process(target_app, factory=True, env=env))
+                    _wait_ready(base)
                     pid = int(pid_file.read_text())
                     target = f"{base}/v1/decide/{FLAG}"
                     run_wrk(target, 2, args.connections, script)  # warm-up
                     published_before = _published(base)
-                    cpu_before = _cpu_seconds(pid)
+                    watched = {"server": pid, "nats_server": nats_pid}
+                    if storing_pid is not None:
+                        watched["storing_control_plane"] = storing_pid
+                    cpu_before = {name: _cpu_seconds(p) for name, p in watched.items()}
                     result: dict[str, Any] = run_wrk(target, args.seconds, args.connections, script)
-                    cpu = _cpu_seconds(pid) - cpu_before
-                    result["server_cpu_us_per_request"] = round(cpu / result["requests"] * 1e6, 1)
+                    for name, watched_pid in watched.items():
+                        cpu = _cpu_seconds(watched_pid) - cpu_before[name]
+                        result[f"{name}_cpu_us_per_request"] = round(
+                            cpu / result["requests"] * 1e6, 1
+                        )
                     if publishing:
                         result["published_per_s_under_load"] = round(
                             (_published(base) - published_before) / args.seconds
@@ -228,14 +286,18 @@ def decide_on_off(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, An
                     results.append(result)
     best_off = max(off, key=lambda r: r["requests_per_s"])
     best_on = max(on, key=lambda r: r["requests_per_s"])
+    added = {
+        key.removesuffix("_cpu_us_per_request"): round(best_on[key] - best_off[key], 1)
+        for key in best_on
+        if key.endswith("_cpu_us_per_request")
+    }
     return {
+        "server": args.server,
         "publishing_off": best_off,
         "publishing_on": best_on,
         "target_ratio": 0.9,
         "ratio": round(best_on["requests_per_s"] / best_off["requests_per_s"], 3),
-        "server_cpu_us_per_request_added": round(
-            best_on["server_cpu_us_per_request"] - best_off["server_cpu_us_per_request"], 1
-        ),
+        "cpu_us_per_request_added": added,
         "all_rounds": {"publishing_off": off, "publishing_on": on},
     }
 
@@ -248,10 +310,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--skip-decide", action="store_true")
+    parser.add_argument(
+        "--server",
+        choices=("replica", "control-plane"),
+        default="replica",
+        help="what is measured: a routing replica (publishes only) or a control plane",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        with _nats(tmp) as url:
+        with _nats(tmp) as (url, nats_pid):
             report: dict[str, Any] = {
                 "config": {
                     "records": args.records,
@@ -265,7 +333,7 @@ def main() -> None:
                 "pipeline": pipeline_throughput(url, args.database_url, tmp, args.records),
             }
             if not args.skip_decide:
-                report["decide"] = decide_on_off(args, url, tmp)
+                report["decide"] = decide_on_off(args, url, nats_pid, tmp)
     print(json.dumps(report, indent=2))
 
 
