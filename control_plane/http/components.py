@@ -45,7 +45,7 @@ from control_plane.settings import Settings
 from control_plane.shadow.mirror import ShadowMirror
 from control_plane.shadow.wiring import build_mirror
 from control_plane.workers.supervisor import WorkerPool
-from providers import source_fed_provider
+from providers.compiled import CompiledProvider
 
 __all__ = ["Components", "RoutingComponents", "build_components", "build_replica_components"]
 
@@ -61,7 +61,9 @@ class RoutingComponents:
     #: One OpenFeature domain per app instance, so several apps (tests) never share a provider.
     openfeature_domain: str
     openfeature_client: OpenFeatureClient
-    #: The flagd in-process provider fed by `store`; registered for the domain at startup.
+    #: The OpenFeature provider fed by `store` (the compiled flagd evaluator, which answers as
+    #: flagd-core does: tests/test_compiled_*); registered for the domain at startup. Not
+    #: flagd-core itself: it loads the whole document at every edit (0.3 s at 10,000 flags).
     provider: FeatureProvider
     tracing: Tracing
     metrics: RouterMetrics
@@ -181,7 +183,7 @@ def build_components(settings: Settings) -> Components:
         store=store,
         openfeature_domain=domain,
         openfeature_client=client,
-        provider=source_fed_provider(store),
+        provider=CompiledProvider(store),
         tracing=tracing,
         metrics=metrics,
         **_routing_parts(settings, tracing, tester_tokens),
@@ -262,7 +264,7 @@ def build_replica_components(settings: Settings) -> RoutingComponents:
         store=store,
         openfeature_domain=domain,
         openfeature_client=client,
-        provider=source_fed_provider(store),
+        provider=CompiledProvider(store),
         tracing=tracing,
         metrics=metrics,
         # CP_EVENTS_URL: this replica publishes its records to JetStream (control_plane.events).
