@@ -385,8 +385,9 @@ class EventPublisher:
         tokens = self._inflight
         first = self._tokens
         self._tokens += len(records)
-        # Every record waits for its acknowledgement before the first is sent: one the send
-        # never reached stays in batch.records and is journaled, never counted as stored.
+        # Every record is registered as awaiting its acknowledgement before the first send:
+        # one the sends never reached stays in batch.records and is journaled, never counted
+        # as stored.
         for offset, record in enumerate(records):
             batch.records[first + offset] = record
             tokens[first + offset] = batch

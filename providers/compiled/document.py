@@ -48,10 +48,10 @@ class FlagDefinition:
 class FlagDocument:
     flags: dict[str, FlagDefinition]
     metadata: dict[str, Any]
+    generation: Generation
     #: The document's own object for each flag that uses no $ref: a next document holding
     #: that very object (the flag store passes unchanged flags on as they are) has the same
     #: flag, and it is not serialised again to find out.
-    generation: Generation
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -134,7 +134,8 @@ def read_document(
     known_raw: Mapping[str, Any] | None = None,
 ) -> FlagDocument:
     """Parse `document`; flags whose text equals their entry in `known` reuse that entry, and
-    so do flags whose object is the one `known_raw` (the previous FlagDocument.raw) holds."""
+    so do flags whose object is the one `known_raw` (the previous FlagDocument.raw) holds: a
+    caller must not change a flag's object in place between two documents."""
     if not isinstance(document, Mapping):
         raise InvalidFlagSet("a flag configuration must be an object")
     flags = document.get("flags", {})

@@ -169,7 +169,9 @@ class CompiledFlagSet:
     def from_document(
         cls, document: Mapping[str, Any], previous: CompiledFlagSet | None = None
     ) -> CompiledFlagSet:
-        """Compile `document`, reusing `previous`'s compiled flags whose definition is unchanged.
+        """Compile `document`, reusing `previous`'s compiled flags whose definition is unchanged
+        (a flag object that `previous`'s document held is taken as unchanged: never change
+        one in place).
 
         Raises InvalidFlagSet for a document flagd-core would refuse.
         """
