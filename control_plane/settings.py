@@ -483,9 +483,12 @@ class Settings(BaseSettings):
     events_stream_replicas: int = Field(default=1, ge=1, le=5)
     #: Seconds before a message the consumer took and did not acknowledge is delivered again.
     events_ack_wait: float = Field(default=30.0, ge=1, le=3600)
-    #: Publisher: records queued in memory before new ones are dropped (and counted), and
-    #: seconds between two publishing rounds (a kill -9 loses about this much).
+    #: Publisher: records queued in memory before new ones are dropped (and counted).
     events_queue_size: int = Field(default=100_000, ge=100, le=10_000_000)
+    #: Publish from a process of its own, as the experiment writer runs (the serving process
+    #: only queues records); false: from a thread of the serving process, which then pays
+    #: about 35 us of its CPU per record (bench/events.py).
+    events_publisher_process: bool = True
     #: Seconds between two publishing rounds (a kill -9 loses about this much).
     events_publish_interval: float = Field(default=0.02, ge=0.001, le=1)
     #: Publisher's local journal while NATS is unreachable (CP_EVENTS_JOURNAL_DIR), replayed

@@ -2,7 +2,8 @@
 
     replica or control plane          NATS JetStream           control plane
     recorder --offer()--> EventPublisher --cp.records.<table>--> stream --pull--> EventConsumer
-        publisher: bounded queue, own thread, local journal while NATS is down
+        publisher: in a process of its own (ProcessPublisher; or a thread of the serving
+        process), bounded queue, local journal while NATS is down
         stream: deduplicates by Nats-Msg-Id (the record's natural key)
         consumer: batch -> DatabaseSink, acknowledged after the commit
 
@@ -12,8 +13,9 @@ message is redelivered until the consumer acknowledges it after its commit) and 
 once (the message id is the record's natural key, and inserts skip existing keys).
 
 Modules: `messages` (subjects, message ids, payloads), `stream` (stream and consumer setup),
-`publisher`, `consumer`, `metrics`, `loop` (an asyncio loop on its own thread), `wiring`
-(building both from settings). Only this package imports nats-py.
+`publisher`, `publisher_process` (the publisher in a child process), `consumer`, `metrics`,
+`loop` (an asyncio loop on its own thread), `wiring` (building both from settings). Only this
+package imports nats-py.
 """
 
 from __future__ import annotations

@@ -170,6 +170,11 @@ class EventPublisher:
         return nc is not None and nc.is_connected
 
     @property
+    def queued(self) -> int:
+        """Records offered and not yet taken by a publishing round."""
+        return len(self._queue)
+
+    @property
     def pending(self) -> int:
         """Records in the local journal (or memory) waiting for NATS."""
         return sum(segment.count for segment in self._backlog)

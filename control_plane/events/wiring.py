@@ -29,6 +29,7 @@ from control_plane.settings import Settings
 if TYPE_CHECKING:  # nats-py (the `nats` extra) is imported only when CP_EVENTS_URL is set
     from control_plane.events.consumer import EventConsumer
     from control_plane.events.publisher import EventPublisher
+    from control_plane.events.publisher_process import ProcessPublisher
     from control_plane.events.stream import StreamSettings
 
 __all__ = ["EventPipeline", "build_pipeline", "build_replica_pipeline", "stream_settings"]
@@ -55,7 +56,7 @@ def stream_settings(settings: Settings) -> StreamSettings:
 class EventPipeline:
     """This process's publisher and, in a control plane, its consumer."""
 
-    publisher: EventPublisher
+    publisher: EventPublisher | ProcessPublisher
     consumer: EventConsumer | None
     #: What feeds the publisher (a replica's own; a control plane's experiments recorder).
     recorder: ExperimentRecorder
@@ -86,6 +87,7 @@ def build_pipeline(
         from control_plane.events.consumer import EventConsumer
         from control_plane.events.metrics import EventMetrics
         from control_plane.events.publisher import EventPublisher
+        from control_plane.events.publisher_process import ProcessPublisher, PublisherConfig
     except ImportError as exc:
         raise RuntimeError(
             "CP_EVENTS_URL needs nats-py: pip install 'model-flag-control-plane[nats]'"
@@ -103,17 +105,40 @@ def build_pipeline(
             recorder.hasher = keys.load()
         return recorder.hasher is not None
 
-    publisher = EventPublisher(
-        servers,
-        Journal(settings.events_journal_dir.resolve()),
-        prepare=recorder.prepare,
-        ready=ready,
-        stream=stream,
-        queue_size=settings.events_queue_size,
-        interval=settings.events_publish_interval,
-        metrics=metrics,
-        connect_options=options,
-    )
+    publisher: EventPublisher | ProcessPublisher
+    if settings.events_publisher_process:
+
+        def key() -> bytes | None:
+            """The feeder asks until it is known: the targeting-key key for the child."""
+            return recorder.hasher.key if ready() and recorder.hasher is not None else None
+
+        publisher = ProcessPublisher(
+            PublisherConfig(
+                servers,
+                settings.events_journal_dir.resolve(),
+                stream,
+                options={
+                    "queue_size": settings.events_queue_size,
+                    "interval": settings.events_publish_interval,
+                },
+                connect_options=options,
+            ),
+            key=key,
+            queue_size=settings.events_queue_size,
+            metrics=metrics,
+        )
+    else:
+        publisher = EventPublisher(
+            servers,
+            Journal(settings.events_journal_dir.resolve()),
+            prepare=recorder.prepare,
+            ready=ready,
+            stream=stream,
+            queue_size=settings.events_queue_size,
+            interval=settings.events_publish_interval,
+            metrics=metrics,
+            connect_options=options,
+        )
     consumer = None
     if database is not None:
         consumer = EventConsumer(

@@ -41,13 +41,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from control_plane.db.engine import DatabaseTimeouts
 from control_plane.experiments.metrics import ExperimentMetrics
 from control_plane.experiments.writer import WriterCounts
 
-__all__ = ["ProcessWriter", "WriterConfig"]
+__all__ = ["ChildSink", "ProcessWriter", "WriterConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,20 @@ _PROGRAM = (
 )
 
 
+class ChildSink(Protocol):
+    """What a child process runs (built by its config's `open`): records in, status out."""
+
+    def start(self) -> None: ...
+
+    def offer(self, item: Any) -> bool: ...
+
+    def flush(self, timeout: float) -> bool: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class WriterConfig:
     """Everything the writer process needs to build its BatchWriter (picklable)."""
@@ -68,6 +82,50 @@ class WriterConfig:
     timeouts: DatabaseTimeouts
     journal_dir: Path
     options: dict[str, Any] = field(default_factory=dict)
+
+    def open(self, recorder: Any) -> ChildSink:
+        """In the child: the BatchWriter on this database and journal."""
+        return _WriterChild(self, recorder)
+
+
+class _WriterChild:
+    def __init__(self, config: WriterConfig, recorder: Any) -> None:
+        from control_plane.db.engine import Database
+        from control_plane.experiments.journal import Journal
+        from control_plane.experiments.sink import DatabaseSink
+        from control_plane.experiments.writer import BatchWriter
+
+        self._database = Database.from_url(config.database_url, timeouts=config.timeouts)
+        self._writer = BatchWriter(
+            DatabaseSink(self._database),
+            Journal(config.journal_dir),
+            prepare=recorder.prepare,
+            ready=recorder.ready,
+            **config.options,
+        )
+
+    def start(self) -> None:
+        self._writer.start()
+
+    def offer(self, item: Any) -> bool:
+        return self._writer.offer(item)
+
+    def flush(self, timeout: float) -> bool:
+        return self._writer.flush(timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        writer = self._writer
+        return {
+            "database_up": writer.database_up,
+            "buffered": writer.buffered,
+            "unwritten": writer.unwritten,
+            "counts": writer.counts.as_dict(),
+            "tables": dict(writer.per_table),
+        }
+
+    def stop(self) -> None:
+        self._writer.stop()
+        self._database.dispose()
 
 
 class _Flush:
@@ -79,7 +137,14 @@ class _Flush:
 
 
 class ProcessWriter:
-    """The parent side: a queue, a feeder thread, a status reader, and the writer process."""
+    """The parent side: a queue, a feeder thread, a status reader, and the writer process.
+
+    The plumbing is the child's config's business only in `open` (what the child runs) and in
+    the status it reports: control_plane.events.publisher_process runs the JetStream publisher
+    the same way, overriding the status and metrics parts."""
+
+    #: What the child process is, for log lines.
+    role = "the experiment writer process"
 
     def __init__(
         self,
@@ -180,8 +245,8 @@ class ProcessWriter:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
                 log.error(
-                    "the experiment writer process did not finish within %.0fs; what it "
-                    "did not write is in the journal",
+                    "%s did not finish within %.0fs; what it did not hand on is in the journal",
+                    self.role,
                     timeout,
                 )
                 process.kill()
@@ -300,8 +365,8 @@ class ProcessWriter:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = process.wait(1)
         log.error(
-            "the experiment writer process exited (%s); records it had not journaled "
-            "are lost; starting another",
+            "%s exited (%s); records it had not journaled are lost; starting another",
+            self.role,
             code,
         )
 
@@ -336,31 +401,37 @@ class ProcessWriter:
     def _apply_status(self, status: dict[str, Any]) -> None:
         tables: dict[tuple[str, str], int] = status.pop("tables")
         counts: dict[str, int] = status.pop("counts")
-        if self._metrics is not None:
+        counter = self._records_counter()
+        if counter is not None:
             for key, value in tables.items():
                 delta = value - self._child_tables.get(key, 0)
                 if delta > 0:
-                    self._metrics.records.labels(*key).inc(delta)
+                    counter.labels(*key).inc(delta)
         self._child_tables, self._child_counts = tables, counts
         self._status = status
         self._refresh_counts()
 
+    def _records_counter(self) -> Any:
+        """The Prometheus counter of records by (table, result), or None."""
+        return self._metrics.records if self._metrics is not None else None
+
     def _refresh_counts(self) -> None:
-        for name in vars(WriterCounts()):
+        for name in vars(type(self.counts)()):
             value = self._base_counts.get(name, 0) + self._child_counts.get(name, 0)
             setattr(self.counts, name, value + (self._parent_dropped if name == "dropped" else 0))
 
     def _drop(self, table: str) -> None:
         self._parent_dropped += 1
         self.counts.dropped += 1
-        if self._metrics is not None:
-            self._metrics.records.labels(table, "dropped").inc()
+        counter = self._records_counter()
+        if counter is not None:
+            counter.labels(table, "dropped").inc()
         now = time.monotonic()
         if now - self._last_drop_warning > 10.0:
             self._last_drop_warning = now
             log.warning(
-                "experiment writer: dropping %s records: the in-memory queue is full "
-                "(dropped so far: %d)",
+                "%s: dropping %s records: the in-memory queue is full (dropped so far: %d)",
+                self.role,
                 table,
                 self.counts.dropped,
             )
@@ -370,32 +441,22 @@ class ProcessWriter:
 
 
 def child_main(fd: int) -> None:
-    """The writer process: a BatchWriter fed from socket `fd` until the parent closes it."""
+    """The child process: the ChildSink its config opens, fed from socket `fd` until the parent
+    closes it (a BatchWriter for WriterConfig)."""
     # Ctrl-C and a group SIGTERM reach the parent, which stops this process by closing the
-    # pipe; so does the parent's death. Either way the records it got are written first.
+    # pipe; so does the parent's death. Either way the records it got are handled first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn = Connection(fd)
     kind, payload = pickle.loads(conn.recv_bytes())  # noqa: S301 - our own pipe
     if kind != "config":
-        raise SystemExit(f"the writer process expected its configuration, got {kind!r}")
+        raise SystemExit(f"the child process expected its configuration, got {kind!r}")
     config, status_interval = payload
-    from control_plane.db.engine import Database
     from control_plane.experiments.hashing import UnitHasher
-    from control_plane.experiments.journal import Journal
     from control_plane.experiments.recorder import ExperimentRecorder
-    from control_plane.experiments.sink import DatabaseSink
-    from control_plane.experiments.writer import BatchWriter
 
     recorder = ExperimentRecorder(None)
-    database = Database.from_url(config.database_url, timeouts=config.timeouts)
-    writer = BatchWriter(
-        DatabaseSink(database),
-        Journal(config.journal_dir),
-        prepare=recorder.prepare,
-        ready=recorder.ready,
-        **config.options,
-    )
+    sink: ChildSink = config.open(recorder)
     send_lock = threading.Lock()
     done = threading.Event()
 
@@ -403,34 +464,25 @@ def child_main(fd: int) -> None:
         with send_lock, contextlib.suppress(OSError, ValueError):
             conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
-    def status() -> dict[str, Any]:
-        return {
-            "database_up": writer.database_up,
-            "buffered": writer.buffered,
-            "unwritten": writer.unwritten,
-            "counts": writer.counts.as_dict(),
-            "tables": dict(writer.per_table),
-        }
-
     def report() -> None:
         while not done.wait(status_interval):
-            send(("status", status()))
+            send(("status", sink.status()))
 
     def flush(number: int) -> None:
-        send(("flushed", (number, writer.flush(timeout=60))))
-        send(("status", status()))
+        send(("flushed", (number, sink.flush(60))))
+        send(("status", sink.status()))
 
-    writer.start()
-    threading.Thread(target=report, name="writer-status", daemon=True).start()
+    sink.start()
+    threading.Thread(target=report, name="child-status", daemon=True).start()
     try:
         while True:
             try:
                 kind, payload = pickle.loads(conn.recv_bytes())  # noqa: S301 - our own pipe
             except (EOFError, OSError):
-                break  # the parent is gone (or closed the pipe): write out what we got
+                break  # the parent is gone (or closed the pipe): handle what we got
             if kind == "items":
                 for item in payload:
-                    writer.offer(item)
+                    sink.offer(item)
             elif kind == "key":
                 recorder.hasher = UnitHasher(payload)
             elif kind == "flush":
@@ -438,9 +490,8 @@ def child_main(fd: int) -> None:
             elif kind == "stop":
                 break
     finally:
-        writer.stop()
+        sink.stop()
         done.set()
-        send(("status", status()))
+        send(("status", sink.status()))
         with contextlib.suppress(OSError):
             conn.close()
-        database.dispose()
