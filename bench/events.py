@@ -17,7 +17,9 @@ on against off.
    (off), then in place (on), alternating `--rounds` times, best of each. Ratio = on / off
    (target >= 0.9). CPU per request from /proc over the measured run, for the measured server
    and, beside it, the nats-server and (replica mode) the storing control plane: on a 2-core
-   machine they all share the cores wrk leaves.
+   machine they all share the cores wrk leaves. The serving process's own CPU per decision
+   (without its publisher process) gives `serving_process_capacity_ratio`, off / on: the
+   share of decisions one core of a replica still serves with publishing on.
 
 Runs its own `nats-server -js` on a free port (a temp store). Prints one JSON report.
 """
@@ -90,6 +92,13 @@ def _nats(tmp: Path) -> Iterator[tuple[str, int]]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def _own_cpu_seconds(pid: int) -> float:
+    """CPU time of `pid` alone (bench/decide.py's _cpu_seconds adds its live descendants,
+    here the publisher process)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_ready(base: str, timeout: float = 60) -> None:
@@ -273,12 +282,18 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
                     if storing_pid is not None:
                         watched["storing_control_plane"] = storing_pid
                     cpu_before = {name: _cpu_seconds(p) for name, p in watched.items()}
+                    own_before = _own_cpu_seconds(pid)
                     result: dict[str, Any] = run_wrk(target, args.seconds, args.connections, script)
+                    own = _own_cpu_seconds(pid) - own_before
                     for name, watched_pid in watched.items():
                         cpu = _cpu_seconds(watched_pid) - cpu_before[name]
                         result[f"{name}_cpu_us_per_request"] = round(
                             cpu / result["requests"] * 1e6, 1
                         )
+                    # The serving process without its children (the publisher process).
+                    result["serving_process_cpu_us_per_request"] = round(
+                        own / result["requests"] * 1e6, 1
+                    )
                     if publishing:
                         result["published_per_s_under_load"] = round(
                             (_published(base) - published_before) / args.seconds
@@ -293,6 +308,12 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
     }
     return {
         "server": args.server,
+        # What one replica core sustains: its serving process's CPU per decision, off / on.
+        "serving_process_capacity_ratio": round(
+            best_off["serving_process_cpu_us_per_request"]
+            / best_on["serving_process_cpu_us_per_request"],
+            3,
+        ),
         "publishing_off": best_off,
         "publishing_on": best_on,
         "target_ratio": 0.9,
