@@ -127,7 +127,7 @@ class ProcessPublisher(ProcessWriter):
         restart_delay: float = 1.0,
     ) -> None:
         super().__init__(
-            config,  # type: ignore[arg-type]
+            config,
             key=key,
             queue_size=queue_size,
             feed_interval=feed_interval,

@@ -47,7 +47,7 @@ from control_plane.db.engine import DatabaseTimeouts
 from control_plane.experiments.metrics import ExperimentMetrics
 from control_plane.experiments.writer import WriterCounts
 
-__all__ = ["ChildSink", "ProcessWriter", "WriterConfig"]
+__all__ = ["ChildConfig", "ChildSink", "ProcessWriter", "WriterConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,12 @@ class ChildSink(Protocol):
     def status(self) -> dict[str, Any]: ...
 
     def stop(self) -> None: ...
+
+
+class ChildConfig(Protocol):
+    """A picklable configuration whose `open`, run in the child, builds what it runs."""
+
+    def open(self, recorder: Any) -> ChildSink: ...
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,7 @@ class ProcessWriter:
 
     def __init__(
         self,
-        config: WriterConfig,
+        config: ChildConfig,
         *,
         key: Callable[[], bytes | None],
         queue_size: int = 100_000,
