@@ -209,10 +209,13 @@ def test_calls_nginx_sent_through_the_dispatch_proxy_are_counted_once(
                 client.cookies.clear()
                 response = client.get(f"/v1/dispatch/{FLAG}/v1/chat")
                 assert response.status_code == 200, response.text
+            # A line for each call, none counted: "dispatched", or "fallback" when the edge's
+            # decision timed out under load and it went to the control plane's stable URL,
+            # which is the same dispatch proxy.
             wait_for(
-                lambda: loop.lines("dispatched") == sent,
+                lambda: loop.lines("dispatched") + loop.lines("fallback") == sent,
                 timeout=15,
-                what=f"{sent} dispatched lines",
+                what=f"{sent} dispatched or fallback lines",
             )
             calls = loop.calls()
     assert sum(window.calls for window in calls.values()) == sent
