@@ -13,15 +13,19 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from servers import free_port
 
+from control_plane.db import Database
+from control_plane.events.consumer import EventConsumer
 from control_plane.events.stream import StreamSettings
 from control_plane.experiments.records import EXPOSURES, Record
+from control_plane.experiments.sink import DatabaseSink
 
-__all__ = ["NATS_BINARY", "NatsServer", "exposure", "stream_settings"]
+__all__ = ["NATS_BINARY", "NatsServer", "consumer", "exposure", "stream", "stream_settings"]
 
 NATS_BINARY = shutil.which("nats-server") or (
     "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None
@@ -146,3 +150,19 @@ def nats_server(tmp_path: Path) -> object:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def stream() -> StreamSettings:
+    return stream_settings()
+
+
+@pytest.fixture
+def consumer(nats_url: str, database: Database, stream: StreamSettings) -> Iterator[EventConsumer]:
+    """A consumer storing `stream` into the test's `database` fixture."""
+    consumer = EventConsumer(
+        nats_url, DatabaseSink(database), stream=stream, retry_interval=0.2, fetch_timeout=0.2
+    )
+    consumer.start()
+    yield consumer
+    consumer.stop()

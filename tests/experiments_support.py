@@ -5,7 +5,11 @@ database off and let it back in."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +22,7 @@ from fastapi import FastAPI
 from servers import ServerThread
 
 from control_plane.db import Database
+from control_plane.experiments.journal import Journal
 from control_plane.http.app import create_app
 from control_plane.settings import Settings
 
@@ -234,3 +239,35 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
     finally:
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
+
+
+def abandon(journal: Journal) -> None:
+    """As if the journal's process died: its owner lock is released, its files stay."""
+    assert journal._lock is not None
+    journal._lock.close()
+    journal._lock = None
+
+
+def run_until_killed(script: str, tmp_path: Path, *args: str) -> int:
+    """Run `script` (given the repository root, then `args`): it starts a child process,
+    prints the child's pid and SIGKILLs itself. Returns the child's pid."""
+    path = tmp_path / "serving.py"
+    path.write_text(script)
+    root = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, str(path), root, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    return int(done.stdout.split()[0])
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False

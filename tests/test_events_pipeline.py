@@ -11,7 +11,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,14 @@ import pytest
 from events_support import (
     NATS_BINARY,
     NatsServer,
+    consumer,
     exposure,
     nats_server,
     nats_url,
+    stream,
     stream_settings,
 )
-from experiments_support import wait_for
+from experiments_support import abandon, wait_for
 from nats.js.api import RetentionPolicy
 from sqlalchemy import text
 
@@ -41,7 +42,15 @@ from control_plane.experiments.sink import DatabaseSink
 database_url = db_support.database_url
 empty_database = db_support.empty_database
 database = db_support.database
-__all__ = ["database", "database_url", "empty_database", "nats_server", "nats_url"]
+__all__ = [
+    "consumer",
+    "database",
+    "database_url",
+    "empty_database",
+    "nats_server",
+    "nats_url",
+    "stream",
+]
 
 
 def _stored(database: Database) -> tuple[int, int]:
@@ -65,21 +74,6 @@ def _publisher(
         ack_timeout=2.0,
         **options,
     )
-
-
-@pytest.fixture
-def stream() -> StreamSettings:
-    return stream_settings()
-
-
-@pytest.fixture
-def consumer(nats_url: str, database: Database, stream: StreamSettings) -> Iterator[EventConsumer]:
-    consumer = EventConsumer(
-        nats_url, DatabaseSink(database), stream=stream, retry_interval=0.2, fetch_timeout=0.2
-    )
-    consumer.start()
-    yield consumer
-    consumer.stop()
 
 
 def _item(record: Record) -> tuple[str, Record]:
@@ -278,9 +272,7 @@ def test_a_dead_publishers_journal_is_replayed_by_the_next(
     dead = Journal(journal_dir)
     dead.append([exposure(index, run="dead") for index in range(200)])
     # Its owner lock goes with it, as at a crash: the file stays, the lock is released.
-    assert dead._lock is not None
-    dead._lock.close()
-    dead._lock = None
+    abandon(dead)
     publisher = _publisher(nats_url, journal_dir, stream)
     publisher.start()
     try:
@@ -304,9 +296,7 @@ def test_a_stop_right_after_start_replays_the_journal_it_found(
     journal_dir = tmp_path / "journal"
     dead = Journal(journal_dir)
     dead.append([exposure(index, run="left") for index in range(300)])
-    assert dead._lock is not None
-    dead._lock.close()  # its owner is gone, as after a crash
-    dead._lock = None
+    abandon(dead)  # its owner is gone, as after a crash
     publisher = _publisher(nats_url, journal_dir, stream)
     publisher.start()
     publisher.stop()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import db_support
 import pytest
-from experiments_support import TcpProxy, wait_for
+from experiments_support import TcpProxy, abandon, wait_for
 from outage_support import set_read_only
 from prometheus_client import CollectorRegistry
 from servers import free_port
@@ -427,9 +427,7 @@ def test_the_lock_of_an_owner_that_died_with_nothing_journaled_is_removed(tmp_pa
     dead, alive = Journal(directory), Journal(directory)
     dead.open()
     alive.open()
-    assert dead._lock is not None
-    dead._lock.close()  # the process is gone: its lock is released, the file stays
-    dead._lock = None
+    abandon(dead)  # the process is gone: its lock is released, the file stays
     successor = Journal(directory)
     assert successor.adopt_orphans() == []
     locks = sorted(path.name for path in directory.glob("owner-*.lock"))

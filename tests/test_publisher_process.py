@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+import db_support
 import pytest
-from events_support import NATS_BINARY, nats_url, stream_settings
-from experiments_support import wait_for
+from events_support import NATS_BINARY, consumer, nats_url, stream
+from experiments_support import process_gone, run_until_killed, wait_for
 from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 
@@ -29,33 +27,13 @@ from control_plane.events.stream import StreamSettings
 from control_plane.experiments.records import EXPOSURES
 from control_plane.experiments.sink import DatabaseSink
 
-__all__ = ["nats_url"]
+database_url = db_support.database_url
+empty_database = db_support.empty_database
+database = db_support.database
+__all__ = ["consumer", "database", "database_url", "empty_database", "nats_url", "stream"]
 
 KEY = b"p" * 32
 OPTIONS = {"interval": 0.02, "retry_interval": 0.2}
-
-
-@pytest.fixture
-def stream() -> StreamSettings:
-    return stream_settings()
-
-
-@pytest.fixture
-def database(tmp_path: Path) -> Iterator[Database]:
-    database = Database.from_url(f"sqlite:///{tmp_path / 'cp.db'}")
-    database.migrate()
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
-def consumer(nats_url: str, database: Database, stream: StreamSettings) -> Iterator[EventConsumer]:
-    consumer = EventConsumer(
-        nats_url, DatabaseSink(database), stream=stream, retry_interval=0.2, fetch_timeout=0.2
-    )
-    consumer.start()
-    yield consumer
-    consumer.stop()
 
 
 def _exposure(index: int) -> tuple[str, tuple[object, ...], float]:
@@ -192,27 +170,8 @@ def test_the_publisher_process_publishes_what_it_got_when_the_server_is_killed(
     )
     consumer.start()
     try:
-        script = tmp_path / "serving.py"
-        script.write_text(_SERVING)
-        root = str(Path(__file__).resolve().parent.parent)
-        done = subprocess.run(
-            [sys.executable, str(script), root, nats_url, str(tmp_path / "journal"), name],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == -signal.SIGKILL, done.stderr
-        child = int(done.stdout.split()[0])
+        child = run_until_killed(_SERVING, tmp_path, nats_url, str(tmp_path / "journal"), name)
         wait_for(lambda: _stored(database) == 500, what="the orphaned publisher to publish")
-
-        def gone() -> bool:
-            try:
-                os.kill(child, 0)
-            except ProcessLookupError:
-                return True
-            return False
-
-        wait_for(gone, what="the publisher process to exit")
+        wait_for(lambda: process_gone(child), what="the publisher process to exit")
     finally:
         consumer.stop()

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
-from experiments_support import wait_for
+from experiments_support import process_gone, run_until_killed, wait_for
 from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 
@@ -132,26 +130,7 @@ def test_the_writer_process_writes_out_what_it_got_when_the_server_is_killed(
     """SIGKILL of the serving process: its writer process writes every record it was sent
     (here none had reached the database yet) and then exits."""
     url, database = _database(tmp_path)
-    script = tmp_path / "serving.py"
-    script.write_text(_SERVING)
-    root = str(Path(__file__).resolve().parent.parent)
-    done = subprocess.run(
-        [sys.executable, str(script), root, url, str(tmp_path / "journal")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == -signal.SIGKILL, done.stderr
-    child = int(done.stdout.split()[0])
+    child = run_until_killed(_SERVING, tmp_path, url, str(tmp_path / "journal"))
     wait_for(lambda: _stored(database) == 500, what="the orphaned writer to write")
-
-    def gone() -> bool:
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    wait_for(gone, what="the writer process to exit")
+    wait_for(lambda: process_gone(child), what="the writer process to exit")
     database.dispose()
