@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 __all__ = [
     "BUCKETING_GENERATION",
@@ -279,7 +279,10 @@ class FlagSet:
 
     def merged(self, set_id: str, key: str) -> dict[str, Any]:
         """The definition of `key` in `set_id` with its file's metadata merged in."""
-        return dict(self._merged(self.sets[set_id][key], self.source_of(set_id, key)))
+        # A copy (copy=True is the default): always a dict of its own.
+        return cast(
+            dict[str, Any], self._merged(self.sets[set_id][key], self.source_of(set_id, key))
+        )
 
     def _merged(
         self, definition: Mapping[str, Any], source: str | None, *, copy: bool = True
