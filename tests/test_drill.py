@@ -186,12 +186,16 @@ def _stream_state(url: str) -> str:
 
     import nats
 
+    from control_plane.events.stream import StreamSettings
+
+    names = StreamSettings()  # the drill runs with the default stream and consumer
+
     async def state() -> str:
         nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
         try:
             js = nc.jetstream()
-            stream = await js.stream_info("CP_RECORDS")
-            consumer = await js.consumer_info("CP_RECORDS", "cp-records-writer")
+            stream = await js.stream_info(names.stream)
+            consumer = await js.consumer_info(names.stream, names.consumer)
             return (
                 f"{stream.state.messages} messages in the stream; consumer: "
                 f"{consumer.num_pending} pending, {consumer.num_ack_pending} unacknowledged, "
@@ -373,11 +377,9 @@ def test_the_drill_loses_no_request_and_no_exposure(drill_dirs: Path, flags_dir:
                 assert len(edit_latency) == len(replicas), edit_latency
                 _wait(lambda: load.total >= 1200, 90, "load after the edit")
             timeline.append(("load stopped", time.monotonic()))
-            counters = {
-                name: _event_counters(process.url)
-                for name, process in zip(("r0", "r1 (restarted)", "r2"), replicas, strict=True)
-            }
-            for name, process in zip(("r0", "r1 (restarted)", "r2"), replicas, strict=True):
+            named = list(zip(("r0", "r1 (restarted)", "r2"), replicas, strict=True))
+            counters = {name: _event_counters(process.url) for name, process in named}
+            for name, process in named:
                 process.__exit__(None, None, None)
                 code = None if process.process is None else process.process.returncode
                 timeline.append((f"{name} stopped (exit {code})", time.monotonic()))
