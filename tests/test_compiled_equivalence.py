@@ -293,6 +293,15 @@ OPERATOR_RULES: dict[str, Any] = {
     "fractional-constant-key": {"fractional": ["fixed-key", ["a", 1], ["b", 1]]},
     "fractional-empty-key": {"fractional": ["", ["a", 1], ["b", 1]]},
     "fractional-dynamic": {"fractional": [["a", {"var": "w"}], ["b", {"-": [100, {"var": "w"}]}]]},
+    "fractional-dynamic-then-literal": {"fractional": [["a", {"var": "w"}], ["b", 50]]},
+    "fractional-dynamic-then-weightless": {"fractional": [["a", {"var": "w"}], ["b"]]},
+    "fractional-literal-then-dynamic": {"fractional": [["a", 20], ["b", {"var": "w"}]]},
+    "fractional-dynamic-three-way": {
+        "fractional": [["a", {"var": "w"}], ["b", {"var": "n"}], ["c", {"var": "b"}]]
+    },
+    "fractional-dynamic-bad-entry": {"fractional": [["a", {"var": "w"}], "b"]},
+    "fractional-dynamic-bool-weight": {"fractional": [["a", {"var": "b"}], ["b", 1]]},
+    "fractional-computed-entry": {"fractional": [{"var": "l"}, ["a", 1], ["b", 1]]},
     "fractional-float-weight": {"fractional": [["a", 0.5], ["b", 1]]},
     "fractional-bool-weight": {"fractional": [["a", True], ["b", 1]]},
     "fractional-too-heavy": {"fractional": [["a", 2_147_483_647], ["b", 1]]},

