@@ -88,22 +88,16 @@ class RoutingComponents:
     events: EventPipeline | None = None
     #: Started services to stop on shutdown (sync server, listeners), filled at startup.
     closers: list[Callable[[], Any]] = field(default_factory=list)
-    _decision_children: dict[tuple[str, str, str], tuple[Any, Any]] = field(default_factory=dict)
 
     def observe_decision(self, decision: Decision, seconds: float) -> None:
-        """Decider listener: count the decision (label children cached: hot path)."""
-        key = (decision.flag_key, decision.variant, decision.reason)
-        children = self._decision_children.get(key)
-        if children is None:
-            children = (
-                self.metrics.decisions.labels(*key),
-                self.metrics.decision_latency.labels(decision.flag_key),
-            )
-            self._decision_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
-        if decision.targeting_key is None:
-            self.metrics.anonymous_decisions.labels(decision.flag_key).inc()
+        """Decider listener: count and time the decision (control_plane.http.decision_metrics)."""
+        self.metrics.decisions.observe(
+            decision.flag_key,
+            decision.variant,
+            decision.reason,
+            seconds,
+            anonymous=decision.targeting_key is None,
+        )
 
     def observe_dispatch(self, outcome: DispatchOutcome) -> None:
         flag = outcome.decision.flag_key

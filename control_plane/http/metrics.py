@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from control_plane.http.decision_metrics import DecisionMetrics
+
 __all__ = ["RouterMetrics"]
 
 _LATENCY_BUCKETS = (
@@ -25,19 +27,9 @@ _LATENCY_BUCKETS = (
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.decisions = Counter(
-            "control_plane_decisions",
-            "Routing decisions made, per flag and variant.",
-            ["flag", "variant", "reason"],
-            registry=self.registry,
-        )
-        self.decision_latency = Histogram(
-            "control_plane_decision_seconds",
-            "Time to evaluate one routing decision.",
-            ["flag"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        #: control_plane_decisions_total, control_plane_decision_seconds and
+        #: control_plane_anonymous_decisions_total: counted on the decide path, so plain numbers.
+        self.decisions = DecisionMetrics(self.registry, _LATENCY_BUCKETS)
         self.fallbacks = Counter(
             "control_plane_dispatch_fallbacks",
             "Dispatched requests retried on the flag's default variant after the chosen "
@@ -61,13 +53,6 @@ class RouterMetrics:
             "control_plane_dispatch_client_disconnects",
             "Dispatched requests whose client left before sending its whole body (nothing to "
             "answer; a streamed body is cut off at the backend).",
-            ["flag"],
-            registry=self.registry,
-        )
-        self.anonymous_decisions = Counter(
-            "control_plane_anonymous_decisions",
-            "Decisions for requests without a targeting key (served the flag's default for "
-            "bucketing rules; never experiment units).",
             ["flag"],
             registry=self.registry,
         )
@@ -99,7 +84,3 @@ class RouterMetrics:
             ["result"],
             registry=self.registry,
         )
-
-    def observe_decision(self, flag: str, variant: str, reason: str, seconds: float) -> None:
-        self.decisions.labels(flag, variant, reason).inc()
-        self.decision_latency.labels(flag).observe(seconds)
