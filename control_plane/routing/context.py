@@ -79,6 +79,8 @@ class ContextMapper:
         }
         self._by_header_bytes[TESTER_TOKEN_HEADER.encode()] = None  # the token itself
         self._by_attribute = {rule.attribute: rule for rule in self.rules}
+        #: The longest value each header may have: its rule's bound within the global one.
+        self._limits = {rule.header: min(rule.max_length, max_header_bytes) for rule in self.rules}
 
     def from_headers(
         self, headers: Mapping[str, str], flag_key: str | None = None
@@ -186,61 +188,57 @@ class ContextMapper:
         return self._convert(rule, str(value), source=where)
 
     def _convert(self, rule: HeaderRule, raw: str, *, source: str | None = None) -> Any:
-        """The typed value of `raw` by `rule`; errors name `source` (default: the header)."""
-        header = f"header {rule.header}" if source is None else source
-        source = rule.header if source is None else source
-        if len(raw) > min(rule.max_length, self.max_header_bytes):
-            raise BadRequestInput(
-                f"{header} is {len(raw)} characters long; at most "
-                f"{min(rule.max_length, self.max_header_bytes)} are allowed",
-                source=source,
+        """The typed value of `raw` by `rule`; errors name `source` (default: the header).
+
+        On the path of every request: the error texts are built only when there is an error."""
+        limit = self._limits[rule.header]
+        if len(raw) > limit:
+            raise _refusal(
+                rule, source, f"is {len(raw)} characters long; at most {limit} are allowed"
             )
         value = raw.strip()
         problem = unsafe_character(value, strict=True)
         if problem is not None:
-            raise BadRequestInput(f"{header} contains {problem}", source=source)
-        if rule.type == "string":
+            raise _refusal(rule, source, f"contains {problem}")
+        kind = rule.type
+        if kind == "string":
             pattern = self._patterns.get(rule.header)
             if pattern is not None and not pattern.fullmatch(value):
-                raise BadRequestInput(
-                    f"{header} value {value!r} does not match {pattern.pattern}",
-                    source=source,
-                )
+                raise _refusal(rule, source, f"value {value!r} does not match {pattern.pattern}")
             return value
-        if rule.type == "boolean":
+        if kind == "boolean":
             lowered = value.lower()
             if lowered in _TRUE:
                 return True
             if lowered in _FALSE:
                 return False
-            raise BadRequestInput(f"{header} must be true or false, got {value!r}", source=source)
+            raise _refusal(rule, source, f"must be true or false, got {value!r}")
         number: float
         try:
             number = float(value)
         except ValueError:
-            kind = "an integer" if rule.type == "integer" else "a number"
-            raise BadRequestInput(
-                f"{header} must be {kind}, got {value!r}", source=source
-            ) from None
+            expected = "an integer" if kind == "integer" else "a number"
+            raise _refusal(rule, source, f"must be {expected}, got {value!r}") from None
         if not math.isfinite(number):
-            raise BadRequestInput(f"{header} must be a finite number, got {value!r}", source=source)
-        if rule.type == "integer" and not number.is_integer():
+            raise _refusal(rule, source, f"must be a finite number, got {value!r}")
+        if kind == "integer" and not number.is_integer():
             # Weights feed flagd's fractional, which takes whole numbers only; 12.5 would make
             # the evaluation fail and serve the default variant silently. Refuse it instead.
-            raise BadRequestInput(f"{header} must be a whole number, got {value!r}", source=source)
+            raise _refusal(rule, source, f"must be a whole number, got {value!r}")
         if rule.minimum is not None and number < rule.minimum:
-            raise BadRequestInput(
-                f"{header} must be at least {_fmt(rule.minimum)}, got {value}",
-                source=source,
-            )
+            raise _refusal(rule, source, f"must be at least {_fmt(rule.minimum)}, got {value}")
         if rule.maximum is not None and number > rule.maximum:
-            raise BadRequestInput(
-                f"{header} must be at most {_fmt(rule.maximum)}, got {value}",
-                source=source,
-            )
+            raise _refusal(rule, source, f"must be at most {_fmt(rule.maximum)}, got {value}")
         if number.is_integer():
             return int(number)  # `30` and `30.0` are the same weight to flagd
         return number
+
+
+def _refusal(rule: HeaderRule, source: str | None, problem: str) -> BadRequestInput:
+    """The error for a value that breaks `rule`, naming its header or `source` (a body path)."""
+    if source is None:
+        return BadRequestInput(f"header {rule.header} {problem}", source=rule.header)
+    return BadRequestInput(f"{source} {problem}", source=source)
 
 
 def _utf8(rule: HeaderRule, raw: bytes) -> str:
