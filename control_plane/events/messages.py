@@ -12,11 +12,17 @@ stream's duplicate window is stored once in the stream; past it, the database in
 
 from __future__ import annotations
 
+import json
+
 from control_plane.experiments.records import CALL_SAMPLES, OUTCOME_EVENTS, Record
 
 __all__ = ["MSG_ID_HEADER", "decode", "encode", "message_id", "subject"]
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+
+#: Record.to_line's JSON, with one encoder made once: `json.dumps` with separators builds a
+#: JSONEncoder per call (a fifth of encoding a record).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def subject(prefix: str, record: Record) -> str:
@@ -34,7 +40,8 @@ def message_id(record: Record) -> str:
 
 
 def encode(record: Record) -> bytes:
-    return record.to_line().encode("utf-8")
+    """The bytes of `record.to_line()`."""
+    return _ENCODER.encode({"table": record.table, "row": record.row}).encode("utf-8")
 
 
 def decode(payload: bytes) -> Record:
