@@ -17,9 +17,12 @@ on against off.
    (off), then in place (on), alternating `--rounds` times, best of each. Ratio = on / off
    (target >= 0.9). CPU per request from /proc over the measured run, for the measured server
    and, beside it, the nats-server and (replica mode) the storing control plane: on a 2-core
-   machine they all share the cores wrk leaves. The serving process's own CPU per decision
-   (without its publisher process) gives `serving_process_capacity_ratio`, off / on: the
-   share of decisions one core of a replica still serves with publishing on.
+   machine they all share the cores wrk leaves. The storing control plane's CPU is also given
+   per record it stored in the window (`storing_control_plane_cpu_us_per_stored_record`): one
+   that falls behind stores the rest after wrk stops, which its CPU per request hides. The
+   serving process's own CPU per decision (without its publisher process) gives
+   `serving_process_capacity_ratio`, off / on: the share of decisions one core of a replica
+   still serves with publishing on.
 
 Runs its own `nats-server -js` on a free port (a temp store). Prints one JSON report.
 """
@@ -212,16 +215,25 @@ def pipeline_throughput(url: str, base: str | None, tmp: Path, count: int) -> di
 # -- 2. decisions/s with publishing on and off -----------------------------------------------
 
 
-def _published(base: str) -> float:
+def _exposures(base: str, series: str, result: str) -> float:
+    """The exposures counted by `series` (published, consumed) with `result` on `base`."""
     import httpx
 
     text = httpx.get(f"{base}/metrics", timeout=10).text
     match = re.search(
-        r'control_plane_events_published_total\{result="published",table="exposures"\} '
+        rf'control_plane_events_{series}_total\{{result="{result}",table="exposures"\}} '
         r"([\d.e+]+)",
         text,
     )
     return float(match.group(1)) if match else 0.0
+
+
+def _published(base: str) -> float:
+    return _exposures(base, "published", "published")
+
+
+def _stored_by(base: str) -> float:
+    return _exposures(base, "consumed", "stored")
 
 
 def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) -> dict[str, Any]:
@@ -236,11 +248,12 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
     }
     with contextlib.ExitStack() as stack:
         storing_pid = None
+        storing_base = None
         sync_port = free_port()
         if args.server == "replica":  # the control plane that stores what replicas publish
             database_url = stack.enter_context(_scratch(args.database_url, tmp))
             pid_file = tmp / "control-plane.pid"
-            stack.enter_context(
+            storing_base = stack.enter_context(
                 uvicorn_process(
                     "events:publishing_on",
                     factory=True,
@@ -278,6 +291,7 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
                     target = f"{base}/v1/decide/{FLAG}"
                     run_wrk(target, 2, args.connections, script)  # warm-up
                     published_before = _published(base)
+                    stored_before = _stored_by(storing_base) if storing_base else 0.0
                     watched = {"server": pid, "nats_server": nats_pid}
                     if storing_pid is not None:
                         watched["storing_control_plane"] = storing_pid
@@ -285,8 +299,8 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
                     own_before = _own_cpu_seconds(pid)
                     result: dict[str, Any] = run_wrk(target, args.seconds, args.connections, script)
                     own = _own_cpu_seconds(pid) - own_before
-                    for name, watched_pid in watched.items():
-                        cpu = _cpu_seconds(watched_pid) - cpu_before[name]
+                    spent = {n: _cpu_seconds(p) - cpu_before[n] for n, p in watched.items()}
+                    for name, cpu in spent.items():
                         result[f"{name}_cpu_us_per_request"] = round(
                             cpu / result["requests"] * 1e6, 1
                         )
@@ -295,9 +309,16 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
                         own / result["requests"] * 1e6, 1
                     )
                     if publishing:
-                        result["published_per_s_under_load"] = round(
-                            (_published(base) - published_before) / args.seconds
-                        )
+                        published = _published(base) - published_before
+                        result["published_per_s_under_load"] = round(published / args.seconds)
+                        if storing_base is not None:
+                            # A consumer that falls behind stores part of the window's records
+                            # after it: its CPU per request then understates its cost.
+                            stored = _stored_by(storing_base) - stored_before
+                            result["stored_per_s_under_load"] = round(stored / args.seconds)
+                            result["storing_control_plane_cpu_us_per_stored_record"] = round(
+                                spent["storing_control_plane"] / max(stored, 1) * 1e6, 1
+                            )
                     results.append(result)
     best_off = max(off, key=lambda r: r["requests_per_s"])
     best_on = max(on, key=lambda r: r["requests_per_s"])

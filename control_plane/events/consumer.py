@@ -24,7 +24,9 @@ one's uncommitted batch, and those records would never be stored. nats-py queues
 a batch and writes them to the socket together.
 
 Batches come from control_plane.events._pull (one pull request per batch, messages collected
-by a callback), not nats-py's `fetch`, which made two asyncio tasks per message.
+by a callback), not nats-py's `fetch`, which made two asyncio tasks per message. A batch is
+stored once it holds `batch_size` messages or its request expires after `fetch_timeout`, so at
+a trickle a record waits up to `fetch_timeout` (0.5 s) before it is written.
 """
 
 from __future__ import annotations
