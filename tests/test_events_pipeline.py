@@ -403,6 +403,29 @@ def test_a_message_is_encoded_as_its_spill_line() -> None:
     assert decode(encode(record)) == record
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        b"\xff",
+        b"[1]",
+        b'{"table": "nope", "row": {}}',
+        b'{"table": "exposures", "row": 1}',
+        b'{"table": "exposures", "row": {}} {}',
+    ],
+)
+def test_a_payload_that_is_not_one_record_is_refused(payload: bytes) -> None:
+    """decode refuses, with ValueError, anything but one JSON record of a known table."""
+    with pytest.raises(ValueError, match=r"."):
+        decode(payload)
+
+
+def test_whitespace_around_a_record_is_accepted() -> None:
+    """decode takes a record with whitespace around it, as json.loads does."""
+    record = exposure(3)
+    assert decode(b" \n" + encode(record) + b"\n") == record
+
+
 def test_pull_batches_fetch_what_is_there_and_count_deliveries_from_the_reply(
     nats_url: str, stream: StreamSettings
 ) -> None:
