@@ -8,7 +8,10 @@ on against off.
    (prepare, publish one message per record with its message id, acknowledgements), stored by
    an EventConsumer (fetch, DatabaseSink batch insert, ack after commit), timed from the first
    offer to the last row stored. Baseline: the same records written by the same sink in the
-   same batch size with no NATS in between. Ratio = pipeline / baseline.
+   same batch size with no NATS in between. Ratio = pipeline / baseline. Then `hops`: CPU
+   per record at each hop alone, `--records` published with no consumer (the publisher's loop
+   thread from its thread_time, nats-server from /proc), then stored by a consumer started
+   alone (this process's CPU while its main thread sleeps, nats-server).
 2. Decisions/s of GET /v1/decide/ab-test-router (an experiment flag) under wrk (closed loop,
    distinct x-user-id per request, as bench/decide.py) on a routing replica (`--server
    replica`, the default: it publishes, a control plane in another process stores; the shape
@@ -212,6 +215,76 @@ def pipeline_throughput(url: str, base: str | None, tmp: Path, count: int) -> di
     return result
 
 
+def _in_loop(loop_thread: Any, call: Any) -> Any:
+    """`call()` run on `loop_thread`'s event loop thread (its thread_time, a profiler)."""
+    import threading
+
+    done = threading.Event()
+    result: list[Any] = []
+
+    def run() -> None:
+        result.append(call())
+        done.set()
+
+    loop_thread.loop.call_soon_threadsafe(run)
+    done.wait()
+    return result[0]
+
+
+def hop_costs(url: str, nats_pid: int, base: str | None, tmp: Path, count: int) -> dict[str, Any]:
+    """CPU per record at each hop, one at a time: `count` records published with no consumer
+    (the publisher's loop thread, nats-server), then stored by a consumer alone (this process
+    while its main thread sleeps, nats-server)."""
+    from control_plane.db import Database
+    from control_plane.events.consumer import EventConsumer
+    from control_plane.events.publisher import EventPublisher
+    from control_plane.events.stream import StreamSettings
+    from control_plane.experiments.journal import Journal
+    from control_plane.experiments.sink import DatabaseSink
+
+    def per_record(seconds: float) -> float:
+        return round(seconds / count * 1e6, 1)
+
+    result: dict[str, Any] = {"records": count}
+    with _scratch(base, tmp) as database_url:
+        database = Database.from_url(database_url)
+        database.migrate()
+        stream = StreamSettings(stream="HOPS", subject_prefix="hops.records", consumer="hops")
+        publisher = EventPublisher(
+            url, Journal(tmp / "journal-hops"), prepare=lambda item: item[1], stream=stream
+        )
+        publisher.start()
+        while not publisher.connected:
+            time.sleep(0.05)
+        records = _records(count, "hops")
+        loop_before = _in_loop(publisher._loop, time.thread_time)
+        nats_before = _own_cpu_seconds(nats_pid)
+        for record in records:
+            publisher.offer((record.table, record))
+        if not publisher.flush(120):
+            raise RuntimeError("the publisher did not get every record acknowledged")
+        result["publisher_loop_thread_us_per_record"] = per_record(
+            _in_loop(publisher._loop, time.thread_time) - loop_before
+        )
+        result["nats_server_publish_us_per_record"] = per_record(
+            _own_cpu_seconds(nats_pid) - nats_before
+        )
+        publisher.stop()
+        consumer = EventConsumer(url, DatabaseSink(database), stream=stream)
+        process_before = time.process_time()
+        nats_before = _own_cpu_seconds(nats_pid)
+        consumer.start()
+        while consumer.counts.stored < count:
+            time.sleep(0.02)
+        result["consumer_process_us_per_record"] = per_record(time.process_time() - process_before)
+        result["nats_server_consume_us_per_record"] = per_record(
+            _own_cpu_seconds(nats_pid) - nats_before
+        )
+        consumer.stop()
+        database.dispose()
+    return result
+
+
 # -- 2. decisions/s with publishing on and off -----------------------------------------------
 
 
@@ -373,6 +446,7 @@ def main() -> None:
                     "python": platform.python_version(),
                 },
                 "pipeline": pipeline_throughput(url, args.database_url, tmp, args.records),
+                "hops": hop_costs(url, nats_pid, args.database_url, tmp, args.records),
             }
             if not args.skip_decide:
                 report["decide"] = decide_on_off(args, url, nats_pid, tmp)
