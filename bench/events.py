@@ -8,7 +8,10 @@ on against off.
    (prepare, publish one message per record with its message id, acknowledgements), stored by
    an EventConsumer (fetch, DatabaseSink batch insert, ack after commit), timed from the first
    offer to the last row stored. Baseline: the same records written by the same sink in the
-   same batch size with no NATS in between. Ratio = pipeline / baseline.
+   same batch size with no NATS in between. Ratio = pipeline / baseline. Then `hops`: CPU
+   per record at each hop alone, `--records` published with no consumer (the publisher's loop
+   thread from its thread_time, nats-server from /proc), then stored by a consumer started
+   alone (this process's CPU while its main thread sleeps, nats-server).
 2. Decisions/s of GET /v1/decide/ab-test-router (an experiment flag) under wrk (closed loop,
    distinct x-user-id per request, as bench/decide.py) on a routing replica (`--server
    replica`, the default: it publishes, a control plane in another process stores; the shape
@@ -17,9 +20,12 @@ on against off.
    (off), then in place (on), alternating `--rounds` times, best of each. Ratio = on / off
    (target >= 0.9). CPU per request from /proc over the measured run, for the measured server
    and, beside it, the nats-server and (replica mode) the storing control plane: on a 2-core
-   machine they all share the cores wrk leaves. The serving process's own CPU per decision
-   (without its publisher process) gives `serving_process_capacity_ratio`, off / on: the
-   share of decisions one core of a replica still serves with publishing on.
+   machine they all share the cores wrk leaves. The storing control plane's CPU is also given
+   per record it stored in the window (`storing_control_plane_cpu_us_per_stored_record`): one
+   that falls behind stores the rest after wrk stops, which its CPU per request hides. The
+   serving process's own CPU per decision (without its publisher process) gives
+   `serving_process_capacity_ratio`, off / on: the share of decisions one core of a replica
+   still serves with publishing on.
 
 Runs its own `nats-server -js` on a free port (a temp store). Prints one JSON report.
 """
@@ -209,19 +215,98 @@ def pipeline_throughput(url: str, base: str | None, tmp: Path, count: int) -> di
     return result
 
 
+def _in_loop(loop_thread: Any, call: Any) -> Any:
+    """`call()` run on `loop_thread`'s event loop thread (its thread_time, a profiler)."""
+    import threading
+
+    done = threading.Event()
+    result: list[Any] = []
+
+    def run() -> None:
+        result.append(call())
+        done.set()
+
+    loop_thread.loop.call_soon_threadsafe(run)
+    done.wait()
+    return result[0]
+
+
+def hop_costs(url: str, nats_pid: int, base: str | None, tmp: Path, count: int) -> dict[str, Any]:
+    """CPU per record at each hop, one at a time: `count` records published with no consumer
+    (the publisher's loop thread, nats-server), then stored by a consumer alone (this process
+    while its main thread sleeps, nats-server)."""
+    from control_plane.db import Database
+    from control_plane.events.consumer import EventConsumer
+    from control_plane.events.publisher import EventPublisher
+    from control_plane.events.stream import StreamSettings
+    from control_plane.experiments.journal import Journal
+    from control_plane.experiments.sink import DatabaseSink
+
+    def per_record(seconds: float) -> float:
+        return round(seconds / count * 1e6, 1)
+
+    result: dict[str, Any] = {"records": count}
+    with _scratch(base, tmp) as database_url:
+        database = Database.from_url(database_url)
+        database.migrate()
+        stream = StreamSettings(stream="HOPS", subject_prefix="hops.records", consumer="hops")
+        publisher = EventPublisher(
+            url, Journal(tmp / "journal-hops"), prepare=lambda item: item[1], stream=stream
+        )
+        publisher.start()
+        while not publisher.connected:
+            time.sleep(0.05)
+        records = _records(count, "hops")
+        loop_before = _in_loop(publisher._loop, time.thread_time)
+        nats_before = _own_cpu_seconds(nats_pid)
+        for record in records:
+            publisher.offer((record.table, record))
+        if not publisher.flush(120):
+            raise RuntimeError("the publisher did not get every record acknowledged")
+        result["publisher_loop_thread_us_per_record"] = per_record(
+            _in_loop(publisher._loop, time.thread_time) - loop_before
+        )
+        result["nats_server_publish_us_per_record"] = per_record(
+            _own_cpu_seconds(nats_pid) - nats_before
+        )
+        publisher.stop()
+        consumer = EventConsumer(url, DatabaseSink(database), stream=stream)
+        process_before = time.process_time()
+        nats_before = _own_cpu_seconds(nats_pid)
+        consumer.start()
+        while consumer.counts.stored < count:
+            time.sleep(0.02)
+        result["consumer_process_us_per_record"] = per_record(time.process_time() - process_before)
+        result["nats_server_consume_us_per_record"] = per_record(
+            _own_cpu_seconds(nats_pid) - nats_before
+        )
+        consumer.stop()
+        database.dispose()
+    return result
+
+
 # -- 2. decisions/s with publishing on and off -----------------------------------------------
 
 
-def _published(base: str) -> float:
+def _exposures(base: str, series: str, result: str) -> float:
+    """The exposures counted by `series` (published, consumed) with `result` on `base`."""
     import httpx
 
     text = httpx.get(f"{base}/metrics", timeout=10).text
     match = re.search(
-        r'control_plane_events_published_total\{result="published",table="exposures"\} '
+        rf'control_plane_events_{series}_total\{{result="{result}",table="exposures"\}} '
         r"([\d.e+]+)",
         text,
     )
     return float(match.group(1)) if match else 0.0
+
+
+def _published(base: str) -> float:
+    return _exposures(base, "published", "published")
+
+
+def _stored_by(base: str) -> float:
+    return _exposures(base, "consumed", "stored")
 
 
 def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) -> dict[str, Any]:
@@ -236,11 +321,12 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
     }
     with contextlib.ExitStack() as stack:
         storing_pid = None
+        storing_base = None
         sync_port = free_port()
         if args.server == "replica":  # the control plane that stores what replicas publish
             database_url = stack.enter_context(_scratch(args.database_url, tmp))
             pid_file = tmp / "control-plane.pid"
-            stack.enter_context(
+            storing_base = stack.enter_context(
                 uvicorn_process(
                     "events:publishing_on",
                     factory=True,
@@ -278,6 +364,7 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
                     target = f"{base}/v1/decide/{FLAG}"
                     run_wrk(target, 2, args.connections, script)  # warm-up
                     published_before = _published(base)
+                    stored_before = _stored_by(storing_base) if storing_base else 0.0
                     watched = {"server": pid, "nats_server": nats_pid}
                     if storing_pid is not None:
                         watched["storing_control_plane"] = storing_pid
@@ -285,8 +372,8 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
                     own_before = _own_cpu_seconds(pid)
                     result: dict[str, Any] = run_wrk(target, args.seconds, args.connections, script)
                     own = _own_cpu_seconds(pid) - own_before
-                    for name, watched_pid in watched.items():
-                        cpu = _cpu_seconds(watched_pid) - cpu_before[name]
+                    spent = {n: _cpu_seconds(p) - cpu_before[n] for n, p in watched.items()}
+                    for name, cpu in spent.items():
                         result[f"{name}_cpu_us_per_request"] = round(
                             cpu / result["requests"] * 1e6, 1
                         )
@@ -295,9 +382,16 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
                         own / result["requests"] * 1e6, 1
                     )
                     if publishing:
-                        result["published_per_s_under_load"] = round(
-                            (_published(base) - published_before) / args.seconds
-                        )
+                        published = _published(base) - published_before
+                        result["published_per_s_under_load"] = round(published / args.seconds)
+                        if storing_base is not None:
+                            # A consumer that falls behind stores part of the window's records
+                            # after it: its CPU per request then understates its cost.
+                            stored = _stored_by(storing_base) - stored_before
+                            result["stored_per_s_under_load"] = round(stored / args.seconds)
+                            result["storing_control_plane_cpu_us_per_stored_record"] = round(
+                                spent["storing_control_plane"] / max(stored, 1) * 1e6, 1
+                            )
                     results.append(result)
     best_off = max(off, key=lambda r: r["requests_per_s"])
     best_on = max(on, key=lambda r: r["requests_per_s"])
@@ -352,6 +446,7 @@ def main() -> None:
                     "python": platform.python_version(),
                 },
                 "pipeline": pipeline_throughput(url, args.database_url, tmp, args.records),
+                "hops": hop_costs(url, nats_pid, args.database_url, tmp, args.records),
             }
             if not args.skip_decide:
                 report["decide"] = decide_on_off(args, url, nats_pid, tmp)

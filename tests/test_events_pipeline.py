@@ -28,11 +28,14 @@ from events_support import (
     stream_settings,
 )
 from experiments_support import abandon, wait_for
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import RetentionPolicy
 from sqlalchemy import text
 
 from control_plane.db import Database
+from control_plane.events._pull import PullBatches, delivery_count
 from control_plane.events.consumer import EventConsumer
+from control_plane.events.messages import MSG_ID_HEADER, decode, encode, message_id, subject
 from control_plane.events.publisher import EventPublisher
 from control_plane.events.stream import StreamSettings, ensure_consumer, ensure_stream
 from control_plane.experiments.journal import Journal
@@ -391,3 +394,71 @@ def test_stream_and_consumer_setup_is_idempotent(nats_url: str) -> None:
     assert config.max_bytes == 1 << 20
     assert RetentionPolicy(config.retention) is RetentionPolicy.WORK_QUEUE
     assert config.subjects == [f"{settings.subject_prefix}.>"]
+
+
+def test_a_message_is_encoded_as_its_spill_line() -> None:
+    """A message's payload is the record's spill line, and decodes to the same record."""
+    record = exposure(7)
+    assert encode(record) == record.to_line().encode("utf-8")
+    assert decode(encode(record)) == record
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        b"\xff",
+        b"[1]",
+        b'{"table": "nope", "row": {}}',
+        b'{"table": "exposures", "row": 1}',
+        b'{"table": "exposures", "row": {}} {}',
+    ],
+)
+def test_a_payload_that_is_not_one_record_is_refused(payload: bytes) -> None:
+    """decode refuses, with ValueError, anything but one JSON record of a known table."""
+    with pytest.raises(ValueError, match=r"."):
+        decode(payload)
+
+
+def test_whitespace_around_a_record_is_accepted() -> None:
+    """decode takes a record with whitespace around it, as json.loads does."""
+    record = exposure(3)
+    assert decode(b" \n" + encode(record) + b"\n") == record
+
+
+def test_pull_batches_fetch_what_is_there_and_count_deliveries_from_the_reply(
+    nats_url: str, stream: StreamSettings
+) -> None:
+    """A fetch asking for more than the stream holds returns what it holds once its request
+    expires; a message not acknowledged comes again after ack_wait, and its delivery count read
+    from the reply subject is the one nats-py's metadata parses; an empty stream answers with a
+    timeout."""
+
+    async def run() -> tuple[list[int], list[int], list[int]]:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await ensure_stream(js, stream)
+        await ensure_consumer(js, stream)
+        for index in range(3):
+            record = exposure(index)
+            await js.publish(
+                subject(stream.subject_prefix, record),
+                encode(record),
+                headers={MSG_ID_HEADER: message_id(record)},
+            )
+        batches = PullBatches(nc, stream.stream, stream.consumer)
+        await batches.subscribe()
+        first = await batches.fetch(10, 0.3)
+        again = await batches.fetch(10, stream.ack_wait + 1.0)  # none acknowledged: redelivered
+        counts = [delivery_count(msg) for msg in again]
+        parsed = [msg.metadata.num_delivered for msg in again]
+        for msg in again:
+            await msg.ack()
+        with pytest.raises(NatsTimeoutError):
+            await batches.fetch(10, 0.3)
+        await nc.close()
+        return [delivery_count(msg) for msg in first], counts, parsed
+
+    first, again, parsed = asyncio.run(run())
+    assert first == [1, 1, 1]
+    assert again == parsed == [2, 2, 2]

@@ -13,9 +13,9 @@ message is redelivered until the consumer acknowledges it after its commit) and 
 once (the message id is the record's natural key, and inserts skip existing keys).
 
 Modules: `messages` (subjects, message ids, payloads), `stream` (stream and consumer setup),
-`publisher`, `publisher_process` (the publisher in a child process), `consumer`, `metrics`,
-`loop` (an asyncio loop on its own thread), `wiring` (building both from settings). Only this
-package imports nats-py.
+`publisher`, `publisher_process` (the publisher in a child process), `consumer` (its batches
+from `_pull`), `metrics`, `loop` (an asyncio loop on its own thread), `wiring` (building both
+from settings). Only this package imports nats-py.
 """
 
 from __future__ import annotations

@@ -15,6 +15,18 @@ or is not a record at all, is terminated (never redelivered) and counted as refu
 error is an outage: nothing is acknowledged, the batch is delivered again after
 `retry_interval` (a negative acknowledgement with that delay) and the consumer waits as long.
 The sink runs in a worker thread, so the loop keeps answering the server's heartbeats.
+
+Why one acknowledgement per message and not one per batch (an AckAll consumer acknowledges
+every message up to the sequence acknowledged): the consumer is shared by every control plane,
+and after a crash the dead one's messages come again only after `ack_wait`, behind newer ones;
+an AckAll of a later sequence would acknowledge messages another fetch holds, or the dead
+one's uncommitted batch, and those records would never be stored. nats-py queues the acks of
+a batch and writes them to the socket together.
+
+Batches come from control_plane.events._pull (one pull request per batch, messages collected
+by a callback), not nats-py's `fetch`, which made two asyncio tasks per message. A batch is
+stored once it holds `batch_size` messages or its request expires after `fetch_timeout`, so at
+a trickle a record waits up to `fetch_timeout` (0.5 s) before it is written.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from sqlalchemy.exc import DataError, IntegrityError
 
+from control_plane.events._pull import PullBatches, delivery_count
 from control_plane.events.loop import LoopThread
 from control_plane.events.messages import decode
 from control_plane.events.metrics import EventMetrics
@@ -135,7 +148,7 @@ class EventConsumer:
     # -- the loop --------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        subscription = None
+        subscription: PullBatches | None = None
         while not self._stop.is_set():
             try:
                 if subscription is None:
@@ -144,10 +157,8 @@ class EventConsumer:
                         await self._pause(self._retry_interval)
                         continue
                 try:
-                    messages = await subscription.fetch(
-                        self._batch_size, timeout=self._fetch_timeout
-                    )
-                except (NatsTimeoutError, TimeoutError):
+                    messages = await subscription.fetch(self._batch_size, self._fetch_timeout)
+                except NatsTimeoutError:
                     continue  # nothing to store
                 await self._store(messages)
             except (NatsError, OSError) as exc:
@@ -161,7 +172,7 @@ class EventConsumer:
             with contextlib.suppress(Exception):
                 await nc.close()
 
-    async def _subscribe(self) -> Any:
+    async def _subscribe(self) -> PullBatches | None:
         if self._nc is None:
 
             async def quiet(exc: Exception) -> None:
@@ -196,22 +207,28 @@ class EventConsumer:
         js = self._nc.jetstream()
         await ensure_stream(js, self.stream)
         await ensure_consumer(js, self.stream)
-        return await js.pull_subscribe_bind(self.stream.consumer, self.stream.stream)
+        batches = PullBatches(self._nc, self.stream.stream, self.stream.consumer)
+        await batches.subscribe()
+        return batches
 
     async def _store(self, messages: list[Msg]) -> None:
         records: list[Record] = []
         good: list[Msg] = []
+        redelivered: list[Record] = []
         for msg in messages:
             try:
-                records.append(decode(msg.data))
+                record = decode(msg.data)
             except ValueError:
                 self._refused(msg, "unknown", "not an experiment record")
                 await msg.term()
                 continue
+            records.append(record)
             good.append(msg)
-            if msg.metadata.num_delivered > 1:
-                self.counts.redelivered += 1
-                self._count([records[-1]], "redelivered")
+            if delivery_count(msg) > 1:
+                redelivered.append(record)
+        if redelivered:
+            self.counts.redelivered += len(redelivered)
+            self._count(redelivered, "redelivered")
         if not records:
             return
         self.counts.batches += 1
