@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 __all__ = ["describe_diff", "diff_documents", "diff_values", "pointer"]
@@ -68,10 +69,18 @@ def _entries(
     sources_before: Mapping[str, str],
     sources_after: Mapping[str, str],
     kind: str,
-    unchanged: Collection[str] = (),
+    unchanged: AbstractSet[str] = frozenset(),
 ) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
-    for key in sorted(set(before) | set(after)):
+    # Only keys that can have an entry: added or removed, not known unchanged, or moved (set
+    # operations, so an edit of one flag of 10,000 compares one flag, not every key).
+    keys = before.keys() ^ after.keys()
+    keys |= after.keys() - unchanged if unchanged else after.keys()
+    if kind == "flag" and sources_before != sources_after:
+        keys |= {key for key, _ in sources_before.items() ^ sources_after.items()}
+    for key in sorted(keys):
+        if key not in before and key not in after:
+            continue  # only in the sources
         entry: dict[str, Any] = {"key": key}
         if key not in before:
             entry["change"] = "added"
@@ -113,7 +122,7 @@ def diff_documents(
         previous.get("sources", {}),
         after.get("sources", {}),
         "flag",
-        unchanged_flags,
+        frozenset(unchanged_flags),
     )
     evaluators = _entries(
         previous.get("$evaluators", {}), after.get("$evaluators", {}), {}, {}, "evaluator"
