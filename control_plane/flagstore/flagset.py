@@ -20,6 +20,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import compress
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -228,10 +229,13 @@ class FlagSet:
         is fed it, holding the flag set's own definitions where no file metadata is merged
         in (no copies: at 10,000 flags copying was 0.2 s per build, and the compiled
         evaluator knows an unchanged flag by its object). Shared: read only."""
-        flags = {
-            key: self._merged(definition, self.sources.get(key), copy=False)
-            for key, definition in self.flags.items()
-        }
+        flags = dict(self.flags)
+        inheriting = {name for name, meta in self.file_metadata.items() if meta}
+        if inheriting:  # only flags of files with metadata are merged (C-level selection)
+            keys = list(flags)
+            sources = map(self.sources.get, keys)
+            for key in compress(keys, map(inheriting.__contains__, sources)):
+                flags[key] = self._merged(flags[key], self.sources[key], copy=False)
         document = self.document(flags, copy=False)
         document["metadata"] = {VERSION_KEY: self.version}
         return document
