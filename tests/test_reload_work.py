@@ -14,6 +14,8 @@ import pytest
 
 from control_plane.db import Database, repository
 from control_plane.db.json_text import JsonText, dump_json
+from control_plane.distribution._document_text import DefaultViewTexts, dumps, dumps_by_member
+from control_plane.distribution.selector import Selector
 from control_plane.flagstore.db_recorder import DatabaseRecorder, flag_set_document
 from control_plane.flagstore.flagset import FlagSet, content_hash
 from control_plane.flagstore.store import FlagStore
@@ -173,3 +175,30 @@ def test_a_store_without_its_watcher_leaves_the_collector_alone(flags_dir: Path)
     _write(flags_dir, 1, {25: 5})
     store.reload()
     assert gc.get_freeze_count() == frozen
+
+
+def test_the_sync_service_writes_the_same_text_flag_by_flag(flags_dir: Path) -> None:
+    """The default view a replica receives is byte for byte the json.dumps of the document,
+    with file metadata and evaluators, and after an edit of one flag only that flag is
+    serialised again; any other selector's document is written member by member the same."""
+    (flags_dir / "meta.flagd.json").write_text(
+        json.dumps(
+            {
+                "metadata": {"team": "search", "ünicode": "ß"},
+                "$evaluators": {"cn": {"==": [{"var": "region"}, "cn"]}},
+                "flags": {
+                    "inheriting": {**_flag(900), "metadata": {"owner": "x"}},
+                    "with-ref": {**_flag(901), "targeting": {"if": [{"$ref": "cn"}, "b", "a"]}},
+                },
+            }
+        )
+    )
+    store = FlagStore(flags_dir)
+    texts = DefaultViewTexts()
+    for edit in range(2):
+        flag_set = store.reload()
+        assert texts.text(flag_set) == dumps(flag_set.to_flagd())
+        selected = Selector.parse("source=meta").document(flag_set)
+        assert dumps_by_member(selected) == dumps(selected)
+        _write(flags_dir, 4, {85: 40 + edit})
+    assert texts.encoded == FILES * PER_FILE + 2 + 1

@@ -281,6 +281,11 @@ class FlagSet:
             document["$evaluators"] = dict(self.evaluators)
         return document
 
+    def merged_view(self, key: str) -> Mapping[str, Any]:
+        """The default view's `key` with its file's metadata merged in, as `to_flagd()` sends
+        it; the flag set's own definition when there is nothing to merge (read only)."""
+        return self._merged(self.flags[key], self.sources.get(key), copy=False)
+
     def merged(self, set_id: str, key: str) -> dict[str, Any]:
         """The definition of `key` in `set_id` with its file's metadata merged in."""
         # A copy (copy=True is the default): always a dict of its own.
