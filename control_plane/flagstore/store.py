@@ -495,11 +495,11 @@ class FlagStore:
             # A restart over unchanged flags keeps the recorded version instead of bumping it.
             latest = self.recorder.latest()
             if latest is not None and latest.content_hash == digest:
-                return dataclasses.replace(candidate, version=latest.version)
+                return candidate.with_version(latest.version)
         version = self.recorder.record(
             RecordRequest(flag_set=candidate, source=source, actor=actor, message=message)
         )
-        return dataclasses.replace(candidate, version=version)
+        return candidate.with_version(version)
 
     def _refused(self, exc: FlagValidationError, at: float, started: float, trigger: str) -> None:
         self.last_error = exc

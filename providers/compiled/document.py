@@ -161,14 +161,21 @@ def read_document(
     keys = list(flags)
     # Flags whose object `known_raw` holds are taken as they were, found with C-level maps (a
     # Python loop over 10,000 flags was most of an edit's compile); the rest are read below.
-    objects = list(map(flags.__getitem__, keys))
-    if known_raw:
+    if known_raw and keys == list(known):
+        # The same keys in the same order (an edit of definitions only): copy the previous
+        # maps (one C clone each) and replace what changed.
+        same = map(is_, map(flags.__getitem__, keys), map(known_raw.get, keys, repeat(_ABSENT)))
+        changed = list(compress(keys, map(not_, same)))
+        parsed: dict[str, FlagDefinition] = dict(known)
+        raws: dict[str, Any] = dict(known_raw)
+    elif known_raw:
+        objects = list(map(flags.__getitem__, keys))
         definitions = list(map(known.get, keys))
         same = map(is_, objects, map(known_raw.get, keys, repeat(_ABSENT)))
         kept = map(and_, same, map(is_not, definitions, repeat(None)))
         changed = list(compress(keys, map(not_, kept)))
-        parsed: dict[str, FlagDefinition] = dict(zip(keys, definitions, strict=True))  # type: ignore[arg-type]  # every None is replaced below
-        raws: dict[str, Any] = dict(zip(keys, objects, strict=True))
+        parsed = dict(zip(keys, definitions, strict=True))  # type: ignore[arg-type]  # every None is replaced below
+        raws = dict(zip(keys, objects, strict=True))
     else:
         changed, parsed, raws = keys, {}, {}
     fresh: list[str] = []

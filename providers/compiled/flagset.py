@@ -199,7 +199,10 @@ class CompiledFlagSet:
             # Every flag not `fresh` has the very definition `previous` compiled: keep its
             # compiled entry (dict operations, not a Python loop over every flag).
             keys = list(parsed.flags)
-            compiled = dict(zip(keys, map(known.get, keys), strict=True))  # type: ignore[arg-type]  # fresh ones are set below
+            if keys == list(known):  # the same keys in the same order: one C clone
+                compiled = dict(known)
+            else:
+                compiled = dict(zip(keys, map(known.get, keys), strict=True))  # type: ignore[arg-type]  # fresh ones are set below
             for key in parsed.fresh:
                 compiled[key] = _compile(parsed.flags[key], parsed.generation)
             flag_set = cls(
