@@ -10,7 +10,9 @@ requests to the real app on a uvicorn server on loopback.
 
 Prints a JSON report. Baselines measured in the same run: the cost of one direct
 `store.reload()` (read + validate + version + swap + notify) and the poll interval; the latency
-is also given as a ratio to the interval, since detection waits for the next poll.
+is also given as a ratio to the interval, since detection waits for the next poll. After the
+edits, ten more are reloaded by calling the serving store's `reload()` and its thread CPU is
+reported (`reload_thread_cpu`: database recorder and every listener included with --http).
 
 `--other-flags N` puts N more flags beside the edited one (100 per file, untouched): the edit
 of one flag in a large flag set. Every decision's own duration is kept too, before the first
@@ -191,6 +193,7 @@ def main() -> None:
         calm: list[float] = []  # decisions before any edit
         during: list[float] = []  # decisions while edits go live
         probes = 0
+        reload_cpu: list[float] = []
 
         def timed(user: str, into: list[float]) -> str:
             begun = time.perf_counter()
@@ -212,6 +215,14 @@ def main() -> None:
                         break
                     time.sleep(0.0005)
                 latencies.append(time.perf_counter() - started)
+            # The CPU of one reload in the serving process (its database recorder and every
+            # listener included), as thread CPU of the reloading thread: with the watcher idle
+            # between polls, the same reload store.reload() runs here.
+            for generation in range(args.edits + 1, args.edits + 11):
+                write(path, generation)
+                begun = time.thread_time()
+                store.reload()
+                reload_cpu.append(time.thread_time() - begun)
         finally:
             store.stop()
             close()
@@ -230,6 +241,7 @@ def main() -> None:
         },
         "edit_to_decision": edit_to_live,
         "baseline_direct_reload": summary_ms(direct),
+        "reload_thread_cpu": summary_ms(reload_cpu),
         "decision_seconds": {
             "before_edits": {**summary_ms(calm), "p99_ms": round(percentile(calm, 0.99) * 1000, 2)},
             "during_edits": {
