@@ -60,7 +60,9 @@ class FlagChecks:
         self._evaluator_refs: dict[str, frozenset[str]] = {}
         self._dependences: dict[frozenset[str], tuple[Any, ...]] = {}
         #: file -> (its read, the evaluators its flags reach, what they reach, its issues)
-        self._files: dict[str, tuple[FileRead, frozenset[str], tuple[Any, ...], list[Any]]] = {}
+        self._files: dict[
+            str, tuple[FileRead, frozenset[str], tuple[Any, ...], list[ValidationIssue]]
+        ] = {}
         self._files_used: set[str] = set()
         self.checked = 0  # flags checked (not answered from the cache) since created
         self.files_checked = 0  # reads whose flags were looked at, flag by flag, since created

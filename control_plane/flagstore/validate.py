@@ -350,17 +350,18 @@ class _Merge:
             self.identities.update(whole.identities)
             self.merged.append((read, whole, []))
         else:
-            self._add_flags(read, found)
-        self._add_evaluators(read, found)
+            self._add_flags(read, parts, found)
+        self._add_evaluators(name, parts, found)
         self.issues.extend(read.document_issues)
         self.issues.extend(locate(found, file=name, positions=read.positions))
 
-    def _add_flags(self, read: FileRead, found: list[ValidationIssue]) -> None:
+    def _add_flags(
+        self, read: FileRead, parts: DocumentParts, found: list[ValidationIssue]
+    ) -> None:
         name = read.name
-        assert read.parts is not None
         added: list[_FlagId] = []
         owners = self.owners.setdefault(name, {})
-        for (key, definition, where), set_id in zip(read.parts.flags, read.set_ids, strict=True):
+        for (key, definition, where), set_id in zip(parts.flags, read.set_ids, strict=True):
             flag_id = (set_id, key)
             owners[where[:2]] = flag_id
             if flag_id in self.flags:
@@ -399,10 +400,10 @@ class _Merge:
             added.append(flag_id)
         self.merged.append((read, None, added))
 
-    def _add_evaluators(self, read: FileRead, found: list[ValidationIssue]) -> None:
-        name = read.name
-        assert read.parts is not None
-        for evaluator, rule in read.parts.evaluators.items():
+    def _add_evaluators(
+        self, name: str, parts: DocumentParts, found: list[ValidationIssue]
+    ) -> None:
+        for evaluator, rule in parts.evaluators.items():
             if evaluator in self.evaluators:
                 if self.evaluators[evaluator] != rule:
                     first = self.evaluator_file[evaluator]
