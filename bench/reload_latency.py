@@ -10,7 +10,12 @@ requests to the real app on a uvicorn server on loopback.
 
 Prints a JSON report. Baselines measured in the same run: the cost of one direct
 `store.reload()` (read + validate + version + swap + notify) and the poll interval; the latency
-is also given as a ratio to the interval, since detection waits for the next poll.
+is also given as a ratio to the interval, since detection waits for the next poll. After the
+edits, twenty more are reloaded by calling the serving store's `reload()` and its thread CPU is
+reported (`reload_thread_cpu`: database recorder and every listener included with --http),
+with how late a 1 ms sleeper thread woke meanwhile (`wake_lateness`), beside the same measure
+during pure-Python CPU bursts of the same lengths: a reload that holds the interpreter lock in
+long C calls (a big json.dumps, a full garbage collection) shows above the bursts.
 
 `--other-flags N` puts N more flags beside the edited one (100 per file, untouched): the edit
 of one flag in a large flag set. Every decision's own duration is kept too, before the first
@@ -21,6 +26,7 @@ ratio of their p99 and max.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import random
@@ -30,7 +36,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +112,41 @@ def summary_ms(values: list[float]) -> dict[str, float]:
         "max_ms": round(max(values) * 1000, 2),
         "mean_ms": round(statistics.fmean(values) * 1000, 2),
     }
+
+
+class Lateness:
+    """A thread that sleeps 1 ms in a loop and, inside `measuring(into)`, appends how late it
+    woke: the wait for the interpreter lock (and for a core) another thread causes."""
+
+    def __init__(self) -> None:
+        self._into: list[float] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            begun = time.perf_counter()
+            time.sleep(0.001)
+            late = time.perf_counter() - begun - 0.001
+            into = self._into
+            if into is not None:
+                into.append(late)
+
+    def __enter__(self) -> Lateness:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    @contextlib.contextmanager
+    def measuring(self, into: list[float]) -> Iterator[None]:
+        self._into = into
+        try:
+            yield
+        finally:
+            self._into = None
 
 
 def in_process_decide(store: FlagStore) -> Callable[[str], str]:
@@ -191,6 +232,9 @@ def main() -> None:
         calm: list[float] = []  # decisions before any edit
         during: list[float] = []  # decisions while edits go live
         probes = 0
+        reload_cpu: list[float] = []
+        stall: list[float] = []  # how late a 1 ms sleeper woke while a reload ran
+        control: list[float] = []  # the same, during pure-Python bursts of the same CPU
 
         def timed(user: str, into: list[float]) -> str:
             begun = time.perf_counter()
@@ -212,6 +256,24 @@ def main() -> None:
                         break
                     time.sleep(0.0005)
                 latencies.append(time.perf_counter() - started)
+            # The CPU of one reload in the serving process (its database recorder and every
+            # listener included), as thread CPU of the reloading thread: with the watcher idle
+            # between polls, the same reload store.reload() runs here. Meanwhile a thread that
+            # sleeps 1 ms in a loop records how late it wakes (what a decision waiting for the
+            # interpreter lock sees); as a control, pure-Python CPU bursts of the same lengths
+            # (the interpreter hands the lock over every switch interval) are measured the same.
+            with Lateness() as late:
+                for generation in range(args.edits + 1, args.edits + 21):
+                    write(path, generation)
+                    with late.measuring(stall):
+                        begun = time.thread_time()
+                        store.reload()
+                        reload_cpu.append(time.thread_time() - begun)
+                for seconds in reload_cpu:
+                    with late.measuring(control):
+                        begun = time.thread_time()
+                        while time.thread_time() - begun < seconds:
+                            pass
         finally:
             store.stop()
             close()
@@ -230,6 +292,17 @@ def main() -> None:
         },
         "edit_to_decision": edit_to_live,
         "baseline_direct_reload": summary_ms(direct),
+        "reload_thread_cpu": summary_ms(reload_cpu),
+        "wake_lateness": {
+            "during_reloads": {
+                **summary_ms(stall),
+                "p99_ms": round(percentile(stall, 0.99) * 1000, 2),
+            },
+            "during_python_bursts": {
+                **summary_ms(control),
+                "p99_ms": round(percentile(control, 0.99) * 1000, 2),
+            },
+        },
         "decision_seconds": {
             "before_edits": {**summary_ms(calm), "p99_ms": round(percentile(calm, 0.99) * 1000, 2)},
             "during_edits": {

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from control_plane.db.json_text import dump_json
+
 if TYPE_CHECKING:
     from control_plane.settings import Settings
 
@@ -68,6 +70,7 @@ class Database:
         timeouts = timeouts or DatabaseTimeouts()
         parsed = make_url(url)
         connect_args = dict(engine_options.pop("connect_args", {}))
+        engine_options.setdefault("json_serializer", dump_json)  # pre-written JSON text as is
         if parsed.get_backend_name() == "sqlite":
             connect_args.setdefault("timeout", timeouts.sqlite_busy)
             engine = create_engine(parsed, connect_args=connect_args, **engine_options)

@@ -33,7 +33,6 @@ Usage (the app lifespan does this when `Settings.sync_port` is not 0)::
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -47,6 +46,7 @@ from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 from pydantic import SecretStr
 
 from control_plane.auth import GatewayTokenChecker
+from control_plane.distribution._document_text import DefaultViewTexts, dumps_by_member
 from control_plane.distribution.selector import Selector, SelectorError, SelectorNotFound
 from control_plane.errors import ControlPlaneError, Unauthenticated
 from control_plane.flagstore import FlagSet, FlagStore
@@ -75,10 +75,6 @@ _SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
 ]
-
-
-def _dumps(document: dict[str, Any]) -> str:
-    return json.dumps(document, sort_keys=True, ensure_ascii=False)
 
 
 class SyncServerError(ControlPlaneError):
@@ -126,6 +122,8 @@ class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
         self._context.update(dict(context or {}))
         self._latest: FlagSet | None = None
         self._documents: dict[str, str] = {}  # selector text -> JSON of _latest
+        #: The default view's text, written only for flags that changed (see _document_text).
+        self._default_texts = DefaultViewTexts()
         self._waiters: set[asyncio.Event] = set()
         self._closing = False
         #: Open SyncFlags streams (replicas currently connected).
@@ -153,10 +151,13 @@ class FlagSyncServicer(sync_pb2_grpc.FlagSyncServiceServicer):
     def _document(self, flag_set: FlagSet, selector: Selector) -> str:
         # Serialised once per flag set and selector, not once per replica.
         if flag_set is not self._latest:
-            return _dumps(selector.document(flag_set, check=False))
+            return dumps_by_member(selector.document(flag_set, check=False))
         text = self._documents.get(selector.text)
         if text is None:
-            text = _dumps(selector.document(flag_set, check=False))
+            if selector.everything:
+                text = self._default_texts.text(flag_set)
+            else:
+                text = dumps_by_member(selector.document(flag_set, check=False))
             self._documents[selector.text] = text
         return text
 

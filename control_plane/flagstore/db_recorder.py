@@ -16,14 +16,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import compress
+from operator import is_not
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from control_plane.db import repository
 from control_plane.db.engine import Database
+from control_plane.db.json_text import JsonText
 from control_plane.db.models import FlagSetVersion
-from control_plane.flagstore.flagset import BUCKETING_GENERATION, FlagSet
+from control_plane.flagstore.digest import MemberTexts, canonical_json
+from control_plane.flagstore.flagset import BUCKETING_GENERATION, FlagSet, as_dict
 from control_plane.flagstore.history import RecordRequest
 from control_plane.flagstore.version_diff import diff_documents
 
@@ -38,12 +42,42 @@ UNRECORDED = 0
 
 
 def flag_set_document(flag_set: FlagSet) -> dict[str, Any]:
-    """What a version row stores: flags, shared evaluators, and the file each flag came from."""
+    """What a version row stores: flags, shared evaluators, and the file each flag came from.
+
+    The flags' own definitions, not copies (read only, like every definition of a FlagSet)."""
     return {
-        "flags": {key: dict(value) for key, value in flag_set.flags.items()},
-        "$evaluators": dict(flag_set.evaluators),
-        "sources": dict(flag_set.sources),
+        "flags": as_dict(flag_set.flags),
+        "$evaluators": as_dict(flag_set.evaluators),
+        "sources": as_dict(flag_set.sources),
     }
+
+
+class _DocumentTexts:
+    """The JSON text of each version document, written only where the flags changed: each
+    flag's text is kept while its definition is the same object, the sources' text while the
+    sources are equal (at 10,000 flags one json.dumps of the document was 45 ms per edit)."""
+
+    def __init__(self) -> None:
+        self.flags = MemberTexts()
+        self._sources: tuple[dict[str, str], str] = ({}, "{}")
+
+    def document(self, flag_set: FlagSet) -> JsonText:
+        members = flag_set_document(flag_set)
+        sources = members["sources"]
+        if sources != self._sources[0]:
+            self._sources = (sources, canonical_json(sources))
+        text = "".join(
+            (
+                '{"flags":',
+                self.flags.text(members["flags"]),
+                ',"$evaluators":',
+                canonical_json(members["$evaluators"]),
+                ',"sources":',
+                self._sources[1],
+                "}",
+            )
+        )
+        return JsonText(members, text)
 
 
 def flag_set_from_row(row: FlagSetVersion) -> FlagSet:
@@ -81,6 +115,7 @@ class DatabaseRecorder:
         #: Whether this recorder has answered a version yet (the first may be UNRECORDED).
         self._answered = False
         self._last: _Recorded | None = None
+        self.texts = _DocumentTexts()
 
     def latest(self) -> FlagSet | None:
         try:
@@ -121,7 +156,7 @@ class DatabaseRecorder:
 
     def _record(self, request: RecordRequest) -> int:
         flag_set = request.flag_set
-        document = flag_set_document(flag_set)
+        document = self.texts.document(flag_set)
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 with self.database.session() as session:
@@ -138,15 +173,7 @@ class DatabaseRecorder:
                             latest.version, latest.content_hash, document, flag_set.flags
                         )
                         return latest.version
-                    unchanged = (
-                        [
-                            key
-                            for key, value in flag_set.flags.items()
-                            if latest.flags.get(key) is value
-                        ]
-                        if latest is not None
-                        else []
-                    )
+                    changed = _changed_objects(flag_set.flags, latest.flags) if latest else None
                     row = repository.add_version(
                         session=session,
                         content_hash=flag_set.content_hash,
@@ -154,7 +181,7 @@ class DatabaseRecorder:
                         diff=diff_documents(
                             latest.document if latest else None,
                             document,
-                            unchanged_flags=frozenset(unchanged),
+                            changed_flags=changed,
                         ),
                         source=request.source,
                         actor=request.actor,
@@ -189,6 +216,14 @@ class DatabaseRecorder:
         if row is None:  # pragma: no cover - deleted between the two reads
             return None
         return _Recorded(row.version, row.content_hash, row.document, {})
+
+
+def _changed_objects(flags: Mapping[str, Any], before: Mapping[str, Any]) -> list[str]:
+    """Keys whose definition is not the very object `before` holds (C-level maps: a Python
+    loop over 10,000 flags was 3 ms of every edit)."""
+    flags, before = as_dict(flags), as_dict(before)  # dict lookups, not a proxy's
+    keys = list(flags)
+    return list(compress(keys, map(is_not, map(flags.__getitem__, keys), map(before.get, keys))))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,11 +15,13 @@ the `controlPlane` member of sync documents, which flagd evaluators ignore).
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import compress
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -29,6 +31,7 @@ __all__ = [
     "FACTS_MEMBER",
     "VERSION_KEY",
     "FlagSet",
+    "as_dict",
     "content_hash",
     "default_view",
     "flag_set_id",
@@ -105,8 +108,16 @@ def content_hash(
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def as_dict(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A dict copy of `mapping`: dicts and read-only proxies of dicts copy as dicts do (a C
+    clone), which `dict(proxy)` does not (it goes key by key: ~1 ms at 10,000 flags)."""
+    if isinstance(mapping, dict | MappingProxyType):
+        return cast(dict[str, Any], mapping.copy())
+    return dict(mapping)
+
+
 def _frozen(mapping: Mapping[str, Any]) -> MappingProxyType[str, Any]:
-    return MappingProxyType(dict(mapping))
+    return MappingProxyType(as_dict(mapping))
 
 
 @dataclass(frozen=True)
@@ -187,6 +198,13 @@ class FlagSet:
             evaluator_sources=evaluator_sources,
         )
 
+    def with_version(self, version: int) -> FlagSet:
+        """This flag set as `version`: its frozen mappings are shared, not copied again."""
+        clone = copy.copy(self)
+        object.__setattr__(clone, "version", version)
+        clone.__dict__.pop("stamped_document", None)  # it carries the version
+        return clone
+
     # -- the project's facts (not evaluation metadata) -----------------------------------
 
     @property
@@ -228,10 +246,13 @@ class FlagSet:
         is fed it, holding the flag set's own definitions where no file metadata is merged
         in (no copies: at 10,000 flags copying was 0.2 s per build, and the compiled
         evaluator knows an unchanged flag by its object). Shared: read only."""
-        flags = {
-            key: self._merged(definition, self.sources.get(key), copy=False)
-            for key, definition in self.flags.items()
-        }
+        flags = as_dict(self.flags)
+        inheriting = {name for name, meta in self.file_metadata.items() if meta}
+        if inheriting:  # only flags of files with metadata are merged (C-level selection)
+            keys = list(flags)
+            sources = map(self.sources.get, keys)
+            for key in compress(keys, map(inheriting.__contains__, sources)):
+                flags[key] = self._merged(flags[key], self.sources[key], copy=False)
         document = self.document(flags, copy=False)
         document["metadata"] = {VERSION_KEY: self.version}
         return document
@@ -276,6 +297,11 @@ class FlagSet:
         if self.evaluators:
             document["$evaluators"] = dict(self.evaluators)
         return document
+
+    def merged_view(self, key: str) -> Mapping[str, Any]:
+        """The default view's `key` with its file's metadata merged in, as `to_flagd()` sends
+        it; the flag set's own definition when there is nothing to merge (read only)."""
+        return self._merged(self.flags[key], self.sources.get(key), copy=False)
 
     def merged(self, set_id: str, key: str) -> dict[str, Any]:
         """The definition of `key` in `set_id` with its file's metadata merged in."""

@@ -11,7 +11,8 @@ file, the JSON path, the line when known, and what to do.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ from control_plane.flagstore.shadow_rules import check_shadow_rules
 from control_plane.flagstore.text_check import check_text_values
 
 __all__ = [
+    "Contribution",
+    "FileCheck",
     "FileRead",
     "FlagCheck",
     "Refusal",
@@ -156,11 +159,17 @@ def validate_contents(contents: Mapping[str, bytes]) -> ValidationResult:
     return merge.finish(tuple(sorted(contents)))
 
 
-def merge_reads(reads: list[FileRead], check_flag: FlagCheck | None = None) -> ValidationResult:
-    """validate_contents over files already read (sorted by name), with an optional cache of
-    flag checks: the same result as validating their bytes from scratch."""
+def merge_reads(
+    reads: list[FileRead],
+    check_flag: FlagCheck | None = None,
+    check_file: FileCheck | None = None,
+) -> ValidationResult:
+    """validate_contents over files already read (sorted by name), with optional caches of
+    flag checks and of a whole file's flag checks: the same result as validating their bytes
+    from scratch."""
     merge = _Merge()
     merge.check_flag = check_flag
+    merge.check_file = check_file
     for read in reads:
         merge.add_read(read)
     return merge.finish(tuple(read.name for read in reads))
@@ -171,6 +180,13 @@ _FlagId = tuple[str, str]  # (flagSetId, key)
 #: validate_flag(key, definition, evaluators, location) with the definition's exact text
 #: (None when unknown), so a cache can answer for a definition it has seen.
 FlagCheck = Callable[[str, Any, Mapping[str, Any], Location, "str | None"], list[ValidationIssue]]
+
+
+#: The located issues of every flag of one read (all merged, see `Contribution`) against
+#: `evaluators`; `compute` finds them, a cache may answer for a read and evaluators seen before.
+FileCheck = Callable[
+    ["FileRead", Mapping[str, Any], Callable[[], list[ValidationIssue]]], list[ValidationIssue]
+]
 
 
 def _check_flag(
@@ -195,6 +211,51 @@ class FileRead:
     document_issues: tuple[ValidationIssue, ...] = ()
     positions: Mapping[Location, tuple[int, int]] = field(default_factory=dict)
     identities: Mapping[str, str] | None = None
+
+    @functools.cached_property
+    def contribution(self) -> Contribution | None:
+        """What it adds to a merge, made once (the incremental reload reuses unchanged reads),
+        or None when it has no parts or defines a key twice (merged flag by flag)."""
+        return _contribution(self)
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """What one read adds to a merge when no flag of it is defined twice in it: made once per
+    read (`contribution`), merged with dict updates instead of flag by flag."""
+
+    flags: dict[_FlagId, Any]
+    where: dict[_FlagId, tuple[str, Location]]
+    owners: dict[Location, _FlagId]
+    identities: dict[_FlagId, str]
+    #: flagSetId -> key -> definition, and key -> file, of its flags that are objects
+    sets: dict[str, dict[str, Any]]
+    set_sources: dict[str, dict[str, str]]
+
+
+def _contribution(read: FileRead) -> Contribution | None:
+    parts = read.parts
+    if parts is None:
+        return None
+    flags: dict[_FlagId, Any] = {}
+    where: dict[_FlagId, tuple[str, Location]] = {}
+    owners: dict[Location, _FlagId] = {}
+    identities: dict[_FlagId, str] = {}
+    sets: dict[str, dict[str, Any]] = {}
+    set_sources: dict[str, dict[str, str]] = {}
+    for (key, definition, at), set_id in zip(parts.flags, read.set_ids, strict=True):
+        flag_id = (set_id, key)
+        if flag_id in flags:
+            return None
+        flags[flag_id] = definition
+        where[flag_id] = (read.name, at)
+        owners[at[:2]] = flag_id
+        if read.identities is not None:
+            identities[flag_id] = read.identities[key]
+        if isinstance(definition, dict):
+            sets.setdefault(set_id, {})[key] = definition
+            set_sources.setdefault(set_id, {})[key] = read.name
+    return Contribution(flags, where, owners, identities, sets, set_sources)
 
 
 def read_file(name: str, content: bytes) -> FileRead:
@@ -255,6 +316,11 @@ class _Merge:
         self.identities: dict[_FlagId, str] = {}
         #: validate_flag, or a cache of it (see incremental.FlagChecks)
         self.check_flag: FlagCheck | None = None
+        #: A cache of a whole read's flag checks (see incremental.FlagChecks.check_file)
+        self.check_file: FileCheck | None = None
+        #: Each read with parts, in order: its Contribution when merged whole, else the ids
+        #: of the flags it added one by one.
+        self.merged: list[tuple[FileRead, Contribution | None, list[_FlagId]]] = []
 
     def _line(self, file: str, location: Location) -> str:
         found = self.positions.get(file, {}).get(location)
@@ -274,6 +340,26 @@ class _Merge:
         found: list[ValidationIssue] = []
         if parts.metadata:
             self.file_metadata[name] = parts.metadata
+        whole = read.contribution
+        if whole is not None and self.flags.keys().isdisjoint(whole.flags):
+            # The common case: none of its flags is defined elsewhere, so it merges with dict
+            # updates (at 10,000 flags, flag by flag was 10 ms of every reload).
+            self.flags.update(whole.flags)
+            self.flag_where.update(whole.where)
+            self.owners[name] = whole.owners  # the read's own: read only
+            self.identities.update(whole.identities)
+            self.merged.append((read, whole, []))
+        else:
+            self._add_flags(read, parts, found)
+        self._add_evaluators(name, parts, found)
+        self.issues.extend(read.document_issues)
+        self.issues.extend(locate(found, file=name, positions=read.positions))
+
+    def _add_flags(
+        self, read: FileRead, parts: DocumentParts, found: list[ValidationIssue]
+    ) -> None:
+        name = read.name
+        added: list[_FlagId] = []
         owners = self.owners.setdefault(name, {})
         for (key, definition, where), set_id in zip(parts.flags, read.set_ids, strict=True):
             flag_id = (set_id, key)
@@ -311,6 +397,12 @@ class _Merge:
             self.flag_where[flag_id] = (name, where)
             if read.identities is not None:
                 self.identities[flag_id] = read.identities[key]
+            added.append(flag_id)
+        self.merged.append((read, None, added))
+
+    def _add_evaluators(
+        self, name: str, parts: DocumentParts, found: list[ValidationIssue]
+    ) -> None:
         for evaluator, rule in parts.evaluators.items():
             if evaluator in self.evaluators:
                 if self.evaluators[evaluator] != rule:
@@ -325,18 +417,33 @@ class _Merge:
                 continue
             self.evaluators[evaluator] = rule
             self.evaluator_file[evaluator] = name
-        self.issues.extend(read.document_issues)
-        self.issues.extend(locate(found, file=name, positions=read.positions))
 
-    def finish(self, files: tuple[str, ...]) -> ValidationResult:
+    def _flag_issues(self, flag_ids: Iterable[_FlagId]) -> list[ValidationIssue]:
         check = self.check_flag or _check_flag
-        for flag_id, definition in self.flags.items():
+        issues: list[ValidationIssue] = []
+        for flag_id in flag_ids:
             file, where = self.flag_where[flag_id]
             found = check(
-                flag_id[1], definition, self.evaluators, where, self.identities.get(flag_id)
+                flag_id[1],
+                self.flags[flag_id],
+                self.evaluators,
+                where,
+                self.identities.get(flag_id),
             )
             if found:
-                self.issues.extend(locate(found, file=file, positions=self.positions.get(file)))
+                issues.extend(locate(found, file=file, positions=self.positions.get(file)))
+        return issues
+
+    def finish(self, files: tuple[str, ...]) -> ValidationResult:
+        # File by file, in merge order: the order the flags were merged in.
+        for read, whole, added in self.merged:
+            if whole is None:
+                self.issues.extend(self._flag_issues(added))
+            elif self.check_file is None:
+                self.issues.extend(self._flag_issues(whole.flags))
+            else:
+                compute = functools.partial(self._flag_issues, whole.flags)
+                self.issues.extend(self.check_file(read, self.evaluators, compute))
         for issue in validate_evaluators(self.evaluators):
             file = (
                 self.evaluator_file.get(str(issue.location[1]), "")
@@ -356,19 +463,25 @@ class _Merge:
         refused = self._refusals(ordered)
         refused_files = {item.file for item in refused if item.key is None}
         refused_flags = {(item.file, item.location) for item in refused if item.key}
+        with_refused_flags = {file for file, _ in refused_flags}
         sets: dict[str, dict[str, dict[str, Any]]] = {}
         set_sources: dict[str, dict[str, str]] = {}
-        for flag_id, definition in self.flags.items():
-            file = self.flag_where[flag_id][0]
-            where = self.flag_where[flag_id][1][:2]
-            if (
-                file in refused_files
-                or (file, where) in refused_flags
-                or not isinstance(definition, dict)
-            ):
+        # Definitions are shared, never mutated.
+        for read, whole, added in self.merged:
+            if read.name in refused_files:
                 continue
-            sets.setdefault(flag_id[0], {})[flag_id[1]] = definition  # shared, never mutated
-            set_sources.setdefault(flag_id[0], {})[flag_id[1]] = file
+            if whole is not None and read.name not in with_refused_flags:
+                for set_id, members in whole.sets.items():
+                    sets.setdefault(set_id, {}).update(members)
+                    set_sources.setdefault(set_id, {}).update(whole.set_sources[set_id])
+                continue
+            for flag_id in whole.flags if whole is not None else added:
+                definition = self.flags[flag_id]
+                file, where = self.flag_where[flag_id]
+                if (file, where[:2]) in refused_flags or not isinstance(definition, dict):
+                    continue
+                sets.setdefault(flag_id[0], {})[flag_id[1]] = definition
+                set_sources.setdefault(flag_id[0], {})[flag_id[1]] = file
         flags, sources = default_view(sets, set_sources)
         return ValidationResult(
             flags=dict(flags),  # type: ignore[arg-type]  # shared definitions, never mutated

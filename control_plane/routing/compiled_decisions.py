@@ -125,7 +125,8 @@ class CompiledDecider:
         with self._update_lock:
             previous = self._state.compiled if self._state is not None else None
             try:
-                compiled = CompiledFlagSet.from_document(flag_set.stamped_document, previous)
+                # The same compiled set the OpenFeature provider gets from this document.
+                compiled = CompiledFlagSet.shared(flag_set.stamped_document, previous)
             except InvalidFlagSet as exc:
                 # flagd-core refuses such a document too and keeps its flags: so do we.
                 log.warning(

@@ -104,7 +104,7 @@ class CompiledProvider(AbstractProvider):
         """Compile and swap in `document`; a refused one is logged and the current set stays."""
         previous = self.flag_set
         try:
-            flag_set = CompiledFlagSet.from_document(document, previous)
+            flag_set = CompiledFlagSet.shared(document, previous)
         except InvalidFlagSet as exc:
             log.warning("flag configuration refused, the previous one keeps serving: %s", exc)
             return
