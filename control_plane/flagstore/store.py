@@ -43,6 +43,7 @@ from typing import Any
 from control_plane.errors import FlagsNotLoaded, FlagValidationError
 from control_plane.flagstore.digest import ContentHasher
 from control_plane.flagstore.flagset import FlagSet, default_view
+from control_plane.flagstore.handover import prompt_handover
 from control_plane.flagstore.history import InMemoryRecorder, RecordRequest, VersionRecorder
 from control_plane.flagstore.incremental import ReloadCache
 from control_plane.flagstore.issues import ValidationIssue
@@ -397,6 +398,14 @@ class FlagStore:
         source: str = "file",
         actor: str = "file-watcher",
         message: str = "",
+    ) -> FlagSet:
+        with prompt_handover():  # decisions on the event loop wait 0.5 ms, not 5, behind it
+            return self._apply_files(
+                files, trigger=trigger, source=source, actor=actor, message=message
+            )
+
+    def _apply_files(
+        self, files: FlagFiles, *, trigger: str, source: str, actor: str, message: str
     ) -> FlagSet:
         started = time.perf_counter()
         at = time.time()
