@@ -17,6 +17,9 @@ OUTCOME_EVENTS = "outcome_events"
 CALL_SAMPLES = "call_samples"
 TABLES = (EXPOSURES, OUTCOME_EVENTS, CALL_SAMPLES)
 
+#: json.dumps with separators builds a new encoder per call: half the cost of a journal line.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
 
 @dataclass(frozen=True, slots=True)
 class Record:
@@ -24,7 +27,7 @@ class Record:
     row: dict[str, Any]
 
     def to_line(self) -> str:
-        return json.dumps({"table": self.table, "row": self.row}, separators=(",", ":"))
+        return _encode({"table": self.table, "row": self.row})
 
     @classmethod
     def from_line(cls, line: str) -> Record:
