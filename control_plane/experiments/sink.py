@@ -22,7 +22,6 @@ times less. Other databases use SQLAlchemy's generic insert.
 
 from __future__ import annotations
 
-import functools
 import operator
 import threading
 from collections import defaultdict
@@ -37,7 +36,6 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from control_plane.db.engine import Database, interrupt
 from control_plane.db.experiment_models import CallSample, Exposure, OutcomeEvent
-from control_plane.db.models import UtcDateTime
 from control_plane.experiments.records import Record
 
 __all__ = ["ROWS_PER_STATEMENT", "DatabaseSink"]
@@ -83,25 +81,21 @@ class _TableInsert:
 
 class _Values:
     """One record row (a dict, times as epoch seconds) -> its column values in table order,
-    ready for the driver: the columns' own bind processors run, and only on the columns that
-    have one (a float on SQLite), and `at` becomes a UTC datetime."""
+    ready for the driver: `at` becomes the time the driver takes, and the columns' own bind
+    processors run on the other columns that have one (a float on SQLite)."""
 
     def __init__(self, table: Table, dialect: Dialect | None) -> None:
         columns = list(table.columns)
         self._get = operator.itemgetter(*(column.name for column in columns))
         self._convert: list[tuple[int, Callable[[Any], Any]]] = []
         for index, column in enumerate(columns):
-            kind = column.type
-            if isinstance(kind, UtcDateTime):
-                # The datetime is made here, in UTC: what UtcDateTime adds (refusing naive
-                # times, converting to UTC) has nothing to do; its storage type's processor
-                # (SQLite's text format) runs straight on it.
-                kind = kind.impl_instance
-            process: Callable[[Any], Any] | None = (
-                kind.dialect_impl(dialect).bind_processor(dialect) if dialect is not None else None
-            )
+            process: Callable[[Any], Any] | None
             if column.name == "at":
-                process = _at(process)
+                process = _sqlite_time if dialect is not None and dialect.name == "sqlite" else _utc
+            elif dialect is not None:
+                process = column.type.dialect_impl(dialect).bind_processor(dialect)
+            else:
+                process = None
             if process is not None:
                 self._convert.append((index, process))
 
@@ -114,11 +108,14 @@ class _Values:
         return values
 
 
-def _at(process: Callable[[Any], Any] | None) -> Callable[[float], Any]:
-    """Epoch seconds -> the UTC datetime, then the column's bind processor if it has one."""
-    if process is None:
-        return functools.partial(datetime.fromtimestamp, tz=UTC)
-    return lambda seconds: process(datetime.fromtimestamp(seconds, UTC))
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _sqlite_time(seconds: float) -> str:
+    """Epoch seconds as SQLAlchemy's SQLite DATETIME stores them ("2026-12-02 05:06:07.123456",
+    UTC), at 2/3 of the cost of its bind processor on a datetime."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(" ", "microseconds")[:26]
 
 
 class DatabaseSink:
@@ -188,9 +185,8 @@ class DatabaseSink:
             _copy_insert(connection, self._tables[table], rows, self._copy_values[table])
             return
         if self._inserts is None:
-            at = functools.partial(datetime.fromtimestamp, tz=UTC)
             connection.execute(
-                insert(self._tables[table]), [{**row, "at": at(row["at"])} for row in rows]
+                insert(self._tables[table]), [{**row, "at": _utc(row["at"])} for row in rows]
             )
             return
         plan = self._inserts[table]
