@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -72,6 +73,43 @@ def test_records_reach_the_database_and_metrics_show_on_the_parent(tmp_path: Pat
     )
     assert registry.get_sample_value("control_plane_experiment_database_up") == 1
     assert writer.database_up
+    database.dispose()
+
+
+def test_each_flush_among_records_answers_once_those_offered_before_it_are_stored(
+    tmp_path: Path,
+) -> None:
+    """Flush requests queued between records (the feeder takes records in bulk only while no
+    flush is queued) each return True with every record offered before them in the database,
+    while another thread keeps offering."""
+    url, database = _database(tmp_path)
+    writer = ProcessWriter(
+        WriterConfig(url, DatabaseTimeouts(), tmp_path / "journal", OPTIONS), key=lambda: KEY
+    )
+    writer.start()
+    offered = threading.Event()
+
+    def offer_more() -> None:
+        for index in range(1000, 3000):
+            writer.offer(_exposure(index))
+        offered.set()
+
+    try:
+        background = threading.Thread(target=offer_more)
+        background.start()
+        for chunk in range(5):
+            for index in range(chunk * 100, (chunk + 1) * 100):
+                assert writer.offer(_exposure(index))
+            assert writer.flush(timeout=30)
+            with database.session() as session:
+                ids = set(session.scalars(select(Exposure.decision_id)))
+            assert {f"d{index:08d}" for index in range((chunk + 1) * 100)} <= ids
+        background.join()
+        assert offered.is_set()
+        assert writer.flush(timeout=30)
+    finally:
+        writer.stop()
+    assert _stored(database) == 2500
     database.dispose()
 
 
