@@ -9,6 +9,7 @@ import signal
 import textwrap
 import threading
 import time
+from http import HTTPStatus
 from pathlib import Path
 
 from experiments_support import process_gone, run_until_killed, wait_for
@@ -110,6 +111,30 @@ def test_each_flush_among_records_answers_once_those_offered_before_it_are_store
     finally:
         writer.stop()
     assert _stored(database) == 2500
+    database.dispose()
+
+
+def test_records_marshal_cannot_hold_still_arrive(tmp_path: Path) -> None:
+    """Batches go marshalled; one holding a value marshal refuses (an int or str subclass, as
+    an IntEnum would be) goes pickled instead and is stored all the same."""
+    url, database = _database(tmp_path)
+    writer = ProcessWriter(
+        WriterConfig(url, DatabaseTimeouts(), tmp_path / "journal", OPTIONS), key=lambda: KEY
+    )
+    writer.start()
+    try:
+        assert writer.offer(_exposure(0))
+        version = HTTPStatus.OK  # any importable int subclass
+        assert writer.offer(
+            (EXPOSURES, ("d00000001", "exp", "a", "user-1", version, "STATIC"), time.time())
+        )
+        assert writer.flush(timeout=30)
+    finally:
+        writer.stop()
+    with database.session() as session:
+        rows = session.execute(select(Exposure.decision_id, Exposure.flag_set_version)).all()
+    versions = {row[0]: row[1] for row in rows}
+    assert versions == {"d00000000": 1, "d00000001": 200}
     database.dispose()
 
 
