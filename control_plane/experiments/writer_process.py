@@ -6,8 +6,8 @@
 
 In a thread of the serving process the writer cost ~30-40 us of server CPU per decision under
 load and multiplied p99 by ~10 (DESIGN.md); here the request path only appends a tuple to a
-deque (`offer`, ~0.4 us), and the serving process's share is the feeder sending what queued
-as one marshalled batch every `feed_interval` (~0.3 us per record; bench/exposures.py).
+deque (`offer`, 0.4-0.6 us), and the serving process's share is the feeder sending what queued
+as one marshalled batch every `feed_interval` (0.3-0.6 us per record; bench/exposures.py).
 The writer process runs the same BatchWriter with the same durability rules: records are in the
 journal before the database is tried, and it replays what earlier processes left there.
 
