@@ -1,19 +1,26 @@
 """Exposure logging: records/s the writer stores, and decisions/s with logging on against off.
 
     python bench/exposures.py [--records 200000] [--seconds 10] [--connections 32]
-                              [--rounds 2] [--database-url postgresql+psycopg://...]
+                              [--rounds 2] [--writer-rate 20000]
+                              [--database-url postgresql+psycopg://...]
 
 1. Writer throughput, in process: `--records` decisions on an experiment flag go through the
    real path (decider listener -> queue -> journal thread: HMAC of the targeting key, append +
    fsync to the journal -> database thread: batching, idempotent inserts, segment deleted)
    until all are stored; baseline: the same rows, already prepared, inserted in the same
    batches by the same sink with no queue, journal or thread. Ratio = writer / baseline.
-2. Decisions/s of GET /v1/decide/ab-test-router (an experiment flag) under wrk (closed loop,
+2. CPU per exposure by process: `--records` decisions offered at `--writer-rate` per second
+   through the recorder and the writer process (control_plane.experiments.writer_process),
+   as the server has them, until all are stored. On the serving side: the listener's thread
+   time (the offer on the request path), the feeder thread's and the whole process's CPU; on
+   the other side, the writer process's CPU (/proc), all per exposure.
+3. Decisions/s of GET /v1/decide/ab-test-router (an experiment flag) under wrk (closed loop,
    distinct x-user-id per request, as bench/decide.py), on two uvicorn servers with the same
    settings and database kind: exposure logging off, then on, alternating `--rounds` times,
    best and median of each. Ratio = on / off (issue 12 target: >= 0.9). Server CPU per
    request, from utime + stime in /proc/<pid>/stat over the measured run of the server process
-   and its children (the exposure writer process: journal and database), for both; for the
+   and its children (the exposure writer process: journal and database), for both, and split
+   into the serving process's own and its children's; for the
    on server also including the time it then took to drain its backlog. From the on
    server's /metrics: exposures written per second while decisions ran flat out, the backlog
    left at the end, how long it took to drain, and the totals journaled, written and dropped.
@@ -164,7 +171,66 @@ def writer_throughput(database_url: str, records: int, batch_size: int) -> dict[
     }
 
 
-# -- 2. decisions/s with logging on and off --------------------------------------------------
+# -- 2. CPU per exposure, by process ---------------------------------------------------------
+
+
+def _process_cpu(pid: int, thread: int | None = None) -> float:
+    """utime + stime of one process (or one of its threads), children not included."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def writer_process_cpu(database_url: str, records: int, rate: int) -> dict[str, Any]:
+    """CPU per exposure on each side of the writer process, with decisions offered at `rate`
+    per second through the real recorder and ProcessWriter (as the server has them)."""
+    from control_plane.db.engine import DatabaseTimeouts
+    from control_plane.experiments.recorder import ExperimentRecorder
+    from control_plane.experiments.writer_process import ProcessWriter, WriterConfig
+
+    decisions = _decisions(records)
+    with tempfile.TemporaryDirectory() as journal:
+        writer = ProcessWriter(
+            WriterConfig(database_url, DatabaseTimeouts(), Path(journal)),
+            key=lambda: b"bench-key-0123456789abcdef",
+            queue_size=records + 1,
+        )
+        recorder = ExperimentRecorder(None)
+        recorder.attach(writer)
+        writer.start()
+        writer.flush(timeout=60)  # the writer process is up
+        child = writer._process.pid  # type: ignore[union-attr]
+        feeder = writer._feeder.native_id  # type: ignore[union-attr]
+        me = os.getpid()
+        serving, feeding = time.process_time(), _process_cpu(me, feeder)
+        writing = _process_cpu(child)
+        offering = 0.0
+        chunk = max(1, rate // 100)
+        started = time.perf_counter()
+        for start in range(0, records, chunk):
+            before = time.thread_time()
+            for decision in decisions[start : start + chunk]:
+                recorder.on_decision(decision, 0.0)
+            offering += time.thread_time() - before
+            time.sleep(max(0.0, started + (start + chunk) / rate - time.perf_counter()))
+        flushed = writer.flush(timeout=600)
+        serving = time.process_time() - serving
+        feeding = _process_cpu(me, feeder) - feeding
+        writing = _process_cpu(child) - writing
+        writer.stop()
+    return {
+        "records": records,
+        "offered_per_s": rate,
+        "flushed": flushed,
+        "written": writer.counts.written,
+        "serving_listener_us": round(offering / records * 1e6, 2),
+        "serving_feeder_thread_us": round(feeding / records * 1e6, 2),
+        "serving_process_us": round(serving / records * 1e6, 2),
+        "writer_process_us": round(writing / records * 1e6, 2),
+    }
+
+
+# -- 3. decisions/s with logging on and off --------------------------------------------------
 
 
 def _metric(text: str, result: str) -> float:
@@ -239,11 +305,16 @@ def decide_on_off(args: argparse.Namespace, database_url: str | None) -> dict[st
                     target = f"{base}/v1/decide/{FLAG}"
                     run_wrk(target, 2, args.connections, script)  # warm-up
                     before = _counters(base) if logging else {}
-                    cpu_before = _cpu_seconds(pid)
+                    cpu_before, own_before = _cpu_seconds(pid), _process_cpu(pid)
                     result: dict[str, Any] = run_wrk(target, args.seconds, args.connections, script)
                     cpu = _cpu_seconds(pid) - cpu_before
+                    own = _process_cpu(pid) - own_before
                     requests = result["requests"]
                     result["server_cpu_us_per_request"] = round(cpu / requests * 1e6, 1)
+                    result["serving_process_cpu_us_per_request"] = round(own / requests * 1e6, 1)
+                    result["writer_process_cpu_us_per_request"] = round(
+                        (cpu - own) / requests * 1e6, 1
+                    )
                     if logging:
                         # What the writer stored while decisions ran flat out, and the
                         # backlog it then had to catch up on (all exposures, none dropped).
@@ -295,6 +366,12 @@ def main() -> None:
         default=2000,
         help="records per insert transaction (the CP_EXPOSURE_BATCH_SIZE default)",
     )
+    parser.add_argument(
+        "--writer-rate",
+        type=int,
+        default=20_000,
+        help="decisions/s offered to the writer process when measuring its CPU by process",
+    )
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
@@ -321,6 +398,13 @@ def main() -> None:
             },
             "writer": writer_throughput(url, args.records, args.batch_size),
         }
+    with tempfile.TemporaryDirectory() as tmp, _scratch(args.database_url, Path(tmp)) as url:
+        from control_plane.db import Database
+
+        database = Database.from_url(url)
+        database.migrate()
+        database.dispose()
+        report["writer_process_cpu"] = writer_process_cpu(url, args.records, args.writer_rate)
     if not args.skip_wrk:
         report["decide"] = decide_on_off(args, args.database_url)
     print(json.dumps(report, indent=2))

@@ -434,3 +434,65 @@ def test_the_lock_of_an_owner_that_died_with_nothing_journaled_is_removed(tmp_pa
     assert locks == sorted([f"owner-{alive.owner}.lock", f"owner-{successor.owner}.lock"])
     alive.close()
     successor.close()
+
+
+def test_the_sink_stores_every_table_as_the_orm_reads_it(database_url: str) -> None:
+    """Rows written by the sink (values taken in column order, epoch seconds made UTC times
+    for the driver) read back through the ORM unchanged: times to the microsecond, floats,
+    None; a batch written twice is stored once."""
+    from datetime import UTC, datetime
+
+    from control_plane.db.experiment_models import CallSample, OutcomeEvent
+
+    database = Database.from_url(database_url)
+    database.migrate()
+    at = 1764650000.654321
+    exposure = {
+        "decision_id": "d1",
+        "flag": "exp",
+        "variant": "a",
+        "unit": None,
+        "flag_set_version": 2,
+        "reason": "STATIC",
+        "at": at,
+    }
+    event = {
+        "id": "e1",
+        "decision_id": "d1",
+        "flag": None,
+        "unit": None,
+        "metric": "revenue",
+        "kind": "value",
+        "value": 12.25,
+        "at": at + 1,
+    }
+    sample = {
+        "decision_id": "d1",
+        "variant": "a",
+        "flag": "exp",
+        "backend": "model-a",
+        "status": None,
+        "seconds": 0.0125,
+        "error": "timeout",
+        "at": 0.000001,
+    }
+    records = [
+        Record(EXPOSURES, exposure),
+        Record("outcome_events", event),
+        Record("call_samples", sample),
+    ]
+    sink = DatabaseSink(database)
+    try:
+        sink.write(records)
+        sink.write(records)
+    finally:
+        sink.close()
+    with database.session() as session:
+        stored = [
+            session.scalars(select(model)).one() for model in (Exposure, OutcomeEvent, CallSample)
+        ]
+    for row, model in zip((exposure, event, sample), stored, strict=True):
+        for name, value in row.items():
+            expected = datetime.fromtimestamp(value, UTC) if name == "at" else value
+            assert getattr(model, name) == expected, name
+    database.dispose()

@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
+import threading
 import time
+from http import HTTPStatus
 from pathlib import Path
 
 from experiments_support import process_gone, run_until_killed, wait_for
@@ -72,6 +74,67 @@ def test_records_reach_the_database_and_metrics_show_on_the_parent(tmp_path: Pat
     )
     assert registry.get_sample_value("control_plane_experiment_database_up") == 1
     assert writer.database_up
+    database.dispose()
+
+
+def test_each_flush_among_records_answers_once_those_offered_before_it_are_stored(
+    tmp_path: Path,
+) -> None:
+    """Flush requests queued between records (the feeder takes records in bulk only while no
+    flush is queued) each return True with every record offered before them in the database,
+    while another thread keeps offering."""
+    url, database = _database(tmp_path)
+    writer = ProcessWriter(
+        WriterConfig(url, DatabaseTimeouts(), tmp_path / "journal", OPTIONS), key=lambda: KEY
+    )
+    writer.start()
+    offered = threading.Event()
+
+    def offer_more() -> None:
+        for index in range(1000, 3000):
+            writer.offer(_exposure(index))
+        offered.set()
+
+    try:
+        background = threading.Thread(target=offer_more)
+        background.start()
+        for chunk in range(5):
+            for index in range(chunk * 100, (chunk + 1) * 100):
+                assert writer.offer(_exposure(index))
+            assert writer.flush(timeout=30)
+            with database.session() as session:
+                ids = set(session.scalars(select(Exposure.decision_id)))
+            assert {f"d{index:08d}" for index in range((chunk + 1) * 100)} <= ids
+        background.join()
+        assert offered.is_set()
+        assert writer.flush(timeout=30)
+    finally:
+        writer.stop()
+    assert _stored(database) == 2500
+    database.dispose()
+
+
+def test_records_marshal_cannot_hold_still_arrive(tmp_path: Path) -> None:
+    """Batches go marshalled; one holding a value marshal refuses (an int or str subclass, as
+    an IntEnum would be) goes pickled instead and is stored all the same."""
+    url, database = _database(tmp_path)
+    writer = ProcessWriter(
+        WriterConfig(url, DatabaseTimeouts(), tmp_path / "journal", OPTIONS), key=lambda: KEY
+    )
+    writer.start()
+    try:
+        assert writer.offer(_exposure(0))
+        version = HTTPStatus.OK  # any importable int subclass
+        assert writer.offer(
+            (EXPOSURES, ("d00000001", "exp", "a", "user-1", version, "STATIC"), time.time())
+        )
+        assert writer.flush(timeout=30)
+    finally:
+        writer.stop()
+    with database.session() as session:
+        rows = session.execute(select(Exposure.decision_id, Exposure.flag_set_version)).all()
+    versions = {row[0]: row[1] for row in rows}
+    assert versions == {"d00000000": 1, "d00000001": 200}
     database.dispose()
 
 

@@ -11,7 +11,9 @@ a connection that `interrupt()` (called by the writer's watchdog from another th
 abort, and a connection that failed for anything but its data is discarded.
 
 Rows go in as multi-row `INSERT ... VALUES (...), (...)` statements of `ROWS_PER_STATEMENT`
-rows, with values converted by the columns' own SQLAlchemy bind processors. Why not
+rows, with values taken from the row dicts in column order and converted by the columns' own
+SQLAlchemy bind processors, on the columns that have one only (`at`, epoch seconds in the
+record, becomes a UTC datetime; row dicts are never copied). Why not
 `executemany`: the sqlite3 driver releases the GIL for every row, and while the event loop
 thread is busy each re-acquisition waits for its switch interval (5 ms), so under load the
 writer stored only ~600 rows/s (bench/exposures.py); one statement per 100 rows waits 100
@@ -20,6 +22,7 @@ times less. Other databases use SQLAlchemy's generic insert.
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -50,9 +53,7 @@ class _TableInsert:
     def __init__(self, table: Table, dialect: Dialect) -> None:
         preparer = dialect.identifier_preparer
         self.columns = [column.name for column in table.columns]
-        self.processors: list[Callable[[Any], Any] | None] = [
-            column.type.dialect_impl(dialect).bind_processor(dialect) for column in table.columns
-        ]
+        self.values = _Values(table, dialect)
         marker = "?" if dialect.paramstyle == "qmark" else "%s"
         # Only quoted names of our own tables and bound-parameter markers: no data in the SQL.
         self._head = (
@@ -71,15 +72,50 @@ class _TableInsert:
         return sql
 
     def parameters(self, rows: Sequence[dict[str, Any]]) -> tuple[Any, ...]:
+        """The rows' values, flat in statement order."""
         values: list[Any] = []
-        pairs = list(zip(self.columns, self.processors, strict=True))
         for row in rows:
-            for name, process in pairs:
-                value = row[name]
-                values.append(
-                    process(value) if process is not None and value is not None else value
-                )
+            values += self.values(row)
         return tuple(values)
+
+
+class _Values:
+    """One record row (a dict, times as epoch seconds) -> its column values in table order,
+    ready for the driver: `at` becomes the time the driver takes, and the columns' own bind
+    processors run on the other columns that have one (a float on SQLite)."""
+
+    def __init__(self, table: Table, dialect: Dialect | None) -> None:
+        columns = list(table.columns)
+        self._get = operator.itemgetter(*(column.name for column in columns))
+        self._convert: list[tuple[int, Callable[[Any], Any]]] = []
+        for index, column in enumerate(columns):
+            process: Callable[[Any], Any] | None
+            if column.name == "at":
+                process = _sqlite_time if dialect is not None and dialect.name == "sqlite" else _utc
+            elif dialect is not None:
+                process = column.type.dialect_impl(dialect).bind_processor(dialect)
+            else:
+                process = None
+            if process is not None:
+                self._convert.append((index, process))
+
+    def __call__(self, row: dict[str, Any]) -> list[Any]:
+        values = list(self._get(row))
+        for index, process in self._convert:
+            value = values[index]
+            if value is not None:
+                values[index] = process(value)
+        return values
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _sqlite_time(seconds: float) -> str:
+    """Epoch seconds as SQLAlchemy's SQLite DATETIME stores them ("2026-12-02 05:06:07.123456",
+    UTC), at 2/3 of the cost of its bind processor on a datetime."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(" ", "microseconds")[:26]
 
 
 class DatabaseSink:
@@ -101,14 +137,14 @@ class DatabaseSink:
             self._inserts = {
                 name: _TableInsert(table, dialect) for name, table in self._tables.items()
             }
+        #: COPY rows: psycopg adapts Python values itself, so only `at` is converted.
+        self._copy_values = {name: _Values(table, None) for name, table in self._tables.items()}
 
     def write(self, records: Sequence[Record]) -> None:
         """Store every record in one transaction (rows already stored are skipped)."""
         by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for record in records:
-            row = dict(record.row)
-            row["at"] = datetime.fromtimestamp(row["at"], UTC)
-            by_table[record.table].append(row)
+            by_table[record.table].append(record.row)
         with self._connection() as connection, connection.begin():
             for table, rows in by_table.items():
                 self._insert(connection, table, rows)
@@ -146,10 +182,12 @@ class DatabaseSink:
 
     def _insert(self, connection: Connection, table: str, rows: list[dict[str, Any]]) -> None:
         if self._copy:
-            _copy_insert(connection, self._tables[table], rows)
+            _copy_insert(connection, self._tables[table], rows, self._copy_values[table])
             return
         if self._inserts is None:
-            connection.execute(insert(self._tables[table]), rows)
+            connection.execute(
+                insert(self._tables[table]), [{**row, "at": _utc(row["at"])} for row in rows]
+            )
             return
         plan = self._inserts[table]
         for start in range(0, len(rows), ROWS_PER_STATEMENT):
@@ -157,7 +195,12 @@ class DatabaseSink:
             connection.exec_driver_sql(plan.statement(len(chunk)), plan.parameters(chunk))
 
 
-def _copy_insert(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+def _copy_insert(
+    connection: Connection,
+    table: Table,
+    rows: list[dict[str, Any]],
+    values: Callable[[dict[str, Any]], list[Any]],
+) -> None:
     """Rows into `table` through COPY: psycopg formats COPY rows in C, where a multi-row
     INSERT adapts every bound value in Python (about 30 us of this process's CPU per exposure,
     taken from the event loop's GIL; bench/exposures.py). The staging table lives as long as
@@ -182,7 +225,7 @@ def _copy_insert(connection: Connection, table: Table, rows: list[dict[str, Any]
         )
         with cursor.copy(f"COPY {staging} ({column_list}) FROM STDIN") as copy:
             for row in rows:
-                copy.write_row([row[column] for column in columns])
+                copy.write_row(values(row))
         cursor.execute(insert_sql)
     # The raw cursor bypasses SQLAlchemy's error translation; the writer tells a refusal of
     # the data from an outage by SQLAlchemy's classes.

@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -102,6 +103,7 @@ class _Ping:
 
 
 _PING = _Ping()
+_table_of = operator.attrgetter("table")
 
 
 class BatchWriter:
@@ -562,7 +564,7 @@ class BatchWriter:
 
     def _count(self, batch: Sequence[Record], result: str) -> None:
         setattr(self.counts, result, getattr(self.counts, result) + len(batch))
-        per_table = collections.Counter(record.table for record in batch)
+        per_table = collections.Counter(map(_table_of, batch))
         for table, count in per_table.items():
             self.per_table[table, result] += count
             if self._metrics is not None:
