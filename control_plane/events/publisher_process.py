@@ -1,13 +1,13 @@
 """The JetStream publisher in a process of its own, so publishing never takes the serving
 process's CPU or GIL.
 
-    request path --offer()--> deque --feeder thread, every feed_interval--> pipe (pickled
+    request path --offer()--> deque --feeder thread, every feed_interval--> pipe (marshalled
         batches) --> publisher process: EventPublisher (NATS, journal while it is away;
         control_plane.events.publisher) --status every status_interval--> parent (metrics)
 
 In the serving process's own thread the publisher cost about 35 us of that process's CPU per
 decision (bench/events.py); here the request path appends a tuple to a deque and the feeder
-pickles a batch now and then. The plumbing is the experiment writer's
+marshals a batch now and then. The plumbing is the experiment writer's
 (control_plane.experiments.writer_process.ProcessWriter) with the same crash rules:
 
 - The serving process is killed (`kill -9`): the publisher process reads the pipe to its end,
