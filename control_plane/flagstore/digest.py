@@ -23,7 +23,6 @@ __all__ = ["ContentHasher", "MemberTexts", "canonical_json"]
 
 #: The canonical JSON text of a value: sorted keys, no spaces, UTF-8 as is.
 canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
-_CANONICAL = canonical_json
 _UNSET = object()  # no definition is this object: its member is written
 
 
@@ -60,7 +59,7 @@ class MemberTexts:
         changed = list(compress(range(len(values)), map(is_not, values, self.values)))
         for index in changed:
             key = self.order[index]
-            self.parts[index] = f"{_CANONICAL(key)}:{_CANONICAL(values[index])}"
+            self.parts[index] = f"{canonical_json(key)}:{canonical_json(values[index])}"
         self.encoded += len(changed)
         self.values = values
         return "{" + ",".join(self.parts) + "}"
@@ -88,10 +87,10 @@ class ContentHasher:
     ) -> str:
         # The text json.dumps(canonical, sort_keys=True, ...) writes in flagset.content_hash:
         # top-level members in sorted order ($evaluators, fileMetadata, flags, sets).
-        parts = ['{"$evaluators":', _CANONICAL(dict(evaluators or {}))]
+        parts = ['{"$evaluators":', canonical_json(dict(evaluators or {}))]
         shown = {name: dict(meta) for name, meta in (file_metadata or {}).items() if meta}
         if file_metadata:
-            parts += [',"fileMetadata":', _CANONICAL(shown)]
+            parts += [',"fileMetadata":', canonical_json(shown)]
         parts += [',"flags":', self._default.text(flags)]
         named = {
             set_id: members for set_id, members in (sets or {}).items() if set_id != DEFAULT_SET
@@ -100,7 +99,7 @@ class ContentHasher:
             for gone in self._sets.keys() - named.keys():
                 del self._sets[gone]
             texts = [
-                _CANONICAL(set_id)
+                canonical_json(set_id)
                 + ":"
                 + self._sets.setdefault(set_id, MemberTexts()).text(named[set_id])
                 for set_id in sorted(named)

@@ -17,12 +17,12 @@ by their bytes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from control_plane.flagstore._json_split import JsonSplit, resplit, split_json
+from control_plane.flagstore.digest import canonical_json
 from control_plane.flagstore.documents import is_yaml_name
 from control_plane.flagstore.issues import Location, ValidationIssue
 from control_plane.flagstore.loader import FlagFiles, LoadedFlags, with_read_problems
@@ -38,7 +38,6 @@ from control_plane.flagstore.validate import (
 
 __all__ = ["FlagChecks", "ReloadCache"]
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 _MISSING = "\0missing"
 
 
@@ -156,7 +155,7 @@ class FlagChecks:
             if name in evaluators:
                 found = self._evaluator_keys.get(name)
                 if found is None:
-                    found = self._evaluator_keys[name] = _CANONICAL(evaluators[name])
+                    found = self._evaluator_keys[name] = canonical_json(evaluators[name])
                 parts.append((name, found))
             else:
                 missing = True
