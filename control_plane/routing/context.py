@@ -69,7 +69,6 @@ class ContextMapper:
         tester_tokens: TesterTokens | None = None,
     ) -> None:
         self.rules = tuple(rules)
-        self.max_header_bytes = max_header_bytes
         self.tester_tokens = tester_tokens
         self._patterns = {
             rule.header: re.compile(rule.pattern) for rule in self.rules if rule.pattern
