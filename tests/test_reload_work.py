@@ -114,15 +114,21 @@ def test_a_version_document_is_stored_as_the_text_it_carries(tmp_path: Path) -> 
     assert json.loads(document.text) == document == flag_set_document(flag_set)
 
 
-def test_the_decider_and_the_provider_share_one_compiled_flag_set(flags_dir: Path) -> None:
-    """Both listeners are fed the store's one stamped document and compile it once; an edit of
-    one flag recompiles that flag and reports it alone as changed."""
+def _serving(flags_dir: Path) -> tuple[FlagStore, CompiledDecider, CompiledProvider]:
+    """A loaded store with the decide path and the OpenFeature provider listening, as served."""
     store = FlagStore(flags_dir)
     decider = CompiledDecider(store, ids=DecisionIds(), listeners=[])
     provider = CompiledProvider(store)
     store.subscribe(decider.update)
     provider.initialize(None)  # type: ignore[arg-type]  # the context is not read
     store.reload()
+    return store, decider, provider
+
+
+def test_the_decider_and_the_provider_share_one_compiled_flag_set(flags_dir: Path) -> None:
+    """Both listeners are fed the store's one stamped document and compile it once; an edit of
+    one flag recompiles that flag and reports it alone as changed."""
+    store, decider, provider = _serving(flags_dir)
     first = decider.flag_set
     assert first is provider.flag_set
 
@@ -141,12 +147,7 @@ def test_reloads_leave_no_cyclic_garbage_and_versions_do_not_keep_each_other(
 ) -> None:
     """What a reload replaces is freed by reference counting (so freezing the heap after a load
     leaks nothing), and a compiled version does not keep the one before it alive."""
-    store = FlagStore(flags_dir)
-    decider = CompiledDecider(store, ids=DecisionIds(), listeners=[])
-    provider = CompiledProvider(store)
-    store.subscribe(decider.update)
-    provider.initialize(None)  # type: ignore[arg-type]  # the context is not read
-    store.reload()
+    store, _decider, provider = _serving(flags_dir)
     oldest = weakref.ref(provider.flag_set)
     for edit in range(3):  # warm up: first-use caches
         _write(flags_dir, 2, {45: 10 + edit})
