@@ -12,7 +12,12 @@ from typing import Any
 
 import uvicorn
 
-__all__ = ["BackendApp", "ServerThread", "free_port"]
+from control_plane.http.app import ControlPlaneApp, create_app
+from control_plane.http.components import Components
+from control_plane.http.server import uvicorn_config
+from control_plane.settings import Settings
+
+__all__ = ["BackendApp", "ControlPlaneThread", "ServerThread", "free_port"]
 
 
 def free_port() -> int:
@@ -53,6 +58,42 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class ControlPlaneThread(ServerThread):
+    """The control plane's app on its own uvicorn configuration (control_plane.http.server),
+    in a thread: bounded heads, one write per response and, with `inline` (what `serve`
+    runs), lean decisions answered by the HTTP protocol itself. `wrap` puts an ASGI app
+    around the control plane's (to see what reaches ASGI)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        inline: bool = True,
+        wrap: Callable[[ControlPlaneApp], Any] | None = None,
+        decide_ports: frozenset[int] | None = None,
+        access_log: bool = False,
+    ) -> None:
+        self.app = create_app(settings)
+        self.port = free_port()
+        config = uvicorn_config(
+            wrap(self.app) if wrap else self.app,
+            host="127.0.0.1",
+            port=self.port,
+            fast_path=self.app.fast_path if inline else None,
+            decide_ports=decide_ports,
+            log_level="warning",
+            lifespan="on",
+            access_log=access_log,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def components(self) -> Components:
+        components: Components = self.app.state.components
+        return components
 
 
 class BackendApp:

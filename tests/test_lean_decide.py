@@ -1,27 +1,25 @@
 """The lean decide path (compiled evaluator, prebuilt answers) answers exactly as the
-OpenFeature path does, and the control plane's server writes each response in one write."""
+OpenFeature path does, whether the HTTP protocol answers it inline or the ASGI fast path
+does, and the control plane's server writes each response in one write."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
-import uvicorn
 from conftest import write_flags
 from openfeature.hook import Hook, HookContext, HookHints
-from servers import free_port
+from servers import ControlPlaneThread
 from uvicorn.server import ServerState
 
-from control_plane.http.app import create_app
-from control_plane.http.components import Components
 from control_plane.http.server import uvicorn_config
+from control_plane.routing.compiled_decisions import header_lines
 from control_plane.routing.tester_tokens import TesterTokens
 from control_plane.routing.wire import decision_headers
 from control_plane.settings import Settings
@@ -85,42 +83,6 @@ class CountingHook(Hook):
         self.calls += 1
 
 
-class Served:
-    """An app on the control plane's own uvicorn configuration, in a thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.app = create_app(settings)
-        self.port = free_port()
-        config = uvicorn_config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="on",
-            access_log=False,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def components(self) -> Components:
-        components: Components = self.app.state.components
-        return components
-
-    def __enter__(self) -> Served:
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 def _settings(flags_dir: Path, directory: Path) -> Settings:
     directory.mkdir()
     return Settings(
@@ -133,19 +95,28 @@ def _settings(flags_dir: Path, directory: Path) -> Settings:
     )
 
 
+class Trio(NamedTuple):
+    inline: ControlPlaneThread  # lean, answered by the HTTP protocol (what `serve` runs)
+    lean: ControlPlaneThread  # lean, answered by the ASGI fast path
+    sdk: ControlPlaneThread  # through the OpenFeature SDK (a hook is added)
+    hook: CountingHook
+
+
 @pytest.fixture
-def pair(flags_dir: Path, tmp_path: Path) -> Iterator[tuple[Served, Served, CountingHook]]:
-    """The same flags served twice: lean (SDK path disabled) and with an OpenFeature hook."""
+def trio(flags_dir: Path, tmp_path: Path) -> Iterator[Trio]:
+    """The same flags served three ways."""
     write_flags(flags_dir, "extra.flagd.json", EXTRA)
     hook = CountingHook()
     with (
-        Served(_settings(flags_dir, tmp_path / "lean")) as lean,
-        Served(_settings(flags_dir, tmp_path / "sdk")) as sdk,
+        ControlPlaneThread(_settings(flags_dir, tmp_path / "inline")) as inline,
+        ControlPlaneThread(_settings(flags_dir, tmp_path / "lean"), inline=False) as lean,
+        ControlPlaneThread(_settings(flags_dir, tmp_path / "sdk")) as sdk,
     ):
         sdk.components.openfeature_client.add_hooks([hook])
-        # The lean server must not reach the OpenFeature client at all: without one it fails.
-        lean.components.decider._client = None  # type: ignore[assignment]
-        yield lean, sdk, hook
+        # The lean servers must not reach the OpenFeature client at all: without one they fail.
+        for served in (inline, lean):
+            served.components.decider._client = None  # type: ignore[assignment]
+        yield Trio(inline, lean, sdk, hook)
 
 
 def _comparable(response: httpx.Response) -> tuple[int, list[tuple[str, str]], Any]:
@@ -161,34 +132,33 @@ def _comparable(response: httpx.Response) -> tuple[int, list[tuple[str, str]], A
     return response.status_code, headers, body
 
 
-def test_both_paths_answer_identically_over_http(pair: tuple[Served, Served, CountingHook]) -> None:
+def test_every_path_answers_identically_over_http(trio: Trio) -> None:
     """Every flag x header set (errors included) gets the same status, headers and body."""
-    lean, sdk, hook = pair
     with (
-        httpx.Client(base_url=f"http://127.0.0.1:{lean.port}") as a,
-        httpx.Client(base_url=f"http://127.0.0.1:{sdk.port}") as b,
+        httpx.Client(base_url=trio.inline.url) as a,
+        httpx.Client(base_url=trio.lean.url) as b,
+        httpx.Client(base_url=trio.sdk.url) as c,
     ):
         seen = set()
         for flag in FLAGS:
             for headers in HEADERS:
                 for method in ("GET", "HEAD"):
                     path = f"/v1/decide/{flag}"
-                    left = _comparable(a.request(method, path, headers=headers))
-                    right = _comparable(b.request(method, path, headers=headers))
-                    assert left == right, (flag, headers, method)
-                    seen.add(left[0])
-                    if left[0] == 200 and method == "GET":
-                        seen.add(left[2]["reason"])
+                    inline = _comparable(a.request(method, path, headers=headers))
+                    lean = _comparable(b.request(method, path, headers=headers))
+                    sdk = _comparable(c.request(method, path, headers=headers))
+                    assert inline == lean == sdk, (flag, headers, method)
+                    seen.add(inline[0])
+                    if inline[0] == 200 and method == "GET":
+                        seen.add(inline[2]["reason"])
     assert seen >= {200, 400, 404, 422, "TARGETING_MATCH", "STATIC", "DEFAULT", "DISABLED", "ERROR"}
-    assert hook.calls > 0
+    assert trio.hook.calls > 0
 
 
-def test_both_paths_make_the_same_decisions_for_the_golden_users(
-    pair: tuple[Served, Served, CountingHook],
-) -> None:
-    """For every golden user the compiled decider's Decision and response equal the SDK's."""
-    lean, sdk, _ = pair
-    compiled, decider = lean.components.compiled_decider, sdk.components.decider
+def test_both_paths_make_the_same_decisions_for_the_golden_users(trio: Trio) -> None:
+    """For every golden user the compiled decider's Decision and response (in both forms)
+    equal the SDK's."""
+    compiled, decider = trio.lean.components.compiled_decider, trio.sdk.components.decider
     for name, users in GOLDEN.items():
         flag, _, weight = name.partition("@weight=")
         attributes = {"canary-weight": int(weight)} if weight else {}
@@ -208,14 +178,20 @@ def test_both_paths_make_the_same_decisions_for_the_golden_users(
                 "content-length",
             ]
             assert int(answer.headers[-1][1]) == len(answer.body)
+            wire = compiled.decide_wire(flag, user, dict(attributes))
+            wire_id = wire.decision.decision_id.encode()
+            assert wire.body == answer.body.replace(body["decisionId"].encode(), wire_id)
+            assert wire.lines == header_lines(
+                [
+                    (name, wire_id if name == b"x-route-decision-id" else v)
+                    for name, v in answer.headers
+                ]
+            )
 
 
-def test_the_lean_path_follows_flag_edits(
-    pair: tuple[Served, Served, CountingHook], flags_dir: Path
-) -> None:
+def test_the_lean_path_follows_flag_edits(trio: Trio, flags_dir: Path) -> None:
     """After an edit, the lean path answers with the new version's variant and number."""
-    lean, _, _ = pair
-    url = f"http://127.0.0.1:{lean.port}/v1/decide/disabled-router"
+    url = f"{trio.inline.url}/v1/decide/disabled-router"
     before = httpx.get(url).json()
     assert (before["reason"], before["variant"]) == ("DISABLED", "b")
     write_flags(

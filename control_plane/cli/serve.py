@@ -89,6 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         limits=head_limits(settings),
+        fast_path=app.fast_path,
         log_level=args.log_level,
         access_log=args.access_log,
         log_config=log_config,

@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from control_plane.auth import Role
 from control_plane.console import canary_timeline, pages, traffic_api
@@ -47,7 +47,7 @@ from control_plane.settings import Settings
 __all__ = ["ControlPlaneApp", "create_app"]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> ControlPlaneApp:
     """The control plane's ASGI app for `settings` (environment and defaults when None)."""
     settings = settings or Settings()
     # A replica (CP_REPLICA_OF) routes from flags it syncs; it has no database and no admin API.
@@ -112,7 +112,7 @@ class ControlPlaneApp(FastAPI):
     telemetry and body-limit middleware on every gateway request; here it pays for nothing.
     """
 
-    fast_path: ASGIApp | None = None
+    fast_path: DecideFastPath | None = None
 
     def openapi(self) -> dict[str, Any]:
         """FastAPI's document, finished by `control_plane.http.schemas.complete_openapi`."""

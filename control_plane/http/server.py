@@ -11,6 +11,9 @@ It also answers in one write where it can: uvicorn writes a response's head and 
 `transport.write` calls (two syscalls, ~5 us of a ~24 us request). `_OneWriteCycle` holds the
 head of a response with a content length until its body comes and, when that body is the whole
 of it, writes both at once. Chunked and multi-part bodies (dispatch streams) stream as before.
+
+Given the app's decide fast path, the protocol also answers lean decisions itself, without an
+ASGI cycle (control_plane.http.inline_decide).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import uvicorn
 from uvicorn._types import ASGI3Application, ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from control_plane.http.fastpath import DecideFastPath
+from control_plane.http.inline_decide import InlineDecide
 from control_plane.http.problems import PROBLEM_JSON, problem_body
 from control_plane.settings import Settings
 
@@ -226,21 +231,41 @@ def head_limits(settings: Settings) -> HeadLimits:
     )
 
 
-def bounded_protocol(limits: HeadLimits) -> type[BoundedHttpToolsProtocol]:
-    """A protocol class with `limits` (uvicorn builds protocols from a class, not a factory)."""
-    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": limits})
+def bounded_protocol(
+    limits: HeadLimits,
+    fast_path: DecideFastPath | None = None,
+    decide_ports: frozenset[int] | None = None,
+) -> type[BoundedHttpToolsProtocol]:
+    """A protocol class with `limits` (uvicorn builds protocols from a class, not a factory);
+    with `fast_path`, one that answers lean decisions itself (on `decide_ports` only, if
+    given)."""
+    if fast_path is None:
+        return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": limits})
+    return type(
+        "InlineDecideProtocol",
+        (InlineDecide, BoundedHttpToolsProtocol),
+        {"limits": limits, "fast_path": fast_path, "decide_ports": decide_ports},
+    )
 
 
 def uvicorn_config(
-    app: Any, *, host: str, port: int, limits: HeadLimits | None = None, **options: Any
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    limits: HeadLimits | None = None,
+    fast_path: DecideFastPath | None = None,
+    decide_ports: frozenset[int] | None = None,
+    **options: Any,
 ) -> uvicorn.Config:
-    """The uvicorn Config the control plane serves with: bounded heads, uvloop when present."""
+    """The uvicorn Config the control plane serves with: bounded heads, uvloop when present,
+    and lean decisions answered by the protocol when given the app's `fast_path`."""
     limits = limits or HeadLimits()
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=bounded_protocol(limits),
+        http=bounded_protocol(limits, fast_path, decide_ports),
         h11_max_incomplete_event_size=limits.max_head_bytes,
         **options,
     )

@@ -9,12 +9,17 @@ around the decision id and its response headers already encoded: a request splic
 decision id, nothing else. It makes the same Decisions (listeners see no difference) and the
 same bytes as the OpenFeature path (tests/test_lean_decide.py checks both over the golden users).
 The OpenFeature path stays for `/v1/route`, OFREP and whenever OpenFeature hooks are configured.
+
+Two forms of the same answer: `decide` gives ASGI's header pairs (the ASGI fast path), and
+`decide_wire` the header lines as the HTTP server writes them (control_plane.http.inline_decide,
+which answers in the server's parser callback), prebuilt too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -36,7 +41,14 @@ from control_plane.routing.decisions import (
 from control_plane.routing.wire import decision_headers
 from providers.compiled import CompiledFlagSet, InvalidFlagSet, Resolution
 
-__all__ = ["CompiledDecider", "DecideAnswer", "encode_headers", "json_body"]
+__all__ = [
+    "CompiledDecider",
+    "DecideAnswer",
+    "WireAnswer",
+    "encode_headers",
+    "header_lines",
+    "json_body",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +57,8 @@ _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _DECISION_ID = b"x-route-decision-id"
 _JSON = (b"content-type", b"application/json")
 _NOT_FOUND = "FLAG_NOT_FOUND"
+#: What uvicorn refuses in a header value (it answers 500): control bytes but tab.
+_UNSAFE_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -62,6 +76,17 @@ def encode_headers(pairs: Sequence[tuple[str, str]], body_length: int) -> Header
     return headers
 
 
+def header_lines(headers: Headers) -> bytes | None:
+    """`headers` as the lines of an HTTP/1.1 head, or None when a value holds a byte that
+    uvicorn would refuse to write (a flag's backend URL with a newline, say)."""
+    lines = []
+    for name, value in headers:
+        if _UNSAFE_VALUE.search(value):
+            return None
+        lines.append(b"%s: %s\r\n" % (name, value))
+    return b"".join(lines)
+
+
 class DecideAnswer(NamedTuple):
     """A decision and its response, ready to send (`headers` include the content length).
 
@@ -70,6 +95,16 @@ class DecideAnswer(NamedTuple):
     decision: Decision
     body: bytes
     headers: Headers
+
+
+class WireAnswer(NamedTuple):
+    """A decision and its response for the HTTP server: `lines` are the head's header lines
+    (content type and length included), None when a value cannot be written (see
+    `header_lines`)."""
+
+    decision: Decision
+    body: bytes
+    lines: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +125,8 @@ class _Prebuilt:
     body_tail: bytes  # from the decision id's closing quote to the end
     headers_head: Headers  # before x-route-decision-id
     headers_tail: Headers  # after it, content-type and content-length included
+    lines_head: bytes | None  # headers_head as head lines, through "x-route-decision-id: "
+    lines_tail: bytes | None  # "\r\n", then headers_tail as head lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +187,51 @@ class CompiledDecider:
         tester: str | None = None,
     ) -> DecideAnswer:
         """Decide `flag_key` and build its response; raises as Decider.decide does."""
+        decision, prebuilt = self._decided(flag_key, targeting_key, attributes, ignored, tester)
+        if ignored or tester:  # notes of this request: built as the OpenFeature path builds
+            body = json_body(decision)
+            return DecideAnswer(
+                decision, body, encode_headers(decision_headers(decision), len(body))
+            )
+        id_bytes = decision.decision_id.encode()
+        return DecideAnswer(
+            decision,
+            prebuilt.body_head + id_bytes + prebuilt.body_tail,
+            [*prebuilt.headers_head, (_DECISION_ID, id_bytes), *prebuilt.headers_tail],
+        )
+
+    def decide_wire(
+        self,
+        flag_key: str,
+        targeting_key: str | None,
+        attributes: dict[str, Any],
+        *,
+        ignored: list[str] | None = None,
+        tester: str | None = None,
+    ) -> WireAnswer:
+        """`decide`, with the headers as the head lines the HTTP server writes."""
+        decision, prebuilt = self._decided(flag_key, targeting_key, attributes, ignored, tester)
+        if ignored or tester or prebuilt.lines_head is None or prebuilt.lines_tail is None:
+            body = json_body(decision)
+            return WireAnswer(
+                decision, body, header_lines(encode_headers(decision_headers(decision), len(body)))
+            )
+        id_bytes = decision.decision_id.encode()
+        return WireAnswer(
+            decision,
+            prebuilt.body_head + id_bytes + prebuilt.body_tail,
+            prebuilt.lines_head + id_bytes + prebuilt.lines_tail,
+        )
+
+    def _decided(
+        self,
+        flag_key: str,
+        targeting_key: str | None,
+        attributes: dict[str, Any],
+        ignored: list[str] | None,
+        tester: str | None,
+    ) -> tuple[Decision, _Prebuilt]:
+        """The decision (listeners told) and its prebuilt parts."""
         started = time.perf_counter()
         state = self._state
         if state is None:
@@ -164,7 +246,6 @@ class CompiledDecider:
             prebuilt = _prebuild(state, flag_key, routing, resolution)
             if resolution.error_code is None:  # the shared answers; errors may be per call
                 state.prebuilt[id(resolution)] = prebuilt
-        decision_id = self.ids.next()
         decision = Decision(
             flag_key,
             prebuilt.variant,
@@ -172,7 +253,7 @@ class CompiledDecider:
             prebuilt.url,
             prebuilt.reason,
             prebuilt.version,
-            decision_id,
+            self.ids.next(),
             targeting_key,
             prebuilt.error_code,
             prebuilt.metadata,
@@ -183,17 +264,7 @@ class CompiledDecider:
         elapsed = time.perf_counter() - started
         for listener in self.listeners:
             listener(decision, elapsed)
-        if ignored or tester:  # notes of this request: built as the OpenFeature path builds
-            body = json_body(decision)
-            return DecideAnswer(
-                decision, body, encode_headers(decision_headers(decision), len(body))
-            )
-        id_bytes = decision_id.encode()
-        return DecideAnswer(
-            decision,
-            prebuilt.body_head + id_bytes + prebuilt.body_tail,
-            [*prebuilt.headers_head, (_DECISION_ID, id_bytes), *prebuilt.headers_tail],
-        )
+        return decision, prebuilt
 
 
 def _prebuild(
@@ -230,6 +301,7 @@ def _prebuild(
     length = len(body_head) + DecisionIds.LENGTH + len(body_tail)
     headers = encode_headers(decision_headers(template), length)
     at = next(index for index, (name, _) in enumerate(headers) if name == _DECISION_ID)
+    lines_head, lines_tail = header_lines(headers[:at]), header_lines(headers[at + 1 :])
     return _Prebuilt(
         resolution,
         variant,
@@ -244,4 +316,6 @@ def _prebuild(
         body_tail,
         headers[:at],
         headers[at + 1 :],
+        None if lines_head is None else lines_head + _DECISION_ID + b": ",
+        None if lines_tail is None else b"\r\n" + lines_tail,
     )

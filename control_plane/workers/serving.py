@@ -13,8 +13,8 @@ import asyncio
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
 
+from control_plane.http.app import ControlPlaneApp
 from control_plane.http.components import Components
 from control_plane.http.server import HeadLimits, bind_socket, uvicorn_config
 from control_plane.workers.lifespan import LifespanHooks
@@ -24,7 +24,7 @@ __all__ = ["run_primary"]
 
 
 def run_primary(
-    app: FastAPI,
+    app: ControlPlaneApp,
     *,
     host: str,
     port: int,
@@ -61,6 +61,9 @@ def run_primary(
         host=host,
         port=port,
         limits=limits,
+        # Decisions on the public port only: the internal one is the workers' way in.
+        fast_path=app.fast_path,
+        decide_ports=frozenset({public.getsockname()[1]}),
         log_level=log_level,
         access_log=access_log,
         log_config=log_config,

@@ -97,6 +97,9 @@ def run_worker(settings: Settings, args: WorkerArgs, log_config: Any) -> int:
         host=settings.host,
         port=settings.port,
         limits=head_limits(settings),
+        # Decisions on the public port only: the internal one serves the primary's scrapes.
+        fast_path=app.fast_path,
+        decide_ports=frozenset({public.getsockname()[1]}),
         log_level=args.log_level,
         access_log=args.access_log,
         log_config=log_config,
