@@ -244,10 +244,12 @@ def test_only_the_named_ports_answer_inline(flags_dir: Path, tmp_path: Path) -> 
 class _FixedAnswer:
     """A fast path whose answer is given: what the protocol does with odd answers."""
 
-    def __init__(self, answer: WireAnswer) -> None:
+    def __init__(self, answer: WireAnswer | Exception) -> None:
         self.answer = answer
 
     def wire_answer(self, scope: Any) -> WireAnswer:
+        if isinstance(self.answer, Exception):
+            raise self.answer
         return self.answer
 
 
@@ -270,7 +272,7 @@ class _Transport(asyncio.Transport):
         return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
 
 
-def _protocol_answer(answer: WireAnswer, request: bytes) -> _Transport:
+def _protocol_answer(answer: WireAnswer | Exception, request: bytes) -> _Transport:
     """Feed `request` to the protocol class `serve` uses, its fast path answering `answer`;
     what it wrote before the event loop ran once."""
 
@@ -324,3 +326,12 @@ def test_a_header_that_cannot_be_written_answers_500_as_uvicorn_would(
     assert transport.writes[0].endswith(b"\r\n\r\nInternal Server Error")
     assert transport.closed
     assert "cannot be sent" in caplog.text
+
+
+def test_a_failing_decision_answers_500_not_400(caplog: pytest.LogCaptureFixture) -> None:
+    """An exception out of the parser callback would read as a malformed request (400)."""
+    transport = _protocol_answer(RuntimeError("a bug"), _request("GET", "/v1/decide/f"))
+    assert len(transport.writes) == 1
+    assert transport.writes[0].startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert transport.closed
+    assert "deciding /v1/decide/f failed" in caplog.text

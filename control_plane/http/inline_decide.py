@@ -83,20 +83,23 @@ class InlineDecide(HttpToolsProtocol):
         ports = self.decide_ports
         if ports is not None and (self.server is None or self.server[1] not in ports):
             return False
-        answer = fast_path.wire_answer(cycle.scope)  # type: ignore[arg-type]  # uvicorn types it HTTPScope
+        try:
+            answer = fast_path.wire_answer(cycle.scope)  # type: ignore[arg-type]  # uvicorn's TypedDict
+        except Exception:
+            # A bug, not a refusal (those come back as None): what uvicorn does with an app's
+            # exception. Raised out of a parser callback, it would become a 400.
+            log.exception("deciding %s failed", cycle.scope["path"])
+            return self._server_error(cycle)
         if answer is None:
             return False
-        cycle.response_started = cycle.response_complete = True
         if answer.lines is None:
             # Decided, but a header value holds a control byte: what uvicorn does with it.
             log.error(
                 "the answer for flag %r has a header value that cannot be sent",
                 answer.decision.flag_key,
             )
-            self.transport.write(STATUS_LINE[500] + self._default_lines() + _SERVER_ERROR)
-            self.transport.close()
-            cycle.on_response()
-            return True
+            return self._server_error(cycle)
+        cycle.response_started = cycle.response_complete = True
         parts = [_OK, self._default_lines(), answer.lines]
         if not cycle.keep_alive:
             parts.append(_CLOSE)
@@ -107,6 +110,13 @@ class InlineDecide(HttpToolsProtocol):
         if not cycle.keep_alive:
             self.transport.close()
         cycle.on_response()  # uvicorn's bookkeeping: request count, keep-alive timer
+        return True
+
+    def _server_error(self, cycle: RequestResponseCycle) -> bool:
+        cycle.response_started = cycle.response_complete = True
+        self.transport.write(STATUS_LINE[500] + self._default_lines() + _SERVER_ERROR)
+        self.transport.close()
+        cycle.on_response()
         return True
 
     def _default_lines(self) -> bytes:
