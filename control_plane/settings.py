@@ -282,7 +282,8 @@ class Settings(BaseSettings):
             )
         return self
 
-    #: Answer GET /v1/decide/{flag} from a raw-ASGI fast path (same responses, less overhead).
+    #: Answer GET /v1/decide/{flag} from a raw-ASGI fast path and, under `serve`, lean
+    #: decisions from the HTTP protocol itself (same responses, less overhead).
     fast_decide: bool = True
     # -- workers (control_plane.workers) --
     #: Processes serving the HTTP port (CP_WORKERS, `serve --workers`): 1 (default) is one
