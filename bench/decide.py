@@ -9,8 +9,9 @@ routing flag (region-router) and an experiment flag (ab-test-router, every decis
 an exposure). The closed-loop load generator is wrk (Debian package `wrk`), each request
 carrying one of 1,000,000 distinct x-user-id values. Server CPU per request is read from
 /proc (the server process and its children, such as the exposure writer) around the measured
-run, because req/s is noisy on this shared machine. `--before DIR` also serves from another
-checkout (a `git worktree` of an earlier commit) in the same rounds, for before/after figures.
+run, because req/s is noisy on this shared machine; wrk's own CPU per request is reported too
+(it shares the cores). `--before DIR` also serves from another checkout (a `git worktree` of
+an earlier commit) in the same rounds, for before/after figures.
 `--workers N` (N > 1) also serves both flags with `control-plane serve --workers N` (the
 primary and N-1 SO_REUSEPORT workers; CPU summed over all of them) against the same raw app.
 Prints a JSON report: per case the best and median of the rounds, and ratios to the raw app.
@@ -24,6 +25,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -124,11 +126,21 @@ def _cpu_seconds(pid: int) -> float:
 
 def measured(pid: int, url: str, args: argparse.Namespace, script: Path) -> dict[str, float]:
     run_wrk(url, 2, args.connections, script)  # warm-up
-    before = _cpu_seconds(pid)
+    before, client_before = _cpu_seconds(pid), _children_cpu_seconds()
     result = run_wrk(url, args.seconds, args.connections, script)
     used = _cpu_seconds(pid) - before
-    result["server_cpu_us_per_request"] = round(used / max(1, result["requests"]) * 1e6, 1)
+    requests = max(1, result["requests"])
+    result["server_cpu_us_per_request"] = round(used / requests * 1e6, 1)
+    # wrk shares the 2 cores with the server: what it costs says how much is left for it.
+    client = _children_cpu_seconds() - client_before
+    result["client_cpu_us_per_request"] = round(client / requests * 1e6, 1)
     return result
+
+
+def _children_cpu_seconds() -> float:
+    """CPU time of this process's finished children (the wrk run that just ended)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @contextlib.contextmanager
@@ -179,6 +191,9 @@ def summary(rounds: list[dict[str, float]]) -> dict[str, Any]:
         "server_cpu_us_per_request": {
             "best": min(item["server_cpu_us_per_request"] for item in rounds),
             "median": statistics.median(item["server_cpu_us_per_request"] for item in rounds),
+        },
+        "client_cpu_us_per_request": {
+            "median": statistics.median(item["client_cpu_us_per_request"] for item in rounds),
         },
         "non_2xx": sum(item["non_2xx"] for item in rounds),
     }
