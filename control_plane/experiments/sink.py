@@ -145,7 +145,7 @@ def utc_text(suffix: str = "") -> Callable[[float], str]:
     before 1970 or from the year 10000 on, and what is not a finite number, take `datetime`'s
     own way (and its errors). A closure, not a class: a method call costs a third more. It can
     serve several threads: the kept second and its text are replaced together."""
-    kept: list[Any] = [-2.0, ""]  # [second, its text]; no time is within a second of -2
+    kept: list[Any] = [math.nan, ""]  # [second, its text]; nothing is within a second of NaN
 
     def convert(seconds: float) -> str:
         second, text = kept
