@@ -99,7 +99,7 @@ class Journal:
         is None or full; returns the segment written. OSError when the disk refuses."""
         if self._lock is None:
             self.open()
-        data = "".join([record.to_line() + "\n" for record in records]).encode("utf-8")
+        data = ("\n".join([record.to_line() for record in records]) + "\n").encode("utf-8")
         if (
             into is not None
             and into.path is not None

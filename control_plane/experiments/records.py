@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +25,13 @@ _decoder = json.JSONDecoder()
 _JSON_SPACE = " \t\n\r"
 #: The columns of an exposure row, in the order the recorder makes them (see _exposure_line).
 _EXPOSURE_COLUMNS = ("decision_id", "flag", "variant", "unit", "flag_set_version", "reason", "at")
-_exposure_values = operator.itemgetter(*_EXPOSURE_COLUMNS)
+#: %d and %r format an int and a float as int.__repr__ and float.__repr__ (json's way) do.
 _EXPOSURE_LINE = (
     '{"table":"exposures","row":{'
-    + ",".join(f'"{column}":%s' for column in _EXPOSURE_COLUMNS)
+    + ",".join(
+        f'"{column}":' + {"flag_set_version": "%d", "at": "%r"}.get(column, "%s")
+        for column in _EXPOSURE_COLUMNS
+    )
     + "}}"
 )
 
@@ -74,7 +76,7 @@ def _exposure_line(row: dict[str, Any]) -> str | None:
     cost: exposures are most of what the writer journals. None for any other shape."""
     if tuple(row) != _EXPOSURE_COLUMNS:
         return None
-    decision_id, flag, variant, unit, version, reason, at = _exposure_values(row)
+    decision_id, flag, variant, unit, version, reason, at = row.values()
     if (
         type(decision_id) is not str
         or type(flag) is not str
@@ -96,7 +98,7 @@ def _exposure_line(row: dict[str, Any]) -> str | None:
         _string(flag),
         _string(variant),
         unit_text,
-        int.__repr__(version),
+        version,
         _string(reason),
-        float.__repr__(at),
+        at,
     )

@@ -11,17 +11,25 @@ a connection that `interrupt()` (called by the writer's watchdog from another th
 abort, and a connection that failed for anything but its data is discarded.
 
 Rows go in as multi-row `INSERT ... VALUES (...), (...)` statements of `ROWS_PER_STATEMENT`
-rows, with values taken from the row dicts in column order and converted by the columns' own
-SQLAlchemy bind processors, on the columns that have one only (`at`, epoch seconds in the
-record, becomes a UTC datetime; row dicts are never copied). Why not
+rows, with values taken from the row dicts in column order, flat, and converted column by
+column where the column needs it (row dicts are never copied): `at`, epoch seconds in the
+record, becomes the text SQLAlchemy's SQLite DATETIME stores, and the columns' own SQLAlchemy
+bind processors run on the other columns that have one. Why not
 `executemany`: the sqlite3 driver releases the GIL for every row, and while the event loop
 thread is busy each re-acquisition waits for its switch interval (5 ms), so under load the
 writer stored only ~600 rows/s (bench/exposures.py); one statement per 100 rows waits 100
-times less. Other databases use SQLAlchemy's generic insert.
+times less. PostgreSQL through psycopg takes rows by COPY (`_copy_insert`); other databases use
+SQLAlchemy's generic insert.
+
+The time text is the writer's largest cost after the journal line: `datetime.fromtimestamp`
+and `isoformat` took 1.2 us a row, more than the insert itself. `utc_text` makes the same text
+(microseconds rounded half to even, as `fromtimestamp` rounds) with the date and time of day
+formatted once per second, which the rows of a batch share.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 import threading
 from collections import defaultdict
@@ -38,7 +46,7 @@ from control_plane.db.engine import Database, interrupt
 from control_plane.db.experiment_models import CallSample, Exposure, OutcomeEvent
 from control_plane.experiments.records import Record
 
-__all__ = ["ROWS_PER_STATEMENT", "DatabaseSink"]
+__all__ = ["ROWS_PER_STATEMENT", "DatabaseSink", "utc_text"]
 
 #: Rows per INSERT statement; 100 rows of 8 columns stay under SQLite's oldest limit of 999
 #: bound parameters per statement.
@@ -71,28 +79,27 @@ class _TableInsert:
             self._statements[rows] = sql
         return sql
 
-    def parameters(self, rows: Sequence[dict[str, Any]]) -> tuple[Any, ...]:
-        """The rows' values, flat in statement order."""
-        values: list[Any] = []
-        for row in rows:
-            values += self.values(row)
-        return tuple(values)
-
 
 class _Values:
-    """One record row (a dict, times as epoch seconds) -> its column values in table order,
-    ready for the driver: `at` becomes the time the driver takes, and the columns' own bind
+    """Record rows (dicts, times as epoch seconds) -> their column values in table order,
+    ready for the driver: `at` becomes the time the driver takes (the text SQLAlchemy's SQLite
+    DATETIME stores; PostgreSQL's COPY text; else a UTC datetime), and the columns' own bind
     processors run on the other columns that have one (a float on SQLite)."""
 
-    def __init__(self, table: Table, dialect: Dialect | None) -> None:
+    def __init__(self, table: Table, dialect: Dialect | None, *, copy: bool = False) -> None:
         columns = list(table.columns)
+        self.width = len(columns)
         self._get = operator.itemgetter(*(column.name for column in columns))
         self._convert: list[tuple[int, Callable[[Any], Any]]] = []
         for index, column in enumerate(columns):
             process: Callable[[Any], Any] | None
             if column.name == "at":
-                process = _sqlite_time if dialect is not None and dialect.name == "sqlite" else _utc
-            elif dialect is not None:
+                process = _utc
+                if dialect is not None and dialect.name == "sqlite":
+                    process = utc_text()
+                elif copy:
+                    process = utc_text("+00:00")
+            elif dialect is not None and not copy:
                 process = column.type.dialect_impl(dialect).bind_processor(dialect)
             else:
                 process = None
@@ -100,6 +107,7 @@ class _Values:
                 self._convert.append((index, process))
 
     def __call__(self, row: dict[str, Any]) -> list[Any]:
+        """One row's values (a COPY row)."""
         values = list(self._get(row))
         for index, process in self._convert:
             value = values[index]
@@ -107,15 +115,67 @@ class _Values:
                 values[index] = process(value)
         return values
 
+    def flat(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
+        """The rows' values, flat in statement order: taken row by row, converted column by
+        column (one list comprehension per converted column, not a loop per value)."""
+        values: list[Any] = []
+        extend, get = values.extend, self._get
+        for row in rows:
+            extend(get(row))
+        width = self.width
+        for index, process in self._convert:
+            values[index::width] = [
+                None if value is None else process(value) for value in values[index::width]
+            ]
+        return values
+
+
+#: The first second of the year 10000: datetime's range ends before it.
+_END_OF_DATETIME = 253402300800.0
+
+
+def utc_text(suffix: str = "") -> Callable[[float], str]:
+    """A converter of epoch seconds to "YYYY-MM-DD HH:MM:SS.ffffff" (UTC) plus `suffix`: the
+    text `datetime.fromtimestamp(seconds, UTC).isoformat(" ", "microseconds")` begins with,
+    which SQLAlchemy's SQLite DATETIME stores, at under a third of its cost.
+
+    The microseconds are rounded as `fromtimestamp` rounds them (the fraction times 10**6,
+    half to even, carrying into the next second); the date and time of day are formatted by
+    `datetime` once per second and kept, since the rows of a batch share their second. Times
+    before 1970 or from the year 10000 on, and what is not a finite number, take `datetime`'s
+    own way (and its errors). A closure, not a class: a method call costs a third more. It can
+    serve several threads: the kept second and its text are replaced together."""
+    kept: list[Any] = [math.nan, ""]  # [second, its text]; nothing is within a second of NaN
+
+    def convert(seconds: float) -> str:
+        second, text = kept
+        # Exact whenever it is in [0, 1) (Sterbenz: two doubles this close subtract without
+        # rounding), so it is then the fraction modf gives: the second is the kept one.
+        fraction = seconds - second
+        if 0.0 <= fraction < 1.0:
+            micro = round(fraction * 1e6)
+            if micro < 1_000_000:
+                return f"{text}.{micro:06d}{suffix}"
+        if not 0.0 <= seconds < _END_OF_DATETIME:  # NaN fails the comparison too
+            return _iso_micro(datetime.fromtimestamp(seconds, UTC)) + suffix
+        fraction, whole = math.modf(seconds)
+        micro = round(fraction * 1e6)
+        if micro >= 1_000_000:
+            micro -= 1_000_000
+            whole += 1.0
+        text = datetime.fromtimestamp(whole, UTC).isoformat(" ", "seconds")[:19]
+        kept[:] = (whole, text)
+        return f"{text}.{micro:06d}{suffix}"
+
+    return convert
+
+
+def _iso_micro(moment: datetime) -> str:
+    return moment.isoformat(" ", "microseconds")[:26]
+
 
 def _utc(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
-
-
-def _sqlite_time(seconds: float) -> str:
-    """Epoch seconds as SQLAlchemy's SQLite DATETIME stores them ("2026-12-02 05:06:07.123456",
-    UTC), at 2/3 of the cost of its bind processor on a datetime."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(" ", "microseconds")[:26]
 
 
 class DatabaseSink:
@@ -137,8 +197,13 @@ class DatabaseSink:
             self._inserts = {
                 name: _TableInsert(table, dialect) for name, table in self._tables.items()
             }
-        #: COPY rows: psycopg adapts Python values itself, so only `at` is converted.
-        self._copy_values = {name: _Values(table, None) for name, table in self._tables.items()}
+        #: COPY rows: psycopg adapts Python values itself, so only `at` is converted (to the
+        #: text COPY sends in any case, without a datetime in between).
+        self._copy_values = {
+            name: _Values(table, dialect, copy=True)
+            for name, table in self._tables.items()
+            if self._copy
+        }
 
     def write(self, records: Sequence[Record]) -> None:
         """Store every record in one transaction (rows already stored are skipped)."""
@@ -190,9 +255,11 @@ class DatabaseSink:
             )
             return
         plan = self._inserts[table]
-        for start in range(0, len(rows), ROWS_PER_STATEMENT):
-            chunk = rows[start : start + ROWS_PER_STATEMENT]
-            connection.exec_driver_sql(plan.statement(len(chunk)), plan.parameters(chunk))
+        values = plan.values.flat(rows)
+        step = ROWS_PER_STATEMENT * plan.values.width
+        for start in range(0, len(values), step):
+            chunk = tuple(values[start : start + step])
+            connection.exec_driver_sql(plan.statement(len(chunk) // plan.values.width), chunk)
 
 
 def _copy_insert(
