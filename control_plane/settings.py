@@ -491,8 +491,8 @@ class Settings(BaseSettings):
     events_publisher_process: bool = True
     #: Seconds between two publishing rounds (a kill -9 loses about this much).
     events_publish_interval: float = Field(default=0.02, ge=0.001, le=1)
-    #: Publisher: records of one table packed into one JetStream message, at most (and at
-    #: most 256 KiB of them, a quarter of the server's max_payload); what a round takes is
+    #: Publisher: records of one table packed into one JetStream message, at most (and no
+    #: more than 256 KiB or a quarter of the server's max_payload); what a round takes is
     #: packed and sent at once, never held back to fill a message. 1: one message per record
     #: with its natural key as message id, as before packing (consumers read both).
     events_records_per_message: int = Field(default=100, ge=1, le=1000)
