@@ -2,10 +2,13 @@
 on against off.
 
     python bench/events.py [--records 50000] [--seconds 10] [--connections 32] [--rounds 2]
-                           [--database-url postgresql+psycopg://...]
+                           [--records-per-message N] [--database-url postgresql+psycopg://...]
+
+`--records-per-message` (default: CP_EVENTS_RECORDS_PER_MESSAGE's) is the publishers' packing
+everywhere below; 1 publishes one message per record, as before packing.
 
 1. Pipeline throughput, in process: `--records` exposure records offered to an EventPublisher
-   (prepare, publish one message per record with its message id, acknowledgements), stored by
+   (prepare, pack, publish with the packs' message ids, acknowledgements), stored by
    an EventConsumer (fetch, DatabaseSink batch insert, ack after commit), timed from the first
    offer to the last row stored. Baseline: the same records written by the same sink in the
    same batch size with no NATS in between. Ratio = pipeline / baseline. Then `hops`: CPU
@@ -163,7 +166,19 @@ def _stored(database: Any) -> int:
         return int(session.execute(text("SELECT count(*) FROM exposures")).scalar_one())
 
 
-def pipeline_throughput(url: str, base: str | None, tmp: Path, count: int) -> dict[str, Any]:
+def _packing(per_message: int | None) -> dict[str, Any]:
+    """EventPublisher's packing option: the setting's default unless given."""
+    return {} if per_message is None else {"records_per_message": per_message}
+
+
+def _messages(publisher: Any, records: int) -> dict[str, Any]:
+    messages = publisher.counts.messages
+    return {"messages": messages, "records_per_message": round(records / max(messages, 1), 1)}
+
+
+def pipeline_throughput(
+    url: str, base: str | None, tmp: Path, count: int, per_message: int | None
+) -> dict[str, Any]:
     from control_plane.db import Database
     from control_plane.events.consumer import EventConsumer
     from control_plane.events.publisher import EventPublisher
@@ -184,7 +199,11 @@ def pipeline_throughput(url: str, base: str | None, tmp: Path, count: int) -> di
         sink.close()
         stream = StreamSettings(stream="BENCH", subject_prefix="bench.records", consumer="bench")
         publisher = EventPublisher(
-            url, Journal(tmp / "journal"), prepare=lambda item: item[1], stream=stream
+            url,
+            Journal(tmp / "journal"),
+            prepare=lambda item: item[1],
+            stream=stream,
+            **_packing(per_message),
         )
         consumer = EventConsumer(url, DatabaseSink(database), stream=stream)
         consumer.start()
@@ -207,6 +226,7 @@ def pipeline_throughput(url: str, base: str | None, tmp: Path, count: int) -> di
                 "pipeline_records_per_s": round(count / elapsed),
                 "ratio": round(baseline / elapsed, 3),
                 "published": publisher.counts.published,
+                **_messages(publisher, publisher.counts.published),
                 "journaled": publisher.counts.journaled,
                 "dropped": publisher.counts.dropped,
                 "stored": consumer.counts.stored,
@@ -231,7 +251,9 @@ def _in_loop(loop_thread: Any, call: Any) -> Any:
     return result[0]
 
 
-def hop_costs(url: str, nats_pid: int, base: str | None, tmp: Path, count: int) -> dict[str, Any]:
+def hop_costs(
+    url: str, nats_pid: int, base: str | None, tmp: Path, count: int, per_message: int | None
+) -> dict[str, Any]:
     """CPU per record at each hop, one at a time: `count` records published with no consumer
     (the publisher's loop thread, nats-server), then stored by a consumer alone (this process
     while its main thread sleeps, nats-server)."""
@@ -251,7 +273,11 @@ def hop_costs(url: str, nats_pid: int, base: str | None, tmp: Path, count: int) 
         database.migrate()
         stream = StreamSettings(stream="HOPS", subject_prefix="hops.records", consumer="hops")
         publisher = EventPublisher(
-            url, Journal(tmp / "journal-hops"), prepare=lambda item: item[1], stream=stream
+            url,
+            Journal(tmp / "journal-hops"),
+            prepare=lambda item: item[1],
+            stream=stream,
+            **_packing(per_message),
         )
         publisher.start()
         while not publisher.connected:
@@ -269,6 +295,7 @@ def hop_costs(url: str, nats_pid: int, base: str | None, tmp: Path, count: int) 
         result["nats_server_publish_us_per_record"] = per_record(
             _own_cpu_seconds(nats_pid) - nats_before
         )
+        result.update(_messages(publisher, count))
         publisher.stop()
         consumer = EventConsumer(url, DatabaseSink(database), stream=stream)
         process_before = time.process_time()
@@ -319,6 +346,8 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
         "CP_EXPOSURE_SALT": "bench-salt-0123456789abcdef",
         "PYTHONPATH": str(Path(__file__).resolve().parent),
     }
+    if args.records_per_message is not None:
+        common["CP_EVENTS_RECORDS_PER_MESSAGE"] = str(args.records_per_message)
     with contextlib.ExitStack() as stack:
         storing_pid = None
         storing_base = None
@@ -424,6 +453,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument(
+        "--records-per-message",
+        type=int,
+        default=None,
+        help="records packed into one message (default: the setting's; 1: one per record)",
+    )
     parser.add_argument("--skip-decide", action="store_true")
     parser.add_argument(
         "--server",
@@ -442,11 +477,16 @@ def main() -> None:
                     "connections": args.connections,
                     "rounds": args.rounds,
                     "database": "postgresql" if args.database_url else "sqlite",
+                    "records_per_message": args.records_per_message,
                     "cpus": os.cpu_count(),
                     "python": platform.python_version(),
                 },
-                "pipeline": pipeline_throughput(url, args.database_url, tmp, args.records),
-                "hops": hop_costs(url, nats_pid, args.database_url, tmp, args.records),
+                "pipeline": pipeline_throughput(
+                    url, args.database_url, tmp, args.records, args.records_per_message
+                ),
+                "hops": hop_costs(
+                    url, nats_pid, args.database_url, tmp, args.records, args.records_per_message
+                ),
             }
             if not args.skip_decide:
                 report["decide"] = decide_on_off(args, url, nats_pid, tmp)

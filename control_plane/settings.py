@@ -492,10 +492,16 @@ class Settings(BaseSettings):
     events_publisher_process: bool = True
     #: Seconds between two publishing rounds (a kill -9 loses about this much).
     events_publish_interval: float = Field(default=0.02, ge=0.001, le=1)
+    #: Publisher: records of one table packed into one JetStream message, at most (and no
+    #: more than 256 KiB or a quarter of the server's max_payload); what a round takes is
+    #: packed and sent at once, never held back to fill a message. 1: one message per record
+    #: with its natural key as message id, as before packing (consumers read both).
+    events_records_per_message: int = Field(default=100, ge=1, le=1000)
     #: Publisher's local journal while NATS is unreachable (CP_EVENTS_JOURNAL_DIR), replayed
     #: once it is back; a directory of its own (the in-process writer's is apart).
     events_journal_dir: Path = Path("control-plane-events-journal")
-    #: Records per consumer fetch (one database transaction each).
+    #: Records per consumer transaction, about: a fetch asks for that many records' worth of
+    #: messages, and a message's records are never split over two transactions.
     events_batch_size: int = Field(default=1000, ge=1, le=50_000)
 
     @field_validator("events_url", mode="before")

@@ -18,7 +18,6 @@ import db_support
 import nats
 import pytest
 from events_support import (
-    NATS_BINARY,
     NatsServer,
     consumer,
     exposure,
@@ -27,19 +26,20 @@ from events_support import (
     stream,
     stream_settings,
 )
+from events_support import item as _item
+from events_support import publisher as _publisher
+from events_support import stored as _stored
+from events_support import wait_stored as _wait_stored
 from experiments_support import abandon, wait_for
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import RetentionPolicy
-from sqlalchemy import text
 
 from control_plane.db import Database
 from control_plane.events._pull import PullBatches, delivery_count
 from control_plane.events.consumer import EventConsumer
 from control_plane.events.messages import MSG_ID_HEADER, decode, encode, message_id, subject
-from control_plane.events.publisher import EventPublisher
 from control_plane.events.stream import StreamSettings, ensure_consumer, ensure_stream
 from control_plane.experiments.journal import Journal
-from control_plane.experiments.records import Record
 from control_plane.experiments.sink import DatabaseSink
 
 database_url = db_support.database_url
@@ -56,63 +56,38 @@ __all__ = [
 ]
 
 
-def _stored(database: Database) -> tuple[int, int]:
-    """(exposure rows, distinct decision ids) in the database."""
-    with database.session() as session:
-        rows, distinct = session.execute(
-            text("SELECT count(*), count(DISTINCT decision_id) FROM exposures")
-        ).one()
-    return int(rows), int(distinct)
-
-
-def _publisher(
-    url: str, journal_dir: Path, stream: StreamSettings, **options: Any
-) -> EventPublisher:
-    return EventPublisher(
-        url,
-        Journal(journal_dir),
-        prepare=lambda item: item[1],
-        stream=stream,
-        retry_interval=0.2,
-        ack_timeout=2.0,
-        **options,
-    )
-
-
-def _item(record: Record) -> tuple[str, Record]:
-    """What the recorder offers: (table, payload); `prepare` here passes the record through."""
-    return (record.table, record)
-
-
-def _wait_stored(database: Database, count: int) -> None:
-    wait_for(lambda: _stored(database)[0] >= count, what=f"{count} stored records", timeout=30)
-    time.sleep(0.3)  # anything extra (a duplicate) would arrive by now
-
-
+@pytest.mark.parametrize("per_message", [1, 100])
 def test_every_record_is_stored_once_even_when_published_twice(
     nats_url: str,
     database: Database,
     stream: StreamSettings,
     consumer: EventConsumer,
     tmp_path: Path,
+    per_message: int,
 ) -> None:
-    """N records offered twice each reach the database exactly once: the second publish is a
-    duplicate by message id, dropped by JetStream."""
-    publisher = _publisher(nats_url, tmp_path / "journal", stream)
+    """N records offered twice each reach the database exactly once: the second publish sends
+    the same messages (one record each, or the same packs), duplicates by message id that
+    JetStream drops, so the consumer never sees a record twice."""
+    gate = threading.Event()  # each time, one round takes all the records: the same packs
+    publisher = _publisher(
+        nats_url, tmp_path / "journal", stream, ready=gate.is_set, records_per_message=per_message
+    )
     publisher.start()
     try:
         records = [exposure(index) for index in range(2000)]
-        for record in records:
-            assert publisher.offer(_item(record))
-        assert publisher.flush(timeout=20)
-        for record in records:
-            publisher.offer(_item(record))
-        assert publisher.flush(timeout=20)
+        for _ in range(2):
+            gate.clear()
+            time.sleep(0.1)  # a round that asked before the gate closed is over
+            for record in records:
+                assert publisher.offer(_item(record))
+            gate.set()
+            assert publisher.flush(timeout=20)
     finally:
         publisher.stop()
     _wait_stored(database, 2000)
     assert _stored(database) == (2000, 2000)
     assert publisher.counts.published + publisher.counts.replayed == 4000  # all acknowledged
+    assert publisher.counts.messages == 2 * 2000 // per_message
     assert publisher.counts.duplicates == 2000
     assert publisher.counts.dropped == 0
     assert consumer.counts.stored == 2000
@@ -309,40 +284,6 @@ def test_a_stop_right_after_start_replays_the_journal_it_found(
     assert _stored(database) == (300, 300)
 
 
-def test_a_record_too_large_for_nats_is_dropped_and_counted_and_the_rest_arrive(
-    tmp_path: Path, database: Database, stream: StreamSettings
-) -> None:
-    """nats-py refuses a message over the server's max_payload before sending it. That record
-    is dropped and counted (no retry could send it, and journaled it would hold back everything
-    behind it); the records after it in the same batch are published, not lost."""
-    if NATS_BINARY is None:
-        pytest.skip("no nats-server binary: the test needs a server with a small max_payload")
-    server = NatsServer(tmp_path / "nats-store", config="max_payload: 1024")
-    server.start()
-    consumer = EventConsumer(
-        server.url, DatabaseSink(database), stream=stream, retry_interval=0.2, fetch_timeout=0.2
-    )
-    consumer.start()
-    publisher = _publisher(server.url, tmp_path / "journal", stream)
-    try:
-        publisher.start()
-        wait_for(lambda: publisher.connected, what="the publisher connecting")
-        records = [exposure(index) for index in range(100)]
-        huge = Record(records[50].table, {**records[50].row, "variant": "v" * 2000})
-        for record in [*records[:50], huge, *records[51:]]:
-            assert publisher.offer(_item(record))
-        assert publisher.flush(timeout=20)
-        _wait_stored(database, 99)
-    finally:
-        publisher.stop()
-        consumer.stop()
-        server.stop()
-    assert _stored(database) == (99, 99)
-    assert publisher.counts.dropped == 1
-    assert publisher.counts.published == 99
-    assert publisher.pending == 0
-
-
 def test_full_queue_drops_and_counts(tmp_path: Path, stream: StreamSettings) -> None:
     """`offer` never blocks: past the queue size it returns False and counts the drop."""
     publisher = _publisher("nats://127.0.0.1:1", tmp_path / "journal", stream, queue_size=100)
@@ -442,7 +383,7 @@ def test_pull_batches_fetch_what_is_there_and_count_deliveries_from_the_reply(
         for index in range(3):
             record = exposure(index)
             await js.publish(
-                subject(stream.subject_prefix, record),
+                subject(stream.subject_prefix, record.table),
                 encode(record),
                 headers={MSG_ID_HEADER: message_id(record)},
             )

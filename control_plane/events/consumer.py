@@ -1,19 +1,32 @@
 """The storing end of the record pipeline: a durable pull consumer that writes batches of
 records to the database and acknowledges them only after the commit.
 
-    stream --fetch(batch_size)--> records --RecordSink.write (one transaction)--> commit
-        --> ack every message of the batch
+    stream --fetch(about batch_size records)--> messages --unpack--> records
+        --RecordSink.write (one transaction of about batch_size records, never splitting
+        a message)--> commit --> ack every message of the transaction
 
 So a consumer that dies between commit and ack (a `kill -9`, a lost connection) has its
 messages delivered again after `ack_wait`, to itself restarted or to another control plane
 fetching from the same durable consumer; the inserts skip keys already stored, so each record
 is stored once. Delivery is at least once; storage is exactly once.
 
-A batch the database refuses for its data (an integrity or data error) is written one
-message at a time, so one bad record cannot block the rest; a message that is still refused,
-or is not a record at all, is terminated (never redelivered) and counted as refused. Any other
-error is an outage: nothing is acknowledged, the batch is delivered again after
-`retry_interval` (a negative acknowledgement with that delay) and the consumer waits as long.
+A message holds one record or a pack of them (control_plane.events.messages; one record a
+message is a pack of one, so messages of publishers before packing read the same). Bad records
+are handled one by one, whatever pack they came in:
+
+- a line that is not a record is refused (logged with the message id and its line, counted);
+  the other records of its message are stored;
+- a transaction refused for its data (an integrity or data error, or a row the sink cannot
+  convert: a missing column, a value of the wrong type) is written again one message at a
+  time, and a message still refused one record at a time, so one bad record cannot block the
+  rest; that record is refused;
+- a message is acknowledged once each of its records is stored or refused, terminated (never
+  redelivered) when every one was refused: a bad record never brings its pack back, and
+  is never retried forever;
+- any other error is an outage: nothing of the transaction is acknowledged, its messages and
+  the later ones of the fetch are delivered again after `retry_interval` (a negative
+  acknowledgement with that delay) and the consumer waits as long.
+
 The sink runs in a worker thread, so the loop keeps answering the server's heartbeats.
 
 Why one acknowledgement per message and not one per batch (an AckAll consumer acknowledges
@@ -24,9 +37,10 @@ one's uncommitted batch, and those records would never be stored. nats-py queues
 a batch and writes them to the socket together.
 
 Batches come from control_plane.events._pull (one pull request per batch, messages collected
-by a callback), not nats-py's `fetch`, which made two asyncio tasks per message. A batch is
-stored once it holds `batch_size` messages or its request expires after `fetch_timeout`, so at
-a trickle a record waits up to `fetch_timeout` (0.5 s) before it is written.
+by a callback), not nats-py's `fetch`, which made two asyncio tasks per message. A fetch asks
+for `batch_size` records' worth of messages at the records per message it saw last, and is
+stored once it holds them or its request expires after `fetch_timeout`, so at a trickle a
+record waits up to `fetch_timeout` (0.5 s) before it is written.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -45,11 +60,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from control_plane.events._pull import PullBatches, delivery_count
 from control_plane.events.loop import LoopThread
-from control_plane.events.messages import decode
+from control_plane.events.messages import message_id, unpack
 from control_plane.events.metrics import EventMetrics
 from control_plane.events.stream import StreamSettings, ensure_consumer, ensure_stream
 from control_plane.experiments.records import Record
@@ -60,6 +75,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two warnings of one kind.
 _WARN_EVERY = 10.0
+
+#: A message and the records it holds.
+_Unit = tuple[Msg, list[Record]]
 
 
 class RecordSink(Protocol):
@@ -113,6 +131,8 @@ class EventConsumer:
         self._main: Any = None
         self._stop = threading.Event()
         self._nc: Client | None = None
+        #: Records per message in the last fetch (publishers pack many into one).
+        self._per_message = 1.0
         self._last_warning: dict[str, float] = {}
         if metrics is not None:
             metrics.connected.labels("consumer").set_function(
@@ -157,7 +177,7 @@ class EventConsumer:
                         await self._pause(self._retry_interval)
                         continue
                 try:
-                    messages = await subscription.fetch(self._batch_size, self._fetch_timeout)
+                    messages = await subscription.fetch(self._fetch_size(), self._fetch_timeout)
                 except NatsTimeoutError:
                     continue  # nothing to store
                 await self._store(messages)
@@ -212,63 +232,131 @@ class EventConsumer:
         return batches
 
     async def _store(self, messages: list[Msg]) -> None:
-        records: list[Record] = []
-        good: list[Msg] = []
+        """Store the records of `messages`, in transactions of about `batch_size` records
+        that never split a message, acknowledging each message after the commit of all its
+        records."""
+        units: list[_Unit] = []
         redelivered: list[Record] = []
         for msg in messages:
-            try:
-                record = decode(msg.data)
-            except ValueError:
-                self._refused(msg, "unknown", "not an experiment record")
+            records, refused = unpack(msg.data)
+            for why in refused:
+                self._refused(msg, "unknown", f"not an experiment record ({why})")
+            if not records:
                 await msg.term()
                 continue
-            records.append(record)
-            good.append(msg)
+            units.append((msg, records))
             if delivery_count(msg) > 1:
-                redelivered.append(record)
+                redelivered += records
+        if messages:  # the next fetch asks for about `batch_size` records' worth
+            self._per_message = max(1.0, sum(len(r) for _, r in units) / len(messages))
         if redelivered:
             self.counts.redelivered += len(redelivered)
             self._count(redelivered, "redelivered")
-        if not records:
-            return
+        groups = self._groups(units)
+        for number, group in enumerate(groups):
+            left = await self._store_group(group)
+            if left:
+                # An outage: what is not stored is delivered again after a pause.
+                for msg, _ in [*left, *(unit for later in groups[number + 1 :] for unit in later)]:
+                    with contextlib.suppress(NatsError):
+                        await msg.nak(delay=self._retry_interval)
+                await self._pause(self._retry_interval)
+                return
+
+    def _fetch_size(self) -> int:
+        """Messages to ask for: about `batch_size` records at the records per message seen."""
+        return max(1, min(self._batch_size, math.ceil(self._batch_size / self._per_message)))
+
+    def _groups(self, units: list[_Unit]) -> list[list[_Unit]]:
+        """`units` in transactions of up to `batch_size` records (or one message's)."""
+        groups: list[list[_Unit]] = []
+        group: list[_Unit] = []
+        count = 0
+        for unit in units:
+            if group and count + len(unit[1]) > self._batch_size:
+                groups.append(group)
+                group, count = [], 0
+            group.append(unit)
+            count += len(unit[1])
+        if group:
+            groups.append(group)
+        return groups
+
+    async def _store_group(self, units: list[_Unit]) -> list[_Unit]:
+        """One transaction for the records of `units`, then their acks; the units left
+        neither stored nor refused by an outage (all of them, or none)."""
+        records = [record for _, message_records in units for record in message_records]
         self.counts.batches += 1
         try:
             await asyncio.to_thread(self.sink.write, records)
-        except (IntegrityError, DataError):
-            await self._store_one_by_one(good, records)
-            return
         except Exception as exc:
-            self.counts.write_failures += 1
-            self._warn(
-                "database",
-                "%s: cannot store %d records (%s); they are delivered again in %.1fs",
-                self._name,
-                len(records),
-                exc,
-                self._retry_interval,
-            )
-            for msg in good:
-                with contextlib.suppress(NatsError):
-                    await msg.nak(delay=self._retry_interval)
-            await self._pause(self._retry_interval)
-            return
-        await self._ack(good, records)
-
-    async def _store_one_by_one(self, messages: list[Msg], records: list[Record]) -> None:
-        for msg, record in zip(messages, records, strict=True):
-            try:
-                await asyncio.to_thread(self.sink.write, [record])
-            except (IntegrityError, DataError) as exc:
-                self._refused(msg, record.table, f"refused by the database: {exc}")
-                await msg.term()
-                continue
-            await self._ack([msg], [record])
-
-    async def _ack(self, messages: Sequence[Msg], records: Sequence[Record]) -> None:
-        for msg in messages:
+            if _refuses_the_data(exc):
+                return await self._store_one_by_one(units)
+            self._outage(len(records), exc)
+            return units
+        for msg, _ in units:
             await msg.ack()
         self.counts.stored += len(records)
         self._count(records, "stored")
+        return []
+
+    async def _store_one_by_one(self, units: list[_Unit]) -> list[_Unit]:
+        """A group the database refused for its data: each message in a transaction of its
+        own, and the records of a message it refuses again one at a time, so a bad record is
+        refused alone. A message is acknowledged once each of its records is stored or
+        refused (terminated when all were refused). Returns the units an outage left."""
+        for index, (msg, records) in enumerate(units):
+            try:
+                stored = await self._write_each(msg, records)
+            except Exception as exc:
+                self._outage(len(records), exc)
+                return units[index:]
+            if stored:
+                await msg.ack()
+                self.counts.stored += len(stored)
+                self._count(stored, "stored")
+            else:
+                await msg.term()
+        return []
+
+    async def _write_each(self, msg: Msg, records: list[Record]) -> list[Record]:
+        """The records of `msg` the database stored: all in one transaction, or one at a
+        time once it refused them together; refused ones are logged and counted."""
+        try:
+            await asyncio.to_thread(self.sink.write, records)
+            return records
+        except Exception as exc:
+            if not _refuses_the_data(exc):
+                raise
+            if len(records) == 1:
+                self._refused(msg, records[0].table, f"cannot be stored: {_first_line(exc)}")
+                return []
+        stored: list[Record] = []
+        for record in records:
+            try:
+                await asyncio.to_thread(self.sink.write, [record])
+            except Exception as exc:
+                if not _refuses_the_data(exc):
+                    raise
+                self._refused(
+                    msg,
+                    record.table,
+                    f"the record {message_id(record)} cannot be stored: {_first_line(exc)}",
+                )
+            else:
+                stored.append(record)
+        return stored
+
+    def _outage(self, count: int, exc: Exception) -> None:
+        self.counts.write_failures += 1
+        self._warn(
+            "database",
+            "%s: cannot store %d records (%s); they are delivered again in %.1fs",
+            self._name,
+            count,
+            exc,
+            self._retry_interval,
+        )
 
     async def _pause(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -282,7 +370,7 @@ class EventConsumer:
         if self._metrics is not None:
             self._metrics.consumed.labels(table, "refused").inc()
         log.error(
-            "%s: message %s on %s terminated: %s",
+            "%s: message %s on %s: a record refused: %s",
             self._name,
             (msg.headers or {}).get("Nats-Msg-Id", "?"),
             msg.subject,
@@ -300,3 +388,18 @@ class EventConsumer:
         if now - self._last_warning.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
             self._last_warning[kind] = now
             log.warning(message, *args)
+
+
+def _refuses_the_data(exc: BaseException) -> bool:
+    """Whether a write failed for the records' own sake: the database refused them (a
+    constraint, a value it cannot store), or they failed before reaching it (a row without a
+    column, a value the sink cannot convert: records come from any publisher on the stream).
+    The sink reports every failure of the database itself as a SQLAlchemyError: an outage."""
+    return isinstance(exc, IntegrityError | DataError) or not isinstance(exc, SQLAlchemyError)
+
+
+def _first_line(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None)
+    text = str(original if original is not None else exc).strip()
+    line = text.splitlines()[0] if text else ""
+    return line if isinstance(exc, SQLAlchemyError) else f"{type(exc).__name__}: {line}"

@@ -22,7 +22,7 @@ class EventMetrics:
             "control_plane_events_consumed",
             "Experiment records taken from the stream by table and result: stored (committed "
             "and acknowledged), redelivered (seen before: a delivery count above 1), refused "
-            "(not a record, or refused by the database for its data; terminated).",
+            "(not a record, or refused by the database for its data; never retried).",
             ["table", "result"],
             registry=registry,
         )

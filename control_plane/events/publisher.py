@@ -2,9 +2,12 @@
 JetStream from a thread of their own; while NATS cannot be reached they wait in a local journal.
 
     hot path --offer()--> bounded deque --publisher loop (own thread), every `interval`-->
-        prepare (hash targeting keys) --> publish, one message per record, Nats-Msg-Id =
-        natural key --> JetStream PubAck? yes: done / no (down, timeout, refused): journal
-        --> once connected again: journal segments republished, removed when all acknowledged
+        prepare (hash targeting keys) --> pack what is queued (up to `records_per_message`
+        records of a table per message; control_plane.events.packing) --> publish, Nats-Msg-Id
+        = the pack's id (a record's natural key for a pack of one) --> JetStream PubAck? yes:
+        done / no (down, timeout, refused): journal, remembering the packs
+        --> once connected again: journal segments republished (the same packs again),
+        removed when all acknowledged
 
 `offer` has the shape of `BatchWriter.offer` (a tuple whose first element is its table; never
 blocks; False and counted when the queue is full), so the recorder feeds either one.
@@ -12,7 +15,16 @@ blocks; False and counted when the queue is full), so the recorder feeds either 
 Acknowledgements are collected on one wildcard inbox subscription rather than one request per
 message: nats-py's `JetStreamContext.publish` costs about 75 us of CPU per message here, a
 core publish with a reply subject about 16 us (bench/events.py), and that CPU is taken from
-the serving thread's share of the GIL.
+the serving thread's share of the GIL. Packing pays that, and nats-server's 15-20 us a message,
+once per pack; a round packs what it took and sends it at once, so nothing waits for a pack to
+fill.
+
+Deduplication, per record: a pack sent again as it was (its PubAck lost, its records
+journaled: the journal segment's `Layout` re-forms it) has the same message id, and the stream
+drops it within its duplicate window; records packed differently (a dead publisher's journal,
+adopted by the next) get other ids, and the database insert skips the keys it holds. A record
+whose message alone would exceed the server's max_payload (read from its INFO) is dropped,
+counted and logged, never journaled (no retry could send it) and never in a pack with others.
 
 What a crash loses: a `kill -9` loses what was queued or in flight (at most about `interval`
 of records plus one round trip); everything journaled is replayed by the next publisher that
@@ -35,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nats
-from nats.aio.client import Client
+from nats.aio.client import DEFAULT_MAX_PAYLOAD_SIZE, Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import MaxPayloadError
@@ -43,6 +55,7 @@ from nats.errors import MaxPayloadError
 from control_plane.events.loop import LoopThread
 from control_plane.events.messages import MSG_ID_HEADER, encode, message_id, subject
 from control_plane.events.metrics import EventMetrics
+from control_plane.events.packing import Layout, Pack, PackLimits, repack
 from control_plane.events.stream import StreamSettings, ensure_stream
 from control_plane.experiments.journal import Journal, Segment
 from control_plane.experiments.records import Record
@@ -63,6 +76,8 @@ class PublisherCounts:
     def __init__(self) -> None:
         self.published = 0
         self.duplicates = 0
+        #: Messages JetStream acknowledged (new or duplicate): records are packed into fewer.
+        self.messages = 0
         self.journaled = 0
         self.replayed = 0
         self.dropped = 0
@@ -82,10 +97,11 @@ class _FlushRequest:
 
 @dataclass(eq=False)
 class _Round:
-    """One batch of messages waiting for their acknowledgements."""
+    """One batch of messages waiting for their acknowledgements, by reply token."""
 
-    records: dict[int, Record]
-    failed: list[Record] = field(default_factory=list)
+    packs: dict[int, Pack]
+    failed: list[Pack] = field(default_factory=list)
+    #: Records in packs the stream already held (acknowledged as duplicates).
     duplicates: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -102,6 +118,7 @@ class EventPublisher:
         ready: Callable[[], bool] | None = None,
         stream: StreamSettings | None = None,
         queue_size: int = 100_000,
+        records_per_message: int = 100,
         batch_size: int = 1000,
         interval: float = 0.02,
         ack_timeout: float = 5.0,
@@ -118,7 +135,10 @@ class EventPublisher:
         self.counts = PublisherCounts()
         self._prepare = prepare
         self._ready = ready
+        if records_per_message < 1:
+            raise ValueError(f"records_per_message must be at least 1, not {records_per_message}")
         self._queue_size = queue_size
+        self._records_per_message = records_per_message
         self._batch_size = batch_size
         self._interval = interval
         self._ack_timeout = ack_timeout
@@ -140,6 +160,10 @@ class EventPublisher:
         #: Journal segments not yet acknowledged by JetStream, oldest first.
         self._backlog: list[Segment] = []
         self._current: Segment | None = None  # the segment new failures are appended to
+        #: How the records of this publisher's own backlog segments were packed when sent.
+        self._layouts: dict[Segment, Layout] = {}
+        #: The backlog segment being replayed and its packs not yet acknowledged.
+        self._replaying: tuple[Segment, list[Pack]] | None = None
         self._in_memory = 0  # records of backlog segments the journal could not take
         self._flushes: list[_FlushRequest] = []
         self._last_warning: dict[str, float] = {}
@@ -223,6 +247,8 @@ class EventPublisher:
         ]
         records += queued
         self._backlog = [segment for segment in self._backlog if segment.path is not None]
+        self._layouts.clear()  # the journal outlives this publisher, its layouts do not
+        self._replaying = None
         self._in_memory = 0
         if not records:
             return
@@ -337,21 +363,29 @@ class EventPublisher:
     async def _round(self, stopping: bool) -> None:
         """Publish what was queued (journal what NATS did not take), then replay the journal."""
         records, flushes = self._take()
-        handled = 0
+        chunks: list[list[Pack]] = []
+        sent = 0  # chunks published or journaled
         try:
-            for start in range(0, len(records), self._batch_size):
-                chunk = records[start : start + self._batch_size]
-                if self._backlog or not self.connected:
-                    failed = chunk  # keep the order: older journaled records go first
-                else:
-                    failed = await self._publish(chunk, "published")
-                if failed:
-                    self._journal_records(failed)
-                handled = start + len(chunk)
+            if records and (self._backlog or not self.connected):
+                # Keep the order (older journaled records go first); packed at the replay.
+                self._journal_records(records, [-len(records)])
+            elif records:
+                chunks = self._chunks(self._pack(records, self._limits()))
+                for chunk in chunks:
+                    if self._backlog or not self.connected:
+                        failed = chunk
+                    else:
+                        failed = await self._publish(chunk, "published")
+                    if failed:
+                        self._journal_packs(failed)
+                    sent += 1
         except BaseException:
             # Whatever went wrong (or cancelled the round), the records taken and not yet
             # published or journaled go to the backlog: republished later, never lost.
-            self._keep_in_memory(records[handled:])
+            if chunks:
+                self._keep_in_memory(*_contents([p for c in chunks[sent:] for p in c]))
+            elif not sent:
+                self._keep_in_memory(records, [-len(records)])
             self._flushes.extend(flushes)
             raise
         if self._backlog and self.connected and not stopping:
@@ -381,41 +415,79 @@ class EventPublisher:
                 self._dropped(item[0], 1, "the record could not be prepared")
         return records, flushes
 
-    async def _publish(self, records: Sequence[Record], result: str) -> list[Record]:
-        """Publish `records` and wait for their acknowledgements: the records not stored."""
+    # -- packing ---------------------------------------------------------------------------
+
+    def _limits(self) -> PackLimits:
+        """This publisher's records per message, under the connected server's max_payload
+        (its INFO; nats-py's default of 1 MiB before the first connection)."""
+        nc = self._nc
+        max_payload = nc.max_payload if nc is not None else DEFAULT_MAX_PAYLOAD_SIZE
+        return PackLimits.for_server(self._records_per_message, max_payload)
+
+    def _pack(
+        self, records: Sequence[Record], limits: PackLimits, layout: Layout | None = None
+    ) -> list[Pack]:
+        """`records` in packs (as `layout` says they were sent, if known); a record too
+        large for any message is dropped and counted: no retry could send it, and journaled
+        it would hold back every record behind it for good."""
+        packs, oversized = repack(records, layout, limits)
+        for record in oversized:
+            self._dropped(
+                record.table,
+                1,
+                f"the message of the record {message_id(record)} alone ({len(encode(record))} B)"
+                f" is larger than NATS's max_payload ({limits.max_payload} B)",
+            )
+        return packs
+
+    def _chunks(self, packs: list[Pack]) -> list[list[Pack]]:
+        """Packs in groups of about `batch_size` records: one wait for acknowledgements each."""
+        chunks: list[list[Pack]] = []
+        chunk: list[Pack] = []
+        count = 0
+        for item in packs:
+            if chunk and count + len(item.records) > self._batch_size:
+                chunks.append(chunk)
+                chunk, count = [], 0
+            chunk.append(item)
+            count += len(item.records)
+        if chunk:
+            chunks.append(chunk)
+        return chunks
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def _publish(self, packs: Sequence[Pack], result: str) -> list[Pack]:
+        """Publish `packs` and wait for their acknowledgements: the packs not stored."""
         nc = self._nc
         if nc is None:
-            return list(records)
+            return list(packs)
         batch = _Round({})
         tokens = self._inflight
         first = self._tokens
-        self._tokens += len(records)
-        # Every record is registered as awaiting its acknowledgement before the first send:
-        # one the sends never reached stays in batch.records and is journaled, never counted
+        self._tokens += len(packs)
+        # Every pack is registered as awaiting its acknowledgement before the first send:
+        # one the sends never reached stays in batch.packs and is journaled, never counted
         # as stored.
-        for offset, record in enumerate(records):
-            batch.records[first + offset] = record
+        for offset, item in enumerate(packs):
+            batch.packs[first + offset] = item
             tokens[first + offset] = batch
-        oversized: list[Record] = []
         try:
-            for offset, record in enumerate(records):
+            for offset, item in enumerate(packs):
                 try:
                     await nc.publish(
-                        subject(self.stream.subject_prefix, record),
-                        encode(record),
+                        subject(self.stream.subject_prefix, item.table),
+                        item.payload,
                         reply=f"{self._inbox}.{first + offset}",
-                        headers={MSG_ID_HEADER: message_id(record)},
+                        headers={MSG_ID_HEADER: item.msg_id},
                     )
                 except MaxPayloadError:
-                    # No retry could ever send it: journaled, it would hold back every
-                    # record behind it for good.
-                    del batch.records[first + offset]
+                    # Packed for a server that took more (a reconnect reached one with a
+                    # smaller max_payload): journaled, and packed anew for this one.
+                    del batch.packs[first + offset]
                     tokens.pop(first + offset, None)
-                    oversized.append(record)
-                    self._dropped(
-                        record.table, 1, f"larger than NATS's max_payload ({nc.max_payload} B)"
-                    )
-            if not batch.records:
+                    batch.failed.append(item)
+            if not batch.packs:
                 batch.done.set()
             await nc.flush(timeout=max(1, round(self._ack_timeout)))
             await asyncio.wait_for(batch.done.wait(), self._ack_timeout)
@@ -423,23 +495,19 @@ class EventPublisher:
             self.counts.failed_publishes += 1
             self._warn(
                 "publish",
-                "%s: publishing to NATS failed (%s): %d of %d records go to the local journal",
+                "%s: publishing to NATS failed (%s): %d of %d messages go to the local journal",
                 self._name,
                 exc or type(exc).__name__,
-                len(batch.records) + len(batch.failed),
-                len(records),
+                len(batch.packs) + len(batch.failed),
+                len(packs),
             )
-        for token in list(batch.records):
+        for token in list(batch.packs):
             tokens.pop(token, None)
-        failed = [*batch.failed, *batch.records.values()]
-        stored = len(records) - len(failed) - len(oversized)
-        if stored:
-            self._count_stored(records, [*failed, *oversized], result)
+        failed = [*batch.failed, *batch.packs.values()]
+        if len(failed) < len(packs):
+            self._count_stored(packs, failed, result)
+            self.counts.messages += len(packs) - len(failed)
             self.counts.duplicates += batch.duplicates
-            if result == "published":
-                self.counts.published += stored
-            else:
-                self.counts.replayed += stored
         return failed
 
     async def _on_ack(self, msg: Msg) -> None:
@@ -449,20 +517,21 @@ class EventPublisher:
             return
         batch = self._inflight.pop(token, None)
         if batch is None:
-            return  # late: its record was journaled already and will be republished
-        record = batch.records.pop(token)
+            return  # late: its records were journaled already and will be republished
+        item = batch.packs.pop(token)
         data = msg.data
         if not data or b'"error"' in data:  # no stream for the subject (503), full, ...
-            batch.failed.append(record)
+            batch.failed.append(item)
             self._warn(
                 "refused",
-                "%s: JetStream refused a record: %s",
+                "%s: JetStream refused a message of %d records: %s",
                 self._name,
+                len(item.records),
                 (data or (msg.headers or {}).get("Status", b"")) or "no answer",
             )
         elif b'"duplicate"' in data and json.loads(data).get("duplicate") is True:
-            batch.duplicates += 1
-        if not batch.records:
+            batch.duplicates += len(item.records)
+        if not batch.packs:
             batch.done.set()
 
     # -- the journal -----------------------------------------------------------------------
@@ -479,9 +548,14 @@ class EventPublisher:
                 exc,
             )
             return
-        self._backlog.extend(segments)
+        self._backlog.extend(segments)  # their layout died with their publisher
 
-    def _journal_records(self, records: list[Record]) -> None:
+    def _journal_packs(self, packs: Sequence[Pack]) -> None:
+        """Journal the records of packs that were sent and not acknowledged, remembering the
+        packs, so that the replay sends the same messages again."""
+        self._journal_records(*_contents(packs))
+
+    def _journal_records(self, records: list[Record], layout: Layout) -> None:
         try:
             segment = self.journal.append(records, self._current)
         except OSError as exc:
@@ -494,16 +568,17 @@ class EventPublisher:
                 exc,
                 self._buffer_limit,
             )
-            if not self._keep_in_memory(records):
+            if not self._keep_in_memory(records, layout):
                 return
         else:
             if segment is not self._current:
                 self._backlog.append(segment)
                 self._current = segment
+            self._layouts.setdefault(segment, []).extend(layout)
         self.counts.journaled += len(records)
         self._count(records, "journaled")
 
-    def _keep_in_memory(self, records: Sequence[Record]) -> bool:
+    def _keep_in_memory(self, records: Sequence[Record], layout: Layout) -> bool:
         """Put `records` at the end of the backlog without the journal (False: no room, they
         are dropped and counted)."""
         if not records:
@@ -512,21 +587,37 @@ class EventPublisher:
             for record in records:
                 self._dropped(record.table, 1, "neither the journal nor memory has room")
             return False
-        self._backlog.append(Segment(None, len(records), records=list(records)))
+        segment = Segment(None, len(records), records=list(records))
+        self._backlog.append(segment)
+        self._layouts[segment] = layout
         self._in_memory += len(records)
         self._current = None  # later failures go after these, not into an earlier segment
         return True
 
     async def _replay(self) -> None:
-        """Republish journal segments, oldest first; a segment leaves once all of it is in."""
+        """Republish journal segments, oldest first; a segment leaves once all of it is in.
+
+        The head segment's packs are made once and kept until all are acknowledged: a replay
+        cut short by NATS sends only the rest the next time, as the same messages."""
         self._current = None  # new failures go to a new segment, not one being replayed
         while self._backlog and self.connected:
             segment = self._backlog[0]
-            records = segment.records if segment.records is not None else self.journal.read(segment)
-            for start in range(0, len(records), self._batch_size):
-                if await self._publish(records[start : start + self._batch_size], "replayed"):
-                    return  # NATS is in trouble again; the whole segment is retried later
+            if self._replaying is None or self._replaying[0] is not segment:
+                records = segment.records
+                if records is None:
+                    records = self.journal.read(segment)
+                packs = self._pack(records, self._limits(), self._layouts.get(segment))
+                self._replaying = (segment, packs)
+            packs = self._replaying[1]
+            while packs:
+                chunk = self._chunks(packs[: self._batch_size])[0]
+                failed = await self._publish(chunk, "replayed")
+                packs[: len(chunk)] = failed  # acknowledged ones are done for good
+                if failed:
+                    return  # NATS is in trouble again; the rest is retried later
+            self._replaying = None
             self._backlog.pop(0)
+            self._layouts.pop(segment, None)
             if segment.path is None:
                 self._in_memory -= segment.count
             else:
@@ -534,11 +625,19 @@ class EventPublisher:
 
     # -- counting --------------------------------------------------------------------------
 
-    def _count_stored(self, records: Sequence[Record], failed: list[Record], result: str) -> None:
+    def _count_stored(self, packs: Sequence[Pack], failed: list[Pack], result: str) -> None:
+        counts: collections.Counter[str] = collections.Counter()
+        for item in packs:
+            counts[item.table] += len(item.records)
+        for item in failed:
+            counts[item.table] -= len(item.records)
+        stored = sum(counts.values())
+        if result == "published":
+            self.counts.published += stored
+        else:
+            self.counts.replayed += stored
         if self._metrics is None:
             return
-        counts = collections.Counter(record.table for record in records)
-        counts.subtract(record.table for record in failed)
         for table, count in counts.items():
             if count:
                 self._metrics.published.labels(table, result).inc(count)
@@ -567,3 +666,10 @@ class EventPublisher:
         if now - self._last_warning.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
             self._last_warning[kind] = now
             log.warning(message, *args)
+
+
+def _contents(packs: Sequence[Pack]) -> tuple[list[Record], Layout]:
+    """The records of `packs`, and the layout that re-forms them."""
+    return [record for item in packs for record in item.records], [
+        len(item.records) for item in packs
+    ]

@@ -120,6 +120,7 @@ def build_pipeline(
                 options={
                     "queue_size": settings.events_queue_size,
                     "interval": settings.events_publish_interval,
+                    "records_per_message": settings.events_records_per_message,
                 },
                 connect_options=options,
             ),
@@ -136,6 +137,7 @@ def build_pipeline(
             stream=stream,
             queue_size=settings.events_queue_size,
             interval=settings.events_publish_interval,
+            records_per_message=settings.events_records_per_message,
             metrics=metrics,
             connect_options=options,
         )
