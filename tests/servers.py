@@ -17,7 +17,7 @@ from control_plane.http.components import Components
 from control_plane.http.server import uvicorn_config
 from control_plane.settings import Settings
 
-__all__ = ["BackendApp", "ControlPlaneThread", "ServerThread", "free_port"]
+__all__ = ["BackendApp", "ControlPlaneThread", "RecordingTransport", "ServerThread", "free_port"]
 
 
 def free_port() -> int:
@@ -39,6 +39,9 @@ class ServerThread:
             lifespan="on",
             access_log=False,
         )
+        self._run(config)
+
+    def _run(self, config: uvicorn.Config) -> None:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -87,13 +90,39 @@ class ControlPlaneThread(ServerThread):
             lifespan="on",
             access_log=access_log,
         )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self._run(config)
 
     @property
     def components(self) -> Components:
         components: Components = self.app.state.components
         return components
+
+
+class RecordingTransport(asyncio.Transport):
+    """A transport that keeps every write (one entry per transport.write call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
 
 class BackendApp:

@@ -16,7 +16,7 @@ from typing import Any
 import h11
 import pytest
 from openfeature.hook import Hook
-from servers import ControlPlaneThread
+from servers import ControlPlaneThread, RecordingTransport
 from uvicorn.server import ServerState
 
 from control_plane.http.app import ControlPlaneApp
@@ -253,33 +253,14 @@ class _FixedAnswer:
         return self.answer
 
 
-class _Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: Any) -> None:
-        self.writes.append(bytes(data))
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
-
-
-def _protocol_answer(answer: WireAnswer | Exception, request: bytes) -> _Transport:
+def _protocol_answer(answer: WireAnswer | Exception, request: bytes) -> RecordingTransport:
     """Feed `request` to the protocol class `serve` uses, its fast path answering `answer`;
     what it wrote before the event loop ran once."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("the protocol should have answered")
 
-    async def run() -> _Transport:
+    async def run() -> RecordingTransport:
         config = uvicorn_config(
             app,
             host="127.0.0.1",
@@ -293,10 +274,10 @@ def _protocol_answer(answer: WireAnswer | Exception, request: bytes) -> _Transpo
         protocol = config.http_protocol_class(  # type: ignore[call-arg]
             config=config, server_state=ServerState(), app_state={}
         )
-        transport = _Transport()
+        transport = RecordingTransport()
         protocol.connection_made(transport)
         protocol.data_received(request)
-        answered = _Transport()  # what was written synchronously, in the parser callback
+        answered = RecordingTransport()  # what was written synchronously, in the parser callback
         answered.writes, answered.closed = transport.writes[:], transport.closed
         protocol.connection_lost(None)
         return answered

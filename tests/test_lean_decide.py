@@ -15,7 +15,7 @@ import httpx
 import pytest
 from conftest import write_flags
 from openfeature.hook import Hook, HookContext, HookHints
-from servers import ControlPlaneThread
+from servers import ControlPlaneThread, RecordingTransport
 from uvicorn.server import ServerState
 
 from control_plane.http.server import uvicorn_config
@@ -207,42 +207,15 @@ def test_the_lean_path_follows_flag_edits(trio: Trio, flags_dir: Path) -> None:
     assert after["flagSetVersion"] > before["flagSetVersion"]
 
 
-class _RecordingTransport(asyncio.Transport):
-    """A transport that keeps every write (one entry per transport.write call)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.writes.append(bytes(data))
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 async def _exchange(
-    app: Any, request: bytes, *, until: asyncio.Event, transport: _RecordingTransport | None = None
-) -> _RecordingTransport:
+    app: Any, request: bytes, *, until: asyncio.Event, transport: RecordingTransport | None = None
+) -> RecordingTransport:
     config = uvicorn_config(
         app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False
     )
     config.load()
     protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
-    transport = transport or _RecordingTransport()
+    transport = transport or RecordingTransport()
     protocol.connection_made(transport)
     protocol.data_received(request)
     await asyncio.wait_for(until.wait(), 5)
@@ -254,7 +227,7 @@ async def _exchange(
 def test_a_complete_response_is_one_write() -> None:
     """A head with a content length and its whole body leave in a single transport.write."""
 
-    async def run() -> _RecordingTransport:
+    async def run() -> RecordingTransport:
         done = asyncio.Event()
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -280,9 +253,9 @@ def test_a_streamed_response_still_streams() -> None:
     """A chunked response's head goes out before its first chunk is even produced."""
     heads_before_body: list[int] = []
 
-    async def run() -> _RecordingTransport:
+    async def run() -> RecordingTransport:
         done = asyncio.Event()
-        transport = _RecordingTransport()
+        transport = RecordingTransport()
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
             await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -304,7 +277,7 @@ def test_a_sized_response_sent_in_parts_streams_its_parts() -> None:
     """With a content length but several body messages, the head leaves with the first part
     and each later part is written as it comes."""
 
-    async def run() -> _RecordingTransport:
+    async def run() -> RecordingTransport:
         done = asyncio.Event()
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
