@@ -197,3 +197,41 @@ def test_the_writer_process_writes_out_what_it_got_when_the_server_is_killed(
     wait_for(lambda: _stored(database) == 500, what="the orphaned writer to write")
     wait_for(lambda: process_gone(child), what="the writer process to exit")
     database.dispose()
+
+
+def _policies(pid: int) -> list[int]:
+    """The scheduling policy of each live thread of `pid` (field 41 of its task's stat); a
+    thread that ended while being read (a flush's) is left out."""
+    policies = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except FileNotFoundError:
+            continue
+        policies.append(int(stat.rsplit(")", 1)[1].split()[38]))
+    return policies
+
+
+def test_the_writer_process_runs_as_batch_work_and_the_serving_process_does_not(
+    tmp_path: Path,
+) -> None:
+    """Every thread of the writer process (its main thread, journal, database and status
+    threads) is SCHED_BATCH, so waking it never preempts the serving process; the serving
+    process's own threads keep the normal policy."""
+    url, database = _database(tmp_path)
+    writer = ProcessWriter(
+        WriterConfig(url, DatabaseTimeouts(), tmp_path / "journal", OPTIONS), key=lambda: KEY
+    )
+    writer.start()
+    try:
+        assert writer.offer(_exposure(1))
+        assert writer.flush(timeout=30)
+        child = writer._process.pid  # type: ignore[union-attr]
+        policies = _policies(child)
+        assert len(policies) >= 4  # main, journal, database, status
+        assert set(policies) == {os.SCHED_BATCH}
+        assert set(_policies(os.getpid())) == {os.SCHED_OTHER}
+    finally:
+        writer.stop()
+    assert _stored(database) == 1
+    database.dispose()
