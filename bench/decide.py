@@ -124,13 +124,24 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
+def _own_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of `pid` alone."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
 def measured(pid: int, url: str, args: argparse.Namespace, script: Path) -> dict[str, float]:
     run_wrk(url, 2, args.connections, script)  # warm-up
     before, client_before = _cpu_seconds(pid), _children_cpu_seconds()
+    own_before = _own_cpu_seconds(pid)
     result = run_wrk(url, args.seconds, args.connections, script)
     used = _cpu_seconds(pid) - before
+    own = _own_cpu_seconds(pid) - own_before
     requests = max(1, result["requests"])
     result["server_cpu_us_per_request"] = round(used / requests * 1e6, 1)
+    # The serving process's own share; the rest is its children's (the exposure writer, and
+    # with --workers the workers and theirs).
+    result["serving_process_cpu_us_per_request"] = round(own / requests * 1e6, 1)
     # wrk shares the 2 cores with the server: what it costs says how much is left for it.
     client = _children_cpu_seconds() - client_before
     result["client_cpu_us_per_request"] = round(client / requests * 1e6, 1)
@@ -191,6 +202,11 @@ def summary(rounds: list[dict[str, float]]) -> dict[str, Any]:
         "server_cpu_us_per_request": {
             "best": min(item["server_cpu_us_per_request"] for item in rounds),
             "median": statistics.median(item["server_cpu_us_per_request"] for item in rounds),
+        },
+        "serving_process_cpu_us_per_request": {
+            "median": statistics.median(
+                item["serving_process_cpu_us_per_request"] for item in rounds
+            ),
         },
         "client_cpu_us_per_request": {
             "median": statistics.median(item["client_cpu_us_per_request"] for item in rounds),
