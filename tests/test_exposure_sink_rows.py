@@ -250,6 +250,25 @@ def test_time_text_is_sqlalchemys_for_any_time_in_any_order(times: list[float]) 
     assert [convert(seconds) for seconds in times] == [_sqlalchemy_text(s) for s in times]
 
 
+@given(
+    st.integers(min_value=0, max_value=253402300000),
+    st.lists(st.floats(min_value=0.0, max_value=300.0), min_size=1, max_size=50),
+)
+def test_time_text_is_sqlalchemys_for_times_minutes_apart(base: int, offsets: list[float]) -> None:
+    """Times within a few minutes of each other, in any order (the kept minute used, left and
+    come back to, across hours and days), give SQLAlchemy's text."""
+    convert = utc_text()
+    times = [base + offset for offset in offsets]
+    assert [convert(seconds) for seconds in times] == [_sqlalchemy_text(s) for s in times]
+
+
+def test_time_text_of_every_second_of_a_day_is_sqlalchemys() -> None:
+    """Each second of a day, in order, across each minute's and hour's end, and a new day."""
+    convert = utc_text()
+    times = [1_700_006_400.0 - 1 + second + 0.5 for second in range(86_402)]
+    assert [convert(seconds) for seconds in times] == [_sqlalchemy_text(s) for s in times]
+
+
 @given(st.integers(min_value=0, max_value=4102444800), st.integers(min_value=0, max_value=10**7))
 def test_time_text_rounds_tenths_of_microseconds_as_fromtimestamp(second: int, tenths: int) -> None:
     """Times a tenth of a microsecond apart within a second (halves, and the last ones, which

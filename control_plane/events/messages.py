@@ -23,9 +23,11 @@ JSON lines never hold a raw newline (the encoder escapes it), so "\\n" separates
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Sequence
 
-from control_plane.experiments.records import CALL_SAMPLES, OUTCOME_EVENTS, Record
+from control_plane.experiments.records import CALL_SAMPLES, OUTCOME_EVENTS, TABLES, Record
 
 __all__ = [
     "MSG_ID_HEADER",
@@ -93,6 +95,59 @@ def decode(payload: bytes) -> Record:
 def unpack(payload: bytes) -> tuple[list[Record], list[str]]:
     """The records of a message, and why each line that is not a record was refused ("line 3:
     not a record"); blank lines (whitespace around a one-record payload) are no records."""
+    records = _unpack_whole(payload)
+    if records is not None:
+        return records, []
+    return _unpack_lines(payload)
+
+
+#: Two JSON objects side by side in one line: `}`, a comma, `{`, with JSON's whitespace but
+#: the newline between them.
+_TWO_OBJECTS = re.compile(rb"\}[ \t\r]*,[ \t\r]*\{")
+_decode_json = json.JSONDecoder().decode
+
+
+def _unpack_whole(payload: bytes) -> list[Record] | None:
+    """The records of a payload whose every line is a record, parsed as one JSON array (each
+    newline preceded by a comma) in one C call; None for any other payload, which
+    `_unpack_lines` then reads line by line to refuse each bad line alone.
+
+    Why: one call instead of a Python round per line, and the decoder keeps one copy of the
+    keys the records repeat; a pack of 100 exposures unpacks at 2.6 us a record against 4.0
+    line by line (process time, GC on, best of 30 alternating, this machine).
+
+    Why it reads what `_unpack_lines` reads: when the array has one element per line, each a
+    record object, and no line holds two objects side by side (`},{`), each line is exactly
+    one element. A comma of a line's own can part two elements only between two objects on
+    that line (with a newline between them, the comma added there would make two commas in a
+    row, no JSON), so every added comma parts two elements, and a line left open at its end
+    (`[1`, closed by the next line's `2]`: one element of two lines) cannot go unseen. A JSON
+    string holds no raw newline, so none spans lines.
+    """
+    if _TWO_OBJECTS.search(payload) is not None:
+        return None
+    try:
+        text = payload.decode("utf-8")
+        values = _decode_json("[" + text.replace("\n", ",\n") + "]")
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    if len(values) != text.count("\n") + 1:
+        return None
+    records: list[Record] = []
+    append = records.append
+    for value in values:
+        if type(value) is not dict:
+            return None
+        table = value.get("table")
+        row = value.get("row")
+        if table not in TABLES or type(row) is not dict:
+            return None
+        append(Record(table, row))
+    return records
+
+
+def _unpack_lines(payload: bytes) -> tuple[list[Record], list[str]]:
+    """`unpack` one line at a time: each bad line refused alone, with its number."""
     records: list[Record] = []
     refused: list[str] = []
     for number, line in enumerate(payload.split(b"\n"), start=1):

@@ -59,9 +59,14 @@ class Pack:
     msg_id: str
 
     @classmethod
-    def of(cls, table: str, records: list[Record], lines: list[bytes]) -> Pack:
-        msg_id = pack_id(table, [message_id(record) for record in records])
-        return cls(table, records, b"\n".join(lines), msg_id)
+    def of(
+        cls, table: str, records: list[Record], lines: list[bytes], keys: list[str] | None = None
+    ) -> Pack:
+        """The pack of `records`, their `lines` and their message ids (`keys`, made here when
+        not given: `pack` has them from its size check)."""
+        if keys is None:
+            keys = [message_id(record) for record in records]
+        return cls(table, records, b"\n".join(lines), pack_id(table, keys))
 
     def fits(self, limits: PackLimits) -> bool:
         size = len(self.payload)
@@ -82,20 +87,23 @@ def pack(records: Sequence[Record], limits: PackLimits) -> tuple[list[Pack], lis
     for table, rows in tables.items():
         members: list[Record] = []
         lines: list[bytes] = []
+        keys: list[str] = []
         size = -1  # bytes of the payload so far (the first line has no separator)
         for record in rows:
             line = encode(record)
-            if len(line) + header_bytes(message_id(record)) > limits.max_payload:
+            key = message_id(record)
+            if len(line) + header_bytes(key) > limits.max_payload:
                 oversized.append(record)
                 continue
             if members and (len(members) >= limits.records or size + 1 + len(line) > limits.bytes):
-                packs.append(Pack.of(table, members, lines))
-                members, lines, size = [], [], -1
+                packs.append(Pack.of(table, members, lines, keys))
+                members, lines, keys, size = [], [], [], -1
             members.append(record)
             lines.append(line)
+            keys.append(key)
             size += 1 + len(line)
         if members:
-            packs.append(Pack.of(table, members, lines))
+            packs.append(Pack.of(table, members, lines, keys))
     return packs, oversized
 
 
