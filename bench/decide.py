@@ -124,19 +124,20 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-def _own_cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of `pid` alone."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def process_cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU time (user + system) of `pid` alone (or of one of its threads), no descendants."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def measured(pid: int, url: str, args: argparse.Namespace, script: Path) -> dict[str, float]:
     run_wrk(url, 2, args.connections, script)  # warm-up
     before, client_before = _cpu_seconds(pid), _children_cpu_seconds()
-    own_before = _own_cpu_seconds(pid)
+    own_before = process_cpu_seconds(pid)
     result = run_wrk(url, args.seconds, args.connections, script)
     used = _cpu_seconds(pid) - before
-    own = _own_cpu_seconds(pid) - own_before
+    own = process_cpu_seconds(pid) - own_before
     requests = max(1, result["requests"])
     result["server_cpu_us_per_request"] = round(used / requests * 1e6, 1)
     # The serving process's own share; the rest is its children's (the exposure writer, and

@@ -53,7 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import free_port, uvicorn_process
-from decide import _LUA, _cpu_seconds, run_wrk
+from decide import _LUA, _cpu_seconds, process_cpu_seconds, run_wrk
 
 FLAG = "ab-test-router"
 
@@ -101,13 +101,6 @@ def _nats(tmp: Path) -> Iterator[tuple[str, int]]:
     finally:
         process.terminate()
         process.wait(timeout=10)
-
-
-def _own_cpu_seconds(pid: int) -> float:
-    """CPU time of `pid` alone (bench/decide.py's _cpu_seconds adds its live descendants,
-    here the publisher process)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_ready(base: str, timeout: float = 60) -> None:
@@ -284,7 +277,7 @@ def hop_costs(
             time.sleep(0.05)
         records = _records(count, "hops")
         loop_before = _in_loop(publisher._loop, time.thread_time)
-        nats_before = _own_cpu_seconds(nats_pid)
+        nats_before = process_cpu_seconds(nats_pid)
         for record in records:
             publisher.offer((record.table, record))
         if not publisher.flush(120):
@@ -293,19 +286,19 @@ def hop_costs(
             _in_loop(publisher._loop, time.thread_time) - loop_before
         )
         result["nats_server_publish_us_per_record"] = per_record(
-            _own_cpu_seconds(nats_pid) - nats_before
+            process_cpu_seconds(nats_pid) - nats_before
         )
         result.update(_messages(publisher, count))
         publisher.stop()
         consumer = EventConsumer(url, DatabaseSink(database), stream=stream)
         process_before = time.process_time()
-        nats_before = _own_cpu_seconds(nats_pid)
+        nats_before = process_cpu_seconds(nats_pid)
         consumer.start()
         while consumer.counts.stored < count:
             time.sleep(0.02)
         result["consumer_process_us_per_record"] = per_record(time.process_time() - process_before)
         result["nats_server_consume_us_per_record"] = per_record(
-            _own_cpu_seconds(nats_pid) - nats_before
+            process_cpu_seconds(nats_pid) - nats_before
         )
         consumer.stop()
         database.dispose()
@@ -398,9 +391,9 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
                     if storing_pid is not None:
                         watched["storing_control_plane"] = storing_pid
                     cpu_before = {name: _cpu_seconds(p) for name, p in watched.items()}
-                    own_before = _own_cpu_seconds(pid)
+                    own_before = process_cpu_seconds(pid)
                     result: dict[str, Any] = run_wrk(target, args.seconds, args.connections, script)
-                    own = _own_cpu_seconds(pid) - own_before
+                    own = process_cpu_seconds(pid) - own_before
                     spent = {n: _cpu_seconds(p) - cpu_before[n] for n, p in watched.items()}
                     for name, cpu in spent.items():
                         result[f"{name}_cpu_us_per_request"] = round(

@@ -48,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import UVICORN_ARGS, uvicorn_process
-from decide import _LUA, _cpu_seconds, run_wrk
+from decide import _LUA, _cpu_seconds, process_cpu_seconds, run_wrk
 
 FLAG = "ab-test-router"
 
@@ -174,13 +174,6 @@ def writer_throughput(database_url: str, records: int, batch_size: int) -> dict[
 # -- 2. CPU per exposure, by process ---------------------------------------------------------
 
 
-def _process_cpu(pid: int, thread: int | None = None) -> float:
-    """utime + stime of one process (or one of its threads), children not included."""
-    path = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
-    fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def writer_process_cpu(database_url: str, records: int, rate: int) -> dict[str, Any]:
     """CPU per exposure on each side of the writer process, with decisions offered at `rate`
     per second through the real recorder and ProcessWriter (as the server has them)."""
@@ -202,8 +195,8 @@ def writer_process_cpu(database_url: str, records: int, rate: int) -> dict[str, 
         child = writer._process.pid  # type: ignore[union-attr]
         feeder = writer._feeder.native_id  # type: ignore[union-attr]
         me = os.getpid()
-        serving, feeding = time.process_time(), _process_cpu(me, feeder)
-        writing = _process_cpu(child)
+        serving, feeding = time.process_time(), process_cpu_seconds(me, feeder)
+        writing = process_cpu_seconds(child)
         offering = 0.0
         chunk = max(1, rate // 100)
         started = time.perf_counter()
@@ -215,8 +208,8 @@ def writer_process_cpu(database_url: str, records: int, rate: int) -> dict[str, 
             time.sleep(max(0.0, started + (start + chunk) / rate - time.perf_counter()))
         flushed = writer.flush(timeout=600)
         serving = time.process_time() - serving
-        feeding = _process_cpu(me, feeder) - feeding
-        writing = _process_cpu(child) - writing
+        feeding = process_cpu_seconds(me, feeder) - feeding
+        writing = process_cpu_seconds(child) - writing
         writer.stop()
     return {
         "records": records,
@@ -305,10 +298,10 @@ def decide_on_off(args: argparse.Namespace, database_url: str | None) -> dict[st
                     target = f"{base}/v1/decide/{FLAG}"
                     run_wrk(target, 2, args.connections, script)  # warm-up
                     before = _counters(base) if logging else {}
-                    cpu_before, own_before = _cpu_seconds(pid), _process_cpu(pid)
+                    cpu_before, own_before = _cpu_seconds(pid), process_cpu_seconds(pid)
                     result: dict[str, Any] = run_wrk(target, args.seconds, args.connections, script)
                     cpu = _cpu_seconds(pid) - cpu_before
-                    own = _process_cpu(pid) - own_before
+                    own = process_cpu_seconds(pid) - own_before
                     requests = result["requests"]
                     result["server_cpu_us_per_request"] = round(cpu / requests * 1e6, 1)
                     result["serving_process_cpu_us_per_request"] = round(own / requests * 1e6, 1)

@@ -511,7 +511,7 @@ def _run_as_batch_work() -> None:
     until the load balancer moves one of them. A batch task has the same share of CPU time
     (the same nice weight, so it is never starved under overload) but never preempts a running
     task when it wakes: it waits for the next tick or a free CPU. bench/exposures.py on 2
-    cores, logging on against off: decisions/s 0.89-0.95 as a normal task, 0.96-0.97 as a batch
+    cores, logging on against off: decisions/s 0.89-0.95 as a normal task, 0.96-0.99 as a batch
     task (docs/benchmarks.md). Unprivileged; skipped where the policy does not exist."""
     setter = getattr(os, "sched_setscheduler", None)
     batch = getattr(os, "SCHED_BATCH", None)
