@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,6 +27,7 @@ __all__ = [
     "list_audit_events",
     "list_tokens",
     "list_versions",
+    "lock_versions",
     "revoke_token",
     "token_by_hash",
     "token_by_name",
@@ -63,6 +64,26 @@ def get_version(*, session: Session, version: int) -> FlagSetVersion:
     if row is None:
         raise VersionNotFound(f"no flag set version {version} is stored")
     return row
+
+
+#: One transaction-scoped advisory lock per schema for numbering flag set versions.
+_VERSIONS_LOCK = text(
+    "SELECT pg_advisory_xact_lock("
+    "hashtextextended('control-plane:flag-set-versions:' || current_schema(), 0))"
+)
+
+
+def lock_versions(*, session: Session) -> None:
+    """Make this transaction the only one numbering a version until it ends (PostgreSQL).
+
+    Without it, writers racing for the next number (control planes on one database, the file
+    watcher beside an admin edit) each read the same newest version, and all but one fail
+    with IntegrityError and retry: with six at once the last could lose every attempt (seen
+    in tests/test_db_recorder.py, one run in three). Taken first, before the newest version
+    is read, so the diff is against the real predecessor too. Released at commit or rollback.
+    SQLite lets one writer at a time in already; other databases keep the retry."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_VERSIONS_LOCK)
 
 
 def add_version(

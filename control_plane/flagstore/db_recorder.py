@@ -160,6 +160,7 @@ class DatabaseRecorder:
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 with self.database.session() as session:
+                    repository.lock_versions(session=session)
                     latest = self._latest(session)
                     if (
                         latest is not None
