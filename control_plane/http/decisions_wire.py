@@ -6,7 +6,7 @@ The header list itself lives in control_plane.routing.wire, where the lean decid
 
 from __future__ import annotations
 
-from control_plane.routing.compiled_decisions import encode_headers, json_body
+from control_plane.routing.compiled_decisions import decision_answer, encode_headers, json_body
 from control_plane.routing.wire import decision_headers
 
-__all__ = ["decision_headers", "encode_headers", "json_body"]
+__all__ = ["decision_answer", "decision_headers", "encode_headers", "json_body"]

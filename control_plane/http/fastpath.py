@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control_plane.errors import BadRequestInput, ControlPlaneError
 from control_plane.http.components import RoutingComponents
-from control_plane.http.decisions_wire import decision_headers, encode_headers, json_body
+from control_plane.http.decisions_wire import decision_answer
 from control_plane.http.problems import send_problem
 from control_plane.http.request_target import unsafe_target
 from control_plane.observability.tracing import remote_parent
@@ -75,8 +75,7 @@ class DecideFastPath:
                         ignored=context.ignored,
                         tester=context.tester,
                     )
-                body = json_body(decision)
-                headers = encode_headers(decision_headers(decision), len(body))
+                body, headers = decision_answer(decision)
         except ControlPlaneError as exc:
             if isinstance(exc, BadRequestInput):
                 components.metrics.bad_requests.labels(exc.metric_source).inc()

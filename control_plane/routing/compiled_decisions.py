@@ -45,6 +45,7 @@ __all__ = [
     "CompiledDecider",
     "DecideAnswer",
     "WireAnswer",
+    "decision_answer",
     "encode_headers",
     "header_lines",
     "json_body",
@@ -74,6 +75,12 @@ def encode_headers(pairs: Sequence[tuple[str, str]], body_length: int) -> Header
     headers.append(_JSON)
     headers.append((b"content-length", str(body_length).encode()))
     return headers
+
+
+def decision_answer(decision: Decision) -> tuple[bytes, Headers]:
+    """The decision's JSON body and its response headers, built for this one decision."""
+    body = json_body(decision)
+    return body, encode_headers(decision_headers(decision), len(body))
 
 
 def header_lines(headers: Headers) -> bytes | None:
@@ -189,10 +196,7 @@ class CompiledDecider:
         """Decide `flag_key` and build its response; raises as Decider.decide does."""
         decision, prebuilt = self._decided(flag_key, targeting_key, attributes, ignored, tester)
         if ignored or tester:  # notes of this request: built as the OpenFeature path builds
-            body = json_body(decision)
-            return DecideAnswer(
-                decision, body, encode_headers(decision_headers(decision), len(body))
-            )
+            return DecideAnswer(decision, *decision_answer(decision))
         id_bytes = decision.decision_id.encode()
         return DecideAnswer(
             decision,
@@ -212,10 +216,8 @@ class CompiledDecider:
         """`decide`, with the headers as the head lines the HTTP server writes."""
         decision, prebuilt = self._decided(flag_key, targeting_key, attributes, ignored, tester)
         if ignored or tester or prebuilt.lines_head is None or prebuilt.lines_tail is None:
-            body = json_body(decision)
-            return WireAnswer(
-                decision, body, header_lines(encode_headers(decision_headers(decision), len(body)))
-            )
+            body, headers = decision_answer(decision)
+            return WireAnswer(decision, body, header_lines(headers))
         id_bytes = decision.decision_id.encode()
         return WireAnswer(
             decision,
