@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from control_plane.experiments.sink import DatabaseSink, utc_text
 from control_plane.experiments.writer import BatchWriter
 
 database_url = db_support.database_url
+empty_database = db_support.empty_database
+database = db_support.database
 
 _TABLES: dict[str, Table] = {
     model.__tablename__: model.__table__  # type: ignore[misc]
@@ -142,16 +144,6 @@ def _clear(database: Database) -> None:
     with database.engine.begin() as connection:
         for name in _TABLES:
             connection.execute(text(f'DELETE FROM "{name}"'))  # noqa: S608 - our table names
-
-
-@pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    database = Database.from_url(database_url)
-    database.migrate()
-    try:
-        yield database
-    finally:
-        database.dispose()
 
 
 def _sink_insert(database: Database, *batches: Sequence[Record]) -> None:

@@ -11,6 +11,7 @@ import threading
 import time
 from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 from experiments_support import process_gone, run_until_killed, wait_for
 from prometheus_client import CollectorRegistry
@@ -42,6 +43,15 @@ def _exposure(index: int) -> tuple[str, tuple[object, ...], float]:
     )
 
 
+def _writer(url: str, tmp_path: Path, **options: Any) -> ProcessWriter:
+    """A ProcessWriter on `url` with the tests' writer options, its journal in `tmp_path`."""
+    return ProcessWriter(
+        WriterConfig(url, DatabaseTimeouts(), tmp_path / "journal", OPTIONS),
+        key=lambda: KEY,
+        **options,
+    )
+
+
 def _stored(database: Database) -> int:
     with database.session() as session:
         return int(session.scalar(select(func.count()).select_from(Exposure)) or 0)
@@ -52,11 +62,7 @@ def test_records_reach_the_database_and_metrics_show_on_the_parent(tmp_path: Pat
     database_up are read on the serving process."""
     url, database = _database(tmp_path)
     registry = CollectorRegistry()
-    writer = ProcessWriter(
-        WriterConfig(url, DatabaseTimeouts(), tmp_path / "journal", OPTIONS),
-        key=lambda: KEY,
-        metrics=ExperimentMetrics(registry),
-    )
+    writer = _writer(url, tmp_path, metrics=ExperimentMetrics(registry))
     writer.start()
     try:
         for index in range(300):
@@ -84,9 +90,7 @@ def test_each_flush_among_records_answers_once_those_offered_before_it_are_store
     flush is queued) each return True with every record offered before them in the database,
     while another thread keeps offering."""
     url, database = _database(tmp_path)
-    writer = ProcessWriter(
-        WriterConfig(url, DatabaseTimeouts(), tmp_path / "journal", OPTIONS), key=lambda: KEY
-    )
+    writer = _writer(url, tmp_path)
     writer.start()
     offered = threading.Event()
 
@@ -118,9 +122,7 @@ def test_records_marshal_cannot_hold_still_arrive(tmp_path: Path) -> None:
     """Batches go marshalled; one holding a value marshal refuses (an int or str subclass, as
     an IntEnum would be) goes pickled instead and is stored all the same."""
     url, database = _database(tmp_path)
-    writer = ProcessWriter(
-        WriterConfig(url, DatabaseTimeouts(), tmp_path / "journal", OPTIONS), key=lambda: KEY
-    )
+    writer = _writer(url, tmp_path)
     writer.start()
     try:
         assert writer.offer(_exposure(0))
@@ -144,11 +146,7 @@ def test_a_killed_writer_process_is_replaced_and_nothing_it_journaled_is_lost(
     """SIGKILL of the writer process: another one starts, and every record offered before and
     after the kill reaches the database."""
     url, database = _database(tmp_path)
-    writer = ProcessWriter(
-        WriterConfig(url, DatabaseTimeouts(), tmp_path / "journal", OPTIONS),
-        key=lambda: KEY,
-        restart_delay=0.1,
-    )
+    writer = _writer(url, tmp_path, restart_delay=0.1)
     writer.start()
     try:
         for index in range(100):
@@ -219,9 +217,7 @@ def test_the_writer_process_runs_as_batch_work_and_the_serving_process_does_not(
     threads) is SCHED_BATCH, so waking it never preempts the serving process; the serving
     process's own threads keep the normal policy."""
     url, database = _database(tmp_path)
-    writer = ProcessWriter(
-        WriterConfig(url, DatabaseTimeouts(), tmp_path / "journal", OPTIONS), key=lambda: KEY
-    )
+    writer = _writer(url, tmp_path)
     writer.start()
     try:
         assert writer.offer(_exposure(1))
