@@ -28,7 +28,12 @@ everywhere below; 1 publishes one message per record, as before packing.
    that falls behind stores the rest after wrk stops, which its CPU per request hides. The
    serving process's own CPU per decision (without its publisher process) gives
    `serving_process_capacity_ratio`, off / on: the share of decisions one core of a replica
-   still serves with publishing on.
+   still serves with publishing on. In replica mode each round also runs publishing on with
+   the storing control plane paused (SIGSTOP, its whole process tree) for the measured window,
+   as on a machine of its own (the deployment's shape: docs/deployment.md), then resumed:
+   `ratio_consumer_elsewhere` is that case's decisions/s over off's, the replica node's own
+   cost with nats-server still on the same cores; `all_stored` and `drain_s` say whether and
+   how soon the resumed consumer stored every exposure the replica published.
 
 Runs its own `nats-server -js` on a free port (a temp store). Prints one JSON report.
 """
@@ -42,6 +47,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -329,9 +335,55 @@ def _stored_by(base: str) -> float:
     return _exposures(base, "consumed", "stored")
 
 
+def _signal_tree(pid: int, signum: int) -> None:
+    """Send `signum` to `pid` and every live descendant (SIGSTOP/SIGCONT a server whole)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(current, signum)
+        todo.extend(children.get(current, []))
+
+
+def _settled_published(base: str) -> float:
+    """The exposures `base` has published once its count stops moving (its publisher sends
+    what wrk's last decisions queued a few tens of milliseconds after wrk stops)."""
+    published = _published(base)
+    while True:
+        time.sleep(0.5)
+        now = _published(base)
+        if now == published:
+            return now
+        published = now
+
+
+def _drained(storing_base: str, published: float) -> dict[str, Any]:
+    """After a window with the storing control plane paused: how long until it has stored
+    every exposure published so far (`published`, all servers of the run), 120 s at most."""
+    started = time.monotonic()
+    stored = _stored_by(storing_base)
+    while stored < published and time.monotonic() - started < 120:
+        time.sleep(0.25)
+        stored = _stored_by(storing_base)
+    return {
+        "published_in_run": published,
+        "stored_in_run": stored,
+        "all_stored": stored >= published,
+        "drain_s": round(time.monotonic() - started, 1),
+    }
+
+
 def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) -> dict[str, Any]:
     off: list[dict[str, Any]] = []
     on: list[dict[str, Any]] = []
+    on_elsewhere: list[dict[str, Any]] = []
+    published_in_run = 0.0  # exposures published by every server of the run so far
     script = tmp / "users.lua"
     script.write_text(_LUA)
     common = {
@@ -363,19 +415,26 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
                 )
             )
             storing_pid = int(pid_file.read_text())
+        cases: list[tuple[bool, bool, list[dict[str, Any]]]] = [
+            (False, False, off),
+            (True, False, on),
+        ]
+        if storing_pid is not None:
+            cases.append((True, True, on_elsewhere))
         for round_ in range(args.rounds):
-            for publishing, results in ((False, off), (True, on)):
+            for publishing, paused, results in cases:
                 with contextlib.ExitStack() as server:
-                    pid_file = tmp / f"server-{publishing}-{round_}.pid"
+                    name = f"{publishing}-{paused}-{round_}"
+                    pid_file = tmp / f"server-{name}.pid"
                     env = {
                         **common,
-                        "CP_EVENTS_JOURNAL_DIR": str(tmp / f"journal-{round_}-{publishing}"),
-                        "CP_EXPOSURE_SPILL_DIR": str(tmp / f"spill-{round_}-{publishing}"),
+                        "CP_EVENTS_JOURNAL_DIR": str(tmp / f"journal-{name}"),
+                        "CP_EXPOSURE_SPILL_DIR": str(tmp / f"spill-{name}"),
                         "BENCH_PID_FILE": str(pid_file),
                     }
                     if args.server == "replica":
                         env["CP_REPLICA_OF"] = f"127.0.0.1:{sync_port}"
-                        env["CP_REPLICA_DIR"] = str(tmp / f"replica-{round_}-{publishing}")
+                        env["CP_REPLICA_DIR"] = str(tmp / f"replica-{name}")
                     else:
                         env["DATABASE_URL"] = server.enter_context(_scratch(args.database_url, tmp))
                         env["CP_SYNC_PORT"] = "0"
@@ -387,14 +446,22 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
                     run_wrk(target, 2, args.connections, script)  # warm-up
                     published_before = _published(base)
                     stored_before = _stored_by(storing_base) if storing_base else 0.0
+                    if paused and storing_pid is not None:
+                        _signal_tree(storing_pid, signal.SIGSTOP)
                     watched = {"server": pid, "nats_server": nats_pid}
                     if storing_pid is not None:
                         watched["storing_control_plane"] = storing_pid
                     cpu_before = {name: _cpu_seconds(p) for name, p in watched.items()}
                     own_before = process_cpu_seconds(pid)
-                    result: dict[str, Any] = run_wrk(target, args.seconds, args.connections, script)
-                    own = process_cpu_seconds(pid) - own_before
-                    spent = {n: _cpu_seconds(p) - cpu_before[n] for n, p in watched.items()}
+                    try:
+                        result: dict[str, Any] = run_wrk(
+                            target, args.seconds, args.connections, script
+                        )
+                        own = process_cpu_seconds(pid) - own_before
+                        spent = {n: _cpu_seconds(p) - cpu_before[n] for n, p in watched.items()}
+                    finally:
+                        if paused and storing_pid is not None:
+                            _signal_tree(storing_pid, signal.SIGCONT)
                     for name, cpu in spent.items():
                         result[f"{name}_cpu_us_per_request"] = round(
                             cpu / result["requests"] * 1e6, 1
@@ -414,9 +481,31 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
                             result["storing_control_plane_cpu_us_per_stored_record"] = round(
                                 spent["storing_control_plane"] / max(stored, 1) * 1e6, 1
                             )
+                    if publishing:
+                        published_in_run += _settled_published(base)
+                    if paused and storing_base is not None:
+                        # Nothing was stored in the window: JetStream held it. Every record
+                        # published so far must reach the database once the consumer resumes.
+                        result.update(_drained(storing_base, published_in_run))
                     results.append(result)
     best_off = max(off, key=lambda r: r["requests_per_s"])
     best_on = max(on, key=lambda r: r["requests_per_s"])
+    elsewhere: dict[str, Any] = {}
+    if on_elsewhere:
+        best_elsewhere = max(on_elsewhere, key=lambda r: r["requests_per_s"])
+        elsewhere = {
+            # The storing control plane paused (SIGSTOP) during each measured window, as if
+            # on a machine of its own (docs/deployment.md): the replica node's own cost,
+            # nats-server included; JetStream keeps the records until it resumes.
+            "publishing_on_consumer_elsewhere": best_elsewhere,
+            "ratio_consumer_elsewhere": round(
+                best_elsewhere["requests_per_s"] / best_off["requests_per_s"], 3
+            ),
+            "ratio_consumer_elsewhere_per_round": [
+                round(a["requests_per_s"] / b["requests_per_s"], 3)
+                for a, b in zip(on_elsewhere, off, strict=True)
+            ],
+        }
     added = {
         key.removesuffix("_cpu_us_per_request"): round(best_on[key] - best_off[key], 1)
         for key in best_on
@@ -434,8 +523,17 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
         "publishing_on": best_on,
         "target_ratio": 0.9,
         "ratio": round(best_on["requests_per_s"] / best_off["requests_per_s"], 3),
+        "ratio_per_round": [
+            round(a["requests_per_s"] / b["requests_per_s"], 3)
+            for a, b in zip(on, off, strict=True)
+        ],
+        **elsewhere,
         "cpu_us_per_request_added": added,
-        "all_rounds": {"publishing_off": off, "publishing_on": on},
+        "all_rounds": {
+            "publishing_off": off,
+            "publishing_on": on,
+            "publishing_on_consumer_elsewhere": on_elsewhere,
+        },
     }
 
 
