@@ -6,12 +6,15 @@
 In each round, one after another on loopback: the raw ASGI app (bench/raw_asgi.py, one uvicorn
 worker, uvloop + httptools), then `control-plane serve` (one process, SQLite) deciding a plain
 routing flag (region-router) and an experiment flag (ab-test-router, every decision logged as
-an exposure). The closed-loop load generator is wrk (Debian package `wrk`), each request
-carrying one of 1,000,000 distinct x-user-id values. Server CPU per request is read from
-/proc (the server process and its children, such as the exposure writer) around the measured
-run, because req/s is noisy on this shared machine; wrk's own CPU per request is reported too
-(it shares the cores). `--before DIR` also serves from another checkout (a `git worktree` of
-an earlier commit) in the same rounds, for before/after figures.
+an exposure), the experiment flag with the writer process idle (CP_RECORD_PROCESS_PRIORITY=
+idle: SCHED_IDLE, only spare CPU) and once more with the exposure listener removed (nothing
+recorded; `experiment_over_experiment_without_exposures` is what exposure logging alone
+costs with the default batch writer). The closed-loop load generator is wrk (Debian package
+`wrk`), each request carrying one of 1,000,000 distinct x-user-id values. Server CPU per
+request is read from /proc (the server process and its children, such as the exposure
+writer) around the measured run, because req/s is noisy on this shared machine; wrk's own CPU
+per request is reported too (it shares the cores). `--before DIR` also serves from another
+checkout (a `git worktree` of an earlier commit) in the same rounds, for before/after figures.
 `--workers N` (N > 1) also serves both flags with `control-plane serve --workers N` (the
 primary and N-1 SO_REUSEPORT workers; CPU summed over all of them) against the same raw app.
 Prints a JSON report: per case the best and median of the rounds, and ratios to the raw app.
@@ -41,6 +44,13 @@ from _servers import UVICORN_ARGS, free_port, uvicorn_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN, EXPERIMENT = "region-router", "ab-test-router"
+#: Served in each round: (case, flag, exposure logging on, settings).
+_CASES: tuple[tuple[str, str, bool, dict[str, str]], ...] = (
+    ("plain", PLAIN, True, {}),
+    ("experiment", EXPERIMENT, True, {}),
+    ("experiment_idle_writer", EXPERIMENT, True, {"CP_RECORD_PROCESS_PRIORITY": "idle"}),
+    ("experiment_without_exposures", EXPERIMENT, False, {}),
+)
 _LUA = """
 local counter = 0
 request = function()
@@ -50,7 +60,16 @@ end
 """
 #: `control-plane serve`, whichever CLI layout the checkout has (control_plane/cli/ or cli.py).
 _SERVE = """
-import sys
+import os, sys
+if os.environ.get("BENCH_EXPOSURES") == "off":  # the experiment flag without exposure logging
+    import control_plane.http.app as app_module
+    build = app_module.create_app
+    def create_app(settings=None):
+        app = build(settings)
+        components = app.state.components
+        components.decider.listeners.remove(components.experiments.recorder.on_decision)
+        return app
+    app_module.create_app = create_app
 try:
     from control_plane.cli.entry import main
 except ImportError:
@@ -156,17 +175,28 @@ def _children_cpu_seconds() -> float:
 
 
 @contextlib.contextmanager
-def serve(checkout: Path, tmp: Path, name: str, workers: int = 1) -> Iterator[tuple[int, str]]:
-    """`control-plane serve` of `checkout` on a free port, its own SQLite and journal."""
+def serve(
+    checkout: Path,
+    tmp: Path,
+    name: str,
+    workers: int = 1,
+    *,
+    exposures: bool = True,
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[int, str]]:
+    """`control-plane serve` of `checkout` on a free port, its own SQLite and journal, and
+    `env`'s settings; `exposures=False`: the exposure listener removed (nothing recorded)."""
     port = free_port()
     env = {
         **os.environ,
+        "BENCH_EXPOSURES": "on" if exposures else "off",
         "PYTHONPATH": str(checkout),
         "CP_PORT": str(port),
         "CP_FLAGS_DIR": str(checkout / "flags"),
         "CP_SYNC_PORT": "0",
         "DATABASE_URL": f"sqlite:///{tmp}/{name}.db",
         "CP_EXPOSURE_SPILL_DIR": f"{tmp}/{name}-journal",
+        **(env or {}),
     }
     env.pop("CP_DATABASE_URL", None)
     extra = ["--workers", str(workers)] if workers > 1 else []
@@ -241,8 +271,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 pid = _server_pid(url)
                 rounds["raw"].append(measured(pid, url + "/", args, script))
             for label, checkout in checkouts.items():
-                for kind, flag in (("plain", PLAIN), ("experiment", EXPERIMENT)):
-                    with serve(checkout, tmp, f"{label}-{kind}-{number}") as (pid, url):
+                for kind, flag, exposures, settings in _CASES:
+                    name = f"{label}-{kind}-{number}"
+                    served = serve(checkout, tmp, name, exposures=exposures, env=settings)
+                    with served as (pid, url):
                         result = measured(pid, f"{url}/v1/decide/{flag}", args, script)
                     rounds.setdefault(f"{label}_{kind}", []).append(result)
             if args.workers > 1:  # serve --workers N (this checkout only)
@@ -258,6 +290,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     for label in checkouts:
         plain, experiment = rounds[f"{label}_plain"], rounds[f"{label}_experiment"]
+        # What exposure logging alone costs the experiment flag: with it / without it.
+        report[f"{label}_experiment_over_experiment_without_exposures"] = ratios(
+            experiment, rounds[f"{label}_experiment_without_exposures"]
+        )
+        idle = rounds[f"{label}_experiment_idle_writer"]
+        report[f"{label}_experiment_idle_writer_p99_over_plain_p99"] = round(
+            statistics.median(item["p99_ms"] for item in idle)
+            / statistics.median(item["p99_ms"] for item in plain),
+            2,
+        )
         report[f"{label}_experiment_p99_over_plain_p99"] = round(
             statistics.median(item["p99_ms"] for item in experiment)
             / statistics.median(item["p99_ms"] for item in plain),

@@ -328,6 +328,12 @@ class Settings(BaseSettings):
     exposure_spill_dir: Path = Path("control-plane-spill")
     #: Seconds between two write attempts while the database is down.
     exposure_retry_interval: float = Field(default=1.0, gt=0, le=300)
+    #: Linux scheduling of the processes that store or publish records (the exposure writer,
+    #: the JetStream publisher; CP_RECORD_PROCESS_PRIORITY). `batch`: SCHED_BATCH, the same
+    #: share of CPU as the server, so records keep up under any load. `idle`: SCHED_IDLE, only
+    #: CPU nothing else wants, so decisions never wait for it; on a node with no spare CPU the
+    #: records fall behind and, once the queue is full, are dropped (and counted).
+    record_process_priority: Literal["batch", "idle"] = "batch"
     #: Seconds between two passes of the canary controller over running canaries.
     canary_tick_interval: float = Field(default=1.0, gt=0, le=60)
     # -- canary metric analysis --

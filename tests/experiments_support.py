@@ -271,3 +271,16 @@ def process_gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def thread_policies(pid: int) -> list[int]:
+    """The scheduling policy of each live thread of `pid` (field 41 of its task's stat); a
+    thread that ended while being read (a flush's) is left out."""
+    policies = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except FileNotFoundError:
+            continue
+        policies.append(int(stat.rsplit(")", 1)[1].split()[38]))
+    return policies

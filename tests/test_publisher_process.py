@@ -14,7 +14,7 @@ from pathlib import Path
 import db_support
 import pytest
 from events_support import NATS_BINARY, consumer, nats_url, stream
-from experiments_support import process_gone, run_until_killed, wait_for
+from experiments_support import process_gone, run_until_killed, thread_policies, wait_for
 from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 
@@ -175,3 +175,30 @@ def test_the_publisher_process_publishes_what_it_got_when_the_server_is_killed(
         wait_for(lambda: process_gone(child), what="the publisher process to exit")
     finally:
         consumer.stop()
+
+
+def test_an_idle_publisher_process_publishes_with_every_thread_idle(
+    nats_url: str,
+    database: Database,
+    stream: StreamSettings,
+    consumer: EventConsumer,
+    tmp_path: Path,
+) -> None:
+    """priority="idle" (CP_RECORD_PROCESS_PRIORITY): every thread of the publisher process is
+    SCHED_IDLE, and what it is given is still published and stored."""
+    publisher = ProcessPublisher(
+        _config(nats_url, tmp_path / "journal", stream), key=lambda: KEY, priority="idle"
+    )
+    publisher.start()
+    try:
+        wait_for(lambda: publisher.connected, what="the publisher process to connect")
+        for index in range(50):
+            assert publisher.offer(_exposure(index))
+        assert publisher.flush(timeout=30)
+        child = publisher._process.pid  # type: ignore[union-attr]
+        policies = thread_policies(child)
+        assert len(policies) >= 2
+        assert set(policies) == {os.SCHED_IDLE}
+    finally:
+        publisher.stop()
+    wait_for(lambda: _stored(database) == 50, what="the records to be stored")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import textwrap
 import threading
 import time
@@ -13,8 +14,11 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from experiments_support import process_gone, run_until_killed, wait_for
+import httpx
+import pytest
+from experiments_support import process_gone, run_until_killed, thread_policies, wait_for
 from prometheus_client import CollectorRegistry
+from serve_process import CLI, ServeProcess
 from sqlalchemy import func, select
 
 from control_plane.db import Database
@@ -197,37 +201,80 @@ def test_the_writer_process_writes_out_what_it_got_when_the_server_is_killed(
     database.dispose()
 
 
-def _policies(pid: int) -> list[int]:
-    """The scheduling policy of each live thread of `pid` (field 41 of its task's stat); a
-    thread that ended while being read (a flush's) is left out."""
-    policies = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except FileNotFoundError:
-            continue
-        policies.append(int(stat.rsplit(")", 1)[1].split()[38]))
-    return policies
-
-
-def test_the_writer_process_runs_as_batch_work_and_the_serving_process_does_not(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("priority", "policy"), [("batch", os.SCHED_BATCH), ("idle", os.SCHED_IDLE)]
+)
+def test_the_writer_process_runs_at_its_priority_and_the_serving_process_does_not(
+    tmp_path: Path, priority: str, policy: int
 ) -> None:
     """Every thread of the writer process (its main thread, journal, database and status
-    threads) is SCHED_BATCH, so waking it never preempts the serving process; the serving
-    process's own threads keep the normal policy."""
+    threads) has the policy CP_RECORD_PROCESS_PRIORITY names: SCHED_BATCH (the default:
+    waking it never preempts the serving process) or SCHED_IDLE (it runs only on CPU
+    nothing else wants); the serving process's own threads keep the normal policy. Records
+    are stored either way."""
     url, database = _database(tmp_path)
-    writer = _writer(url, tmp_path)
+    writer = _writer(url, tmp_path, priority=priority)
     writer.start()
     try:
         assert writer.offer(_exposure(1))
         assert writer.flush(timeout=30)
         child = writer._process.pid  # type: ignore[union-attr]
-        policies = _policies(child)
+        policies = thread_policies(child)
         assert len(policies) >= 4  # main, journal, database, status
-        assert set(policies) == {os.SCHED_BATCH}
-        assert set(_policies(os.getpid())) == {os.SCHED_OTHER}
+        assert set(policies) == {policy}
+        assert set(thread_policies(os.getpid())) == {os.SCHED_OTHER}
     finally:
         writer.stop()
     assert _stored(database) == 1
     database.dispose()
+
+
+def test_an_unknown_priority_is_refused_before_any_process_starts(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="priority must be one of batch, idle, not 'nice'"):
+        _writer("sqlite://", tmp_path, priority="nice")
+
+
+def _children(pid: int) -> list[int]:
+    return [
+        int(child)
+        for task in os.listdir(f"/proc/{pid}/task")
+        for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+    ]
+
+
+def test_serve_runs_its_writer_process_idle_when_told(flags_dir: Path, tmp_path: Path) -> None:
+    """`control-plane serve` with CP_RECORD_PROCESS_PRIORITY=idle: its writer process runs
+    SCHED_IDLE, the server itself does not, and an experiment decision's exposure is stored."""
+    with ServeProcess(flags_dir, tmp_path, env={"CP_RECORD_PROCESS_PRIORITY": "idle"}) as server:
+        response = httpx.get(
+            f"{server.url}/v1/decide/ab-test-router", headers={"x-user-id": "alice"}
+        )
+        assert response.status_code == HTTPStatus.OK
+        (child,) = _children(server.pid)
+        # Set once the fresh interpreter has read its configuration, before its first thread;
+        # main, journal, database and status threads, every one idle.
+        wait_for(
+            lambda: (policies := thread_policies(child)).count(os.SCHED_IDLE) == len(policies) >= 4,
+            what="the writer process's threads, all idle",
+        )
+        assert set(thread_policies(server.pid)) == {os.SCHED_OTHER}
+        written = 'control_plane_experiment_records_total{result="written",table="exposures"} 1.0'
+        wait_for(
+            lambda: written in httpx.get(f"{server.url}/metrics").text,
+            what="the exposure to be written",
+        )
+
+
+def test_serve_refuses_an_unknown_priority(flags_dir: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*CLI, "serve", "--flags", str(flags_dir), "--port", "0", "--sync-port", "0"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        env={**os.environ, "CP_RECORD_PROCESS_PRIORITY": "realtime"},
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "invalid setting record_process_priority" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -125,6 +125,7 @@ class ProcessPublisher(ProcessWriter):
         metrics: EventMetrics | None = None,
         feed_interval: float = 0.05,
         restart_delay: float = 1.0,
+        priority: str = "batch",
     ) -> None:
         super().__init__(
             config,
@@ -132,6 +133,7 @@ class ProcessPublisher(ProcessWriter):
             queue_size=queue_size,
             feed_interval=feed_interval,
             restart_delay=restart_delay,
+            priority=priority,
         )
         self.counts = PublisherCounts()
         self._status = {"connected": False, "pending": 0, "queued": 0}

@@ -127,6 +127,7 @@ def build_pipeline(
             key=key,
             queue_size=settings.events_queue_size,
             metrics=metrics,
+            priority=settings.record_process_priority,
         )
     else:
         publisher = EventPublisher(

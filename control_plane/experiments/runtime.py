@@ -100,7 +100,11 @@ class Experiments:
             },
         )
         writer = ProcessWriter(
-            config, key=key, queue_size=settings.exposure_queue_size, metrics=metrics
+            config,
+            key=key,
+            queue_size=settings.exposure_queue_size,
+            metrics=metrics,
+            priority=settings.record_process_priority,
         )
         recorder.attach(writer)
 

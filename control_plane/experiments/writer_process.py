@@ -56,6 +56,8 @@ __all__ = ["ChildConfig", "ChildSink", "ProcessWriter", "WriterConfig"]
 log = logging.getLogger(__name__)
 
 _MAX_BATCH = 5000
+#: The child process's scheduling policy by setting (CP_RECORD_PROCESS_PRIORITY).
+_POLICIES = {"batch": "SCHED_BATCH", "idle": "SCHED_IDLE"}
 #: The writer process's young-generation collection threshold (CPython's is 700): see
 #: _settle_heap.
 _YOUNG_COLLECTION = 10_000
@@ -168,8 +170,12 @@ class ProcessWriter:
         status_interval: float = 0.25,
         restart_delay: float = 1.0,
         metrics: ExperimentMetrics | None = None,
+        priority: str = "batch",
     ) -> None:
+        if priority not in _POLICIES:
+            raise ValueError(f"priority must be one of {', '.join(_POLICIES)}, not {priority!r}")
         self._config = config
+        self._priority = priority
         self._key = key
         self._queue_size = queue_size
         self._feed_interval = feed_interval
@@ -290,7 +296,7 @@ class ProcessWriter:
         self._conn, self._process = conn, process
         self._gone.clear()
         self._key_sent = False
-        self._send(("config", (self._config, self._status_interval)))
+        self._send(("config", (self._config, self._status_interval, self._priority)))
         threading.Thread(
             target=self._read_run, args=(conn,), name="experiment-status", daemon=True
         ).start()
@@ -502,25 +508,36 @@ def _settle_heap() -> None:
     gc.set_threshold(_YOUNG_COLLECTION, *gc.get_threshold()[1:])
 
 
-def _run_as_batch_work() -> None:
-    """Make this process SCHED_BATCH (Linux), before it starts any thread (threads inherit it).
+def _run_in_background(priority: str) -> None:
+    """Give this process the scheduling policy `priority` names (Linux), before it starts any
+    thread (threads inherit it).
 
-    Waking a process from a socket places it, by the scheduler's wake affinity, on the CPU of
-    the thread that woke it: here the serving process's. As a normal task it then preempts the
-    event loop for its whole batch (a few ms of journal and insert work, 20 times a second),
-    until the load balancer moves one of them. A batch task has the same share of CPU time
-    (the same nice weight, so it is never starved under overload) but never preempts a running
-    task when it wakes: it waits for the next tick or a free CPU. bench/exposures.py on 2
-    cores, logging on against off: decisions/s 0.89-0.95 as a normal task, 0.96-0.99 as a batch
-    task (docs/benchmarks.md). Unprivileged; skipped where the policy does not exist."""
+    `batch` (SCHED_BATCH). Waking a process from a socket places it, by the scheduler's wake
+    affinity, on the CPU of the thread that woke it: here the serving process's. As a normal
+    task it then preempts the event loop for its whole batch (a few ms of journal and insert
+    work, 20 times a second), until the load balancer moves one of them. A batch task has the
+    same share of CPU time (the same nice weight, so it is never starved under overload) but
+    never preempts a running task when it wakes: it waits for the next tick or a free CPU.
+    bench/exposures.py on 2 cores, logging on against off: decisions/s 0.89-0.95 as a normal
+    task, 0.96-0.99 as a batch task (docs/benchmarks.md).
+
+    `idle` (SCHED_IDLE). A batch task still counts as load: a CPU it runs on is busy, so the
+    scheduler wakes other tasks (a client's, a gateway's on the same node) onto the serving
+    process's CPU instead, preempting the event loop (about 3,000 involuntary switches a
+    second under wrk, against 300 with the writer idle; bench/decide.py). A CPU running only
+    idle tasks counts as free, and any other task preempts them at once: decisions never wait
+    for records, which get only the CPU nothing else wants. An unprivileged process cannot
+    leave SCHED_IDLE again, so this is chosen once, by the setting.
+
+    Unprivileged; skipped where the policy does not exist."""
     setter = getattr(os, "sched_setscheduler", None)
-    batch = getattr(os, "SCHED_BATCH", None)
-    if setter is None or batch is None:
+    policy = getattr(os, _POLICIES[priority], None)
+    if setter is None or policy is None:
         return
     try:
-        setter(0, batch, os.sched_param(0))
+        setter(0, policy, os.sched_param(0))
     except OSError as exc:
-        log.debug("cannot make the child process SCHED_BATCH: %s", exc)
+        log.debug("cannot make the child process %s: %s", _POLICIES[priority], exc)
 
 
 def child_main(fd: int) -> None:
@@ -530,12 +547,12 @@ def child_main(fd: int) -> None:
     # pipe; so does the parent's death. Either way the records it got are handled first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _run_as_batch_work()
     conn = Connection(fd)
     kind, payload = _loads(conn.recv_bytes())
     if kind != "config":
         raise SystemExit(f"the child process expected its configuration, got {kind!r}")
-    config, status_interval = payload
+    config, status_interval, priority = payload
+    _run_in_background(priority)  # before the first thread: they inherit it
     from control_plane.experiments.hashing import UnitHasher
     from control_plane.experiments.recorder import ExperimentRecorder
 
