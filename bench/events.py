@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -52,7 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -351,26 +352,26 @@ def _signal_tree(pid: int, signum: int) -> None:
         todo.extend(children.get(current, []))
 
 
-def _settled_published(base: str) -> float:
-    """The exposures `base` has published once its count stops moving (its publisher sends
-    what wrk's last decisions queued a few tens of milliseconds after wrk stops)."""
-    published = _published(base)
+def _settled(count: Callable[[], float]) -> float:
+    """`count()` once it stops moving (half a second apart): a publisher sends what wrk's
+    last decisions queued a few tens of milliseconds after wrk stops."""
+    value = count()
     while True:
         time.sleep(0.5)
-        now = _published(base)
-        if now == published:
+        now = count()
+        if now == value:
             return now
-        published = now
+        value = now
 
 
-def _drained(storing_base: str, published: float) -> dict[str, Any]:
+def _drained(storing_base: str, published: float, stored_at_start: float) -> dict[str, Any]:
     """After a window with the storing control plane paused: how long until it has stored
-    every exposure published so far (`published`, all servers of the run), 120 s at most."""
+    every exposure published so far (`published`, all servers of this part), 120 s at most."""
     started = time.monotonic()
-    stored = _stored_by(storing_base)
+    stored = _stored_by(storing_base) - stored_at_start
     while stored < published and time.monotonic() - started < 120:
         time.sleep(0.25)
-        stored = _stored_by(storing_base)
+        stored = _stored_by(storing_base) - stored_at_start
     return {
         "published_in_run": published,
         "stored_in_run": stored,
@@ -396,6 +397,7 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
     with contextlib.ExitStack() as stack:
         storing_pid = None
         storing_base = None
+        stored_at_start = 0.0
         sync_port = free_port()
         if args.server == "replica":  # the control plane that stores what replicas publish
             database_url = stack.enter_context(_scratch(args.database_url, tmp))
@@ -415,6 +417,9 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
                 )
             )
             storing_pid = int(pid_file.read_text())
+            # Records the earlier parts of the run left in the stream are stored first: the
+            # count then is where this part's published records start.
+            stored_at_start = _settled(functools.partial(_stored_by, storing_base))
         cases: list[tuple[bool, bool, list[dict[str, Any]]]] = [
             (False, False, off),
             (True, False, on),
@@ -482,11 +487,11 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
                                 spent["storing_control_plane"] / max(stored, 1) * 1e6, 1
                             )
                     if publishing:
-                        published_in_run += _settled_published(base)
+                        published_in_run += _settled(functools.partial(_published, base))
                     if paused and storing_base is not None:
                         # Nothing was stored in the window: JetStream held it. Every record
                         # published so far must reach the database once the consumer resumes.
-                        result.update(_drained(storing_base, published_in_run))
+                        result.update(_drained(storing_base, published_in_run, stored_at_start))
                     results.append(result)
     best_off = max(off, key=lambda r: r["requests_per_s"])
     best_on = max(on, key=lambda r: r["requests_per_s"])
