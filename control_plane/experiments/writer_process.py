@@ -524,7 +524,8 @@ def _run_in_background(priority: str) -> None:
     `idle` (SCHED_IDLE). A batch task still counts as load: a CPU it runs on is busy, so the
     scheduler wakes other tasks (a client's, a gateway's on the same node) onto the serving
     process's CPU instead, preempting the event loop (about 3,000 involuntary switches a
-    second under wrk, against 300 with the writer idle; bench/decide.py). A CPU running only
+    second under bench/decide.py's wrk load, against 300 with the writer idle; ad-hoc runs in
+    docs/benchmarks.md). A CPU running only
     idle tasks counts as free, and any other task preempts them at once: decisions never wait
     for records, which get only the CPU nothing else wants. An unprivileged process cannot
     leave SCHED_IDLE again, so this is chosen once, by the setting.
