@@ -33,7 +33,8 @@ everywhere below; 1 publishes one message per record, as before packing.
    as on a machine of its own (the deployment's shape: docs/deployment.md), then resumed:
    `ratio_consumer_elsewhere` is that case's decisions/s over off's, the replica node's own
    cost with nats-server still on the same cores; `all_stored` and `drain_s` say whether and
-   how soon the resumed consumer stored every exposure the replica published.
+   how soon the resumed consumer stored every exposure the replica published, and
+   `rows_in_database` how many exposure rows the storing database then holds (counted there).
 
 Runs its own `nats-server -js` on a free port (a temp store). Prints one JSON report.
 """
@@ -329,7 +330,9 @@ def _exposures(base: str, series: str, result: str) -> float:
 
 
 def _published(base: str) -> float:
-    return _exposures(base, "published", "published")
+    """Exposures `base` got into the stream: published at once, or journaled while NATS was
+    slow to acknowledge and replayed from the journal later."""
+    return _exposures(base, "published", "published") + _exposures(base, "published", "replayed")
 
 
 def _stored_by(base: str) -> float:
@@ -364,9 +367,12 @@ def _settled(count: Callable[[], float]) -> float:
         value = now
 
 
-def _drained(storing_base: str, published: float, stored_at_start: float) -> dict[str, Any]:
+def _drained(
+    storing_base: str, published: float, stored_at_start: float, rows: Callable[[], int]
+) -> dict[str, Any]:
     """After a window with the storing control plane paused: how long until it has stored
-    every exposure published so far (`published`, all servers of this part), 120 s at most."""
+    every exposure published so far (`published`, all servers of this part), 120 s at most,
+    and the exposure rows its database then holds (`rows()`, each decision's once)."""
     started = time.monotonic()
     stored = _stored_by(storing_base) - stored_at_start
     while stored < published and time.monotonic() - started < 120:
@@ -377,6 +383,7 @@ def _drained(storing_base: str, published: float, stored_at_start: float) -> dic
         "stored_in_run": stored,
         "all_stored": stored >= published,
         "drain_s": round(time.monotonic() - started, 1),
+        "rows_in_database": rows(),
     }
 
 
@@ -401,6 +408,10 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
         sync_port = free_port()
         if args.server == "replica":  # the control plane that stores what replicas publish
             database_url = stack.enter_context(_scratch(args.database_url, tmp))
+            from control_plane.db import Database
+
+            storing_database = Database.from_url(database_url)
+            stack.callback(storing_database.dispose)
             pid_file = tmp / "control-plane.pid"
             storing_base = stack.enter_context(
                 uvicorn_process(
@@ -420,6 +431,7 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
             # Records the earlier parts of the run left in the stream are stored first: the
             # count then is where this part's published records start.
             stored_at_start = _settled(functools.partial(_stored_by, storing_base))
+            rows_before = _stored(storing_database)
         cases: list[tuple[bool, bool, list[dict[str, Any]]]] = [
             (False, False, off),
             (True, False, on),
@@ -491,7 +503,14 @@ def decide_on_off(args: argparse.Namespace, url: str, nats_pid: int, tmp: Path) 
                     if paused and storing_base is not None:
                         # Nothing was stored in the window: JetStream held it. Every record
                         # published so far must reach the database once the consumer resumes.
-                        result.update(_drained(storing_base, published_in_run, stored_at_start))
+                        result.update(
+                            _drained(
+                                storing_base,
+                                published_in_run,
+                                stored_at_start,
+                                lambda: _stored(storing_database) - rows_before,
+                            )
+                        )
                     results.append(result)
     best_off = max(off, key=lambda r: r["requests_per_s"])
     best_on = max(on, key=lambda r: r["requests_per_s"])
