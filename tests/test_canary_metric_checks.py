@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from control_plane.errors import InvalidCanary
-from control_plane.experiments.canary.intervals import IntervalAnalysis
+from control_plane.experiments.canary.intervals import AnalysisMetrics, IntervalAnalysis
 from control_plane.experiments.canary.prometheus import (
     MetricNoData,
     PrometheusRejected,
@@ -254,6 +255,41 @@ def test_steps_started_before_the_process_are_watched_from_now() -> None:
     tick = _tick(analysis, spec, 95, calls=0)
     assert (tick.idle_intervals, tick.check) == (0, None)
     assert _tick(analysis, spec, 100.1, calls=0).idle_intervals == 1
+
+
+def test_a_run_finished_during_its_tick_keeps_its_idle_gauge_at_zero() -> None:
+    """An abort that lands while a tick is under way (its traffic query running) wins: the
+    tick does not bring back the run's watch or set the flag's idle gauge again."""
+    registry = CollectorRegistry()
+    analysis = IntervalAnalysis(
+        query=Answers({}),
+        default_address="http://p:9090",
+        watching_since=T0,
+        metrics=AnalysisMetrics(registry),
+    )
+    spec = _spec(metrics=[METRIC], idleIntervals=2)
+    for seconds in (10.1, 20.1):
+        _tick(analysis, spec, seconds, calls=0)
+    assert registry.get_sample_value("control_plane_canary_idle_intervals", {"flag": "chat"}) == 2
+
+    def aborted_meanwhile(since: datetime) -> int:
+        analysis.forget(1, "chat")
+        return 0
+
+    analysis.tick(
+        run_id=1,
+        flag="chat",
+        step_index=0,
+        step_started_at=T0,
+        spec=spec,
+        now=T0 + timedelta(seconds=30.1),
+        recorded_calls=aborted_meanwhile,
+    )
+    analysis.show_idle(1, "chat")  # the recorder's publish of tracked runs, read before
+    assert registry.get_sample_value("control_plane_canary_idle_intervals", {"flag": "chat"}) == 0
+    assert analysis.current(1) == (0, None)
+    _tick(analysis, spec, 40.1, calls=0)
+    assert analysis.current(1) == (0, None)
 
 
 def test_metrics_without_any_prometheus_address_are_refused() -> None:

@@ -158,6 +158,9 @@ class IntervalAnalysis:
         self.metrics = metrics
         self._since = watching_since or utc_now()
         self._watches: dict[int, _Watch] = {}
+        # Runs that finished here: a tick already under way when its run is aborted must not
+        # bring back its watch or its idle gauge (forget has set that to 0).
+        self._finished: set[int] = set()
         self._lock = threading.Lock()
 
     # -- spec checks -----------------------------------------------------------------------
@@ -222,8 +225,7 @@ class IntervalAnalysis:
                     check = self._check(flag, spec, builtin() if builtin is not None else ())
             if check is not None:
                 watch.check = check
-        if self.metrics is not None:
-            self.metrics.idle_intervals.labels(flag).set(watch.idle)
+        self.show_idle(run_id, flag)
         latest = watch.check
         judged = bool(spec.metrics) or builtin is not None
         may_advance = (not judged and watch.idle == 0) or (
@@ -246,11 +248,24 @@ class IntervalAnalysis:
             watch = self._watches.get(run_id)
         return (watch.idle, watch.check) if watch is not None else (0, None)
 
+    def show_idle(self, run_id: int, flag: str) -> None:
+        """Set the flag's idle gauge to the run's idle intervals (0 when not watched), unless
+        the run has finished: under the lock, so it never undoes `forget`."""
+        if self.metrics is None:
+            return
+        with self._lock:
+            if run_id in self._finished:
+                return
+            watch = self._watches.get(run_id)
+            self.metrics.idle_intervals.labels(flag).set(watch.idle if watch is not None else 0)
+
     def forget(self, run_id: int, flag: str) -> None:
+        """The run finished: drop its watch and set its flag's idle gauge to 0."""
         with self._lock:
             self._watches.pop(run_id, None)
-        if self.metrics is not None:
-            self.metrics.idle_intervals.labels(flag).set(0)
+            self._finished.add(run_id)
+            if self.metrics is not None:
+                self.metrics.idle_intervals.labels(flag).set(0)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -262,7 +277,9 @@ class IntervalAnalysis:
                 # A step this process saw start is watched from its start; one that started
                 # before (a restart) from now on, so unwatched intervals are not called idle.
                 fresh = step_started_at >= self._since
-                watch = self._watches[run_id] = _Watch(key, 0 if fresh else ended)
+                watch = _Watch(key, 0 if fresh else ended)
+                if run_id not in self._finished:
+                    self._watches[run_id] = watch
             return watch
 
     def _values(self, flag: str, spec: CanarySpec) -> dict[str, str]:

@@ -237,11 +237,8 @@ class CanaryService:
         if self.metrics is not None:
             for flag, weight in running:
                 self.metrics.canary_weight.labels(flag).set(weight)
-        if self.analysis.metrics is not None:
-            for run in runs:
-                self.analysis.metrics.idle_intervals.labels(run.flag).set(
-                    self.analysis.current(run.id)[0]
-                )
+        for run in runs:
+            self.analysis.show_idle(run.id, run.flag)
         return flags
 
     def running_ids(self) -> list[int]:
