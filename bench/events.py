@@ -33,7 +33,8 @@ everywhere below; 1 publishes one message per record, as before packing.
    as on a machine of its own (the deployment's shape: docs/deployment.md), then resumed:
    `ratio_consumer_elsewhere` is that case's decisions/s over off's, the replica node's own
    cost with nats-server still on the same cores; `all_stored` and `drain_s` say whether and
-   how soon the resumed consumer stored every exposure the replica published, and
+   how soon the resumed consumer stored every exposure the replica published (committed and
+   acknowledged, as a new row or a repeat of one it held: `duplicates_seen_by_consumer`), and
    `rows_in_database` how many exposure rows the storing database then holds (counted there).
 
 Runs its own `nats-server -js` on a free port (a temp store). Prints one JSON report.
@@ -336,7 +337,9 @@ def _published(base: str) -> float:
 
 
 def _stored_by(base: str) -> float:
-    return _exposures(base, "consumed", "stored")
+    """Exposures `base` committed and acknowledged: new rows, and repeats of rows it held (a
+    record published again from a journal, or delivered again)."""
+    return _exposures(base, "consumed", "stored") + _exposures(base, "consumed", "duplicate")
 
 
 def _signal_tree(pid: int, signum: int) -> None:
@@ -381,6 +384,8 @@ def _drained(
     return {
         "published_in_run": published,
         "stored_in_run": stored,
+        # Since the storing control plane started (records whose rows it already held).
+        "duplicates_seen_by_consumer": _exposures(storing_base, "consumed", "duplicate"),
         "all_stored": stored >= published,
         "drain_s": round(time.monotonic() - started, 1),
         "rows_in_database": rows(),

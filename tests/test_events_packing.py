@@ -313,10 +313,14 @@ def test_a_re_pack_after_a_publisher_crash_is_stored_once_by_the_database_keys(
     storing = EventConsumer(nats_url, DatabaseSink(database), stream=stream, fetch_timeout=0.2)
     storing.start()
     try:
-        wait_for(lambda: storing.counts.stored == 2200, what="every message stored")
+        wait_for(
+            lambda: storing.counts.stored + storing.counts.duplicates == 2200,
+            what="every message stored",
+        )
     finally:
         storing.stop()
     assert stored(database) == (1200, 1200)  # the inserts skipped the 1000 repeats
+    assert (storing.counts.stored, storing.counts.duplicates) == (1200, 1000)
 
 
 def test_a_line_that_is_not_a_record_is_refused_and_its_pack_stored(

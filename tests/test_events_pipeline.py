@@ -33,11 +33,13 @@ from events_support import wait_stored as _wait_stored
 from experiments_support import abandon, wait_for
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import RetentionPolicy
+from prometheus_client import CollectorRegistry
 
 from control_plane.db import Database
 from control_plane.events._pull import PullBatches, delivery_count
 from control_plane.events.consumer import EventConsumer
 from control_plane.events.messages import MSG_ID_HEADER, decode, encode, message_id, subject
+from control_plane.events.metrics import EventMetrics
 from control_plane.events.stream import StreamSettings, ensure_consumer, ensure_stream
 from control_plane.experiments.journal import Journal
 from control_plane.experiments.sink import DatabaseSink
@@ -103,9 +105,10 @@ _KILLING_CONSUMER = textwrap.dedent("""
     class CommitThenDie(DatabaseSink):
         '''Commits a batch, then the process dies before the consumer can acknowledge it.'''
         def write(self, records):
-            super().write(records)
+            added = super().write(records)
             print(len(records), flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
+            return added
 
     url, database_url, stream, subjects, durable = sys.argv[1:6]
     settings = StreamSettings(stream=stream, subject_prefix=subjects, consumer=durable,
@@ -120,7 +123,8 @@ def test_consumer_killed_between_commit_and_ack_stores_nothing_twice(
     nats_url: str, database: Database, database_url: str, stream: StreamSettings, tmp_path: Path
 ) -> None:
     """A consumer process killed (SIGKILL) after committing a batch and before acknowledging it
-    gets that batch delivered again to the next consumer, which stores nothing twice."""
+    gets that batch delivered again to the next consumer, which stores nothing twice and counts
+    the batch as duplicates (`control_plane_events_consumed_total{result="duplicate"}`)."""
     publisher = _publisher(nats_url, tmp_path / "journal", stream)
     publisher.start()
     try:
@@ -149,18 +153,34 @@ def test_consumer_killed_between_commit_and_ack_stores_nothing_twice(
     committed = int(killed.stdout.split()[0])
     assert _stored(database) == (committed, committed)  # committed, never acknowledged
 
+    registry = CollectorRegistry()
     consumer = EventConsumer(
-        nats_url, DatabaseSink(database), stream=stream, retry_interval=0.2, fetch_timeout=0.2
+        nats_url,
+        DatabaseSink(database),
+        stream=stream,
+        retry_interval=0.2,
+        fetch_timeout=0.2,
+        metrics=EventMetrics(registry),
     )
     consumer.start()
     try:
         _wait_stored(database, 1000)
         # The killed batch comes again once its ack_wait has passed, and is skipped.
-        wait_for(lambda: consumer.counts.redelivered >= committed, what="the redelivery")
+        wait_for(lambda: consumer.counts.duplicates >= committed, what="the redelivery")
         time.sleep(0.3)
     finally:
         consumer.stop()
     assert _stored(database) == (1000, 1000)
+    counts = consumer.counts
+    assert (counts.stored, counts.duplicates) == (1000 - committed, committed)
+    assert counts.redelivered >= committed  # and whatever else the killed one had fetched
+
+    def consumed(result: str) -> float | None:
+        return registry.get_sample_value(
+            "control_plane_events_consumed_total", {"table": "exposures", "result": result}
+        )
+
+    assert (consumed("stored"), consumed("duplicate")) == (1000 - committed, committed)
 
 
 def test_nats_restart_mid_run_loses_and_duplicates_nothing(

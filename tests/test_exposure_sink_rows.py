@@ -146,11 +146,11 @@ def _clear(database: Database) -> None:
             connection.execute(text(f'DELETE FROM "{name}"'))  # noqa: S608 - our table names
 
 
-def _sink_insert(database: Database, *batches: Sequence[Record]) -> None:
+def _sink_insert(database: Database, *batches: Sequence[Record]) -> list[dict[str, int]]:
+    """The batches written by one sink; the rows each write says it added, per table."""
     sink = DatabaseSink(database)
     try:
-        for batch in batches:
-            sink.write(batch)
+        return [dict(sink.write(batch)) for batch in batches]
     finally:
         sink.close()
 
@@ -180,8 +180,24 @@ def test_rows_already_stored_are_skipped_and_left_as_they_were(database: Databas
     _reference_insert(database, first + new)
     expected = _raw(database)
     _clear(database)
-    _sink_insert(database, first, repeated + new)
+    added = _sink_insert(database, first, repeated + new)
     assert _raw(database) == expected
+    every = len(TIMES)
+    assert added == [
+        {EXPOSURES: every, OUTCOME_EVENTS: every, CALL_SAMPLES: every},
+        {EXPOSURES: 2, OUTCOME_EVENTS: 2, CALL_SAMPLES: 2},  # the repeats added nothing
+    ]
+
+
+def test_rows_added_are_counted_across_statements(database: Database) -> None:
+    """A batch of more rows than one INSERT statement takes says how many it added in all:
+    250 exposures, then 150 of them again with 100 new (a replay beside fresh records)."""
+    times = [_NOW + index / 1000 for index in range(350)]
+    exposures = [record for record in _records("x", times) if record.table == EXPOSURES]
+    assert len(exposures) == 350
+    added = _sink_insert(database, exposures[:250], exposures[100:])
+    assert added == [{EXPOSURES: 250}, {EXPOSURES: 100}]
+    assert len(_raw(database)[EXPOSURES]) == 350
 
 
 def test_a_batch_with_a_refused_row_stores_the_others_through_the_writer(

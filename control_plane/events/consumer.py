@@ -8,7 +8,9 @@ records to the database and acknowledges them only after the commit.
 So a consumer that dies between commit and ack (a `kill -9`, a lost connection) has its
 messages delivered again after `ack_wait`, to itself restarted or to another control plane
 fetching from the same durable consumer; the inserts skip keys already stored, so each record
-is stored once. Delivery is at least once; storage is exactly once.
+is stored once. Delivery is at least once; storage is exactly once. A committed record whose key
+the database already held (delivered again, or published twice by a publisher replaying its
+journal) is counted as a duplicate, not as stored, so `stored` counts rows.
 
 A message holds one record or a pack of them (control_plane.events.messages; one record a
 message is a pack of one, so messages of publishers before packing read the same). Bad records
@@ -52,7 +54,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import nats
@@ -82,16 +84,20 @@ _Unit = tuple[Msg, list[Record]]
 
 class RecordSink(Protocol):
     """Where records are stored (control_plane.experiments.sink.DatabaseSink is one): `write`
-    stores all of them in one transaction or raises."""
+    stores all of them in one transaction or raises, and returns the rows it added per table
+    (keys it already held are skipped: records delivered again)."""
 
-    def write(self, records: Sequence[Record]) -> None: ...
+    def write(self, records: Sequence[Record]) -> Mapping[str, int]: ...
 
     def close(self) -> None: ...
 
 
 class ConsumerCounts:
     def __init__(self) -> None:
+        #: Records committed and acknowledged whose rows the database did not hold before.
         self.stored = 0
+        #: Records committed and acknowledged whose keys the database already held.
+        self.duplicates = 0
         self.redelivered = 0
         self.refused = 0
         self.batches = 0
@@ -288,7 +294,7 @@ class EventConsumer:
         records = [record for _, message_records in units for record in message_records]
         self.counts.batches += 1
         try:
-            await asyncio.to_thread(self.sink.write, records)
+            added = await asyncio.to_thread(self.sink.write, records)
         except Exception as exc:
             if _refuses_the_data(exc):
                 return await self._store_one_by_one(units)
@@ -296,8 +302,7 @@ class EventConsumer:
             return units
         for msg, _ in units:
             await msg.ack()
-        self.counts.stored += len(records)
-        self._count(records, "stored")
+        self._committed(records, added)
         return []
 
     async def _store_one_by_one(self, units: list[_Unit]) -> list[_Unit]:
@@ -307,34 +312,37 @@ class EventConsumer:
         refused (terminated when all were refused). Returns the units an outage left."""
         for index, (msg, records) in enumerate(units):
             try:
-                stored = await self._write_each(msg, records)
+                committed, added = await self._write_each(msg, records)
             except Exception as exc:
                 self._outage(len(records), exc)
                 return units[index:]
-            if stored:
+            if committed:
                 await msg.ack()
-                self.counts.stored += len(stored)
-                self._count(stored, "stored")
+                self._committed(committed, added)
             else:
                 await msg.term()
         return []
 
-    async def _write_each(self, msg: Msg, records: list[Record]) -> list[Record]:
-        """The records of `msg` the database stored: all in one transaction, or one at a
-        time once it refused them together; refused ones are logged and counted."""
+    async def _write_each(
+        self, msg: Msg, records: list[Record]
+    ) -> tuple[list[Record], collections.Counter[str]]:
+        """The records of `msg` the database committed, and the rows that added per table:
+        all in one transaction, or one at a time once it refused them together; refused ones
+        are logged and counted."""
+        added: collections.Counter[str] = collections.Counter()
         try:
-            await asyncio.to_thread(self.sink.write, records)
-            return records
+            added.update(await asyncio.to_thread(self.sink.write, records))
+            return records, added
         except Exception as exc:
             if not _refuses_the_data(exc):
                 raise
             if len(records) == 1:
                 self._refused(msg, records[0].table, f"cannot be stored: {_first_line(exc)}")
-                return []
-        stored: list[Record] = []
+                return [], added
+        committed: list[Record] = []
         for record in records:
             try:
-                await asyncio.to_thread(self.sink.write, [record])
+                added.update(await asyncio.to_thread(self.sink.write, [record]))
             except Exception as exc:
                 if not _refuses_the_data(exc):
                     raise
@@ -344,8 +352,22 @@ class EventConsumer:
                     f"the record {message_id(record)} cannot be stored: {_first_line(exc)}",
                 )
             else:
-                stored.append(record)
-        return stored
+                committed.append(record)
+        return committed, added
+
+    def _committed(self, records: Sequence[Record], added: Mapping[str, int]) -> None:
+        """Count acknowledged `records`: the rows `added` per table as stored, the rest of
+        each table's records (keys the database held) as duplicates."""
+        tables = collections.Counter(record.table for record in records)
+        for table, count in tables.items():
+            stored = min(count, max(0, added.get(table, 0)))
+            self.counts.stored += stored
+            self.counts.duplicates += count - stored
+            if self._metrics is not None:
+                if stored:
+                    self._metrics.consumed.labels(table, "stored").inc(stored)
+                if count > stored:
+                    self._metrics.consumed.labels(table, "duplicate").inc(count - stored)
 
     def _outage(self, count: int, exc: Exception) -> None:
         self.counts.write_failures += 1

@@ -21,8 +21,10 @@ class EventMetrics:
         self.consumed = Counter(
             "control_plane_events_consumed",
             "Experiment records taken from the stream by table and result: stored (committed "
-            "and acknowledged), redelivered (seen before: a delivery count above 1), refused "
-            "(not a record, or refused by the database for its data; never retried).",
+            "and acknowledged, a new row), duplicate (committed and acknowledged, its key "
+            "already stored: the database kept the row it had), redelivered (seen before: a "
+            "delivery count above 1), refused (not a record, or refused by the database for "
+            "its data; never retried).",
             ["table", "result"],
             registry=registry,
         )

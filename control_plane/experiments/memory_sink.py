@@ -43,7 +43,8 @@ class MemorySink:
         self._keys: set[tuple[Any, ...]] = set()
         self._lock = threading.Lock()
 
-    def write(self, records: Sequence[Record]) -> None:
+    def write(self, records: Sequence[Record]) -> dict[str, int]:
+        added: dict[str, int] = {}
         with self._lock:
             if self.down:
                 raise ConnectionError("the memory sink is down")
@@ -54,9 +55,12 @@ class MemorySink:
             self.writes += 1
             for record in records:
                 key = _key(record)
+                added.setdefault(record.table, 0)
                 if key not in self._keys:
                     self._keys.add(key)
                     self.records.append(record)
+                    added[record.table] += 1
+        return added
 
     def ping(self) -> None:
         if self.down:

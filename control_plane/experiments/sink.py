@@ -3,7 +3,8 @@
 Inserts skip rows whose key exists (ON CONFLICT DO NOTHING on SQLite and PostgreSQL; the keys
 are natural: an exposure's decision id, a call sample's decision id and variant, an outcome
 event's id), so a batch written twice, as a journal segment replayed after a crash may be, is
-stored once.
+stored once. `write` says how many rows of each table it added (the database's row count of
+each insert), so a consumer of an at-least-once stream can tell stored from repeated.
 
 The sink has its own connection pool (`Database.derive`), without the pre-ping of the app's
 pool: a ping at checkout is a statement nobody could interrupt. Every write and ping runs on
@@ -219,14 +220,16 @@ class DatabaseSink:
             if self._copy
         }
 
-    def write(self, records: Sequence[Record]) -> None:
-        """Store every record in one transaction (rows already stored are skipped)."""
+    def write(self, records: Sequence[Record]) -> dict[str, int]:
+        """Store every record in one transaction (rows already stored are skipped); returns
+        the rows it added, per table."""
         by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for record in records:
             by_table[record.table].append(record.row)
         with self._connection() as connection, connection.begin():
-            for table, rows in by_table.items():
-                self._insert(connection, table, rows)
+            return {
+                table: self._insert(connection, table, rows) for table, rows in by_table.items()
+            }
 
     def ping(self) -> None:
         with self._connection() as connection:
@@ -259,21 +262,28 @@ class DatabaseSink:
                 with self._active_lock:
                     self._active = None
 
-    def _insert(self, connection: Connection, table: str, rows: list[dict[str, Any]]) -> None:
+    def _insert(self, connection: Connection, table: str, rows: list[dict[str, Any]]) -> int:
+        """Insert `rows` into `table`, skipping keys it holds; the rows added."""
         if self._copy:
-            _copy_insert(connection, self._tables[table], rows, self._copy_values[table])
-            return
+            return _copy_insert(connection, self._tables[table], rows, self._copy_values[table])
         if self._inserts is None:
+            # SQLAlchemy's generic insert: no ON CONFLICT, so no row is skipped; a repeat
+            # fails as an IntegrityError.
             connection.execute(
                 insert(self._tables[table]), [{**row, "at": _utc(row["at"])} for row in rows]
             )
-            return
+            return len(rows)
         plan = self._inserts[table]
         values = plan.values.flat(rows)
         step = ROWS_PER_STATEMENT * plan.values.width
+        added = 0
         for start in range(0, len(values), step):
             chunk = tuple(values[start : start + step])
-            connection.exec_driver_sql(plan.statement(len(chunk) // plan.values.width), chunk)
+            result = connection.exec_driver_sql(
+                plan.statement(len(chunk) // plan.values.width), chunk
+            )
+            added += result.rowcount  # the rows inserted, not those ON CONFLICT skipped
+        return added
 
 
 def _copy_insert(
@@ -281,7 +291,7 @@ def _copy_insert(
     table: Table,
     rows: list[dict[str, Any]],
     values: Callable[[dict[str, Any]], list[Any]],
-) -> None:
+) -> int:
     """Rows into `table` through COPY: psycopg formats COPY rows in C, where a multi-row
     INSERT adapts every bound value in Python (about 30 us of this process's CPU per exposure,
     taken from the event loop's GIL; bench/exposures.py). The staging table lives as long as
@@ -308,6 +318,7 @@ def _copy_insert(
             for row in rows:
                 copy.write_row(values(row))
         cursor.execute(insert_sql)
+        return int(cursor.rowcount)  # the rows inserted, not those ON CONFLICT skipped
     # The raw cursor bypasses SQLAlchemy's error translation; the writer tells a refusal of
     # the data from an outage by SQLAlchemy's classes.
     except dbapi.IntegrityError as exc:

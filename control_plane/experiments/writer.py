@@ -35,7 +35,7 @@ import logging
 import operator
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy.exc import DataError, IntegrityError
@@ -58,9 +58,10 @@ _ADOPT_EVERY = 5.0
 
 
 class RecordSink(Protocol):
-    """Where records are stored; `write` stores all of them or raises."""
+    """Where records are stored; `write` stores all of them or raises, and returns the rows
+    it added per table (keys it already held are skipped)."""
 
-    def write(self, records: Sequence[Record]) -> None: ...
+    def write(self, records: Sequence[Record]) -> Mapping[str, int]: ...
 
     def ping(self) -> None:
         """Raise when the store cannot be reached."""
@@ -510,7 +511,7 @@ class BatchWriter:
                 )
             self._up = False
 
-    def _guarded(self, call: Callable[[], None]) -> None:
+    def _guarded(self, call: Callable[[], object]) -> None:
         """Run a database call under the watchdog of the journal thread (`_watch_write`)."""
         self._interrupted = False
         self._busy_since = time.monotonic()
