@@ -487,6 +487,7 @@ def test_canary_without_traffic_says_so(plane: ControlPlane, prometheus: Prometh
     with plane.client() as client:
         text = client.get("/metrics").text
     assert 'control_plane_canary_idle_intervals{flag="quiet-router"} 0.0' in text
+    assert 'control_plane_canary_weight{flag="quiet-router"} 0.0' in text
 
 
 def test_unreachable_prometheus_is_a_failed_check(

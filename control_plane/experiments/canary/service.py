@@ -227,18 +227,23 @@ class CanaryService:
     # -- the controller ----------------------------------------------------------------------
 
     def publish_tracked(self) -> frozenset[str]:
-        """Tell the recorder which flags have an active canary (their calls are recorded)."""
-        with self.database.session() as session:
-            runs = repository.active_runs(session=session)
-            flags = frozenset(run.flag for run in runs)
-            running = [(run.flag, run.weight) for run in runs]
-        if self._on_tracked is not None:
-            self._on_tracked(flags)
-        if self.metrics is not None:
-            for flag, weight in running:
-                self.metrics.canary_weight.labels(flag).set(weight)
-        for run in runs:
-            self.analysis.show_idle(run.id, run.flag)
+        """Tell the recorder which flags have an active canary (their calls are recorded).
+
+        Under the service's lock, so the controller thread's periodic call never publishes
+        runs it read before an abort or promotion that finished meanwhile (that run's weight
+        gauge would keep its old value: no later call touches a finished run's flag)."""
+        with self._lock:
+            with self.database.session() as session:
+                runs = repository.active_runs(session=session)
+                flags = frozenset(run.flag for run in runs)
+                running = [(run.flag, run.weight) for run in runs]
+            if self._on_tracked is not None:
+                self._on_tracked(flags)
+            if self.metrics is not None:
+                for flag, weight in running:
+                    self.metrics.canary_weight.labels(flag).set(weight)
+            for run in runs:
+                self.analysis.show_idle(run.id, run.flag)
         return flags
 
     def running_ids(self) -> list[int]:
