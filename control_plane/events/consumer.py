@@ -358,16 +358,15 @@ class EventConsumer:
     def _committed(self, records: Sequence[Record], added: Mapping[str, int]) -> None:
         """Count acknowledged `records`: the rows `added` per table as stored, the rest of
         each table's records (keys the database held) as duplicates."""
-        tables = collections.Counter(record.table for record in records)
-        for table, count in tables.items():
-            stored = min(count, max(0, added.get(table, 0)))
-            self.counts.stored += stored
-            self.counts.duplicates += count - stored
-            if self._metrics is not None:
-                if stored:
-                    self._metrics.consumed.labels(table, "stored").inc(stored)
-                if count > stored:
-                    self._metrics.consumed.labels(table, "duplicate").inc(count - stored)
+        stored: collections.Counter[str] = collections.Counter()
+        duplicates: collections.Counter[str] = collections.Counter()
+        for table, count in collections.Counter(record.table for record in records).items():
+            stored[table] = min(count, max(0, added.get(table, 0)))
+            duplicates[table] = count - stored[table]
+        self.counts.stored += stored.total()
+        self.counts.duplicates += duplicates.total()
+        self._count_tables(stored, "stored")
+        self._count_tables(duplicates, "duplicate")
 
     def _outage(self, count: int, exc: Exception) -> None:
         self.counts.write_failures += 1
@@ -400,10 +399,14 @@ class EventConsumer:
         )
 
     def _count(self, records: Sequence[Record], result: str) -> None:
+        self._count_tables(collections.Counter(r.table for r in records), result)
+
+    def _count_tables(self, per_table: Mapping[str, int], result: str) -> None:
         if self._metrics is None:
             return
-        for table, count in collections.Counter(r.table for r in records).items():
-            self._metrics.consumed.labels(table, result).inc(count)
+        for table, count in per_table.items():
+            if count:
+                self._metrics.consumed.labels(table, result).inc(count)
 
     def _warn(self, kind: str, message: str, *args: Any) -> None:
         now = time.monotonic()
